@@ -1,0 +1,64 @@
+# braincap: set-up, book, tests and benchmarks in a local virtualenv (.venv).
+# `make book` and `make test` do all set-up themselves on a fresh machine.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PARAMS ?= notebooks/params/toy.yaml
+PRESET ?= toy
+SEED   ?= 0
+MATHJAX_VERSION := 3.2.2
+VENDOR := book/_static/vendor
+
+.PHONY: setup vendor toyworld notebooks book test bench clean help
+
+help:
+	@echo "make book   - build the toy world, run every notebook (papermill), build _build/html"
+	@echo "make test   - run the test suite (unit tests, micro notebooks, offline browser check)"
+	@echo "make bench  - run the benchmarks in bench/"
+	@echo "Variables: PARAMS=$(PARAMS) PRESET=$(PRESET) SEED=$(SEED)"
+
+# --- set-up ---------------------------------------------------------------
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first and pinned: a CPU build here, the CUDA build of the same version on a GPU machine
+	$(PY) -m pip install -q "torch==2.13.0"
+	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $@
+
+setup: $(VENV)/.installed vendor
+
+# Local copies of plotly.js and MathJax so the built pages make no request off the machine.
+vendor: $(VENDOR)/plotly.min.js $(VENDOR)/mathjax/tex-chtml.js
+
+$(VENDOR)/plotly.min.js: $(VENV)/.installed
+	mkdir -p $(VENDOR)
+	cp "$$($(PY) -c 'import plotly, os; print(os.path.join(os.path.dirname(plotly.__file__), "package_data", "plotly.min.js"))')" $@
+
+$(VENDOR)/mathjax/tex-chtml.js:
+	mkdir -p build/npm $(VENDOR)
+	cd build/npm && npm pack --silent mathjax@$(MATHJAX_VERSION) >/dev/null && tar xzf mathjax-$(MATHJAX_VERSION).tgz
+	rm -rf $(VENDOR)/mathjax && cp -r build/npm/package/es5 $(VENDOR)/mathjax
+
+# --- the book -------------------------------------------------------------
+toyworld: setup
+	$(PY) -m lib.toyworld build --preset $(PRESET) --seed $(SEED)
+
+notebooks: toyworld
+	$(PY) -m lib.run --params $(PARAMS)
+
+book: notebooks
+	$(VENV)/bin/jupyter-book build . --quiet
+	@echo "Book: $(CURDIR)/_build/html/index.html"
+
+# --- checks ---------------------------------------------------------------
+test: setup
+	$(PY) -m pytest
+
+bench: setup
+	$(PY) -m bench
+
+clean:
+	rm -rf _build book/run build
