@@ -1,0 +1,25 @@
+"""Feature extraction: per-layer hidden states of vision and language models, cached to HDF5.
+
+Submodules are imported lazily (``lib.features.cache``, ``lib.features.hidden``,
+``lib.features.qformer``), so importing this package is cheap and a missing optional
+submodule does not break the others.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {
+    "extract_cached": "cache",
+    "vision_layer_features": "hidden",
+    "language_layer_features": "hidden",
+    "model_layer_features": "hidden",
+    "n_layers": "hidden",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        module = importlib.import_module(f"{__name__}.{_LAZY[name]}")
+        return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
