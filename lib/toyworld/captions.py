@@ -1,0 +1,173 @@
+"""COCO-style captions for toy scenes.
+
+Each scene gets several captions built from varied templates and paraphrases. They mention
+colours, shapes, counts, spatial relations ("above", "next to", "left of") and the place.
+Category objects are always named with words a reader of a decoded caption can map back to
+cortex: "face"/"smiley face", "person"/"stick figure", "word"/"letters"/"sign".
+
+Examples
+--------
+>>> import numpy as np
+>>> from lib.toyworld.scenes import Scene, SceneObject
+>>> scene = Scene("grass", (SceneObject("circle", "red", 0.3, 0.5, 0.2),
+...                         SceneObject("square", "blue", 0.3, 0.5, 0.7)))
+>>> caps = caption_scene(scene, np.random.default_rng(0))
+>>> len(caps)
+5
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .scenes import Scene, SceneObject
+
+#: Nouns for each kind (first = canonical).
+NOUNS = {
+    "circle": ("circle", "ball", "disc", "round shape"),
+    "square": ("square", "box", "block", "square shape"),
+    "triangle": ("triangle", "triangle shape", "triangular shape"),
+    "star": ("star", "star shape"),
+    "face": ("smiley face", "face", "happy face", "smiling face"),
+    "body": ("stick figure", "person", "little person", "figure of a person"),
+    "word": ("word", "sign", "sign with letters", "written word"),
+}
+#: Plural nouns (canonical) for counts.
+PLURALS = {
+    "circle": "circles", "square": "squares", "triangle": "triangles", "star": "stars",
+    "face": "faces", "body": "people", "word": "words",
+}
+#: Phrases for where the scene is (the place).
+PLACE_PHRASES = {
+    "sky": ("in the sky", "against a blue sky", "in the blue sky", "up in the sky"),
+    "grass": ("on the grass", "in a green field", "on a grassy field", "on the grass outside"),
+    "water": ("on the water", "over a lake", "on the lake", "above the blue water"),
+    "room": ("in a room", "inside a room", "in an empty room", "indoors in a room"),
+}
+PLACE_NOUNS = {
+    "sky": ("the sky", "a blue sky", "a cloudy sky"),
+    "grass": ("a green field", "the grass", "a grassy field"),
+    "water": ("a lake", "the water", "blue water"),
+    "room": ("a room", "an empty room", "a room with a window"),
+}
+_NUMBERS = {1: "one", 2: "two", 3: "three"}
+
+
+def _article(phrase: str) -> str:
+    return ("an " if phrase[0] in "aeiou" else "a ") + phrase
+
+
+def _np(obj: SceneObject, rng: np.random.Generator, with_color: bool = True) -> str:
+    """Noun phrase of an object, e.g. 'a red ball' or 'a blue sign that says AB'."""
+    nouns = NOUNS[obj.kind]
+    noun = nouns[int(rng.integers(len(nouns)))]
+    if obj.kind == "word":
+        if rng.random() < 0.5 and noun in ("word", "sign"):
+            return f"the {obj.color} {noun} {obj.text}" if with_color else f"the {noun} {obj.text}"
+    return _article(f"{obj.color} {noun}" if with_color else noun)
+
+
+def _relation(a: SceneObject, b: SceneObject, rng: np.random.Generator) -> str:
+    """Spatial relation of ``a`` to ``b`` (image coordinates, y down)."""
+    dx, dy = a.x - b.x, a.y - b.y
+    if abs(dy) > abs(dx):
+        return "above" if dy < 0 else ("below" if rng.random() < 0.6 else "under")
+    if rng.random() < 0.35:
+        return "next to" if rng.random() < 0.5 else "beside"
+    return "to the left of" if dx < 0 else "to the right of"
+
+
+def _where(obj: SceneObject) -> str:
+    """Coarse location of an object in the image."""
+    v = "top" if obj.y < 0.36 else ("bottom" if obj.y > 0.64 else "")
+    h = "left" if obj.x < 0.36 else ("right" if obj.x > 0.64 else "")
+    if not v and not h:
+        return "in the middle of the picture"
+    return f"in the {(v + ' ' + h).strip()} of the picture"
+
+
+def _count_phrase(scene: Scene, rng: np.random.Generator) -> str:
+    """E.g. 'two shapes', 'three objects', 'two red stars', 'a face and a circle'."""
+    objs = scene.objects
+    n = len(objs)
+    kinds = {o.kind for o in objs}
+    colors = {o.color for o in objs}
+    if len(kinds) == 1 and n > 1:
+        kind = objs[0].kind
+        color = (objs[0].color + " ") if len(colors) == 1 else ""
+        return f"{_NUMBERS[n]} {color}{PLURALS[kind]}"
+    group = ("shapes", "objects", "things")[int(rng.integers(3))]
+    if n == 1:
+        return _np(objs[0], rng)
+    return f"{_NUMBERS[n]} {group}"
+
+
+def _list(scene: Scene, rng: np.random.Generator) -> str:
+    parts = [_np(o, rng) for o in scene.objects]
+    if len(parts) == 1:
+        return parts[0]
+    return ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def _cap(text: str) -> str:
+    return text[0].upper() + text[1:]
+
+
+def _one_caption(scene: Scene, rng: np.random.Generator) -> str:
+    objs = scene.objects
+    place = PLACE_PHRASES[scene.place][int(rng.integers(len(PLACE_PHRASES[scene.place])))]
+    place_noun = PLACE_NOUNS[scene.place][int(rng.integers(len(PLACE_NOUNS[scene.place])))]
+    order = rng.permutation(len(objs))
+    a = objs[order[0]]
+    b = objs[order[1]] if len(objs) > 1 else None
+    templates = [
+        lambda: f"{_list(scene, rng)} {place}",
+        lambda: f"there is {_list(scene, rng)} {place}",
+        lambda: f"a picture of {_list(scene, rng)} {place}",
+        lambda: f"{_count_phrase(scene, rng)} {place}",
+        lambda: f"{place_noun} with {_list(scene, rng)}",
+        lambda: f"{_np(a, rng)} {_where(a)}, {place}",
+    ]
+    if b is not None:
+        templates += [
+            lambda: f"{_np(a, rng)} {_relation(a, b, rng)} {_np(b, rng)} {place}",
+            lambda: f"{_np(a, rng)} {_relation(a, b, rng)} {_np(b, rng)}",
+            lambda: f"{_count_phrase(scene, rng)} {place}, {_np(a, rng)} {_relation(a, b, rng)} "
+            f"{_np(b, rng, with_color=False)}",
+        ]
+    else:
+        templates += [
+            lambda: f"a single {a.color} {NOUNS[a.kind][0]} {place}",
+            lambda: f"{_np(a, rng)} alone {place}",
+        ]
+    text = templates[int(rng.integers(len(templates)))]()
+    return _cap(text) + "."
+
+
+def caption_scene(scene: Scene, rng: np.random.Generator, n: int = 5) -> list[str]:
+    """Write ``n`` different COCO-style captions for a scene.
+
+    Parameters
+    ----------
+    scene : Scene
+        The scene to describe.
+    rng : numpy.random.Generator
+        Source of randomness (template and paraphrase choice); same state, same captions.
+    n : int
+        Number of captions (COCO has 5 per image).
+
+    Returns
+    -------
+    captions : list of str
+        ``n`` captions, distinct where the templates allow it, each a sentence ending in ".".
+    """
+    captions: list[str] = []
+    for _ in range(20 * n):
+        cap = _one_caption(scene, rng)
+        if cap not in captions:
+            captions.append(cap)
+        if len(captions) == n:
+            break
+    while len(captions) < n:  # a very plain scene: allow repeats rather than fail
+        captions.append(_one_caption(scene, rng))
+    return captions
