@@ -1,0 +1,56 @@
+"""Tests of lib.plotting: brain maps render without error and hold what they should."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import nibabel as nib  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from lib import plotting  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def occipital_map():
+    """A coarse MNI-space volume whose values fall off from the occipital pole."""
+    affine = np.array([[6.0, 0, 0, -90], [0, 6, 0, -126], [0, 0, 6, -72], [0, 0, 0, 1]])
+    shape = (31, 37, 31)
+    ijk = np.indices(shape).reshape(3, -1).T
+    xyz = ijk @ affine[:3, :3].T + affine[:3, 3]
+    values = np.exp(-((xyz[:, 1] + 95) ** 2) / 800.0).reshape(shape).astype(np.float32)
+    return nib.Nifti1Image(values, affine)
+
+
+def test_volume_to_surface_follows_volume(occipital_map):
+    surf = plotting.volume_to_surface(occipital_map)
+    meshes, _ = plotting._fsaverage5()
+    for hemi in ("left", "right"):
+        data = np.asarray(surf.data.parts[hemi])
+        y = np.asarray(meshes["pial"].parts[hemi].coordinates)[:, 1]
+        assert data.shape == (10242,)
+        # the occipital (posterior) vertices get the high values
+        assert data[y < -80].mean() > 5 * data[y > 0].mean()
+
+
+def test_plot_roi_slices_returns_figure(occipital_map):
+    labels = nib.Nifti1Image((occipital_map.get_fdata() > 0.5).astype(np.int16) * 3 - 1,
+                             occipital_map.affine)
+    fig = plotting.plot_roi_slices(labels, title="rois")
+    assert isinstance(fig, matplotlib.figure.Figure)
+    assert len(fig.axes) >= 3
+
+
+def test_plot_surface_returns_figure(occipital_map):
+    fig = plotting.plot_surface(occipital_map, title="map", views=("lateral", "ventral"))
+    assert isinstance(fig, matplotlib.figure.Figure)
+    assert sum(ax.name == "3d" for ax in fig.axes) == 4
+
+
+def test_surface_plotly_has_mesh(occipital_map):
+    fig = plotting.surface_plotly(occipital_map, title="map", hemi="left")
+    assert any(trace.type == "mesh3d" for trace in fig.data)
+    mesh = next(trace for trace in fig.data if trace.type == "mesh3d")
+    assert len(mesh.x) == 10242
