@@ -1,0 +1,96 @@
+"""lib.run: planning papermill runs, passing parameters, reporting failures."""
+
+from __future__ import annotations
+
+import json
+
+import nbformat
+import pytest
+import yaml
+
+from lib import run
+from tests.notebook_factory import write_notebook
+
+
+@pytest.fixture()
+def project(tmp_path):
+    """Two notebooks and a parameter file with a sweep, in a temporary folder."""
+    nbdir = tmp_path / "notebooks"
+    write_notebook(
+        nbdir / "01_first.ipynb",
+        "alpha = 1\nname = 'default'",
+        "import json, pathlib\n"
+        "pathlib.Path(f'out_{name}_{alpha}.json').write_text(json.dumps({'alpha': alpha, 'name': name}))",
+    )
+    write_notebook(nbdir / "02_second.ipynb", "name = 'default'", "result = name.upper()")
+    params = {
+        "notebooks": ["01_first", "02_second"],
+        "alpha": 3,
+        "name": "toy",
+        "unused": 42,
+        "sweeps": {"01_first": {"alpha": [3, 5]}},
+    }
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return tmp_path, nbdir, path
+
+
+def test_plan_orders_notebooks_and_sweeps(project):
+    tmp, nbdir, params_path = project
+    params = run.load_params(params_path)
+    jobs = run.plan_jobs(params, tmp / "out", notebook_dir=nbdir)
+    assert [j.output.name for j in jobs] == [
+        "01_first.ipynb",
+        "01_first__alpha-5.ipynb",  # alpha=3 is the main run's own value: not repeated
+        "02_second.ipynb",
+    ]
+    assert jobs[1].overrides == {"alpha": 5}
+    only = run.plan_jobs(params, tmp / "out", only=["02_second"], notebook_dir=nbdir)
+    assert [j.name for j in only] == ["02_second"]
+
+
+def test_plan_rejects_unknown_and_missing_notebooks(project, tmp_path):
+    tmp, nbdir, params_path = project
+    params = run.load_params(params_path)
+    with pytest.raises(ValueError, match="--only 03_nope"):
+        run.plan_jobs(params, tmp / "out", only=["03_nope"], notebook_dir=nbdir)
+    with pytest.raises(FileNotFoundError, match="99_missing"):
+        run.plan_jobs({"notebooks": ["99_missing"]}, tmp / "out", notebook_dir=nbdir)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("alpha: 1\n")
+    with pytest.raises(ValueError, match="notebooks"):
+        run.load_params(bad)
+
+
+def test_run_book_passes_declared_parameters_and_hides_injected_cell(project):
+    tmp, nbdir, params_path = project
+    lines = []
+    times = run.run_book(params_path, tmp / "out", notebook_dir=nbdir, cwd=tmp, log=lines.append)
+    assert set(times) == {"01_first.ipynb", "01_first__alpha-5.ipynb", "02_second.ipynb"}
+    assert json.loads((tmp / "out_toy_3.json").read_text()) == {"alpha": 3, "name": "toy"}
+    assert json.loads((tmp / "out_toy_5.json").read_text()) == {"alpha": 5, "name": "toy"}
+    assert any("done in" in line for line in lines) and "3 notebook run(s)" in lines[-1]
+
+    nb = nbformat.read(tmp / "out" / "01_first.ipynb", as_version=4)
+    injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert len(injected) == 1 and "remove-cell" in injected[0].metadata.tags
+    # only declared parameters are injected: `unused` and the control keys are not
+    assert "unused" not in injected[0].source and "sweeps" not in injected[0].source
+
+
+def test_failure_names_notebook_cell_and_copy(tmp_path):
+    nbdir = tmp_path / "notebooks"
+    write_notebook(nbdir / "01_bad.ipynb", "x = 1", "y = x + 1", "raise ValueError('broken on purpose')")
+    params_path = tmp_path / "p.yaml"
+    params_path.write_text(yaml.safe_dump({"notebooks": ["01_bad"], "x": 2}))
+    with pytest.raises(run.NotebookFailed) as info:
+        run.run_book(params_path, tmp_path / "out", notebook_dir=nbdir, cwd=tmp_path, log=lambda s: None)
+    message = str(info.value)
+    assert "01_bad" in message and "ValueError: broken on purpose" in message
+    assert str(tmp_path / "out" / "01_bad.ipynb") in message
+    assert (tmp_path / "out" / "01_bad.ipynb").exists()
+
+
+def test_cli_exit_code_on_failure(tmp_path, capsys):
+    assert run.main(["--params", str(tmp_path / "absent.yaml")]) == 1
+    assert "not found" in capsys.readouterr().err
