@@ -67,3 +67,184 @@ def test_extract_cached_checks_batch_shape(tmp_path):
     with pytest.raises(ValueError, match="first dimension"):
         extract_cached(tmp_path / "c.h5", [1, 2, 3], lambda b: {"x": np.zeros((1, 2))},
                        batch_size=2)
+
+
+# --------------------------------------------------------------------------------------
+# hidden-state features on tiny random models built from configs (no hub access)
+# --------------------------------------------------------------------------------------
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from lib.features import hidden  # noqa: E402
+
+IMAGE_SIZE = 32
+MEAN, STD = np.array([0.5, 0.4, 0.3]), np.array([0.2, 0.25, 0.3])
+WORDS = "a the red green blue circle square face person word on in sky grass water room".split()
+
+
+def _save_vision(tmp_path, name, config):
+    torch.manual_seed(0)
+    model = transformers.AutoModel.from_config(config)
+    proc = transformers.ViTImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+                                          image_mean=MEAN.tolist(), image_std=STD.tolist())
+    path = tmp_path / name
+    model.save_pretrained(path)
+    proc.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def vision_models(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("vision")
+    return {
+        "vit": _save_vision(tmp, "vit", transformers.ViTConfig(
+            image_size=IMAGE_SIZE, patch_size=8, hidden_size=24, num_hidden_layers=3,
+            num_attention_heads=2, intermediate_size=32)),
+        "resnet": _save_vision(tmp, "resnet", transformers.ResNetConfig(
+            embedding_size=8, hidden_sizes=[8, 12, 16, 20], depths=[1, 1, 1, 1],
+            layer_type="basic")),
+        "convnext": _save_vision(tmp, "convnext", transformers.ConvNextConfig(
+            hidden_sizes=[8, 12, 16, 20], depths=[1, 1, 1, 1], image_size=IMAGE_SIZE)),
+    }
+
+
+def _tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    specials = ["<pad>", "<unk>", "<s>", "</s>"]
+    vocab = {w: i for i, w in enumerate(specials + WORDS)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", vocab["<s>"])])
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+        unk_token="<unk>")
+
+
+@pytest.fixture(scope="module")
+def language_models(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("language")
+    tokenizer = _tokenizer()
+    n_vocab = len(tokenizer)
+    configs = {
+        "gpt2": transformers.GPT2Config(vocab_size=n_vocab, n_positions=32, n_embd=16,
+                                        n_layer=3, n_head=2),
+        "opt": transformers.OPTConfig(vocab_size=n_vocab, max_position_embeddings=32,
+                                      hidden_size=16, num_hidden_layers=3,
+                                      num_attention_heads=2, ffn_dim=32, word_embed_proj_dim=16,
+                                      pad_token_id=0, bos_token_id=2, eos_token_id=3),
+    }
+    paths = {}
+    for name, config in configs.items():
+        torch.manual_seed(0)
+        model = transformers.AutoModelForCausalLM.from_config(config)
+        paths[name] = tmp / name
+        model.save_pretrained(paths[name])
+        tokenizer.save_pretrained(paths[name])
+    return paths
+
+
+def _images(keys):
+    rng = np.random.default_rng(1)
+    bank = rng.integers(0, 256, size=(50, 40, 40, 3), dtype=np.uint8)
+    return bank[np.asarray(keys)]
+
+
+def _manual_pixels(images):
+    """Resize (bilinear, PIL) and normalise, independently of the processor."""
+    from PIL import Image
+
+    out = []
+    for im in images:
+        im = Image.fromarray(im).resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR)
+        x = (np.asarray(im, dtype=np.float64) / 255.0 - MEAN) / STD
+        out.append(x.transpose(2, 0, 1))
+    return torch.tensor(np.stack(out), dtype=torch.float32)
+
+
+def _block_outputs(model, blocks, **inputs):
+    """Outputs of each block, captured by forward hooks during a plain forward pass."""
+    outs = []
+    handles = [b.register_forward_hook(
+        lambda m, i, o: outs.append(o[0] if isinstance(o, tuple) else o)) for b in blocks]
+    with torch.no_grad():
+        model(**inputs)
+    for h in handles:
+        h.remove()
+    return outs
+
+
+@pytest.mark.parametrize("name", ["vit", "resnet", "convnext"])
+def test_vision_features_match_manual_forward(vision_models, tmp_path, name):
+    path = vision_models[name]
+    keys = [3, 7, 11, 19, 23]
+    feats = hidden.vision_layer_features(path, _images, keys, tmp_path / "c.h5",
+                                         batch_size=2, device="cpu")
+    model = transformers.AutoModel.from_pretrained(path).eval()
+    pixels = _manual_pixels(_images(keys))
+    if name == "vit":
+        blocks = model.layers if hasattr(model, "layers") else model.encoder.layer
+        manual = [o[:, 1:].mean(dim=1) for o in _block_outputs(model, blocks, pixel_values=pixels)]
+        cls = hidden.vision_layer_features(path, _images, keys, tmp_path / "cls.h5",
+                                           pooling="cls", device="cpu")
+        np.testing.assert_allclose(
+            cls[len(blocks)], _block_outputs(model, blocks, pixel_values=pixels)[-1][:, 0],
+            rtol=1e-4, atol=1e-5)
+    else:
+        blocks = model.encoder.stages
+        manual = [o.mean(dim=(2, 3)) for o in _block_outputs(model, blocks, pixel_values=pixels)]
+    assert sorted(feats) == list(range(len(blocks) + 1))
+    for i, m in enumerate(manual, start=1):
+        assert feats[i].shape == (len(keys), m.shape[1])
+        np.testing.assert_allclose(feats[i], m.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def _captions(keys):
+    out = []
+    for k in keys:
+        rng = np.random.default_rng(k)  # captions depend on the key only
+        n = 1 + k % 3
+        out.append([" ".join(rng.choice(WORDS, size=2 + (k + j) % 5)) for j in range(n)])
+    return out
+
+
+@pytest.mark.parametrize("name", ["gpt2", "opt"])
+def test_language_features_match_manual_forward(language_models, tmp_path, name):
+    path = language_models[name]
+    keys = [1, 2, 5, 8]
+    feats = hidden.language_layer_features(path, _captions, keys, tmp_path / "c.h5",
+                                           batch_size=3, device="cpu")
+    model = transformers.AutoModelForCausalLM.from_pretrained(path).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(path)
+    blocks = model.transformer.h if name == "gpt2" else model.model.decoder.layers
+    # the last block's output gets the final layer norm in hidden_states: compare the others
+    for row, caps in enumerate(_captions(keys)):
+        per_caption = []
+        for cap in caps:  # one caption at a time: no padding at all
+            ids = tok(cap, return_tensors="pt")["input_ids"]
+            assert ids[0, 0] == tok.bos_token_id
+            outs = _block_outputs(model, blocks, input_ids=ids)
+            per_caption.append([o[0, 1:].mean(dim=0).numpy() for o in outs])  # BOS excluded
+        for layer in range(1, len(blocks)):
+            expected = np.mean([pc[layer - 1] for pc in per_caption], axis=0)
+            np.testing.assert_allclose(feats[layer][row], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_layer_subset_and_selection(vision_models, tmp_path):
+    assert hidden.select_layers(13, 3) == [0, 6, 12]
+    assert hidden.select_layers(5, [-1, 0, 0]) == [0, 4]
+    with pytest.raises(ValueError, match="does not exist"):
+        hidden.select_layers(5, [7])
+    full = hidden.vision_layer_features(vision_models["vit"], _images, [0, 1, 2],
+                                        tmp_path / "a.h5", device="cpu")
+    sub = hidden.vision_layer_features(vision_models["vit"], _images, [0, 1, 2],
+                                       tmp_path / "b.h5", layers=[0, -1], device="cpu")
+    assert sorted(sub) == [0, 3]
+    np.testing.assert_allclose(sub[3], full[3], rtol=1e-5, atol=1e-6)
+
+
+def test_missing_model_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="neither an existing folder"):
+        hidden.load_vision_model(tmp_path / "nowhere" / "model", device="cpu")

@@ -1,0 +1,429 @@
+"""Per-layer features of vision models and causal language models, cached to HDF5.
+
+Vision models (any ``transformers`` ``AutoModel`` that returns ``hidden_states``):
+
+- token models (ViT, DeiT, DINOv2, MAE, CLIP's vision tower, ...): each layer's tokens are
+  averaged over the image patches (``pooling="mean"``, the prefix tokens such as CLS and
+  registers excluded) or the first token is taken (``pooling="cls"``);
+- convolutional models (ResNet, ConvNeXt, ConvNeXt V2, ...): each stage's feature map is
+  global-average pooled over space.
+
+Causal language models (``AutoModelForCausalLM``): each caption's hidden states are averaged
+over its tokens (padding and special tokens excluded), then over the image's captions, as in
+the original study.
+
+Layer 0 is the embedding output (``hidden_states[0]``), layer ``i`` the output of block ``i``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from lib.features.cache import extract_cached
+
+#: Config model types whose ``AutoModel`` holds a vision tower under ``vision_model``.
+_DUAL_ENCODERS = ("clip", "siglip", "siglip2", "blip", "blip-2", "align", "altclip")
+
+
+def _layer_name(layer: int) -> str:
+    return f"layer_{layer:03d}"
+
+
+def select_layers(n_hidden: int, layers=None) -> list[int]:
+    """Indices into ``hidden_states`` to keep.
+
+    Parameters
+    ----------
+    n_hidden : int
+        Number of hidden states the model returns (blocks + 1 for the embeddings).
+    layers : None, int or sequence of int
+        ``None``: every layer; an int ``k``: ``k`` layers evenly spaced from the first to the
+        last (both included); a sequence: those indices (negative ones count from the end).
+
+    Returns
+    -------
+    layers : list of int
+        Sorted unique non-negative indices.
+    """
+    if layers is None:
+        return list(range(n_hidden))
+    if isinstance(layers, (int, np.integer)):
+        k = int(layers)
+        if k < 1:
+            raise ValueError(f"layers={layers}: ask for at least one layer.")
+        return sorted({int(round(x)) for x in np.linspace(0, n_hidden - 1, min(k, n_hidden))})
+    out = set()
+    for layer in layers:
+        layer = int(layer)
+        if not -n_hidden <= layer < n_hidden:
+            raise ValueError(
+                f"layer {layer} does not exist: the model returns {n_hidden} hidden states "
+                f"(0 = embeddings .. {n_hidden - 1} = last block)."
+            )
+        out.add(layer % n_hidden)
+    return sorted(out)
+
+
+def _load_kwargs(device):
+    import torch
+
+    return {"dtype": torch.bfloat16} if device.type == "cuda" else {}
+
+
+def _check_local_or_hub(path) -> str:
+    """A model reference as a string: an existing folder, or something shaped like a hub id."""
+    local = Path(str(path)).expanduser()
+    if local.exists():
+        return str(local)
+    text = str(path)
+    if text.count("/") == 1 and not text.startswith((".", "/", "~")):
+        return text  # hub id such as "facebook/dinov2-small"
+    raise FileNotFoundError(
+        f"Model {text!r} is neither an existing folder nor a Hugging Face hub id "
+        "('org/name'). Build the toy world (python -m lib.toyworld build) or fix the zoo path."
+    )
+
+
+def load_vision_model(path, device="auto"):
+    """Load a vision model and its image processor for feature extraction.
+
+    Parameters
+    ----------
+    path : str or path-like
+        Hugging Face hub id or local folder saved with ``save_pretrained``.
+    device : str
+        ``"auto"``, ``"cpu"`` or ``"cuda"``.
+
+    Returns
+    -------
+    model : torch.nn.Module
+        In eval mode on ``device`` (bfloat16 weights on CUDA); for dual encoders (CLIP, ...)
+        the vision tower only. MAE's random patch masking is switched off.
+    processor : transformers image processor
+    """
+    from transformers import AutoConfig, AutoImageProcessor, AutoModel
+
+    from lib.config import resolve_device
+
+    device = resolve_device(device)
+    ref = _check_local_or_hub(path)
+    config = AutoConfig.from_pretrained(ref)
+    if hasattr(config, "mask_ratio"):  # MAE: see every patch, no random masking
+        config.mask_ratio = 0.0
+    model = AutoModel.from_pretrained(ref, config=config, **_load_kwargs(device))
+    if config.model_type in _DUAL_ENCODERS and hasattr(model, "vision_model"):
+        model = model.vision_model
+    processor = AutoImageProcessor.from_pretrained(ref)
+    return model.eval().to(device), processor
+
+
+def load_language_model(path, device="auto"):
+    """Load a causal language model and its tokenizer (padding on the right).
+
+    Returns
+    -------
+    model : torch.nn.Module
+        In eval mode on ``device`` (bfloat16 weights on CUDA).
+    tokenizer : transformers tokenizer
+        A pad token is set to the EOS token when the tokenizer has none.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lib.config import resolve_device
+
+    device = resolve_device(device)
+    ref = _check_local_or_hub(path)
+    model = AutoModelForCausalLM.from_pretrained(ref, **_load_kwargs(device))
+    tokenizer = AutoTokenizer.from_pretrained(ref)
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ValueError(f"Tokenizer of {path!r} has neither a pad nor an EOS token.")
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    return model.eval().to(device), tokenizer
+
+
+def _autocast(device):
+    import contextlib
+
+    import torch
+
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _n_prefix_tokens(config, n_tokens: int) -> int:
+    """Number of non-patch tokens (CLS, distillation, registers) at the start of a sequence."""
+    image_size = getattr(config, "image_size", None)
+    patch_size = getattr(config, "patch_size", None)
+    if isinstance(image_size, (list, tuple)):
+        image_size = image_size[0]
+    if isinstance(patch_size, (list, tuple)):
+        patch_size = patch_size[0]
+    if image_size and patch_size:
+        n_patches = (int(image_size) // int(patch_size)) ** 2
+        if 0 <= n_tokens - n_patches < n_tokens:
+            return n_tokens - n_patches
+    return 1
+
+
+def pool_hidden_state(h, config, pooling: str = "mean"):
+    """Pool one layer's hidden state to one vector per image.
+
+    Parameters
+    ----------
+    h : torch.Tensor of shape (batch, tokens, dim) or (batch, channels, height, width)
+        Token sequence or convolutional feature map.
+    config : transformers config
+        The model's config (to count the prefix tokens of a token model).
+    pooling : {"mean", "cls"}
+        For token models: mean over patch tokens, or the first (CLS) token. Feature maps are
+        always averaged over space.
+
+    Returns
+    -------
+    features : torch.Tensor of shape (batch, dim)
+    """
+    if h.ndim == 4:
+        return h.mean(dim=(2, 3))
+    if h.ndim != 3:
+        raise ValueError(f"Unexpected hidden-state shape {tuple(h.shape)}.")
+    if pooling == "cls":
+        return h[:, 0]
+    if pooling == "mean":
+        return h[:, _n_prefix_tokens(config, h.shape[1]) :].mean(dim=1)
+    raise ValueError(f"pooling must be 'mean' or 'cls', got {pooling!r}.")
+
+
+def vision_hidden_states(model, processor, images: np.ndarray, pooling: str = "mean",
+                         layers=None) -> dict[int, np.ndarray]:
+    """Per-layer pooled features of one batch of images (no caching).
+
+    Parameters
+    ----------
+    model, processor
+        From :func:`load_vision_model`.
+    images : ndarray of shape (n_images, height, width, 3), uint8
+    pooling : {"mean", "cls"}
+        See :func:`pool_hidden_state`.
+    layers : None, int or sequence of int
+        See :func:`select_layers`.
+
+    Returns
+    -------
+    features : dict of int to ndarray of shape (n_images, dim_layer), float32
+    """
+    import torch
+
+    device = next(model.parameters()).device
+    inputs = processor(images=list(np.asarray(images)), return_tensors="pt")
+    pixels = inputs["pixel_values"].to(device)
+    with torch.inference_mode(), _autocast(device):
+        out = model(pixel_values=pixels, output_hidden_states=True)
+    hidden = out.hidden_states
+    keep = select_layers(len(hidden), layers)
+    return {i: pool_hidden_state(hidden[i], model.config, pooling).float().cpu().numpy()
+            for i in keep}
+
+
+def language_hidden_states(model, tokenizer, texts: Sequence[str], layers=None,
+                           max_length: int = 64,
+                           exclude_special_tokens: bool = True) -> dict[int, np.ndarray]:
+    """Per-layer token-averaged features of a batch of texts (no caching).
+
+    Parameters
+    ----------
+    model, tokenizer
+        From :func:`load_language_model`.
+    texts : sequence of str
+    layers : None, int or sequence of int
+        See :func:`select_layers`.
+    max_length : int
+        Longer texts are truncated.
+    exclude_special_tokens : bool
+        Leave BOS/EOS-like tokens out of the average (their states are often outliers);
+        a text made only of special tokens keeps them.
+
+    Returns
+    -------
+    features : dict of int to ndarray of shape (n_texts, hidden_size), float32
+    """
+    import torch
+
+    device = next(model.parameters()).device
+    enc = tokenizer(list(texts), return_tensors="pt", padding=True, truncation=True,
+                    max_length=max_length, return_special_tokens_mask=True)
+    mask = enc["attention_mask"].bool()
+    if exclude_special_tokens:
+        content = mask & ~enc["special_tokens_mask"].bool()
+        mask = torch.where(content.any(dim=1, keepdim=True), content, mask)
+    weights = (mask.float() / mask.sum(dim=1, keepdim=True).clamp(min=1)).to(device)
+    with torch.inference_mode(), _autocast(device):
+        out = model(input_ids=enc["input_ids"].to(device),
+                    attention_mask=enc["attention_mask"].to(device), output_hidden_states=True)
+    hidden = out.hidden_states
+    keep = select_layers(len(hidden), layers)
+    return {i: torch.einsum("bt,btd->bd", weights, hidden[i].float()).cpu().numpy()
+            for i in keep}
+
+
+def vision_layer_features(model_path, images: Callable[[list[int]], np.ndarray],
+                          keys: Sequence[int], cache_path, pooling: str = "mean", layers=None,
+                          batch_size: int = 32, device: str = "auto",
+                          desc: str = "") -> dict[int, np.ndarray]:
+    """Per-layer features of a vision model for many images, cached and resumable.
+
+    Parameters
+    ----------
+    model_path : str or path-like
+        Hub id or local folder (see :func:`load_vision_model`).
+    images : callable
+        ``images(keys) -> ndarray (n, H, W, 3) uint8``, e.g. ``PreparedSubject.images``.
+    keys : sequence of int
+        Image ids (rows of the result, in this order).
+    cache_path : path-like
+        HDF5 cache (see :func:`lib.features.cache.extract_cached`); datasets ``layer_NNN``.
+    pooling, layers
+        See :func:`vision_hidden_states`.
+    batch_size : int
+    device : str
+    desc : str
+        Progress-bar label.
+
+    Returns
+    -------
+    features : dict of int to ndarray of shape (len(keys), dim_layer), float32
+    """
+    state = {}
+
+    def compute(batch):
+        if not state:  # load lazily: a complete cache needs no model
+            state["model"], state["processor"] = load_vision_model(model_path, device)
+        feats = vision_hidden_states(state["model"], state["processor"], images(batch),
+                                     pooling=pooling, layers=layers)
+        return {_layer_name(i): v for i, v in feats.items()}
+
+    out = extract_cached(cache_path, keys, compute, batch_size=batch_size,
+                         desc=desc or Path(str(model_path)).name)
+    return _by_layer(out)
+
+
+def language_layer_features(model_path, captions: Callable[[list[int]], list[list[str]]],
+                            keys: Sequence[int], cache_path, layers=None,
+                            batch_size: int = 32, device: str = "auto", max_length: int = 64,
+                            exclude_special_tokens: bool = True,
+                            desc: str = "") -> dict[int, np.ndarray]:
+    """Per-layer caption features of a causal LM for many images, cached and resumable.
+
+    Each caption's hidden states are averaged over its tokens (see
+    :func:`language_hidden_states`), then the image's captions are averaged.
+
+    Parameters
+    ----------
+    model_path : str or path-like
+        Hub id or local folder (see :func:`load_language_model`).
+    captions : callable
+        ``captions(keys) -> list of list of str``, e.g. ``PreparedSubject.captions``.
+    keys : sequence of int
+        Image ids (rows of the result, in this order).
+    cache_path : path-like
+        HDF5 cache; datasets ``layer_NNN``.
+    layers, max_length, exclude_special_tokens
+        See :func:`language_hidden_states`.
+    batch_size : int
+        Images per batch (all their captions go through the model together).
+    device, desc
+        As in :func:`vision_layer_features`.
+
+    Returns
+    -------
+    features : dict of int to ndarray of shape (len(keys), hidden_size), float32
+    """
+    state = {}
+
+    def compute(batch):
+        if not state:
+            state["model"], state["tokenizer"] = load_language_model(model_path, device)
+        per_image = captions(batch)
+        if len(per_image) != len(batch):
+            raise ValueError(f"captions() returned {len(per_image)} lists for {len(batch)} ids.")
+        texts, owner = [], []
+        for row, caps in enumerate(per_image):
+            if not caps:
+                raise ValueError(f"Image {batch[row]} has no captions.")
+            texts.extend(caps)
+            owner.extend([row] * len(caps))
+        feats = language_hidden_states(state["model"], state["tokenizer"], texts,
+                                       layers=layers, max_length=max_length,
+                                       exclude_special_tokens=exclude_special_tokens)
+        owner = np.asarray(owner)
+        avg = np.zeros((len(batch), len(texts)), dtype=np.float32)
+        avg[owner, np.arange(len(texts))] = 1.0
+        avg /= avg.sum(axis=1, keepdims=True)
+        return {_layer_name(i): avg @ v for i, v in feats.items()}
+
+    out = extract_cached(cache_path, keys, compute, batch_size=batch_size,
+                         desc=desc or Path(str(model_path)).name)
+    return _by_layer(out)
+
+
+def model_layer_features(entry: dict, subject, keys: Sequence[int], cache_dir,
+                         models_root=None, layers=None, pooling: str = "mean",
+                         batch_size: int = 32, device: str = "auto") -> dict[int, np.ndarray]:
+    """Per-layer features of one zoo model for a subject's images, cached per model.
+
+    Parameters
+    ----------
+    entry : dict
+        Zoo entry with ``name``, ``path`` and ``modality`` (``"vision"`` or ``"language"``);
+        ``path`` relative to ``models_root`` when that is given.
+    subject : lib.nsd.PreparedSubject
+        Source of images (``images``) and captions (``captions``).
+    keys : sequence of int
+        NSD image ids.
+    cache_dir : path-like
+        Folder of the caches: ``<cache_dir>/<modality>_<name>[_<layers>][_<pooling>].h5``
+        (a layer subset gets its own cache).
+    models_root : path-like or None
+    layers, pooling, batch_size, device
+        See :func:`vision_layer_features` / :func:`language_layer_features`.
+
+    Returns
+    -------
+    features : dict of int to ndarray of shape (len(keys), dim_layer)
+    """
+    path = entry["path"]
+    if models_root is not None and not Path(str(path)).is_absolute():
+        path = Path(models_root) / path
+    modality = entry.get("modality", "vision")
+    safe = str(entry["name"]).replace("/", "__") + _layers_tag(layers)
+    if modality == "vision":
+        cache = Path(cache_dir) / f"vision_{safe}_{pooling}.h5"
+        return vision_layer_features(path, subject.images, keys, cache, pooling=pooling,
+                                     layers=layers, batch_size=batch_size, device=device,
+                                     desc=str(entry["name"]))
+    if modality == "language":
+        cache = Path(cache_dir) / f"language_{safe}.h5"
+        return language_layer_features(path, subject.captions, keys, cache, layers=layers,
+                                       batch_size=batch_size, device=device,
+                                       desc=str(entry["name"]))
+    raise ValueError(f"Zoo entry {entry['name']!r}: modality must be 'vision' or 'language', "
+                     f"got {modality!r}.")
+
+
+def _layers_tag(layers) -> str:
+    if layers is None:
+        return ""
+    if isinstance(layers, (int, np.integer)):
+        return f"_k{int(layers)}"
+    return "_l" + "-".join(str(int(x)) for x in layers)
+
+
+def _by_layer(out: dict[str, np.ndarray]) -> dict[int, np.ndarray]:
+    return {int(name.split("_")[1]): out[name] for name in sorted(out)
+            if name.startswith("layer_")}
