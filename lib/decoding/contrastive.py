@@ -1,0 +1,418 @@
+"""Stage 2: contrastive fine-tuning of the brain map against BLIP-2's image-text-matching Q-Former.
+
+The stage-1 map (fMRI -> Q-Former query tokens, a ridge solution) becomes trainable and is
+tuned with two objectives, as in the original study (``BrainTextRetrieval`` in its
+``nlm_modeling.py``):
+
+* **MSE** between the predicted and the true query tokens (keeps the prediction decodable by
+  the captioning model);
+* **contrastive** (BLIP-2's image-text contrastive loss, ITC): the predicted query tokens go
+  through a *brain projection* into the ITM embedding space; the captions go through the ITM
+  model's text path (word embeddings -> Q-Former without queries -> CLS -> ``text_projection``,
+  exactly what :class:`transformers.Blip2ForImageTextRetrieval` does with
+  ``use_image_text_matching_head=False``). The similarity of a brain sample and a caption is the
+  **maximum over query tokens** of their cosine, divided by a learnable temperature. Targets are
+  soft: every caption of the same image is a positive (several captions per image, and an image
+  may appear several times in a batch), then smoothed by ``label_smoothing`` (0.1 in the
+  original). The brain-text loss is averaged with the same loss between the *true* query tokens
+  (through ``vision_projection``) and the captions, as the original does.
+
+Choices, following the original code unless stated:
+
+* ``loss = mse_weight * MSE + contrastive_weight * mean(brain-text, image-text)`` with the
+  original's defaults ``contrastive_weight=0.3``, ``mse_weight=0.7``
+  (``loss_weights=[0.3, 0.7]``: ``0.3 * contrastive_loss + 0.7 * mse_loss``).
+* The brain projection is a **fresh** ``Linear(qformer_hidden, image_text_hidden)`` as in the
+  original (``brain_projection_init="vision_projection"`` starts it from the ITM image head
+  instead).
+* The temperature is a free parameter initialised at 0.07; unlike the original, and like BLIP-2
+  itself, it is clamped to [0.001, 0.5] in the forward pass.
+* The original also fine-tunes the Q-Former, the text embeddings and both projections. Here
+  they are **frozen** by default (``train_itm=False``): the ITM space then stays the one in which
+  stage 1 and stage 2 are compared (text retrieval), and on CPU the caption embeddings can be
+  computed once. With the text side frozen the image-text term only moves the temperature.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#: Default loss weights of the original study (``0.3 * contrastive + 0.7 * mse``).
+DEFAULT_CONTRASTIVE_WEIGHT = 0.3
+DEFAULT_MSE_WEIGHT = 0.7
+
+
+# ----------------------------------------------------------------------------- loss pieces
+
+
+def itc_similarity(query_feats: torch.Tensor, text_feats: torch.Tensor) -> torch.Tensor:
+    """BLIP-2 image(brain)-text similarity: max over query tokens of the dot product.
+
+    Parameters
+    ----------
+    query_feats : Tensor of shape (n_a, n_query, dim)
+        L2-normalised query-token embeddings (brain or image side).
+    text_feats : Tensor of shape (n_b, dim)
+        L2-normalised caption embeddings.
+
+    Returns
+    -------
+    sim : Tensor of shape (n_a, n_b)
+        ``sim[i, j] = max_q <query_feats[i, q], text_feats[j]>`` (cosine when normalised).
+    """
+    if query_feats.ndim != 3 or text_feats.ndim != 2:
+        raise ValueError(
+            "itc_similarity expects query_feats (n, n_query, dim) and text_feats (m, dim); got "
+            f"{tuple(query_feats.shape)} and {tuple(text_feats.shape)}"
+        )
+    return torch.einsum("aqd,bd->abq", query_feats, text_feats).amax(dim=-1)
+
+
+def soft_targets(
+    image_ids: torch.Tensor, label_smoothing: float = 0.1, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Contrastive targets: uniform over the pairs that show the same image, then smoothed.
+
+    Parameters
+    ----------
+    image_ids : Tensor of shape (n,)
+        Image id of each (brain, caption) pair in the batch.
+    label_smoothing : float
+        Weight of the uniform distribution mixed in (0.1 in the original study).
+
+    Returns
+    -------
+    targets : Tensor of shape (n, n), of ``dtype``
+        Rows sum to 1: ``(1 - s) * same / same.sum(1) + s / n``.
+    """
+    ids = image_ids.reshape(-1, 1)
+    same = (ids == ids.T).to(dtype)
+    targets = same / same.sum(dim=1, keepdim=True)
+    n = targets.shape[1]
+    return (1.0 - label_smoothing) * targets + label_smoothing / n
+
+
+def contrastive_loss(
+    query_feats: torch.Tensor,
+    text_feats: torch.Tensor,
+    image_ids: torch.Tensor,
+    temperature: torch.Tensor | float,
+    label_smoothing: float = 0.1,
+) -> torch.Tensor:
+    """Symmetric ITC loss with soft targets over same-image pairs.
+
+    Parameters
+    ----------
+    query_feats : Tensor of shape (n, n_query, dim)
+        Normalised query-token embeddings of the n pairs' brain samples (or images).
+    text_feats : Tensor of shape (n, dim)
+        Normalised embeddings of the n pairs' captions.
+    image_ids : Tensor of shape (n,)
+        Image of each pair (pairs of the same image are all positives).
+    temperature : float or scalar Tensor
+    label_smoothing : float
+
+    Returns
+    -------
+    loss : scalar Tensor
+        ``(CE(query->text) + CE(text->query)) / 2`` with soft targets.
+    """
+    sim = itc_similarity(query_feats, text_feats) / temperature
+    targets = soft_targets(image_ids, label_smoothing, dtype=sim.dtype)
+    loss_q2t = -(F.log_softmax(sim, dim=1) * targets).sum(dim=1).mean()
+    loss_t2q = -(F.log_softmax(sim.T, dim=1) * targets).sum(dim=1).mean()
+    return (loss_q2t + loss_t2q) / 2
+
+
+# ----------------------------------------------------------------------------- model
+
+
+@dataclass
+class ContrastiveOutput:
+    """Losses of one batch (scalar tensors) and the predicted query tokens."""
+
+    loss: torch.Tensor
+    mse: torch.Tensor
+    contrastive: torch.Tensor
+    brain_text: torch.Tensor
+    image_text: torch.Tensor
+    pred: torch.Tensor
+
+
+class BrainTextContrastive(nn.Module):
+    """Stage-1 brain map + BLIP-2 ITM text/image heads + a brain projection, for stage 2.
+
+    Parameters
+    ----------
+    brain_map : torch.nn.Module
+        The stage-1 map, ``brain_map(X)`` with X of shape (n, n_features) returning
+        (n, n_query, hidden). It is deep-copied: the stage-1 module is left untouched.
+    itm_model : transformers.Blip2ForImageTextRetrieval
+        Source of the Q-Former, text embeddings, query tokens, ``vision_projection`` and
+        ``text_projection`` (deep-copied; its vision encoder is not kept).
+    mse_weight, contrastive_weight : float
+        Loss weights (original study: 0.7 and 0.3).
+    label_smoothing : float
+        Smoothing of the contrastive targets (original: 0.1).
+    temperature : float
+        Initial temperature (original and BLIP-2: 0.07).
+    brain_projection_init : {"fresh", "vision_projection"}
+        Start the brain projection from scratch (original) or from the ITM ``vision_projection``.
+    train_itm : bool
+        Also fine-tune the Q-Former, text embeddings and projections (the original does);
+        default False (frozen, see the module docstring).
+    seed : int
+        Seed of the fresh brain projection's initialisation.
+    """
+
+    def __init__(
+        self,
+        brain_map: nn.Module,
+        itm_model,
+        mse_weight: float = DEFAULT_MSE_WEIGHT,
+        contrastive_weight: float = DEFAULT_CONTRASTIVE_WEIGHT,
+        label_smoothing: float = 0.1,
+        temperature: float = 0.07,
+        brain_projection_init: str = "fresh",
+        train_itm: bool = False,
+        seed: int = 0,
+    ):
+        super().__init__()
+        config = itm_model.config
+        if not getattr(config.qformer_config, "use_qformer_text_input", False):
+            raise ValueError(
+                "itm_model must be a Blip2ForImageTextRetrieval whose qformer_config has "
+                "use_qformer_text_input=True (the Q-Former's text path is needed)."
+            )
+        self.brain_map = copy.deepcopy(brain_map)
+        self.query_tokens = copy.deepcopy(itm_model.query_tokens)
+        self.embeddings = copy.deepcopy(itm_model.embeddings)
+        self.qformer = copy.deepcopy(itm_model.qformer)
+        self.vision_projection = copy.deepcopy(itm_model.vision_projection)
+        self.text_projection = copy.deepcopy(itm_model.text_projection)
+        hidden = config.qformer_config.hidden_size
+        dim = config.image_text_hidden_size
+        gen = torch.Generator().manual_seed(seed)
+        self.brain_projection = nn.Linear(hidden, dim)
+        with torch.no_grad():
+            if brain_projection_init == "fresh":
+                bound = 1.0 / np.sqrt(hidden)  # nn.Linear's default init, seeded
+                self.brain_projection.weight.uniform_(-bound, bound, generator=gen)
+                self.brain_projection.bias.uniform_(-bound, bound, generator=gen)
+            elif brain_projection_init == "vision_projection":
+                self.brain_projection.load_state_dict(self.vision_projection.state_dict())
+            else:
+                raise ValueError(
+                    f"brain_projection_init={brain_projection_init!r}; expected 'fresh' or "
+                    "'vision_projection'"
+                )
+        self.temp = nn.Parameter(torch.tensor(float(temperature)))
+        self.mse_weight = float(mse_weight)
+        self.contrastive_weight = float(contrastive_weight)
+        self.label_smoothing = float(label_smoothing)
+        self.train_itm = bool(train_itm)
+        self.n_query = config.num_query_tokens
+        self.hidden = hidden
+        for module in self.itm_modules():
+            for p in module.parameters():
+                p.requires_grad_(self.train_itm)
+        self.query_tokens.requires_grad_(self.train_itm)
+
+    # -- parameter groups -------------------------------------------------------------
+    def itm_modules(self) -> list[nn.Module]:
+        """The modules taken from the ITM checkpoint (frozen unless ``train_itm``)."""
+        return [self.embeddings, self.qformer, self.vision_projection, self.text_projection]
+
+    def param_groups(self, lr: float, brain_lr_factor: float = 0.2) -> list[dict]:
+        """AdamW parameter groups: the brain map at ``lr * brain_lr_factor``, the rest at ``lr``.
+
+        The original used ``lr / 5`` for the brain map. Only trainable parameters are listed.
+        """
+        brain = [p for p in self.brain_map.parameters() if p.requires_grad]
+        rest = list(self.brain_projection.parameters()) + [self.temp]
+        if self.train_itm:
+            for module in self.itm_modules():
+                rest += list(module.parameters())
+        return [
+            {"params": brain, "lr": lr * brain_lr_factor, "name": "brain_map"},
+            {"params": rest, "lr": lr, "name": "heads"},
+        ]
+
+    def train(self, mode: bool = True):
+        """Frozen ITM modules stay in eval mode (no dropout) when ``train_itm`` is False."""
+        super().train(mode)
+        if not self.train_itm:
+            for module in self.itm_modules():
+                module.eval()
+        return self
+
+    # -- embeddings -------------------------------------------------------------------
+    @property
+    def temperature(self) -> torch.Tensor:
+        """The temperature clamped to [0.001, 0.5], as BLIP-2 does."""
+        return self.temp.clamp(0.001, 0.5)
+
+    def predict_tokens(self, X: torch.Tensor) -> torch.Tensor:
+        """Query tokens predicted from brain data: (n, n_features) -> (n, n_query, hidden)."""
+        return self.brain_map(X)
+
+    def brain_features(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Normalised brain embeddings (n, n_query, dim) through the brain projection."""
+        return F.normalize(self.brain_projection(tokens), dim=-1)
+
+    def image_features(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Normalised image embeddings (n, n_query, dim) through the ITM ``vision_projection``."""
+        return F.normalize(self.vision_projection(tokens), dim=-1)
+
+    def text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Normalised caption embeddings (n, dim): the Q-Former text path's CLS token.
+
+        Parameters
+        ----------
+        input_ids, attention_mask : LongTensor of shape (n, seq_len)
+            Captions tokenised by the ITM processor's tokenizer (no image placeholders).
+        """
+        embeds = self.embeddings(input_ids=input_ids)
+        out = self.qformer(
+            query_embeds=embeds, query_length=0, attention_mask=attention_mask, return_dict=True
+        )
+        cls = out.last_hidden_state[:, 0, :].to(self.text_projection.weight.dtype)
+        return F.normalize(self.text_projection(cls), dim=-1)
+
+    # -- loss ----------------------------------------------------------------------------
+    def forward(
+        self,
+        X: torch.Tensor,
+        true_tokens: torch.Tensor,
+        image_ids: torch.Tensor,
+        text_feats: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> ContrastiveOutput:
+        """Losses for a batch of (brain sample, caption) pairs.
+
+        Parameters
+        ----------
+        X : Tensor of shape (n, n_features)
+            Brain data of each pair.
+        true_tokens : Tensor of shape (n, n_query, hidden)
+            Q-Former outputs of each pair's image.
+        image_ids : Tensor of shape (n,)
+            Image (nsd id) of each pair.
+        text_feats : Tensor of shape (n, dim), optional
+            Precomputed normalised caption embeddings (allowed only with ``train_itm=False``).
+        input_ids, attention_mask : LongTensor of shape (n, seq_len), optional
+            Tokenised captions, when ``text_feats`` is not given.
+
+        Returns
+        -------
+        out : ContrastiveOutput
+        """
+        pred = self.predict_tokens(X)
+        mse = F.mse_loss(pred.float(), true_tokens.float())
+        if text_feats is None:
+            if input_ids is None:
+                raise ValueError("give either text_feats or input_ids (+ attention_mask)")
+            text_feats = self.text_features(input_ids, attention_mask)
+        elif self.train_itm:
+            raise ValueError("precomputed text_feats cannot be used with train_itm=True")
+        temp = self.temperature
+        brain_text = contrastive_loss(
+            self.brain_features(pred).float(), text_feats.float(), image_ids, temp,
+            self.label_smoothing,
+        )
+        image_text = contrastive_loss(
+            self.image_features(true_tokens).float(), text_feats.float(), image_ids, temp,
+            self.label_smoothing,
+        )
+        con = (brain_text + image_text) / 2
+        loss = self.mse_weight * mse + self.contrastive_weight * con
+        return ContrastiveOutput(loss, mse, con, brain_text, image_text, pred)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def load_itm(model: str | os.PathLike, device: str = "cpu"):
+    """Load a :class:`~transformers.Blip2ForImageTextRetrieval` and its processor (float32).
+
+    Parameters
+    ----------
+    model : str or path-like
+        Hub id (e.g. ``"Salesforce/blip2-itm-vit-g"``) or a local ``save_pretrained`` folder.
+    device : str
+
+    Returns
+    -------
+    model : transformers.Blip2ForImageTextRetrieval (eval mode)
+    processor : transformers.Blip2Processor
+    """
+    from transformers import AutoProcessor, Blip2ForImageTextRetrieval
+
+    from lib.config import resolve_device
+
+    try:
+        processor = AutoProcessor.from_pretrained(str(model))
+        net = Blip2ForImageTextRetrieval.from_pretrained(str(model), dtype=torch.float32)
+    except OSError as err:
+        raise FileNotFoundError(
+            f"itm_model={str(model)!r} could not be loaded: expected a local folder written by "
+            "save_pretrained or a Hugging Face Hub id available offline (cached). Check the "
+            "path in the parameter file or download the checkpoint first."
+        ) from err
+    return net.eval().to(resolve_device(device)), processor
+
+
+def tokenize_captions(tokenizer, captions: Sequence[str], max_length: int = 64):
+    """Tokenise captions for the Q-Former text path (padding to ``max_length``, truncation).
+
+    Returns
+    -------
+    input_ids, attention_mask : LongTensor of shape (n, max_length)
+    """
+    enc = tokenizer(
+        list(captions), padding="max_length", max_length=max_length, truncation=True,
+        return_tensors="pt",
+    )
+    return enc["input_ids"], enc["attention_mask"]
+
+
+@torch.no_grad()
+def encode_texts(
+    model: BrainTextContrastive | nn.Module,
+    tokenizer,
+    captions: Sequence[str],
+    max_length: int = 64,
+    batch_size: int = 256,
+) -> torch.Tensor:
+    """Normalised ITM caption embeddings, batched.
+
+    Parameters
+    ----------
+    model : BrainTextContrastive or transformers.Blip2ForImageTextRetrieval
+        Anything with ``embeddings``, ``qformer`` and ``text_projection``.
+    tokenizer : the ITM processor's tokenizer
+    captions : sequence of str, length n
+
+    Returns
+    -------
+    feats : Tensor of shape (n, dim), float32, on CPU
+    """
+    device = model.text_projection.weight.device
+    out = []
+    for start in range(0, len(captions), batch_size):
+        ids, mask = tokenize_captions(tokenizer, captions[start : start + batch_size], max_length)
+        ids, mask = ids.to(device), mask.to(device)
+        embeds = model.embeddings(input_ids=ids)
+        h = model.qformer(query_embeds=embeds, query_length=0, attention_mask=mask,
+                          return_dict=True).last_hidden_state[:, 0, :]
+        out.append(F.normalize(model.text_projection(h.float()), dim=-1).float().cpu())
+    return torch.cat(out) if out else torch.zeros(0, model.text_projection.out_features)

@@ -1,0 +1,564 @@
+"""Training loop for stage 2 (contrastive fine-tuning), resumable bit for bit.
+
+One call, :func:`fit`, trains a :class:`lib.decoding.contrastive.BrainTextContrastive` on
+(brain sample, caption) pairs: AdamW (the brain map at a lower rate), a cosine schedule with
+linear warm-up, gradient clipping, gradient accumulation, bf16 autocast on CUDA, validation on
+images carved from the *training* set, early stopping, the best weights kept as safetensors.
+
+Resuming. Every ``checkpoint_every`` optimizer steps the trainable weights, the optimizer and
+scheduler states and the torch RNG state are written (tensors as ``checkpoint.safetensors``, the
+rest as ``checkpoint.json``, both atomically). The batches of an epoch are a permutation drawn
+from ``(seed, epoch)`` alone, so a run killed at any point and restarted with the same arguments
+replays exactly the remaining steps: on CPU its final weights equal those of an uninterrupted
+run bit for bit (tested).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from lib.io import atomic_path, write_json
+
+CHECKPOINT = "checkpoint"
+BEST = "best"
+
+
+class LeakageError(AssertionError):
+    """A test image reached training, validation or early stopping."""
+
+
+def assert_no_test_ids(ids, test_ids, where: str) -> None:
+    """Raise :class:`LeakageError` if any id of ``ids`` is a test image.
+
+    Parameters
+    ----------
+    ids : array-like of int
+        Image ids used by some training step (training pairs, validation, early stopping).
+    test_ids : array-like of int
+        The held-out test images (NSD shared images).
+    where : str
+        Name of the place being checked, for the message.
+    """
+    leaked = np.intersect1d(np.asarray(ids).ravel(), np.asarray(test_ids).ravel())
+    if leaked.size:
+        raise LeakageError(
+            f"{leaked.size} test image(s) found in {where} (e.g. nsd ids {leaked[:5].tolist()}); "
+            "test images must never touch training, validation or early stopping."
+        )
+
+
+def split_train_val(image_ids, val_fraction: float = 0.1, seed: int = 0):
+    """Carve a validation set out of the training images (whole images, never trials).
+
+    Parameters
+    ----------
+    image_ids : array-like of int
+        Unique training image ids.
+    val_fraction : float
+        Share of images held out for validation (at least one image is held out and one kept).
+    seed : int
+
+    Returns
+    -------
+    train_ids, val_ids : ndarray of int
+        Sorted, disjoint.
+    """
+    ids = np.unique(np.asarray(image_ids))
+    if ids.size < 2:
+        raise ValueError("need at least two training images to carve out a validation set")
+    n_val = min(max(1, int(round(val_fraction * ids.size))), ids.size - 1)
+    perm = np.random.default_rng(seed).permutation(ids.size)
+    val = np.sort(ids[perm[:n_val]])
+    train = np.sort(ids[perm[n_val:]])
+    return train, val
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclass
+class PairData:
+    """(brain sample, caption) pairs for contrastive training.
+
+    Attributes
+    ----------
+    X : Tensor of shape (n_samples, n_features), float32
+        Brain samples (repetition-averaged betas, or single trials with memory windows).
+    tokens : Tensor of shape (n_samples, n_query, hidden), float32
+        True Q-Former outputs of each sample's image.
+    image_ids : LongTensor of shape (n_samples,)
+        NSD id of each sample's image.
+    pairs : LongTensor of shape (n_pairs, 2)
+        ``(sample index, caption index)``: every caption of the sample's image.
+    captions : list of str, length n_captions
+    text_feats : Tensor of shape (n_captions, dim) or None
+        Precomputed normalised caption embeddings (frozen text side).
+    """
+
+    X: torch.Tensor
+    tokens: torch.Tensor
+    image_ids: torch.Tensor
+    pairs: torch.Tensor
+    captions: list
+    text_feats: torch.Tensor | None = None
+
+    @classmethod
+    def build(cls, X, tokens, image_ids, captions_by_image: dict) -> "PairData":
+        """Pair every sample with every caption of its image.
+
+        Parameters
+        ----------
+        X : ndarray of shape (n_samples, n_features)
+        tokens : ndarray of shape (n_samples, n_query, hidden)
+        image_ids : ndarray of shape (n_samples,)
+        captions_by_image : dict
+            nsd id (int) -> list of captions.
+        """
+        image_ids = np.asarray(image_ids, dtype=np.int64)
+        if not (len(X) == len(tokens) == len(image_ids)):
+            raise ValueError(
+                f"X, tokens and image_ids must have the same length; got {len(X)}, "
+                f"{len(tokens)}, {len(image_ids)}"
+            )
+        captions: list[str] = []
+        first: dict[int, tuple[int, int]] = {}
+        for nsd in np.unique(image_ids):
+            caps = list(captions_by_image.get(int(nsd), []))
+            if not caps:
+                raise ValueError(f"image nsd_id={int(nsd)} has no caption; cannot pair it")
+            first[int(nsd)] = (len(captions), len(caps))
+            captions.extend(caps)
+        pairs = [
+            (i, start + c)
+            for i, nsd in enumerate(image_ids)
+            for start, n in [first[int(nsd)]]
+            for c in range(n)
+        ]
+        return cls(
+            X=torch.as_tensor(np.asarray(X, dtype=np.float32)),
+            tokens=torch.as_tensor(np.asarray(tokens, dtype=np.float32)),
+            image_ids=torch.as_tensor(image_ids),
+            pairs=torch.as_tensor(np.asarray(pairs, dtype=np.int64)).reshape(-1, 2),
+            captions=captions,
+        )
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def batch(self, idx: torch.Tensor, device) -> dict:
+        """Tensors of the pairs ``idx`` on ``device``."""
+        s, c = self.pairs[idx, 0], self.pairs[idx, 1]
+        out = {
+            "X": self.X[s].to(device),
+            "true_tokens": self.tokens[s].to(device),
+            "image_ids": self.image_ids[s].to(device),
+        }
+        if self.text_feats is not None:
+            out["text_feats"] = self.text_feats[c].to(device)
+        else:
+            out["caption_index"] = c
+        return out
+
+
+# ----------------------------------------------------------------------------- config
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of :func:`fit` (original study: lr 1e-4 from an LR finder, brain map
+    lr/5, batch 32, accumulate 2, clip 1.0, AdamW weight decay 0.01, 10 epochs)."""
+
+    lr: float = 1e-4
+    brain_lr_factor: float = 0.2
+    weight_decay: float = 0.01
+    betas: tuple = (0.9, 0.999)
+    batch_size: int = 32
+    grad_accum: int = 2
+    epochs: int = 10
+    warmup_steps: int = 0
+    clip_norm: float = 1.0
+    eval_every: int = 50
+    checkpoint_every: int = 50
+    patience: int | None = None
+    select_by: str = "val_loss"
+    seed: int = 0
+    amp: bool = True
+    max_length: int = 64
+
+    def fingerprint(self) -> str:
+        """Hash of the settings that change the trajectory (a checkpoint must match it)."""
+        keys = {k: v for k, v in asdict(self).items() if k not in ("eval_every",)}
+        return hashlib.sha1(json.dumps(keys, sort_keys=True, default=list).encode()).hexdigest()
+
+
+def cosine_with_warmup(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    """LR multiplier: linear warm-up to 1, then cosine decay to 0 at ``total_steps``."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / max(1, warmup_steps)
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+# ----------------------------------------------------------------------------- state I/O
+
+
+def _trainable_state(model) -> dict[str, torch.Tensor]:
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    return {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()
+            if k in names}
+
+
+def save_weights(model, path: str | os.PathLike, metadata: dict | None = None) -> Path:
+    """Save the trainable weights of ``model`` as safetensors, atomically."""
+    from safetensors.torch import save_file
+
+    meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
+    with atomic_path(path) as tmp:
+        save_file(_trainable_state(model), str(tmp), metadata=meta)
+    return Path(path)
+
+
+def load_weights(model, path: str | os.PathLike) -> None:
+    """Load weights saved by :func:`save_weights` into ``model`` (missing keys are an error)."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(path))
+    expected = set(_trainable_state(model))
+    if set(state) != expected:
+        raise ValueError(
+            f"{path}: weights do not match the model (missing {sorted(expected - set(state))[:3]}, "
+            f"unexpected {sorted(set(state) - expected)[:3]}); was it written for another run?"
+        )
+    model.load_state_dict(state, strict=False)
+
+
+def _save_checkpoint(out_dir: Path, model, optimizer, scheduler, meta: dict) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {f"model.{k}": v for k, v in _trainable_state(model).items()}
+    opt = optimizer.state_dict()
+    for pid, st in opt["state"].items():
+        for key, value in st.items():
+            tensors[f"optim.{pid}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous().clone()
+    tensors["rng.torch"] = torch.get_rng_state().clone()
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s.clone()
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()}
+              for g in opt["param_groups"]]
+    sched = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
+    meta = dict(meta, param_groups=groups, scheduler=sched)
+    with atomic_path(out_dir / f"{CHECKPOINT}.safetensors") as tmp:
+        save_file(tensors, str(tmp), metadata={"step": str(meta["step"])})
+    write_json(out_dir / f"{CHECKPOINT}.json", meta)
+
+
+def _load_checkpoint(out_dir: Path, model, optimizer, scheduler) -> dict:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    meta = json.loads((out_dir / f"{CHECKPOINT}.json").read_text())
+    path = out_dir / f"{CHECKPOINT}.safetensors"
+    with safe_open(str(path), framework="pt") as f:
+        step = int(f.metadata()["step"])
+    if step != meta["step"]:
+        raise RuntimeError(
+            f"{path} (step {step}) and {CHECKPOINT}.json (step {meta['step']}) disagree; the "
+            "checkpoint is inconsistent: delete both files to restart training from scratch."
+        )
+    tensors = load_file(str(path))
+    model.load_state_dict(
+        {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}, strict=False
+    )
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, pid, name = key.split(".", 2)
+            state.setdefault(int(pid), {})[name] = value
+    groups = [dict(g, betas=tuple(g["betas"])) for g in meta["param_groups"]]
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+    scheduler.load_state_dict(dict(meta["scheduler"], lr_lambdas=[None] * len(groups)))
+    torch.set_rng_state(tensors["rng.torch"])
+    if torch.cuda.is_available():
+        cuda = [tensors[f"rng.cuda.{i}"] for i in range(torch.cuda.device_count())
+                if f"rng.cuda.{i}" in tensors]
+        if cuda:
+            torch.cuda.set_rng_state_all(cuda)
+    return meta
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def evaluate(model, data: PairData, batch_size: int = 256, device="cpu", tokenizer=None,
+             max_length: int = 64) -> dict:
+    """Validation losses over all pairs and brain->text top-1 among the validation images.
+
+    Retrieval: one caption per image (its first), candidates = all validation images (chance
+    = 1 / n_images); similarity = max over query tokens of the cosine (BLIP-2 ITC).
+
+    Returns
+    -------
+    metrics : dict
+        ``loss``, ``mse``, ``contrastive``, ``brain_text``, ``top1`` (brain->text), ``chance``.
+    """
+    from lib.decoding.contrastive import itc_similarity
+
+    was_training = model.training
+    model.eval()
+    sums = {"loss": 0.0, "mse": 0.0, "contrastive": 0.0, "brain_text": 0.0}
+    n = len(data)
+    for start in range(0, n, batch_size):
+        idx = torch.arange(start, min(start + batch_size, n))
+        out = _forward(model, data, idx, device, tokenizer, max_length)
+        w = len(idx) / n
+        for k in sums:
+            sums[k] += w * float(getattr(out, k))
+    # retrieval: one sample + first caption per image
+    ids = data.image_ids.numpy()
+    uniq, first_sample = np.unique(ids, return_index=True)
+    first_caption = {}
+    for s, c in data.pairs.numpy():
+        first_caption.setdefault(int(ids[s]), int(c))
+    X = data.X[torch.as_tensor(first_sample)].to(device)
+    brain = model.brain_features(model.predict_tokens(X).float())
+    cidx = torch.as_tensor([first_caption[int(u)] for u in uniq])
+    text = _text_feats(model, data, cidx, device, tokenizer, max_length)
+    sim = itc_similarity(brain.float(), text.float())
+    top1 = float((sim.argmax(dim=1).cpu() == torch.arange(len(uniq))).float().mean())
+    sums.update(top1=top1, chance=1.0 / len(uniq))
+    model.train(was_training)
+    return sums
+
+
+def _text_feats(model, data: PairData, cidx, device, tokenizer, max_length):
+    if data.text_feats is not None:
+        return data.text_feats[cidx].to(device)
+    from lib.decoding.contrastive import tokenize_captions
+
+    ids, mask = tokenize_captions(tokenizer, [data.captions[int(i)] for i in cidx], max_length)
+    return model.text_features(ids.to(device), mask.to(device))
+
+
+def _forward(model, data: PairData, idx, device, tokenizer, max_length):
+    batch = data.batch(idx, device)
+    if "caption_index" in batch:
+        from lib.decoding.contrastive import tokenize_captions
+
+        cidx = batch.pop("caption_index")
+        ids, mask = tokenize_captions(tokenizer, [data.captions[int(i)] for i in cidx], max_length)
+        batch["input_ids"], batch["attention_mask"] = ids.to(device), mask.to(device)
+    return model(**batch)
+
+
+# ----------------------------------------------------------------------------- fit
+
+
+@dataclass
+class TrainResult:
+    """What :func:`fit` returns: the loss history and where the best weights are."""
+
+    history: list = field(default_factory=list)
+    best_step: int = -1
+    best_value: float = float("nan")
+    best_path: Path | None = None
+    steps: int = 0
+    wall_time_s: float = 0.0
+    resumed_from: int | None = None
+
+
+def fit(
+    model,
+    train: PairData,
+    val: PairData,
+    config: TrainConfig,
+    out_dir: str | os.PathLike,
+    test_ids: Sequence[int] | None = None,
+    device: str | torch.device = "cpu",
+    tokenizer=None,
+    resume: bool = True,
+    callback: Callable[[int, dict], None] | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train ``model`` on ``train`` pairs, validating on ``val``; resumable.
+
+    Parameters
+    ----------
+    model : BrainTextContrastive
+    train, val : PairData
+        Training pairs and validation pairs; their images must be disjoint from each other and
+        from ``test_ids`` (checked: :class:`LeakageError`).
+    config : TrainConfig
+    out_dir : path-like
+        Receives ``checkpoint.safetensors`` + ``checkpoint.json`` (for resuming), ``best.safetensors``
+        (trainable weights of the best validation step) and ``history.json``.
+    test_ids : sequence of int
+        The test images; required, so that leakage is always checked.
+    device : str or torch.device
+    tokenizer : tokenizer, optional
+        Needed only when caption embeddings are not precomputed (``train_itm=True``).
+    resume : bool
+        Continue from ``out_dir``'s checkpoint when there is one (its settings must match).
+    callback : callable, optional
+        ``callback(step, record)`` after every optimizer step (``record`` holds the losses);
+        raising from it stops training (used by the tests to simulate a kill).
+    progress : bool
+
+    Returns
+    -------
+    result : TrainResult
+        At return the model holds the **final** weights; load ``result.best_path`` for the best.
+    """
+    if test_ids is None:
+        raise ValueError("fit needs test_ids to check that no test image is used in training")
+    assert_no_test_ids(train.image_ids.numpy(), test_ids, "the training pairs")
+    assert_no_test_ids(val.image_ids.numpy(), test_ids, "the validation (early-stopping) pairs")
+    overlap = np.intersect1d(train.image_ids.numpy(), val.image_ids.numpy())
+    if overlap.size:
+        raise LeakageError(f"{overlap.size} image(s) are in both training and validation pairs")
+    if config.select_by not in ("val_loss", "val_top1"):
+        raise ValueError(f"select_by={config.select_by!r}; expected 'val_loss' or 'val_top1'")
+
+    device = torch.device(device)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.to(device)
+    n_micro = math.ceil(len(train) / config.batch_size)
+    steps_per_epoch = math.ceil(n_micro / config.grad_accum)
+    total = steps_per_epoch * config.epochs
+
+    optimizer = torch.optim.AdamW(
+        model.param_groups(config.lr, config.brain_lr_factor), lr=config.lr,
+        betas=tuple(config.betas), weight_decay=config.weight_decay,
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, cosine_with_warmup(config.warmup_steps, total)
+    )
+    use_amp = bool(config.amp) and device.type == "cuda"
+
+    meta = {"step": 0, "fingerprint": config.fingerprint(), "history": [], "best_value": None,
+            "best_step": -1, "bad_evals": 0, "stopped": False}
+    result = TrainResult()
+    ckpt = out_dir / f"{CHECKPOINT}.json"
+    if resume and ckpt.exists():
+        saved = json.loads(ckpt.read_text())
+        if saved.get("fingerprint") != meta["fingerprint"]:
+            raise RuntimeError(
+                f"{ckpt} was written with other training settings; use resume=False (or delete "
+                "the checkpoint files) to train from scratch with the new settings."
+            )
+        meta = _load_checkpoint(out_dir, model, optimizer, scheduler)
+        result.resumed_from = meta["step"]
+    elif not resume:
+        for name in (f"{CHECKPOINT}.json", f"{CHECKPOINT}.safetensors"):
+            (out_dir / name).unlink(missing_ok=True)
+
+    def better(value, best):
+        if best is None:
+            return True
+        return value < best if config.select_by == "val_loss" else value > best
+
+    def run_eval(step):
+        metrics = evaluate(model, val, device=device, tokenizer=tokenizer,
+                           max_length=config.max_length)
+        value = metrics["loss"] if config.select_by == "val_loss" else metrics["top1"]
+        rec = {"step": step, "split": "val", **metrics}
+        meta["history"].append(rec)
+        if better(value, meta["best_value"]):
+            meta.update(best_value=value, best_step=step, bad_evals=0)
+            save_weights(model, out_dir / f"{BEST}.safetensors", {"step": step, **metrics})
+        else:
+            meta["bad_evals"] += 1
+            if config.patience is not None and meta["bad_evals"] >= config.patience:
+                meta["stopped"] = True
+        return rec
+
+    t0 = time.perf_counter()
+    if meta["step"] == 0 and not meta["history"]:
+        run_eval(0)
+    model.train()
+    bar = tqdm(total=total, initial=meta["step"], desc="stage 2", disable=not progress)
+    while meta["step"] < total and not meta["stopped"]:
+        step = meta["step"]
+        epoch, s = divmod(step, steps_per_epoch)
+        perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(
+            config.seed * 1_000_003 + epoch))
+        micro = range(s * config.grad_accum, min((s + 1) * config.grad_accum, n_micro))
+        optimizer.zero_grad(set_to_none=True)
+        logs = {"loss": 0.0, "mse": 0.0, "contrastive": 0.0, "brain_text": 0.0}
+        for m in micro:
+            idx = perm[m * config.batch_size:(m + 1) * config.batch_size]
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+                out = _forward(model, train, idx, device, tokenizer, config.max_length)
+            (out.loss / len(micro)).backward()
+            for k in logs:
+                logs[k] += float(getattr(out, k)) / len(micro)
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            [p for g in optimizer.param_groups for p in g["params"]], config.clip_norm)
+        optimizer.step()
+        scheduler.step()
+        meta["step"] = step + 1
+        rec = {"step": step + 1, "split": "train", "epoch": epoch, **logs,
+               "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0],
+               "temperature": float(model.temperature)}
+        meta["history"].append(rec)
+        bar.update(1)
+        bar.set_postfix(loss=f"{logs['loss']:.4f}")
+        if (step + 1) % config.eval_every == 0 or step + 1 == total:
+            model.eval()
+            run_eval(step + 1)
+            model.train()
+        if (step + 1) % config.checkpoint_every == 0 or step + 1 == total or meta["stopped"]:
+            _save_checkpoint(out_dir, model, optimizer, scheduler, meta)
+        if callback is not None:
+            callback(step + 1, rec)
+    bar.close()
+    model.eval()
+    write_json(out_dir / "history.json", meta["history"])
+    result.history = meta["history"]
+    result.best_step = meta["best_step"]
+    result.best_value = meta["best_value"]
+    result.best_path = out_dir / f"{BEST}.safetensors"
+    result.steps = meta["step"]
+    result.wall_time_s = time.perf_counter() - t0
+    return result
+
+
+@torch.no_grad()
+def predict_tokens(model, X, batch_size: int = 256, device="cpu") -> np.ndarray:
+    """Query tokens predicted by the (trained) brain map.
+
+    Parameters
+    ----------
+    model : BrainTextContrastive or the brain map itself
+    X : ndarray of shape (n, n_features)
+
+    Returns
+    -------
+    pred : ndarray of shape (n, n_query, hidden), float32
+    """
+    fn = model.predict_tokens if hasattr(model, "predict_tokens") else model
+    was = model.training
+    model.eval()
+    out = []
+    for start in range(0, len(X), batch_size):
+        x = torch.as_tensor(np.asarray(X[start:start + batch_size], dtype=np.float32)).to(device)
+        out.append(fn(x).float().cpu().numpy())
+    model.train(was)
+    return np.concatenate(out) if out else np.zeros((0,), np.float32)
