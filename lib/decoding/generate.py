@@ -1,0 +1,226 @@
+"""Captions from query tokens: BLIP-2's language projection, then the language model's ``generate``.
+
+This is the tail of :meth:`transformers.Blip2ForConditionalGeneration.generate` (transformers
+5.x) with the vision encoder and Q-Former replaced by query tokens predicted from the brain:
+the prompt is ``n_query`` image-placeholder tokens (``config.image_token_index``) followed by
+the text prompt (or the BOS token when there is none, as BLIP-2 does); the placeholders' input
+embeddings are replaced by ``language_projection(query_tokens)``; and the language model's own
+``generate`` runs on those ``inputs_embeds``. The library's ``generate`` cannot be called
+directly because it always recomputes the query tokens from ``pixel_values``.
+
+It works for decoder-only language models (OPT: ``input_ids`` are passed along so that the
+output can be cut after the prompt) and encoder-decoder ones (Flan-T5: the embeddings are the
+encoder input, as in BLIP-2's own code). Every item of a batch gets the same prompt, so all
+sequences have the same length and no padding is needed: batched and one-at-a-time greedy
+captions are identical (tested).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+
+def load_captioner(model: str | os.PathLike, device: str = "auto", dtype: str | None = None):
+    """Load a :class:`~transformers.Blip2ForConditionalGeneration` and its processor.
+
+    Parameters
+    ----------
+    model : str or path-like
+        Hugging Face Hub id (e.g. ``"Salesforce/blip2-opt-2.7b"``) or a local folder.
+    device : str
+        ``"auto"``, ``"cpu"`` or ``"cuda[:N]"``.
+    dtype : str or None
+        ``"float32"``, ``"bfloat16"`` or ``"float16"``; default bfloat16 on CUDA (the 2.7B
+        model then needs ~8 GB), float32 on CPU. The Q-Former stays float32 as BLIP-2 asks.
+
+    Returns
+    -------
+    model : transformers.Blip2ForConditionalGeneration
+        In eval mode on the device.
+    processor : transformers.Blip2Processor
+    """
+    import torch
+    from transformers import Blip2ForConditionalGeneration, Blip2Processor
+
+    from lib.config import resolve_device
+
+    dev = resolve_device(device)
+    if dtype is None:
+        dtype = "bfloat16" if dev.type == "cuda" else "float32"
+    try:
+        processor = Blip2Processor.from_pretrained(str(model))
+        net = Blip2ForConditionalGeneration.from_pretrained(str(model), dtype=getattr(torch, dtype))
+    except OSError as err:
+        raise FileNotFoundError(
+            f"blip2_model={str(model)!r} could not be loaded: expected a local folder written by "
+            "save_pretrained or a Hugging Face Hub id available offline (cached). "
+            "Check the path in the parameter file or download the checkpoint first."
+        ) from err
+    if net.config.image_token_index is None:
+        raise ValueError(
+            f"blip2_model={str(model)!r} has no image_token_index in its config; transformers 5 "
+            "needs it to place the query tokens. Re-save the checkpoint with a recent transformers."
+        )
+    return net.eval().to(dev), processor
+
+
+def prompt_ids(model, processor, prompt: str | None = None) -> list[int]:
+    """Token ids of the language-model input: ``n_query`` image placeholders, then the prompt.
+
+    Parameters
+    ----------
+    model : transformers.Blip2ForConditionalGeneration
+    processor : transformers.Blip2Processor
+    prompt : str or None
+        Text prompt (e.g. ``"a photo of"``); None or ``""``: no prompt (decoder-only models
+        then start from the BOS token, as BLIP-2's ``generate`` does).
+
+    Returns
+    -------
+    ids : list of int
+    """
+    config = model.config
+    image = [config.image_token_index] * config.num_query_tokens
+    bos = getattr(config.text_config, "bos_token_id", None)
+    if not prompt and config.use_decoder_only_language_model and bos is not None:
+        return image + [bos]
+    return image + list(processor.tokenizer(prompt or "")["input_ids"])
+
+
+def generate_captions(
+    query_tokens: np.ndarray,
+    model,
+    processor,
+    prompt: str | None = None,
+    batch_size: int = 16,
+    num_beams: int = 1,
+    max_new_tokens: int = 30,
+    progress: bool = True,
+    **generate_kwargs,
+) -> list[str]:
+    """Captions written by the language model from (predicted) Q-Former query tokens.
+
+    Parameters
+    ----------
+    query_tokens : ndarray of shape (n_items, n_query, hidden)
+        Q-Former outputs, predicted from fMRI or computed from images.
+    model : transformers.Blip2ForConditionalGeneration
+    processor : transformers.Blip2Processor
+    prompt : str or None
+        Optional text prompt given after the query tokens (not part of the returned caption).
+    batch_size : int
+        Items per ``generate`` call.
+    num_beams : int
+        1 = greedy decoding; > 1 = beam search.
+    max_new_tokens : int
+        Longest caption, in tokens.
+    progress : bool
+        Show a progress bar.
+    **generate_kwargs
+        Passed to the language model's ``generate`` (e.g. ``length_penalty``).
+
+    Returns
+    -------
+    captions : list of str, length n_items
+    """
+    import torch
+
+    query_tokens = np.asarray(query_tokens, dtype=np.float32)
+    config = model.config
+    expected = (config.num_query_tokens, config.qformer_config.hidden_size)
+    if query_tokens.ndim != 3 or query_tokens.shape[1:] != expected:
+        raise ValueError(
+            f"query_tokens must have shape (n_items, {expected[0]}, {expected[1]}) for this "
+            f"checkpoint, got {query_tokens.shape}; was the decoder trained on another BLIP-2?"
+        )
+    proj = model.language_projection
+    device, dtype = proj.weight.device, proj.weight.dtype
+    ids = torch.tensor(prompt_ids(model, processor, prompt), dtype=torch.long, device=device)
+    embed = model.get_input_embeddings()
+    tokenizer = processor.tokenizer
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    decoder_only = config.use_decoder_only_language_model
+
+    captions: list[str] = []
+    starts = range(0, len(query_tokens), batch_size)
+    for start in tqdm(starts, desc="captions", disable=not progress):
+        q = torch.from_numpy(query_tokens[start : start + batch_size]).to(device, dtype)
+        n = q.shape[0]
+        with torch.inference_mode():
+            input_ids = ids.unsqueeze(0).repeat(n, 1)
+            inputs_embeds = embed(input_ids)
+            lm_inputs = proj(q).to(inputs_embeds.dtype)
+            placeholder = (input_ids == config.image_token_index).unsqueeze(-1)
+            inputs_embeds = inputs_embeds.masked_scatter(placeholder, lm_inputs)
+            inputs = {"inputs_embeds": inputs_embeds, "attention_mask": torch.ones_like(input_ids)}
+            if decoder_only:
+                inputs["input_ids"] = input_ids
+            out = model.language_model.generate(
+                **inputs,
+                num_beams=num_beams,
+                do_sample=False,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=pad,
+                **generate_kwargs,
+            )
+        if decoder_only and out.shape[1] >= ids.numel() and torch.equal(
+            out[:, : ids.numel()], input_ids
+        ):
+            out = out[:, ids.numel() :]
+        captions.extend(s.strip() for s in tokenizer.batch_decode(out, skip_special_tokens=True))
+    return captions
+
+
+def caption_images(
+    images: np.ndarray | Sequence,
+    model,
+    processor,
+    prompt: str | None = None,
+    batch_size: int = 16,
+    num_beams: int = 1,
+    max_new_tokens: int = 30,
+) -> list[str]:
+    """BLIP-2 captioning the images themselves with the library's own ``generate``.
+
+    The reference path that :func:`generate_captions` must reproduce when it is given the
+    images' true Q-Former outputs (tested).
+
+    Parameters
+    ----------
+    images : ndarray of shape (n_images, H, W, 3), uint8
+    model, processor, prompt, batch_size, num_beams, max_new_tokens
+        As in :func:`generate_captions`.
+
+    Returns
+    -------
+    captions : list of str
+    """
+    import torch
+
+    device = model.language_projection.weight.device
+    ids = prompt_ids(model, processor, prompt)
+    captions: list[str] = []
+    for start in range(0, len(images), batch_size):
+        batch = [np.asarray(im) for im in images[start : start + batch_size]]
+        pixels = processor.image_processor(images=batch, return_tensors="pt")["pixel_values"]
+        input_ids = torch.tensor([ids] * len(batch), device=device)
+        with torch.inference_mode():
+            out = model.generate(
+                pixel_values=pixels.to(device, model.vision_model.dtype),
+                input_ids=input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                num_beams=num_beams,
+                do_sample=False,
+                max_new_tokens=max_new_tokens,
+            )
+        if model.config.use_decoder_only_language_model and torch.equal(
+            out[:, : len(ids)], input_ids
+        ):
+            out = out[:, len(ids) :]
+        text = processor.tokenizer.batch_decode(out, skip_special_tokens=True)
+        captions.extend(s.strip() for s in text)
+    return captions

@@ -1,0 +1,456 @@
+"""Stage 1: ridge regression from fMRI to BLIP-2 Q-Former query tokens.
+
+All ``n_query x hidden`` values (32 x 768 = 24,576 targets on the real model) are predicted by
+one multi-target ridge solve (:class:`lib.ridge.RidgeCV`), each with its own penalty chosen by
+cross-validation on the training images only. Inputs are either repetition-averaged betas of
+each image (``memory_size=1``, the default) or single trials together with the betas of their
+``memory_size - 1`` neighbouring trials in the same run (``memory_direction`` "past", "future"
+or "both"), as in the original study; the neighbours enter as extra blocks of the multi-block
+ridge fit, so the concatenated design matrix is never built. When single trials are used, the
+predictions for an image are averaged over its repetitions.
+
+The fitted map is a :class:`QueryTokenDecoder` (a ``torch.nn.Module``), saved as
+``decoder.safetensors`` with ``settings.json`` beside it, and predictions go to
+``predictions.h5`` (contract in ``DESIGN.md`` §5): ``test/pred`` (n_test, n_query, hidden),
+``test/nsd_id``, ``train/pred``, ``train/nsd_id``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from lib.io import atomic_path, write_json
+
+DECODER_FILE = "decoder.safetensors"
+SETTINGS_FILE = "settings.json"
+PREDICTIONS_FILE = "predictions.h5"
+DIRECTIONS = ("past", "future", "both")
+
+
+class QueryTokenDecoder(nn.Module):
+    """Linear map from fMRI (one or several blocks of voxels) to Q-Former query tokens.
+
+    Parameters
+    ----------
+    block_sizes : list of int
+        Number of voxels in each input block (one block per trial of the memory window;
+        block 0 is the trial itself).
+    n_query, hidden : int
+        Output shape per sample.
+    settings : dict or None
+        JSON-serialisable description (memory size, ROI, alphas ...), saved with the
+        weights.
+    """
+
+    def __init__(self, block_sizes: Sequence[int], n_query: int, hidden: int,
+                 settings: dict | None = None):
+        super().__init__()
+        self.block_sizes = [int(b) for b in block_sizes]
+        self.n_query, self.hidden = int(n_query), int(hidden)
+        self.settings = dict(settings or {})
+        n_out = self.n_query * self.hidden
+        self.weight = nn.Parameter(torch.zeros(n_out, sum(self.block_sizes)))
+        self.bias = nn.Parameter(torch.zeros(n_out))
+
+    def forward(self, x):
+        """Map fMRI to query tokens.
+
+        Parameters
+        ----------
+        x : Tensor of shape (n, n_voxels) or list of Tensors of shape (n, block_size)
+
+        Returns
+        -------
+        query_tokens : Tensor of shape (n, n_query, hidden)
+        """
+        blocks = list(x) if isinstance(x, (list, tuple)) else [x]
+        if [b.shape[1] for b in blocks] != self.block_sizes:
+            raise ValueError(
+                f"expected input blocks of {self.block_sizes} voxels, got "
+                f"{[tuple(b.shape) for b in blocks]}: use the same ROI and memory window "
+                "as when the decoder was fitted"
+            )
+        out = self.bias
+        start = 0
+        for b in blocks:
+            w = self.weight[:, start : start + b.shape[1]]
+            out = out + b.to(w.dtype) @ w.T
+            start += b.shape[1]
+        return out.reshape(-1, self.n_query, self.hidden)
+
+    def predict(self, x, batch_size: int = 512) -> np.ndarray:
+        """Numpy in, numpy out, in batches.
+
+        Parameters
+        ----------
+        x : ndarray of shape (n, n_voxels) or list of such blocks
+
+        Returns
+        -------
+        query_tokens : ndarray of shape (n, n_query, hidden), float32
+        """
+        blocks = list(x) if isinstance(x, (list, tuple)) else [x]
+        dev = self.weight.device
+        n = len(blocks[0])
+        out = []
+        with torch.inference_mode():
+            for s in range(0, n, batch_size):
+                xb = [torch.as_tensor(np.asarray(b[s : s + batch_size], np.float32), device=dev)
+                      for b in blocks]
+                out.append(self(xb).float().cpu().numpy())
+        return (np.concatenate(out) if out
+                else np.zeros((0, self.n_query, self.hidden), np.float32))
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        """Write ``decoder.safetensors`` and ``settings.json`` into ``folder``."""
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        with atomic_path(folder / DECODER_FILE) as tmp:
+            save_file({"weight": self.weight.detach().cpu().contiguous(),
+                       "bias": self.bias.detach().cpu().contiguous()}, str(tmp))
+        write_json(folder / SETTINGS_FILE, {
+            "block_sizes": self.block_sizes, "n_query": self.n_query,
+            "hidden": self.hidden, **self.settings,
+        })
+        return folder
+
+
+
+def load_decoder(folder: str | os.PathLike, device: str = "cpu"):
+    """Load a decoder written by ``QueryTokenDecoder.save``.
+
+    Parameters
+    ----------
+    folder : path-like
+        Holds ``decoder.safetensors`` and ``settings.json``.
+    device : str
+
+    Returns
+    -------
+    decoder : QueryTokenDecoder
+        In eval mode on ``device``; ``decoder.settings`` holds the saved settings.
+    """
+    from safetensors.torch import load_file
+
+    from lib.config import resolve_device
+
+    folder = Path(folder)
+    if not (folder / DECODER_FILE).exists() or not (folder / SETTINGS_FILE).exists():
+        raise FileNotFoundError(
+            f"{folder} has no {DECODER_FILE} + {SETTINGS_FILE}: run notebooks/03_alignment_ridge "
+            "(or lib.decoding.stage1.run_stage1) for this run first."
+        )
+    settings = json.loads((folder / SETTINGS_FILE).read_text())
+    block_sizes = settings.pop("block_sizes")
+    n_query, hidden = settings.pop("n_query"), settings.pop("hidden")
+    dec = QueryTokenDecoder(block_sizes, n_query, hidden, settings)
+    dec.load_state_dict(load_file(str(folder / DECODER_FILE)))
+    return dec.eval().to(resolve_device(device))
+
+
+def stage1_inputs(subject, split: str, memory_size: int = 1, memory_direction: str = "past",
+                  roi: str | None = None, trials: bool | None = None):
+    """fMRI inputs of one split.
+
+    Parameters
+    ----------
+    subject : lib.nsd.PreparedSubject
+    split : {"train", "test"}
+    memory_size : int
+        Number of trials per sample (1 = the trial itself).
+    memory_direction : {"past", "future", "both"}
+        Where the neighbouring trials come from.
+    roi : str or None
+        Restrict to an ROI (``subject.roi_names()``); None = all nsdgeneral voxels.
+    trials : bool or None
+        Single trials (True) or repetition-averaged betas (False); default: averaged when
+        ``memory_size == 1``, trials otherwise.
+
+    Returns
+    -------
+    blocks : list of ndarray of shape (n_samples, n_voxels)
+        One block per trial of the window (a single block for averaged betas).
+    nsd_ids : ndarray of shape (n_samples,)
+    """
+    if memory_size < 1:
+        raise ValueError(f"memory_size must be >= 1, got {memory_size}")
+    if memory_direction not in DIRECTIONS:
+        raise ValueError(f"memory_direction must be one of {DIRECTIONS}, got {memory_direction!r}")
+    if trials is None:
+        trials = memory_size > 1
+    if not trials:
+        if memory_size > 1:
+            raise ValueError("memory windows need single trials: set trials=True")
+        X, ids = subject.averaged_betas(split, roi=roi)
+        return [np.asarray(X, np.float32)], np.asarray(ids)
+    blocks, ids = subject.memory_windows(split, memory_size, direction=memory_direction, roi=roi)
+    return [np.asarray(b, np.float32) for b in blocks], np.asarray(ids)
+
+
+def average_by_id(values: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Average rows that share an id (e.g. predictions of an image's repeated trials).
+
+    Parameters
+    ----------
+    values : ndarray of shape (n, ...)
+    ids : ndarray of shape (n,)
+
+    Returns
+    -------
+    means : ndarray of shape (n_unique, ...), float32
+    unique_ids : ndarray of shape (n_unique,), sorted
+    """
+    uniq, inv = np.unique(ids, return_inverse=True)
+    sums = np.zeros((len(uniq),) + values.shape[1:], np.float64)
+    np.add.at(sums, inv, values)
+    counts = np.bincount(inv, minlength=len(uniq)).reshape((-1,) + (1,) * (values.ndim - 1))
+    return (sums / counts).astype(np.float32), uniq
+
+
+def _lookup(features: np.ndarray, feature_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    order = np.argsort(feature_ids)
+    pos = np.searchsorted(feature_ids, ids, sorter=order)
+    pos = np.clip(pos, 0, len(feature_ids) - 1)
+    idx = order[pos]
+    missing = feature_ids[idx] != ids
+    if missing.any():
+        raise KeyError(f"no Q-Former features for nsd ids {ids[missing][:5].tolist()} ...")
+    return features[idx]
+
+
+@dataclass
+class Stage1Result:
+    """What :func:`fit_stage1` returns.
+
+    Attributes
+    ----------
+    decoder : QueryTokenDecoder
+    test_pred, test_true : ndarray of shape (n_test, n_query, hidden)
+        Predictions (averaged over repeats when trials are used) and true Q-Former outputs.
+    test_ids : ndarray of shape (n_test,)
+    train_pred, train_true : ndarray of shape (n_train, n_query, hidden)
+        In-sample predictions (for controls) and true features of the training images.
+    train_ids : ndarray of shape (n_train,)
+    best_alphas : ndarray of shape (n_query * hidden,)
+    """
+
+    decoder: object
+    test_pred: np.ndarray
+    test_true: np.ndarray
+    test_ids: np.ndarray
+    train_pred: np.ndarray
+    train_true: np.ndarray
+    train_ids: np.ndarray
+    best_alphas: np.ndarray
+    settings: dict = field(default_factory=dict)
+
+
+def fit_stage1(subject, features: np.ndarray, feature_ids: np.ndarray, memory_size: int = 1,
+               memory_direction: str = "past", roi: str | None = None,
+               alphas: Sequence[float] | None = None, cv="loo", device: str = "auto",
+               trials: bool | None = None, settings: dict | None = None) -> Stage1Result:
+    """Fit the ridge map fMRI -> query tokens on training images; predict the test images.
+
+    Parameters
+    ----------
+    subject : lib.nsd.PreparedSubject
+    features : ndarray of shape (n_images, n_query, hidden)
+        True Q-Former outputs (:func:`lib.features.qformer.extract_qformer_features`).
+    feature_ids : ndarray of shape (n_images,)
+        nsd id of each row of ``features``.
+    memory_size, memory_direction, roi, trials
+        See :func:`stage1_inputs`.
+    alphas : sequence of float or None
+        Candidate penalties (default: ``np.logspace(-1, 6, 15)``), chosen per target by
+        ``cv`` on the training samples only.
+    cv : "loo" or int
+        Passed to :class:`lib.ridge.RidgeCV`.
+    device : str
+        Where the ridge solve runs.
+    settings : dict or None
+        Extra entries recorded in the decoder's settings.
+
+    Returns
+    -------
+    result : Stage1Result
+    """
+    from lib.ridge import RidgeCV
+
+    features = np.asarray(features, np.float32)
+    feature_ids = np.asarray(feature_ids)
+    n_query, hidden = features.shape[1:]
+    alphas = np.logspace(-1, 6, 15) if alphas is None else np.asarray(alphas, float)
+
+    X_train, train_trial_ids = stage1_inputs(subject, "train", memory_size, memory_direction, roi,
+                                             trials)
+    test_image_ids = np.asarray(subject.image_ids("test"))
+    leaked = np.intersect1d(train_trial_ids, test_image_ids)
+    assert leaked.size == 0, f"test images in the training set: {leaked[:5].tolist()}"
+    Y_train = _lookup(features, feature_ids, train_trial_ids).reshape(len(train_trial_ids), -1)
+
+    ridge = RidgeCV(alphas=alphas, alpha_per_target=True, cv=cv, device=device)
+    ridge.fit(X_train if len(X_train) > 1 else X_train[0], Y_train)
+
+    all_settings = {
+        "memory_size": int(memory_size), "memory_direction": memory_direction, "roi": roi,
+        "trials": bool(memory_size > 1 if trials is None else trials),
+        "alphas": [float(a) for a in alphas], "cv": cv, "n_train_samples": len(train_trial_ids),
+        **(settings or {}),
+    }
+    decoder = QueryTokenDecoder([b.shape[1] for b in X_train], n_query, hidden, all_settings)
+    with torch.no_grad():
+        decoder.weight.copy_(torch.as_tensor(np.asarray(ridge.coef_, np.float32)))
+        decoder.bias.copy_(torch.as_tensor(np.asarray(ridge.intercept_, np.float32)))
+    decoder.eval()
+
+    X_test, test_trial_ids = stage1_inputs(subject, "test", memory_size, memory_direction, roi,
+                                           trials)
+    test_pred, test_ids = average_by_id(decoder.predict(X_test), test_trial_ids)
+    train_pred, train_ids = average_by_id(decoder.predict(X_train), train_trial_ids)
+    best = np.asarray(ridge.best_alphas_, float)
+    decoder.settings["best_alpha_median"] = float(np.median(best))
+    return Stage1Result(
+        decoder=decoder, test_pred=test_pred,
+        test_true=_lookup(features, feature_ids, test_ids), test_ids=test_ids,
+        train_pred=train_pred, train_true=_lookup(features, feature_ids, train_ids),
+        train_ids=train_ids, best_alphas=best, settings=decoder.settings,
+    )
+
+
+def write_predictions(path: str | os.PathLike, test_pred: np.ndarray, test_ids: np.ndarray,
+                      train_pred: np.ndarray | None = None,
+                      train_ids: np.ndarray | None = None) -> Path:
+    """Write ``predictions.h5`` (the decoding-run contract) atomically.
+
+    Parameters
+    ----------
+    path : path-like
+    test_pred : ndarray of shape (n_test, n_query, hidden)
+    test_ids : ndarray of shape (n_test,)
+    train_pred : ndarray of shape (n_train, n_query, hidden) or None
+    train_ids : ndarray of shape (n_train,) or None
+    """
+    import h5py
+
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f["test/pred"] = np.asarray(test_pred, np.float32)
+            f["test/nsd_id"] = np.asarray(test_ids, np.int64)
+            if train_pred is not None:
+                f["train/pred"] = np.asarray(train_pred, np.float32)
+                f["train/nsd_id"] = np.asarray(train_ids, np.int64)
+    return Path(path)
+
+
+def read_predictions(path: str | os.PathLike) -> dict:
+    """Read a decoding run's ``predictions.h5`` (file or its run folder).
+
+    Returns
+    -------
+    predictions : dict
+        ``test_pred`` (n_test, n_query, hidden), ``test_ids``; ``train_pred``, ``train_ids``
+        when present.
+    """
+    import h5py
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / PREDICTIONS_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: run the decoding stage that writes it first.")
+    out = {}
+    with h5py.File(path, "r") as f:
+        for split in ("test", "train"):
+            if f"{split}/pred" in f:
+                out[f"{split}_pred"] = f[f"{split}/pred"][()]
+                out[f"{split}_ids"] = f[f"{split}/nsd_id"][()]
+    return out
+
+
+def correlation_map(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """Pearson r across images for every (query token, dimension).
+
+    Parameters
+    ----------
+    pred, true : ndarray of shape (n_images, n_query, hidden)
+
+    Returns
+    -------
+    r : ndarray of shape (n_query, hidden)
+    """
+    from lib.scoring import pearson_r
+
+    n = len(pred)
+    return np.asarray(pearson_r(true.reshape(n, -1), pred.reshape(n, -1))).reshape(pred.shape[1:])
+
+
+def cosine_matrix(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """Cosine similarity between flattened predicted and true embeddings.
+
+    Parameters
+    ----------
+    pred : ndarray of shape (n, n_query, hidden)
+    true : ndarray of shape (m, n_query, hidden)
+
+    Returns
+    -------
+    sim : ndarray of shape (n, m)
+    """
+    a = pred.reshape(len(pred), -1).astype(np.float64)
+    b = true.reshape(len(true), -1).astype(np.float64)
+    a /= np.linalg.norm(a, axis=1, keepdims=True) + 1e-12
+    b /= np.linalg.norm(b, axis=1, keepdims=True) + 1e-12
+    return a @ b.T
+
+
+def run_stage1(derived_root: str | os.PathLike, dataset: str, subject: int, blip2_model: str,
+               memory_size: int = 1, memory_direction: str = "past", roi: str | None = None,
+               run_name: str = "stage1", alphas: Sequence[float] | None = None, cv="loo",
+               device: str = "auto", feature_batch_size: int = 32,
+               trials: bool | None = None) -> tuple[Path, Stage1Result]:
+    """Features, fit, predictions and saved decoder for one subject: the whole stage.
+
+    Writes ``<derived_root>/<dataset>/subjXX/decoding/<run_name>/`` (``decoder.safetensors``,
+    ``settings.json``, ``predictions.h5``) and caches the Q-Former features under
+    ``subjXX/features/``.
+
+    Returns
+    -------
+    run_dir : Path
+    result : Stage1Result
+    """
+    from lib.config import stage_dir
+    from lib.features.qformer import extract_qformer_features
+    from lib.nsd import PreparedSubject
+
+    subj = PreparedSubject.open(derived_root, dataset, subject)
+    feats, ids = extract_qformer_features(
+        subj, blip2_model, qformer_cache_path(derived_root, dataset, subject, blip2_model),
+        batch_size=feature_batch_size, device=device,
+    )
+    result = fit_stage1(subj, feats, ids, memory_size, memory_direction, roi, alphas, cv, device,
+                        trials, settings={"blip2_model": str(blip2_model), "dataset": dataset,
+                                          "subject": int(subject), "run_name": run_name})
+    run_dir = stage_dir(derived_root, dataset, subject, "decoding", run_name)
+    result.decoder.save(run_dir)
+    write_predictions(run_dir / PREDICTIONS_FILE, result.test_pred, result.test_ids,
+                      result.train_pred, result.train_ids)
+    return run_dir, result
+
+
+def qformer_cache_path(derived_root, dataset, subject, blip2_model) -> Path:
+    """Cache file of a checkpoint's Q-Former features for one subject."""
+    from lib.config import stage_dir
+
+    slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(str(blip2_model)).name)
+    return stage_dir(derived_root, dataset, subject, "features") / f"qformer_{slug}.h5"
