@@ -1,0 +1,70 @@
+"""Command line: ``python -m lib.nsd download --subject 1 --sessions 1-37 --dest DIR [--dry-run]``
+and ``python -m lib.nsd prepare --nsd-root DIR --subject 1 --out DIR``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from lib.nsd.download import (
+    COCO_ANNOTATIONS_URL,
+    NSD_BASE_URL,
+    download_coco_captions,
+    download_subject,
+    format_size,
+    parse_sessions,
+)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lib.nsd", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    dl = sub.add_parser("download", help="fetch the NSD files preparation needs (resumable)")
+    dl.add_argument("--subject", type=int, required=True, help="subject 1-8")
+    dl.add_argument("--sessions", default="1-37", help="e.g. 1-37 or 1,2,5-7 (default 1-37)")
+    dl.add_argument("--dest", required=True, help="NSD root to fill")
+    dl.add_argument("--dry-run", action="store_true", help="list the files and sizes only")
+    dl.add_argument("--no-stimuli", action="store_true",
+                    help="skip nsd_stimuli.hdf5 (39 GB; needed only to look at images)")
+    dl.add_argument("--coco", action="store_true",
+                    help="also fetch COCO caption annotations into DEST/annotations")
+    dl.add_argument("--base-url", default=NSD_BASE_URL)
+    dl.add_argument("--coco-url", default=COCO_ANNOTATIONS_URL)
+    pr = sub.add_parser("prepare", help="write derived/subjXX/prepared.h5")
+    pr.add_argument("--nsd-root", required=True)
+    pr.add_argument("--subject", type=int, required=True)
+    pr.add_argument("--out", required=True, help="output root (files go to OUT/subjXX/)")
+    pr.add_argument("--zscore", default="session", choices=["session", "global", "none"])
+    pr.add_argument("--dtype", default="float32", choices=["float32", "float16"])
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    if args.command == "prepare":
+        from lib.nsd.prepare import prepare_subject
+
+        print(prepare_subject(args.nsd_root, args.subject, args.out, zscore=args.zscore,
+                              dtype=args.dtype))
+        return 0
+
+    files = download_subject(
+        args.subject, parse_sessions(args.sessions), args.dest, base_url=args.base_url,
+        stimuli=not args.no_stimuli, dry_run=args.dry_run,
+    )
+    total = sum(f.size or 0 for f in files)
+    for f in files:
+        print(f"{format_size(f.size):>10}  {f.status.split(':')[0]:<10}  {f.key}")
+    print(f"{format_size(total):>10}  total ({len(files)} files)")
+    failed = [f for f in files if f.status.startswith("missing")]
+    for f in failed:
+        print(f"  {f.status}", file=sys.stderr)
+    if args.coco and not args.dry_run:
+        for path in download_coco_captions(args.dest, url=args.coco_url):
+            print(f"extracted {path}")
+    elif args.coco:
+        print(f"(would fetch {args.coco_url} and extract captions_*.json into DEST/annotations)")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
