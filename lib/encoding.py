@@ -1,0 +1,581 @@
+"""Neural predictivity: voxelwise ridge encoding models from model features, per layer and ROI.
+
+For every model of a zoo and every layer, features of the training images predict the
+repetition-averaged betas of every voxel (ridge regression, one alpha per voxel chosen by
+leave-one-out on the training images only); the fit is scored on the test images (shared1000)
+by the Pearson correlation per voxel, then summarised per ROI. The noise ceiling of each voxel
+(from the test images' repetitions) gives the context.
+
+The analysis code is the same for the real NSD and the toy world: only the zoo and the
+paths differ.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+#: ROIs summarised by default (``PreparedSubject.roi_mask`` names).
+DEFAULT_ROIS = ("V1", "V2", "V3", "hV4", "faces", "bodies", "places", "words", "nsdgeneral")
+#: Early visual and category-selective ROIs (for the peak-layer comparison).
+EARLY_ROIS = ("V1", "V2", "V3", "hV4")
+CATEGORY_ROIS = ("faces", "bodies", "places", "words")
+#: Columns of ``convergence/scores.csv`` (DESIGN.md section 5), then the extra ones.
+SCORE_COLUMNS = ["model", "family", "modality", "n_params", "layer", "roi", "score", "n_voxels"]
+EXTRA_COLUMNS = ["trained", "n_layers", "depth", "cv_score", "noise_ceiling"]
+
+
+# --------------------------------------------------------------------------------------
+# Zoo
+# --------------------------------------------------------------------------------------
+
+def load_zoo(zoo, models_root=None, modality: str | None = None) -> list[dict]:
+    """Read a model zoo: a ``zoo.json`` path or a list of entries.
+
+    Parameters
+    ----------
+    zoo : path-like or list of dict
+        ``zoo.json`` (``[{"name", "path", "family", "modality", "n_params", "trained"}]``,
+        paths relative to its folder), or entries with at least ``name``, ``path`` and
+        ``family`` (``path`` a hub id or a folder).
+    models_root : path-like or None
+        Folder relative entry paths are resolved against; default the folder of ``zoo.json``.
+    modality : {"vision", "language"} or None
+        Keep only these entries; entries without ``modality`` get this one.
+
+    Returns
+    -------
+    entries : list of dict
+        With ``name``, ``path`` (str), ``family``, ``modality``, ``n_params`` (int or None)
+        and ``trained`` (bool, default True).
+    """
+    if isinstance(zoo, (str, os.PathLike)):
+        path = Path(zoo)
+        if not path.exists():
+            raise FileNotFoundError(
+                f"Model zoo {path} not found. Build the toy world (python -m lib.toyworld "
+                "build) or pass a list of {name, path, family} entries."
+            )
+        entries = json.loads(path.read_text())
+        models_root = path.parent if models_root is None else models_root
+    else:
+        entries = list(zoo or [])
+    out = []
+    for e in entries:
+        e = dict(e)
+        for key in ("name", "path"):
+            if key not in e:
+                raise ValueError(f"Zoo entry {e} lacks {key!r}.")
+        e.setdefault("family", e["name"])
+        e.setdefault("modality", modality or "vision")
+        e.setdefault("n_params", None)
+        e.setdefault("trained", True)
+        if modality is not None and e["modality"] != modality:
+            continue
+        p = Path(str(e["path"])).expanduser()
+        if models_root is not None and not p.is_absolute() and (Path(models_root) / p).exists():
+            e["path"] = str(Path(models_root) / p)
+        else:
+            e["path"] = str(e["path"])
+        out.append(e)
+    return out
+
+
+def count_parameters(path) -> int:
+    """Number of parameters of a model folder, from its safetensors headers (no loading)."""
+    from safetensors import safe_open
+
+    files = sorted(Path(path).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"No *.safetensors file in {path}; give n_params in the zoo.")
+    total = 0
+    for file in files:
+        with safe_open(str(file), framework="np") as f:
+            for key in f.keys():
+                total += int(np.prod(f.get_slice(key).get_shape()))
+    return total
+
+
+# --------------------------------------------------------------------------------------
+# One layer
+# --------------------------------------------------------------------------------------
+
+def standardize(X_train: np.ndarray, X_test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Z-score features with the training images' mean and standard deviation only.
+
+    Parameters
+    ----------
+    X_train : ndarray of shape (n_train, n_features)
+    X_test : ndarray of shape (n_test, n_features)
+
+    Returns
+    -------
+    X_train, X_test : float32 ndarrays; constant features become 0.
+    """
+    mean = X_train.mean(axis=0, dtype=np.float64)
+    std = X_train.std(axis=0, dtype=np.float64)
+    std[std < 1e-12] = 1.0
+    return (((X_train - mean) / std).astype(np.float32),
+            ((X_test - mean) / std).astype(np.float32))
+
+
+def reduce_features(X_train: np.ndarray, X_test: np.ndarray, n_components: int,
+                    method: str = "pca", seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Reduce very wide features, fitted on the training images only.
+
+    Parameters
+    ----------
+    X_train : ndarray of shape (n_train, n_features)
+    X_test : ndarray of shape (n_test, n_features)
+    n_components : int
+        Output width (no-op when the features are not wider).
+    method : {"pca", "random"}
+        PCA of the training features, or a Gaussian random projection.
+    seed : int
+
+    Returns
+    -------
+    X_train, X_test : ndarrays of shape (n, min(n_components, n_features))
+    """
+    if X_train.shape[1] <= n_components:
+        return X_train, X_test
+    if method == "random":
+        rng = np.random.default_rng(seed)
+        proj = rng.standard_normal((X_train.shape[1], n_components)).astype(np.float32)
+        proj /= np.sqrt(n_components)
+        return X_train @ proj, X_test @ proj
+    if method == "pca":
+        from sklearn.decomposition import PCA
+
+        k = min(n_components, X_train.shape[0])
+        pca = PCA(n_components=k, random_state=seed).fit(X_train)
+        return pca.transform(X_train).astype(np.float32), pca.transform(X_test).astype(np.float32)
+    raise ValueError(f"method must be 'pca' or 'random', got {method!r}.")
+
+
+def fit_layer(X_train: np.ndarray, Y_train: np.ndarray, X_test: np.ndarray, Y_test: np.ndarray,
+              alphas=None, device: str = "auto", max_features: int | None = None,
+              reduction: str = "pca", seed: int = 0) -> dict[str, np.ndarray]:
+    """Fit a voxelwise ridge on training images and score it on test images.
+
+    Parameters
+    ----------
+    X_train : ndarray of shape (n_train, n_features)
+    Y_train : ndarray of shape (n_train, n_voxels)
+    X_test : ndarray of shape (n_test, n_features)
+    Y_test : ndarray of shape (n_test, n_voxels)
+    alphas : array-like or None
+        Ridge penalties; one is chosen per voxel by leave-one-out on the training images.
+        ``None`` uses ``np.logspace(-1, 6, 8)``.
+    device : str
+    max_features : int or None
+        Reduce wider features to this many (see :func:`reduce_features`).
+    reduction : {"pca", "random"}
+    seed : int
+
+    Returns
+    -------
+    result : dict
+        ``score`` (n_voxels,) test Pearson r; ``alpha`` (n_voxels,) chosen alphas;
+        ``cv_score`` (n_voxels,) the training leave-one-out score at the chosen alpha.
+    """
+    from lib.ridge import RidgeCV
+    from lib.scoring import pearson_r
+
+    alphas = np.logspace(-1, 6, 8) if alphas is None else np.asarray(alphas, dtype=float)
+    X_train, X_test = standardize(np.asarray(X_train), np.asarray(X_test))
+    if max_features is not None:
+        X_train, X_test = reduce_features(X_train, X_test, max_features, reduction, seed)
+    model = RidgeCV(alphas=alphas, alpha_per_target=True, device=device)
+    model.fit(X_train, np.asarray(Y_train, dtype=np.float32))
+    pred = np.asarray(model.predict(X_test))
+    cv = np.asarray(model.cv_scores_)
+    cv = cv.max(axis=0) if cv.ndim == 2 else cv
+    return {"score": np.asarray(pearson_r(np.asarray(Y_test), pred), dtype=np.float32),
+            "alpha": np.asarray(model.best_alphas_, dtype=np.float32),
+            "cv_score": np.asarray(cv, dtype=np.float32)}
+
+
+def encode_layers(features: dict[int, np.ndarray], feature_ids: np.ndarray,
+                  Y_train: np.ndarray, train_ids: np.ndarray,
+                  Y_test: np.ndarray, test_ids: np.ndarray,
+                  **fit_kwargs) -> dict[int, dict[str, np.ndarray]]:
+    """Fit and score every layer of one model.
+
+    Parameters
+    ----------
+    features : dict of int to ndarray of shape (n_images, n_features_layer)
+        Rows in the order of ``feature_ids``.
+    feature_ids : ndarray of shape (n_images,)
+        Image ids of the feature rows (must contain all train and test ids).
+    Y_train : ndarray of shape (n_train, n_voxels)
+    train_ids : ndarray of shape (n_train,)
+    Y_test : ndarray of shape (n_test, n_voxels)
+    test_ids : ndarray of shape (n_test,)
+    **fit_kwargs
+        Passed to :func:`fit_layer`.
+
+    Returns
+    -------
+    results : dict of int to dict
+        Per layer, the output of :func:`fit_layer`.
+    """
+    train_ids, test_ids = np.asarray(train_ids), np.asarray(test_ids)
+    leaked = np.intersect1d(train_ids, test_ids)
+    assert leaked.size == 0, f"{leaked.size} test images are among the training images."
+    rows_train = _rows(feature_ids, train_ids)
+    rows_test = _rows(feature_ids, test_ids)
+    return {layer: fit_layer(X[rows_train], Y_train, X[rows_test], Y_test, **fit_kwargs)
+            for layer, X in sorted(features.items())}
+
+
+def _rows(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    ids = np.asarray(ids)
+    order = np.argsort(ids)
+    pos = np.searchsorted(ids, wanted, sorter=order)
+    pos = np.clip(pos, 0, len(ids) - 1)
+    rows = order[pos]
+    missing = ids[rows] != wanted
+    if missing.any():
+        raise KeyError(f"{missing.sum()} image ids have no features (e.g. {wanted[missing][:3]}).")
+    return rows
+
+
+# --------------------------------------------------------------------------------------
+# ROIs and noise ceiling
+# --------------------------------------------------------------------------------------
+
+def roi_masks(subject, rois: Sequence[str] = DEFAULT_ROIS) -> dict[str, np.ndarray]:
+    """Boolean voxel masks of the ROIs the subject has (others are skipped with a note).
+
+    Returns
+    -------
+    masks : dict of str to ndarray of shape (n_voxels,) bool
+    """
+    masks = {}
+    for roi in rois:
+        try:
+            mask = np.asarray(subject.roi_mask(roi), dtype=bool)
+        except KeyError as err:
+            print(f"ROI {roi!r} skipped: {err}")
+            continue
+        if mask.any():
+            masks[roi] = mask
+    return masks
+
+
+def summarize_rois(values: np.ndarray, masks: dict[str, np.ndarray]) -> dict[str, tuple[float, int]]:
+    """Mean of a per-voxel map within each ROI.
+
+    Parameters
+    ----------
+    values : ndarray of shape (n_voxels,)
+    masks : dict of str to ndarray of shape (n_voxels,) bool
+
+    Returns
+    -------
+    summary : dict of str to (mean, n_voxels); NaN voxels are ignored.
+    """
+    out = {}
+    for roi, mask in masks.items():
+        v = values[mask]
+        v = v[np.isfinite(v)]
+        out[roi] = (float(v.mean()) if v.size else float("nan"), int(mask.sum()))
+    return out
+
+
+def voxel_noise_ceiling(subject, split: str = "test") -> np.ndarray:
+    """Noise ceiling of every voxel as a correlation, for repetition-averaged betas.
+
+    Uses :func:`lib.scoring.noise_ceiling` (NSD's ncsnr formula, in percent of explainable
+    variance for the average of the available repetitions) and returns ``sqrt(NC / 100)``,
+    the highest Pearson r a perfect model could expect, on the scale of the scores.
+
+    Returns
+    -------
+    ceiling : ndarray of shape (n_voxels,)
+    """
+    from lib.scoring import noise_ceiling
+
+    reps = subject.repeats(split)
+    n_average = float(np.median(np.isfinite(reps[:, :, 0]).sum(axis=1)))
+    nc = np.asarray(noise_ceiling(reps, n_average=n_average), dtype=np.float64)
+    if np.nanmax(nc) > 1.0 + 1e-6:  # percent
+        nc = nc / 100.0
+    return np.sqrt(np.clip(nc, 0.0, 1.0)).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------
+# The whole analysis
+# --------------------------------------------------------------------------------------
+
+def run_convergence(subject, zoo: Sequence[dict], out_dir, cache_dir=None,
+                    rois: Sequence[str] = DEFAULT_ROIS, alphas=None, layers=None,
+                    pooling: str = "mean", batch_size: int = 32, device: str = "auto",
+                    max_features: int | None = None, reduction: str = "pca", seed: int = 0):
+    """Neural predictivity of every model and layer of a zoo, per voxel and ROI.
+
+    Parameters
+    ----------
+    subject : lib.nsd.PreparedSubject
+    zoo : list of dict
+        Entries from :func:`load_zoo` (vision and language together).
+    out_dir : path-like
+        Stage folder (``stage_dir(derived_root, dataset, subject, "convergence")``); receives
+        ``scores.csv``, ``voxel_scores.h5`` and ``features/`` (the caches, unless ``cache_dir``).
+    cache_dir : path-like or None
+        Where the feature caches go.
+    rois : sequence of str
+    alphas : array-like or None
+        Ridge penalties (see :func:`fit_layer`).
+    layers : None, int or sequence of int
+        Layer selection for every model (see :func:`lib.features.hidden.select_layers`).
+    pooling : {"mean", "cls"}
+        Token pooling of vision transformers.
+    batch_size, device, max_features, reduction, seed
+        See :func:`lib.features.hidden.model_layer_features` and :func:`fit_layer`.
+
+    Returns
+    -------
+    scores : pandas.DataFrame
+        One row per (model, layer, roi), columns :data:`SCORE_COLUMNS` then
+        :data:`EXTRA_COLUMNS`; also written to ``out_dir/scores.csv``.
+    """
+    import pandas as pd
+
+    from lib.features.hidden import model_layer_features
+
+    out_dir = Path(out_dir)
+    cache_dir = Path(cache_dir) if cache_dir is not None else out_dir / "features"
+    Y_train, train_ids = subject.averaged_betas("train")
+    Y_test, test_ids = subject.averaged_betas("test")
+    assert np.intersect1d(train_ids, test_ids).size == 0, "test images among training images"
+    all_ids = np.union1d(train_ids, test_ids)
+    masks = roi_masks(subject, rois)
+    ceiling = voxel_noise_ceiling(subject, "test")
+    ceiling_roi = summarize_rois(ceiling, masks)
+
+    rows, maps = [], {}
+    for entry in zoo:
+        t0 = time.perf_counter()
+        feats = model_layer_features(entry, subject, all_ids, cache_dir, layers=layers,
+                                     pooling=pooling, batch_size=batch_size, device=device)
+        t1 = time.perf_counter()
+        results = encode_layers(feats, all_ids, Y_train, train_ids, Y_test, test_ids,
+                                alphas=alphas, device=device, max_features=max_features,
+                                reduction=reduction, seed=seed)
+        t2 = time.perf_counter()
+        n_params = entry.get("n_params")
+        if n_params is None and Path(entry["path"]).exists():
+            n_params = count_parameters(entry["path"])
+        layer_ids = sorted(results)
+        n_layers = _n_hidden(entry, layer_ids)
+        for layer in layer_ids:
+            score = summarize_rois(results[layer]["score"], masks)
+            cv = summarize_rois(results[layer]["cv_score"], masks)
+            for roi in masks:
+                rows.append({
+                    "model": entry["name"], "family": entry["family"],
+                    "modality": entry["modality"], "n_params": n_params, "layer": layer,
+                    "roi": roi, "score": score[roi][0], "n_voxels": score[roi][1],
+                    "trained": bool(entry.get("trained", True)), "n_layers": n_layers,
+                    "depth": layer / max(n_layers - 1, 1), "cv_score": cv[roi][0],
+                    "noise_ceiling": ceiling_roi[roi][0],
+                })
+        maps[entry["name"]] = {
+            "layers": np.asarray(layer_ids),
+            "score": np.stack([results[i]["score"] for i in layer_ids]),
+            "cv_score": np.stack([results[i]["cv_score"] for i in layer_ids]),
+            "alpha": np.stack([results[i]["alpha"] for i in layer_ids]),
+        }
+        print(f"{entry['name']}: {len(layer_ids)} layers, features {t1 - t0:.1f} s, "
+              f"ridge {t2 - t1:.1f} s")
+    scores = pd.DataFrame(rows, columns=SCORE_COLUMNS + EXTRA_COLUMNS)
+    from lib.io import atomic_path
+
+    with atomic_path(out_dir / "scores.csv") as tmp:
+        scores.to_csv(tmp, index=False)
+    write_voxel_scores(out_dir / "voxel_scores.h5", subject, maps, ceiling, zoo)
+    return scores
+
+
+def _n_hidden(entry: dict, layer_ids: list[int]) -> int:
+    """Number of hidden states of a model (from its config when available)."""
+    try:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(entry["path"])
+        config = getattr(config, "vision_config", None) or getattr(config, "text_config",
+                                                                     None) or config
+        if getattr(config, "depths", None):  # conv nets: stem + stages
+            return len(config.depths) + 1
+        n = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None)
+        if n:
+            return int(n) + 1
+    except Exception:  # noqa: BLE001 - the layer ids are a fine fallback
+        pass
+    return max(layer_ids) + 1
+
+
+def write_voxel_scores(path, subject, maps: dict, ceiling: np.ndarray, zoo=()) -> Path:
+    """Write per-voxel maps: every layer's test scores per model, the best layer's map.
+
+    The best layer of a model is the one with the highest mean training (leave-one-out)
+    score over all voxels, so the test set does not choose it.
+
+    Layout: ``noise_ceiling`` (n_voxels,), ``voxel_ijk`` (n_voxels, 3), attrs ``affine`` and
+    ``grid_shape``; per model a group ``models/<name>`` with ``layers`` (n_layers,),
+    ``score``, ``cv_score``, ``alpha`` (n_layers, n_voxels), ``best_score`` (n_voxels,) and
+    attrs ``best_layer``, ``family``, ``modality``.
+    """
+    import h5py
+
+    from lib.io import atomic_path
+
+    info = {e["name"]: e for e in zoo}
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("noise_ceiling", data=ceiling)
+            f.create_dataset("voxel_ijk", data=subject.voxel_ijk)
+            f.attrs["affine"] = np.asarray(subject.affine)
+            f.attrs["grid_shape"] = np.asarray(subject.grid_shape)
+            for name, m in maps.items():
+                g = f.create_group(f"models/{name.replace('/', '__')}")
+                for key in ("layers", "score", "cv_score", "alpha"):
+                    g.create_dataset(key, data=m[key])
+                best = int(np.argmax(np.nanmean(m["cv_score"], axis=1)))
+                g.create_dataset("best_score", data=m["score"][best])
+                g.attrs["best_layer"] = int(m["layers"][best])
+                g.attrs["name"] = name
+                for key in ("family", "modality"):
+                    g.attrs[key] = str(info.get(name, {}).get(key, ""))
+    return Path(path)
+
+
+def read_voxel_scores(path, model: str) -> dict:
+    """Read one model's maps from ``voxel_scores.h5`` (see :func:`write_voxel_scores`)."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        key = f"models/{model.replace('/', '__')}"
+        if key not in f:
+            raise KeyError(f"{model!r} not in {path}; models: {list(f['models'])}.")
+        g = f[key]
+        out = {k: g[k][()] for k in g}
+        out.update({k: g.attrs[k] for k in g.attrs})
+        out["noise_ceiling"] = f["noise_ceiling"][()]
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Summaries and the checks of what the toy world built in
+# --------------------------------------------------------------------------------------
+
+def best_layers(scores, by: str = "cv_score"):
+    """Per (model, roi), the row of the best layer.
+
+    Parameters
+    ----------
+    scores : pandas.DataFrame
+        ``scores.csv``.
+    by : {"cv_score", "score"}
+        ``"cv_score"`` picks the layer on the training data (leave-one-out), so the reported
+        test score is not selected on the test set; ``"score"`` takes the best test score.
+
+    Returns
+    -------
+    best : pandas.DataFrame
+        One row per (model, roi), with the columns of ``scores``.
+    """
+    idx = scores.groupby(["model", "roi"])[by].idxmax()
+    return scores.loc[idx.dropna().astype(int)].reset_index(drop=True)
+
+
+def size_score_spearman(scores, roi: str = "nsdgeneral", trained_only: bool = True):
+    """Spearman correlation between parameter count and best-layer score, per family.
+
+    Returns
+    -------
+    table : pandas.DataFrame
+        ``family``, ``modality``, ``n_models``, ``rho``, ``p_value``, ``models`` (by size).
+    """
+    import pandas as pd
+    from scipy.stats import spearmanr
+
+    best = best_layers(scores)
+    best = best[best["roi"] == roi]
+    if trained_only:
+        best = best[best["trained"].astype(bool)]
+    rows = []
+    for (family, modality), g in best.groupby(["family", "modality"]):
+        g = g.sort_values("n_params")
+        if len(g) >= 2 and g["n_params"].nunique() > 1:
+            res = spearmanr(g["n_params"], g["score"])
+            rho, p = float(res.statistic), float(res.pvalue)
+        else:
+            rho, p = float("nan"), float("nan")
+        rows.append({"family": family, "modality": modality, "n_models": len(g), "rho": rho,
+                     "p_value": p,
+                     "models": ", ".join(f"{m} ({s:.3f})" for m, s in zip(g["model"], g["score"]))})
+    return pd.DataFrame(rows)
+
+
+def trained_vs_untrained(scores, roi: str = "nsdgeneral"):
+    """Best-layer scores of trained and untrained (random-weight) models, per family.
+
+    Returns
+    -------
+    table : pandas.DataFrame
+        ``family``, ``modality``, ``trained_mean``, ``untrained_mean``, ``difference``,
+        ``n_trained``, ``n_untrained``; and, where an untrained model matches a trained one's
+        parameter count, ``pairs_won`` / ``n_pairs`` (trained higher).
+    """
+    import pandas as pd
+
+    best = best_layers(scores)
+    best = best[best["roi"] == roi]
+    rows = []
+    for (family, modality), g in best.groupby(["family", "modality"]):
+        tr = g[g["trained"].astype(bool)]
+        un = g[~g["trained"].astype(bool)]
+        if un.empty or tr.empty:
+            continue
+        pairs = tr.merge(un, on="n_params", suffixes=("_t", "_u"))
+        rows.append({"family": family, "modality": modality,
+                     "trained_mean": tr["score"].mean(), "untrained_mean": un["score"].mean(),
+                     "difference": tr["score"].mean() - un["score"].mean(),
+                     "n_trained": len(tr), "n_untrained": len(un),
+                     "pairs_won": int((pairs["score_t"] > pairs["score_u"]).sum()),
+                     "n_pairs": len(pairs)})
+    return pd.DataFrame(rows)
+
+
+def peak_depths(scores, early=EARLY_ROIS, category=CATEGORY_ROIS, modality: str = "vision",
+                trained_only: bool = True):
+    """Normalised depth of the best layer per ROI, early visual against category ROIs.
+
+    The best layer is chosen on training data (:func:`best_layers`).
+
+    Returns
+    -------
+    table : pandas.DataFrame
+        One row per model: the peak depth (0 = embeddings, 1 = last layer) in every ROI,
+        ``early`` and ``category`` (their means) and ``early_before_category`` (bool).
+    """
+    best = best_layers(scores)
+    best = best[best["modality"] == modality]
+    if trained_only:
+        best = best[best["trained"].astype(bool)]
+    table = best.pivot_table(index=["model", "family", "n_params"], columns="roi",
+                             values="depth")
+    e = [r for r in early if r in table.columns]
+    c = [r for r in category if r in table.columns]
+    table["early"] = table[e].mean(axis=1)
+    table["category"] = table[c].mean(axis=1)
+    table["early_before_category"] = table["early"] < table["category"]
+    return table.reset_index().sort_values(["family", "n_params"])
