@@ -153,9 +153,9 @@ def test_forward_loss_is_weighted_sum():
     pred = model.brain_map(torch.tensor(X))
     mse = ((pred - torch.tensor(tokens)) ** 2).mean()
     assert float(out.mse.detach()) == pytest.approx(float(mse.detach()), rel=1e-6)
-    assert float(out.contrastive) == pytest.approx(
-        (float(out.brain_text) + float(out.image_text)) / 2, rel=1e-6)
-    assert float(out.loss) == pytest.approx(0.7 * float(mse) + 0.3 * float(out.contrastive),
+    assert float(out.contrastive.detach()) == pytest.approx(
+        (float(out.brain_text.detach()) + float(out.image_text.detach())) / 2, rel=1e-6)
+    assert float(out.loss.detach()) == pytest.approx(0.7 * float(mse) + 0.3 * float(out.contrastive.detach()),
                                             rel=1e-6)
 
 
@@ -277,3 +277,61 @@ def test_split_train_val_disjoint_and_reproducible():
     assert np.array_equal(a, a2) and np.array_equal(b, b2)
     assert len(b) == 10 and not np.intersect1d(a, b).size
     assert np.array_equal(np.union1d(a, b), ids)
+
+
+# ----------------------------------------------------------------------------- retrieval
+
+
+@pytest.mark.parametrize("n,k", [(40, 10), (12, 300)])
+def test_topk_from_similarity_matches_retrieval_topk(n, k):
+    from lib.decoding.contrastive import topk_from_similarity
+    from lib.metrics import retrieval_topk
+
+    rng = np.random.default_rng(0)
+    true = rng.normal(size=(n, 6))
+    pred = true + 1.5 * rng.normal(size=(n, 6))
+    ref = retrieval_topk(pred, true, k=k, n_draws=7, seed=3)
+    a = pred / np.linalg.norm(pred, axis=1, keepdims=True)
+    b = true / np.linalg.norm(true, axis=1, keepdims=True)
+    got = topk_from_similarity(a @ b.T, k=k, n_draws=7, seed=3)
+    assert got["forward"]["draws"] == ref["brain_to_image"]["draws"]
+    assert got["backward"]["draws"] == ref["image_to_brain"]["draws"]
+    assert got["forward"]["ci95"] == ref["brain_to_image"]["ci95"]
+    assert got["chance"] == ref["chance"] and got["k"] == ref["k"]
+
+
+def test_brain_text_retrieval_by_hand():
+    from lib.decoding.contrastive import brain_text_retrieval
+
+    rng = np.random.default_rng(0)
+    n, q, h, d = 6, 3, 5, 4
+    proj = nn.Linear(h, d)
+    tokens = rng.normal(size=(n, q, h)).astype(np.float32)
+    text = torch.nn.functional.normalize(torch.randn(n, d), dim=-1)
+    out = brain_text_retrieval(tokens, text, proj, k=300)
+    with torch.no_grad():
+        b = torch.nn.functional.normalize(proj(torch.tensor(tokens)), dim=-1).numpy()
+    t = text.numpy()
+    sim = np.array([[max(b[i, j] @ t[m] for j in range(q)) for m in range(n)] for i in range(n)])
+    b2t = np.mean([sim[i, i] > np.delete(sim[i], i).max() for i in range(n)])
+    t2b = np.mean([sim[i, i] > np.delete(sim[:, i], i).max() for i in range(n)])
+    assert out["brain_to_text"]["mean"] == pytest.approx(b2t)
+    assert out["text_to_brain"]["mean"] == pytest.approx(t2b)
+    assert out["chance"] == pytest.approx(1 / n)
+
+
+def test_memory_window_decoder_trains(tmp_path):
+    """A stage-1 decoder with 2 memory blocks: X holds them side by side."""
+    from lib.decoding.stage1 import QueryTokenDecoder, load_decoder
+
+    dec = QueryTokenDecoder([N_VOX // 2, N_VOX // 2], N_QUERY, HIDDEN, {"memory_size": 2})
+    model = BrainTextContrastive(dec, _tiny_itm())
+    train, val = _data(model)
+    X = train.X[:3]
+    expected = dec([X[:, : N_VOX // 2], X[:, N_VOX // 2:]])
+    torch.testing.assert_close(model.predict_tokens(X), expected)
+    fit(model, train, val, _config(epochs=1), tmp_path, test_ids=[1], progress=False)
+    assert not torch.equal(model.brain_map.weight, dec.weight)
+    model.brain_map.save(tmp_path / "dec")
+    back = load_decoder(tmp_path / "dec")
+    torch.testing.assert_close(back.weight, model.brain_map.weight)

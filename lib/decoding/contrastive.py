@@ -261,7 +261,15 @@ class BrainTextContrastive(nn.Module):
         return self.temp.clamp(0.001, 0.5)
 
     def predict_tokens(self, X: torch.Tensor) -> torch.Tensor:
-        """Query tokens predicted from brain data: (n, n_features) -> (n, n_query, hidden)."""
+        """Query tokens predicted from brain data: (n, n_features) -> (n, n_query, hidden).
+
+        When the brain map takes several input blocks (a memory window: ``block_sizes`` of a
+        :class:`lib.decoding.stage1.QueryTokenDecoder`), ``X`` holds them side by side and is
+        split here.
+        """
+        sizes = getattr(self.brain_map, "block_sizes", None)
+        if sizes is not None and len(sizes) > 1:
+            return self.brain_map(list(torch.split(X, list(sizes), dim=1)))
         return self.brain_map(X)
 
     def brain_features(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -416,3 +424,133 @@ def encode_texts(
                           return_dict=True).last_hidden_state[:, 0, :]
         out.append(F.normalize(model.text_projection(h.float()), dim=-1).float().cpu())
     return torch.cat(out) if out else torch.zeros(0, model.text_projection.out_features)
+
+
+def save_heads(model: BrainTextContrastive, path: str | os.PathLike) -> None:
+    """Save the brain projection and temperature (the stage-2 retrieval head) as safetensors."""
+    from safetensors.torch import save_file
+
+    from lib.io import atomic_path
+
+    state = {f"brain_projection.{k}": v.detach().cpu().contiguous()
+             for k, v in model.brain_projection.state_dict().items()}
+    state["temp"] = model.temp.detach().cpu().reshape(())
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp))
+
+
+def load_heads(path: str | os.PathLike) -> tuple[nn.Linear, float]:
+    """Read :func:`save_heads`' file: the brain projection (a ``Linear``) and the temperature."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(path))
+    w = state["brain_projection.weight"]
+    proj = nn.Linear(w.shape[1], w.shape[0])
+    proj.load_state_dict({"weight": w, "bias": state["brain_projection.bias"]})
+    return proj.eval(), float(state["temp"])
+
+
+# ----------------------------------------------------------------------------- retrieval
+
+
+def topk_from_similarity(sim: np.ndarray, k: int = 300, n_draws: int = 30, seed: int = 0) -> dict:
+    """k-way top-1 accuracy in both directions from a similarity matrix.
+
+    The same draws, tie rule and summaries as :func:`lib.metrics.retrieval_topk` (which works on
+    flattened cosine), for similarities it cannot express, such as BLIP-2's max over query
+    tokens (tested: equal to ``retrieval_topk`` when ``sim`` is the flattened cosine).
+
+    Parameters
+    ----------
+    sim : ndarray of shape (n, n)
+        ``sim[i, j]``: similarity of query item i (e.g. brain) to candidate j (e.g. caption);
+        the match of i is j = i.
+    k, n_draws, seed
+        As in :func:`lib.metrics.retrieval_topk`.
+
+    Returns
+    -------
+    result : dict
+        ``"forward"`` (rows retrieve columns) and ``"backward"`` (columns retrieve rows), each
+        with ``mean``, ``ci95``, ``ci95_binomial``, ``draws``; plus ``chance``, ``k``,
+        ``n_items``, ``n_draws``, ``seed``.
+    """
+    from lib.metrics.stats import wilson_interval
+
+    sim = np.asarray(sim, dtype=np.float64)
+    n = sim.shape[0]
+    if sim.shape != (n, n) or n < 2:
+        raise ValueError(f"sim must be a square (n, n) matrix with n >= 2, got {sim.shape}")
+    k_used = min(int(k), n)
+    if k_used == n:
+        idx = np.arange(n)[None, :]
+    else:
+        rng = np.random.default_rng(seed)
+        idx = np.stack([rng.choice(n, size=k_used, replace=False) for _ in range(n_draws)])
+    sub = sim[idx[:, :, None], idx[:, None, :]]
+    diag = np.diagonal(sub, axis1=1, axis2=2)
+    others = np.where(np.eye(k_used, dtype=bool)[None], -np.inf, sub)
+    fwd = (diag > others.max(axis=2)).mean(axis=1)
+    bwd = (diag > others.max(axis=1)).mean(axis=1)
+
+    def summary(acc):
+        mean = float(acc.mean())
+        lo, hi = np.percentile(acc, [2.5, 97.5])
+        return {"mean": mean, "ci95": [float(lo), float(hi)],
+                "ci95_binomial": [float(v) for v in wilson_interval(mean * k_used, k_used)],
+                "draws": [float(a) for a in acc]}
+
+    return {"forward": summary(fwd), "backward": summary(bwd), "chance": 1.0 / k_used,
+            "k": k_used, "n_items": n, "n_draws": int(idx.shape[0]), "seed": seed}
+
+
+def pick_captions(captions: Sequence[Sequence[str]], seed: int = 0) -> list[str]:
+    """One caption per image, drawn at random (seeded) among its captions."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i, caps in enumerate(captions):
+        if not caps:
+            raise ValueError(f"item {i} has no caption; text retrieval needs one per image")
+        out.append(caps[int(rng.integers(len(caps)))])
+    return out
+
+
+@torch.no_grad()
+def brain_text_retrieval(
+    pred_tokens: np.ndarray,
+    text_feats: torch.Tensor | np.ndarray,
+    projection: nn.Module,
+    k: int = 300,
+    n_draws: int = 30,
+    seed: int = 0,
+) -> dict:
+    """Brain<->text k-way top-1 in the ITM embedding space (BLIP-2 ITC similarity).
+
+    Parameters
+    ----------
+    pred_tokens : ndarray of shape (n_images, n_query, hidden)
+        Query tokens predicted from the brain (stage 1 or stage 2), one row per test image.
+    text_feats : array of shape (n_images, dim)
+        Normalised ITM embeddings of one caption per image (:func:`encode_texts`), row-aligned.
+    projection : torch.nn.Linear
+        Maps query tokens into the ITM space: the ITM ``vision_projection`` (the image head, the
+        same for every stage) or a stage-2 ``brain_projection``.
+    k, n_draws, seed
+        As in :func:`lib.metrics.retrieval_topk` (k capped at n_images).
+
+    Returns
+    -------
+    result : dict
+        ``brain_to_text`` and ``text_to_brain`` (``mean``, ``ci95``, ``ci95_binomial``,
+        ``draws``), ``chance``, ``k``, ``n_items``, ``n_draws``, ``seed``, ``similarity``.
+    """
+    dev = projection.weight.device
+    tokens = torch.as_tensor(np.asarray(pred_tokens, np.float32), device=dev)
+    brain = F.normalize(projection(tokens).float(), dim=-1)
+    text = torch.as_tensor(np.asarray(text_feats, np.float32), device=dev)
+    sim = itc_similarity(brain, text).cpu().numpy()
+    out = topk_from_similarity(sim, k=k, n_draws=n_draws, seed=seed)
+    out["brain_to_text"] = out.pop("forward")
+    out["text_to_brain"] = out.pop("backward")
+    out["similarity"] = "max over query tokens of cosine (BLIP-2 ITC)"
+    return out

@@ -562,3 +562,107 @@ def predict_tokens(model, X, batch_size: int = 256, device="cpu") -> np.ndarray:
         out.append(fn(x).float().cpu().numpy())
     model.train(was)
     return np.concatenate(out) if out else np.zeros((0,), np.float32)
+
+
+# ----------------------------------------------------------------------------- stage glue
+
+
+@dataclass
+class Stage2Data:
+    """Everything stage 2 trains and predicts on, with the splits checked.
+
+    Attributes
+    ----------
+    train, val : PairData
+        Pairs of the training images and of the validation images carved from them.
+    X_test : ndarray of shape (n_test_samples, n_features)
+        Test brain samples (memory blocks side by side), for prediction only.
+    test_sample_ids : ndarray of shape (n_test_samples,)
+    X_train : ndarray of shape (n_train_samples, n_features)
+        All training samples (train + validation images), for in-sample predictions.
+    train_sample_ids : ndarray of shape (n_train_samples,)
+    test_ids : ndarray
+        The subject's test images (never used above except for prediction).
+    val_ids : ndarray
+        The validation images.
+    """
+
+    train: PairData
+    val: PairData
+    X_test: np.ndarray
+    test_sample_ids: np.ndarray
+    X_train: np.ndarray
+    train_sample_ids: np.ndarray
+    test_ids: np.ndarray
+    val_ids: np.ndarray
+
+
+def stage2_data(subject, features, feature_ids, memory_size: int = 1,
+                memory_direction: str = "past", roi: str | None = None,
+                val_fraction: float = 0.1, seed: int = 0) -> Stage2Data:
+    """Brain samples, true query tokens and captions for stage 2, split by image.
+
+    The inputs are built exactly as stage 1 builds them
+    (:func:`lib.decoding.stage1.stage1_inputs`: averaged betas for ``memory_size=1``, single
+    trials with their memory window otherwise); validation images are drawn from the training
+    images (:func:`split_train_val`); no test image enters ``train`` or ``val`` (asserted).
+
+    Parameters
+    ----------
+    subject : lib.nsd.PreparedSubject
+    features : ndarray of shape (n_images, n_query, hidden)
+    feature_ids : ndarray of shape (n_images,)
+    memory_size, memory_direction, roi
+        As for stage 1 (must match the stage-1 decoder that is fine-tuned).
+    val_fraction : float
+    seed : int
+
+    Returns
+    -------
+    data : Stage2Data
+    """
+    from lib.decoding.stage1 import _lookup, stage1_inputs
+
+    test_ids = np.asarray(subject.image_ids("test"))
+    blocks, ids = stage1_inputs(subject, "train", memory_size, memory_direction, roi)
+    X = np.concatenate(blocks, axis=1) if len(blocks) > 1 else blocks[0]
+    assert_no_test_ids(ids, test_ids, "the stage-2 training samples")
+    tr_img, val_img = split_train_val(np.unique(ids), val_fraction, seed)
+    tokens = _lookup(np.asarray(features, np.float32), np.asarray(feature_ids), ids)
+    caps = dict(zip((int(i) for i in np.unique(ids)), subject.captions(np.unique(ids))))
+    parts = []
+    for keep in (tr_img, val_img):
+        m = np.isin(ids, keep)
+        parts.append(PairData.build(X[m], tokens[m], ids[m], caps))
+    tblocks, tids = stage1_inputs(subject, "test", memory_size, memory_direction, roi)
+    X_test = np.concatenate(tblocks, axis=1) if len(tblocks) > 1 else tblocks[0]
+    return Stage2Data(parts[0], parts[1], X_test, np.asarray(tids), X, np.asarray(ids),
+                      test_ids, val_img)
+
+
+def save_stage2(model, data: Stage2Data, run_dir: str | os.PathLike, settings: dict,
+                device="cpu") -> Path:
+    """Write a stage-2 run: decoder (stage-1 format), retrieval head, predictions.
+
+    Files in ``run_dir``: ``decoder.safetensors`` + ``settings.json`` (the fine-tuned brain
+    map, loadable with :func:`lib.decoding.stage1.load_decoder`), ``heads.safetensors``
+    (brain projection + temperature) and ``predictions.h5`` (test and training predictions,
+    averaged over an image's repetitions).
+    """
+    import copy
+
+    from lib.decoding.contrastive import save_heads
+    from lib.decoding.stage1 import PREDICTIONS_FILE, average_by_id, write_predictions
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    decoder = copy.deepcopy(model.brain_map).cpu()
+    decoder.settings = {**getattr(decoder, "settings", {}), **settings}
+    decoder.save(run_dir)
+    save_heads(model, run_dir / "heads.safetensors")
+    test_pred, test_ids = average_by_id(
+        predict_tokens(model, data.X_test, device=device), data.test_sample_ids)
+    train_pred, train_ids = average_by_id(
+        predict_tokens(model, data.X_train, device=device), data.train_sample_ids)
+    write_predictions(run_dir / PREDICTIONS_FILE, test_pred, test_ids, train_pred, train_ids)
+    return run_dir
