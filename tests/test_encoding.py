@@ -145,3 +145,107 @@ def test_load_zoo_resolves_relative_paths(tmp_path):
     assert lang[0]["path"] == "org/lm" and lang[0]["trained"] is True
     with pytest.raises(FileNotFoundError, match="zoo"):
         encoding.load_zoo(tmp_path / "missing.json")
+
+
+# --------------------------------------------------------------------------------------
+# End to end: a tiny random ViT and GPT-2, a synthetic subject whose voxels the ViT drives
+# --------------------------------------------------------------------------------------
+
+class _SyntheticSubject:
+    """Test data with the PreparedSubject interface: V1 voxels follow the ViT's layer 1,
+    face voxels its layer 3; three noisy repetitions per image."""
+
+    def __init__(self, images, captions, train_ids, test_ids, signal, seed=0):
+        rng = np.random.default_rng(seed)
+        self._images, self._captions = images, captions
+        self._ids = {"train": train_ids, "test": test_ids}
+        n_vox = signal.shape[1]
+        self.voxel_ijk = np.stack(np.unravel_index(np.arange(n_vox), (4, 4, 4)), axis=1)
+        self.affine, self.grid_shape, self.n_voxels = np.eye(4), (4, 4, 4), n_vox
+        self._reps = signal[:, None, :] + 0.8 * rng.standard_normal((len(signal), 3, n_vox))
+        self._row = {int(k): i for i, k in enumerate(np.concatenate([train_ids, test_ids]))}
+        half = n_vox // 2
+        self._masks = {"V1": np.arange(n_vox) < half, "faces": np.arange(n_vox) >= half,
+                       "nsdgeneral": np.ones(n_vox, bool)}
+
+    def _select(self, split):
+        ids = self._ids[split]
+        return self._reps[[self._row[int(k)] for k in ids]], ids
+
+    def averaged_betas(self, split, roi=None):
+        reps, ids = self._select(split)
+        return reps.mean(axis=1).astype(np.float32), ids
+
+    def repeats(self, split, roi=None):
+        return self._select(split)[0].astype(np.float32)
+
+    def roi_mask(self, name):
+        if name not in self._masks:
+            raise KeyError(name)
+        return self._masks[name]
+
+    def images(self, ids):
+        return self._images[np.asarray(ids) - 500]
+
+    def captions(self, ids):
+        return [self._captions[int(k) - 500] for k in ids]
+
+
+def test_run_convergence_end_to_end(tmp_path):
+    import h5py
+    import torch
+    import transformers
+
+    sys_path = pytest.importorskip("test_features")  # tiny-model builders
+    from lib.features import hidden
+
+    vit = sys_path._save_vision(tmp_path, "vit", transformers.ViTConfig(
+        image_size=32, patch_size=8, hidden_size=24, num_hidden_layers=3,
+        num_attention_heads=2, intermediate_size=32, initializer_range=0.5))
+    torch.manual_seed(0)
+    lm = transformers.AutoModelForCausalLM.from_config(transformers.GPT2Config(
+        vocab_size=40, n_positions=32, n_embd=16, n_layer=2, n_head=2))
+    lm.save_pretrained(tmp_path / "gpt")
+    sys_path._tokenizer().save_pretrained(tmp_path / "gpt")
+
+    n = 240
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+    captions = sys_path._captions(range(n))
+    ids = np.arange(500, 500 + n)
+    feats = hidden.vision_layer_features(vit, lambda k: images[np.asarray(k) - 500], ids,
+                                         tmp_path / "truth.h5", device="cpu")
+    n_vox = 20
+    drive = [feats[1]] * (n_vox // 2) + [feats[3]] * (n_vox // 2)
+    signal = np.stack([(f - f.mean(0)) / (f.std(0) + 1e-6) @ rng.standard_normal(f.shape[1])
+                       for f in drive], axis=1)
+    signal /= signal.std(axis=0)
+    subject = _SyntheticSubject(images, captions, ids[:180], ids[180:], signal)
+    zoo = [{"name": "vit", "path": str(vit), "family": "ViT", "modality": "vision",
+            "trained": True},
+           {"name": "gpt", "path": str(tmp_path / "gpt"), "family": "GPT", "modality": "language",
+            "n_params": 123, "trained": False}]
+    out = tmp_path / "convergence"
+    scores = encoding.run_convergence(subject, zoo, out, rois=("V1", "faces", "nsdgeneral",
+                                                               "words"),
+                                      alphas=np.logspace(-2, 4, 7), device="cpu",
+                                      batch_size=64)
+    on_disk = pd.read_csv(out / "scores.csv")
+    assert list(on_disk.columns[:8]) == encoding.SCORE_COLUMNS
+    assert len(on_disk) == len(scores) == (4 + 3) * 3  # (ViT 4 + GPT 3 layers) x 3 ROIs
+    assert set(on_disk["roi"]) == {"V1", "faces", "nsdgeneral"}  # no voxels: words skipped
+    vit_rows = on_disk[on_disk["model"] == "vit"]
+    assert vit_rows["n_params"].iloc[0] == sum(p.numel() for p in transformers.AutoModel
+                                               .from_pretrained(vit).parameters())
+    peaks = encoding.peak_depths(on_disk).set_index("model")
+    assert peaks.loc["vit", "V1"] == pytest.approx(1 / 3)
+    assert peaks.loc["vit", "faces"] == pytest.approx(1.0)
+    assert vit_rows["score"].max() > 0.5
+    # the random captions carry no information about these voxels
+    assert on_disk[on_disk["model"] == "gpt"]["score"].max() < 0.4
+    assert (on_disk["noise_ceiling"] > 0.5).all()
+    with h5py.File(out / "voxel_scores.h5", "r") as f:
+        assert f["models/vit/score"].shape == (4, n_vox)
+        assert f["noise_ceiling"].shape == (n_vox,)
+    maps = encoding.read_voxel_scores(out / "voxel_scores.h5", "vit")
+    assert maps["best_score"].shape == (n_vox,)
