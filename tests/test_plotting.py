@@ -54,3 +54,39 @@ def test_surface_plotly_has_mesh(occipital_map):
     assert any(trace.type == "mesh3d" for trace in fig.data)
     mesh = next(trace for trace in fig.data if trace.type == "mesh3d")
     assert len(mesh.x) == 10242
+
+
+def _scores():
+    import pandas as pd
+
+    rows = []
+    for name, fam, mod, size, trained in [("a1", "A", "vision", 1e5, True),
+                                          ("a2", "A", "vision", 1e6, True),
+                                          ("a0", "A", "vision", 1e6, False),
+                                          ("l1", "L", "language", 3e5, True)]:
+        for layer in range(4):
+            for roi in ("V1", "faces", "nsdgeneral"):
+                s = 0.1 * layer + size / 1e7
+                rows.append({"model": name, "family": fam, "modality": mod, "n_params": size,
+                             "layer": layer, "roi": roi, "score": s, "n_voxels": 5,
+                             "trained": trained, "n_layers": 4, "depth": layer / 3,
+                             "cv_score": s, "noise_ceiling": 0.9})
+    return pd.DataFrame(rows)
+
+
+def test_convergence_figures():
+    from lib.encoding import best_layers
+
+    scores = _scores()
+    best = best_layers(scores)
+    fig = plotting.predictivity_vs_size(best, roi="V1")
+    assert fig.layout.xaxis.type == "log"
+    names = [t.name for t in fig.data]
+    assert "A (vision)" in names and "A (vision), untrained" in names
+    trained_a = next(t for t in fig.data if t.name == "A (vision)")
+    np.testing.assert_allclose(trained_a.x, [1e5, 1e6])
+    np.testing.assert_allclose(trained_a.y, [0.31, 0.4])
+    fig = plotting.plot_depth_profiles(scores, rois=("V1", "faces", "missing"))
+    assert len([a for a in fig.axes if a.get_title()]) == 2
+    fig = plotting.plot_roi_comparison(best, rois=("V1", "faces", "nsdgeneral"))
+    assert isinstance(fig, matplotlib.figure.Figure)
