@@ -86,3 +86,89 @@ def test_cosine_matrix_matches_sklearn():
     a, b = rng.normal(size=(4, 2, 3)), rng.normal(size=(5, 2, 3))
     np.testing.assert_allclose(cosine_matrix(a, b), cosine_similarity(a.reshape(4, -1),
                                                                       b.reshape(5, -1)))
+
+
+# --- the fit, on the micro toy world -------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def micro_subject(micro_root, tmp_path_factory):
+    from lib.nsd import PreparedSubject, prepare_subject
+
+    out = tmp_path_factory.mktemp("prepared")
+    return PreparedSubject(prepare_subject(micro_root / "nsd", 1, out))
+
+
+def _targets(subject, n_query=2, hidden=3, seed=0):
+    """Synthetic 'Q-Former features' that depend linearly on each image's averaged betas."""
+    ids = np.union1d(subject.image_ids("train"), subject.image_ids("test"))
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(len(ids), n_query, hidden)).astype(np.float32), ids
+
+
+def test_fit_matches_sklearn_ridge_at_the_chosen_alphas(micro_subject):
+    from sklearn.linear_model import Ridge
+
+    from lib.decoding.stage1 import fit_stage1
+
+    feats, ids = _targets(micro_subject)
+    alphas = [1.0, 100.0, 1e4]
+    res = fit_stage1(micro_subject, feats, ids, alphas=alphas, device="cpu")
+    X, x_ids = micro_subject.averaged_betas("train")
+    assert np.intersect1d(x_ids, micro_subject.image_ids("test")).size == 0
+    Y = feats[np.searchsorted(ids, x_ids)].reshape(len(x_ids), -1)
+    W = res.decoder.weight.detach().numpy()
+    for t in range(Y.shape[1]):
+        sk = Ridge(alpha=res.best_alphas[t]).fit(X, Y[:, t])
+        np.testing.assert_allclose(W[t], sk.coef_, rtol=1e-3, atol=1e-4)
+    Xt, t_ids = micro_subject.averaged_betas("test")
+    np.testing.assert_array_equal(res.test_ids, t_ids)
+    np.testing.assert_allclose(res.test_pred, res.decoder.predict(Xt), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(res.test_true, feats[np.searchsorted(ids, t_ids)])
+
+
+def test_memory_window_fit_and_repeat_averaging(micro_subject):
+    from sklearn.linear_model import Ridge
+
+    from lib.decoding.stage1 import fit_stage1
+
+    feats, ids = _targets(micro_subject, seed=1)
+    res = fit_stage1(micro_subject, feats, ids, memory_size=2, memory_direction="past",
+                     alphas=[10.0], device="cpu")
+    blocks, trial_ids = micro_subject.memory_windows("train", 2, "past")
+    assert res.decoder.block_sizes == [b.shape[1] for b in blocks]
+    Y = feats[np.searchsorted(ids, trial_ids)].reshape(len(trial_ids), -1)
+    sk = Ridge(alpha=10.0).fit(np.hstack(blocks), Y)
+    np.testing.assert_allclose(res.decoder.weight.detach().numpy(), sk.coef_, rtol=1e-3,
+                               atol=1e-4)
+    # test predictions are the mean over each image's repeated trials
+    tb, t_ids = micro_subject.memory_windows("test", 2, "past")
+    per_trial = sk.predict(np.hstack(tb)).reshape(len(t_ids), 2, 3)
+    expected = pd.DataFrame(per_trial.reshape(len(t_ids), -1)).groupby(t_ids).mean()
+    np.testing.assert_allclose(res.test_pred.reshape(len(res.test_ids), -1),
+                               expected.to_numpy(), rtol=1e-3, atol=1e-4)
+
+
+# --- evaluation helpers --------------------------------------------------------------------
+
+def test_derangement_has_no_fixed_point():
+    from lib.decoding.evaluate import derangement
+
+    for n in (2, 3, 10, 50):
+        p = derangement(n, seed=n)
+        assert sorted(p) == list(range(n)) and not np.any(p == np.arange(n))
+    with pytest.raises(ValueError):
+        derangement(1)
+
+
+def test_nearest_train_matches_sklearn_neighbors():
+    from sklearn.neighbors import NearestNeighbors
+
+    from lib.decoding.evaluate import nearest_train
+
+    rng = np.random.default_rng(0)
+    pred, train = rng.normal(size=(6, 2, 4)), rng.normal(size=(20, 2, 4))
+    idx, sim = nearest_train(pred, train)
+    nn_ = NearestNeighbors(n_neighbors=1, metric="cosine").fit(train.reshape(20, -1))
+    dist, expected = nn_.kneighbors(pred.reshape(6, -1))
+    np.testing.assert_array_equal(idx, expected[:, 0])
+    np.testing.assert_allclose(sim, 1 - dist[:, 0], atol=1e-10)

@@ -1,0 +1,324 @@
+"""Evaluation of a decoding run: captions, retrieval, and the controls every number stands next to.
+
+For one run (``decoding/<run>/predictions.h5``) :func:`evaluate_run`
+
+- writes a caption for every test image from its predicted query tokens
+  (:func:`lib.decoding.generate.generate_captions`);
+- scores them against the COCO references (:func:`lib.metrics.caption_metrics`) and, when the
+  models are available, with sentence-embedding similarity (:func:`lib.metrics.embedding_similarity`);
+- scores the controls on the same metrics:
+
+  * ``shuffled_brain``: the predictions permuted across test images (a derangement with a fixed
+    seed), i.e. each image gets the caption decoded from another image's fMRI. Generation is
+    deterministic per item (batched = one-at-a-time, tested), so these are the decoded captions
+    re-paired, not new generations;
+  * ``nearest_train``: the first COCO caption of the training image whose TRUE Q-Former
+    embedding is closest (cosine, flattened) to the predicted test embedding;
+  * ``image_upper_bound``: BLIP-2 captioning the image itself (the true Q-Former outputs through
+    the same language model, which is what BLIP-2's own ``generate`` computes from the pixels;
+    tested);
+- runs a paired one-sided permutation test of brain vs shuffled brain on per-caption CIDEr
+  and METEOR;
+- computes k-way top-1 retrieval (brain -> image and image -> brain) on the flattened Q-Former
+  embeddings with cosine similarity (:func:`lib.metrics.retrieval_topk`), 30 draws, and the
+  same for the shuffled predictions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from lib.decoding.stage1 import _lookup, cosine_matrix, read_predictions
+
+#: Caption metrics with per-caption scores used by the permutation test.
+PERMUTATION_METRICS = ("CIDEr", "METEOR")
+
+SHUFFLE_DESCRIPTION = (
+    "predictions permuted across test images (fixed-seed derangement): each image is paired with "
+    "the caption decoded from another test image's fMRI"
+)
+
+
+def derangement(n: int, seed: int = 0) -> np.ndarray:
+    """A random permutation of ``range(n)`` with no fixed point (``n >= 2``).
+
+    Returns
+    -------
+    perm : ndarray of shape (n,)
+    """
+    if n < 2:
+        raise ValueError(f"need at least 2 test images to shuffle, got {n}")
+    rng = np.random.default_rng(seed)
+    while True:
+        perm = rng.permutation(n)
+        if not np.any(perm == np.arange(n)):
+            return perm
+
+
+def nearest_train(pred_test: np.ndarray, true_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Index of the training image whose true embedding is closest to each prediction.
+
+    Parameters
+    ----------
+    pred_test : ndarray of shape (n_test, n_query, hidden)
+    true_train : ndarray of shape (n_train, n_query, hidden)
+
+    Returns
+    -------
+    index : ndarray of shape (n_test,)
+        Row of ``true_train``.
+    similarity : ndarray of shape (n_test,)
+        Its cosine similarity.
+    """
+    sim = cosine_matrix(pred_test, true_train)
+    idx = sim.argmax(axis=1)
+    return idx, sim[np.arange(len(idx)), idx]
+
+
+def _flat_unit(x: np.ndarray) -> np.ndarray:
+    x = x.reshape(len(x), -1).astype(np.float64)
+    return (x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-12)).astype(np.float32)
+
+
+def retrieval(pred: np.ndarray, true: np.ndarray, k: int = 300, n_draws: int = 30,
+              seed: int = 0) -> dict:
+    """k-way top-1 retrieval on flattened, unit-normalised Q-Former embeddings (cosine).
+
+    ``k`` is capped at the number of test images.
+    """
+    from lib.metrics import retrieval_topk
+
+    k = int(min(k, len(pred)))
+    out = retrieval_topk(_flat_unit(pred), _flat_unit(true), k=k, n_draws=n_draws, seed=seed)
+    return {**_jsonable(out), "k": k, "n_draws": n_draws, "similarity": "cosine, flattened"}
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+def score_captions(hypotheses: Sequence[str], references: Sequence[Sequence[str]],
+                   embeddings: bool = True, meteor=None) -> tuple[dict, dict]:
+    """Corpus caption metrics plus per-caption scores.
+
+    Parameters
+    ----------
+    hypotheses : sequence of str, length n
+    references : sequence of sequences of str, length n
+    embeddings : bool
+        Also compute sentence-embedding and CLIP text similarity
+        (:func:`lib.metrics.embedding_metrics`; each is ``{"skipped": ...}`` when its model is
+        not available).
+    meteor : lib.metrics.captions.MeteorScorer or None
+        An open METEOR scorer to reuse.
+
+    Returns
+    -------
+    metrics : dict
+        BLEU-1..4, METEOR, ROUGE-L, CIDEr (pycocoevalcap scale), ``n`` and, with
+        ``embeddings``, ``SentenceSim`` / ``CLIP-T`` (mean cosine or ``skipped``).
+    per_item : dict of str to ndarray of shape (n,)
+    """
+    from lib.metrics import caption_metrics
+
+    hyps, refs = list(hypotheses), [list(r) for r in references]
+    out = dict(caption_metrics(hyps, refs, per_item=True, meteor=meteor))
+    per_item = {k: np.asarray(v, float) for k, v in out.pop("per_item", {}).items()}
+    if embeddings:
+        from lib.metrics import embedding_metrics
+
+        for name, res in embedding_metrics(hyps, refs).items():
+            if "per_item" in res:
+                per_item[name] = np.asarray(res["per_item"], float)
+            out[name] = {k: v for k, v in res.items() if k != "per_item"}
+    return _jsonable(out), per_item
+
+
+@dataclass
+class RunEvaluation:
+    """What :func:`evaluate_run` returns.
+
+    Attributes
+    ----------
+    captions : pandas.DataFrame
+        One row per test image: ``nsd_id``, ``caption`` (decoded), ``references`` (JSON list),
+        ``shuffled_brain``, ``nearest_train``, ``nearest_train_id``, ``image_upper_bound``.
+    metrics : dict
+        JSON-ready summary (see the module docstring).
+    per_item : dict
+        ``{condition: {metric: ndarray of shape (n_test,)}}``.
+    """
+
+    captions: pd.DataFrame
+    metrics: dict
+    per_item: dict
+
+
+def evaluate_run(run_dir: str | os.PathLike, subject, model, processor, features: np.ndarray,
+                 feature_ids: np.ndarray, upper_bound: Sequence[str] | None = None,
+                 prompt: str | None = None, num_beams: int = 1, batch_size: int = 16,
+                 max_new_tokens: int = 30, k: int = 300, n_draws: int = 30, seed: int = 0,
+                 n_permutations: int = 10000, embeddings: bool = True) -> RunEvaluation:
+    """Captions, metrics, retrieval and controls for one decoding run.
+
+    Parameters
+    ----------
+    run_dir : path-like
+        ``decoding/<run>/`` holding ``predictions.h5``.
+    subject : lib.nsd.PreparedSubject
+        For captions (references) and the training image list.
+    model, processor
+        From :func:`lib.decoding.generate.load_captioner`.
+    features : ndarray of shape (n_images, n_query, hidden)
+        True Q-Former outputs of the subject's images, from the same checkpoint.
+    feature_ids : ndarray of shape (n_images,)
+    upper_bound : list of str or None
+        BLIP-2's captions of the test images (in ``predictions`` test order), computed once
+        and shared between runs; computed here when None.
+    prompt, num_beams, batch_size, max_new_tokens
+        Generation settings (:func:`lib.decoding.generate.generate_captions`).
+    k, n_draws : int
+        k-way retrieval (k capped at the number of test images) over ``n_draws`` draws.
+    seed : int
+        Seed of the shuffle, the retrieval draws and the permutation test.
+    n_permutations : int
+        Permutations of the brain-vs-shuffled test.
+    embeddings : bool
+        Also compute sentence-embedding similarities (skipped when the model is unavailable).
+
+    Returns
+    -------
+    evaluation : RunEvaluation
+    """
+    from lib.decoding.generate import generate_captions
+    from lib.metrics import permutation_test
+
+    preds = read_predictions(run_dir)
+    test_pred, test_ids = preds["test_pred"], preds["test_ids"]
+    test_true = _lookup(features, feature_ids, test_ids)
+    train_ids = np.asarray(subject.image_ids("train"))
+    assert np.intersect1d(train_ids, test_ids).size == 0, "test images among training images"
+    train_true = _lookup(features, feature_ids, train_ids)
+    references = subject.captions(test_ids)
+
+    gen = dict(prompt=prompt, num_beams=num_beams, batch_size=batch_size,
+               max_new_tokens=max_new_tokens)
+    brain = generate_captions(test_pred, model, processor, **gen)
+    if upper_bound is None:
+        upper_bound = generate_captions(test_true, model, processor, **gen)
+    perm = derangement(len(test_ids), seed)
+    shuffled = [brain[j] for j in perm]
+    near_idx, near_sim = nearest_train(test_pred, train_true)
+    near_ids = train_ids[near_idx]
+    nearest = [caps[0] for caps in subject.captions(near_ids)]
+
+    conditions = {"brain": brain, "shuffled_brain": shuffled, "nearest_train": nearest,
+                  "image_upper_bound": list(upper_bound)}
+    metrics: dict = {"n_test": int(len(test_ids)), "shuffled_brain": SHUFFLE_DESCRIPTION,
+                     "nearest_train": "first COCO caption of the training image with the "
+                                      "nearest true Q-Former embedding (cosine) to the prediction",
+                     "image_upper_bound": "BLIP-2 captioning the test image itself",
+                     "generation": {**gen, "prompt": prompt or ""}, "captions": {}}
+    per_item: dict = {}
+    from lib.metrics.captions import MeteorScorer
+
+    skipped = None  # embedding models that could not be loaded are not retried per condition
+    with MeteorScorer() as meteor:
+        for name, hyps in conditions.items():
+            scores, per_item[name] = score_captions(
+                hyps, references, embeddings and skipped is None, meteor=meteor)
+            if embeddings and skipped is None:
+                emb = {k: v for k, v in scores.items() if k in ("SentenceSim", "CLIP-T")}
+                if emb and all("skipped" in v for v in emb.values()):
+                    skipped = emb
+            elif skipped is not None:
+                scores.update(skipped)
+            metrics["captions"][name] = scores
+
+    metrics["permutation_brain_vs_shuffled"] = {
+        m: _jsonable(permutation_test(per_item["brain"][m], per_item["shuffled_brain"][m],
+                                      n_permutations=n_permutations, seed=seed))
+        for m in PERMUTATION_METRICS if m in per_item["brain"]
+    }
+    metrics["retrieval"] = {
+        "brain": retrieval(test_pred, test_true, k, n_draws, seed),
+        "shuffled_brain": retrieval(test_pred[perm], test_true, k, n_draws, seed),
+    }
+    metrics["nearest_train_cosine_mean"] = float(near_sim.mean())
+
+    frame = pd.DataFrame({
+        "nsd_id": test_ids.astype(np.int64),
+        "caption": brain,
+        "references": [json.dumps(list(r)) for r in references],
+        "shuffled_brain": shuffled,
+        "nearest_train": nearest,
+        "nearest_train_id": near_ids.astype(np.int64),
+        "image_upper_bound": list(upper_bound),
+    })
+    return RunEvaluation(captions=frame, metrics=metrics, per_item=per_item)
+
+
+def write_run_outputs(decoding_dir: str | os.PathLike, run: str,
+                      evaluation: RunEvaluation) -> tuple[Path, Path]:
+    """Write ``captions_<run>.csv`` and merge the run into ``metrics.json`` (atomically).
+
+    Returns
+    -------
+    captions_path, metrics_path : Path
+    """
+    from lib.io import atomic_path, write_json
+
+    decoding_dir = Path(decoding_dir)
+    captions_path = decoding_dir / f"captions_{run}.csv"
+    with atomic_path(captions_path) as tmp:
+        evaluation.captions.to_csv(tmp, index=False)
+    metrics_path = decoding_dir / "metrics.json"
+    merged = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+    merged[run] = evaluation.metrics
+    write_json(metrics_path, merged)
+    return captions_path, metrics_path
+
+
+def metrics_table(metrics: dict, keys: Sequence[str] = ("BLEU-1", "BLEU-4", "METEOR", "ROUGE-L",
+                                                         "CIDEr")) -> pd.DataFrame:
+    """One row per (run, condition) with the caption metrics x100 (the published scale).
+
+    Parameters
+    ----------
+    metrics : dict
+        Contents of ``metrics.json`` (keyed by run).
+    """
+    rows = []
+    for run, m in metrics.items():
+        for cond, scores in m["captions"].items():
+            rows.append({"run": run, "condition": cond,
+                         **{k: 100 * scores[k] for k in keys if k in scores}})
+    return pd.DataFrame(rows)
+
+
+def retrieval_table(metrics: dict) -> pd.DataFrame:
+    """One row per (run, condition, direction): top-1 accuracy, 95% interval and chance."""
+    rows = []
+    for run, m in metrics.items():
+        for cond, r in m["retrieval"].items():
+            row = {"run": run, "condition": cond, "k": r.get("k")}
+            for key, val in r.items():
+                if key not in ("k", "n_draws", "similarity"):
+                    row[key] = val
+            rows.append(row)
+    return pd.DataFrame(rows)
