@@ -1,0 +1,627 @@
+"""A simulated visual cortex on an MNI 4 mm grid: anatomy, ROIs, voxel tuning, responses.
+
+The grid is nilearn's bundled MNI152 template resampled to 4 mm, so volumes land on
+nilearn's fsaverage surfaces. ROIs follow NSD's files and label conventions
+(``prf-visualrois``, ``floc-faces``, ``floc-bodies``, ``floc-places``, ``floc-words``,
+``nsdgeneral``) and sit where they sit in a real brain: V1-V3 around the calcarine sulcus
+(ventral bank = upper visual field, left hemisphere = right visual field, eccentricity growing
+anteriorly), hV4 lateral-ventral to V3, category areas in ventral and lateral
+occipito-temporal cortex, in both hemispheres (words mostly left).
+
+Voxel responses (percent signal change) follow the logic of visual cortex:
+
+- V1-V3: a Gaussian receptive field over local luminance contrast and colour energy
+  computed from the pixels; the field grows from V1 to V3 and with eccentricity;
+- hV4: a larger receptive field over the shapes and colours of the objects in it;
+- faces / bodies / words: the presence and size of their category (some cross-talk,
+  a preference for the contralateral hemifield); places: the place, more so when
+  less of it is hidden by objects;
+- a shared semantic component (what is in the scene, as a caption would say it);
+- trial noise, a global per-trial fluctuation, and session-specific offsets and gains.
+
+Everything is drawn from explicit generators, so a seed gives the same brain bit for bit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .scenes import COLOR_NAMES, KINDS, PLACES
+
+#: NSD's ROI files and label names (value -> name), 0 = unlabeled, -1 = outside the brain.
+ROI_FILES = {
+    "prf-visualrois": {1: "V1v", 2: "V1d", 3: "V2v", 4: "V2d", 5: "V3v", 6: "V3d", 7: "hV4"},
+    "floc-faces": {1: "OFA", 2: "FFA-1", 3: "FFA-2", 4: "mTL-faces", 5: "aTL-faces"},
+    "floc-bodies": {1: "EBA", 2: "FBA-1", 3: "FBA-2", 4: "mTL-bodies"},
+    "floc-places": {1: "OPA", 2: "PPA", 3: "RSC"},
+    "floc-words": {1: "OWFA", 2: "VWFA-1", 3: "VWFA-2", 4: "mfs-words", 5: "mTL-words"},
+}
+#: Category of each floc file.
+FLOC_CATEGORY = {"floc-faces": "face", "floc-bodies": "body", "floc-words": "word",
+                 "floc-places": "place"}
+
+#: Centres (right hemisphere, MNI mm; mirrored for the left) and radii (mm) of category ROIs.
+#: Words are larger on the left (``radius_left``).
+_ROI_CENTRES = {
+    "floc-faces": [("OFA", (44, -76, -8), 8), ("FFA-1", (40, -56, -18), 8),
+                   ("FFA-2", (40, -44, -20), 7), ("mTL-faces", (30, -32, -22), 6),
+                   ("aTL-faces", (36, -8, -32), 6)],
+    "floc-bodies": [("EBA", (48, -70, 2), 9), ("FBA-1", (43, -50, -14), 7),
+                    ("FBA-2", (44, -40, -16), 6), ("mTL-bodies", (33, -36, -18), 6)],
+    "floc-places": [("OPA", (34, -84, 22), 8), ("PPA", (26, -46, -10), 8),
+                    ("RSC", (14, -54, 12), 7)],
+    "floc-words": [("OWFA", (44, -72, -12), 6), ("VWFA-1", (44, -58, -14), 6),
+                   ("VWFA-2", (44, -46, -12), 6), ("mfs-words", (36, -40, -16), 5),
+                   ("mTL-words", (30, -28, -20), 5)],
+}
+_WORDS_LEFT_GAIN = 1.5  # left-hemisphere word ROIs are this much larger (radius)
+#: The calcarine sulcus as a segment (right hemisphere; mm): posterior (fovea) -> anterior.
+_CALCARINE = ((10.0, -102.0, -2.0), (12.0, -66.0, 8.0))
+#: Outer radius (mm) of V1, V2, V3 around the calcarine axis.
+_EV_RADII = (8.0, 14.0, 20.0)
+#: hV4 centre (right hemisphere) and radius.
+_HV4 = ((30.0, -78.0, -14.0), 8.0)
+
+#: Receptive-field size (sigma, fraction of the image width) at zero eccentricity, per area.
+RF_SIGMA0 = {"V1": 0.035, "V2": 0.05, "V3": 0.07, "hV4": 0.16}
+#: Growth of RF sigma with eccentricity (image widths per image width).
+RF_SLOPE = {"V1": 0.12, "V2": 0.18, "V3": 0.26, "hV4": 0.4}
+#: Median signal-to-noise variance ratio per voxel class.
+SNR_BASE = {"V1": 0.9, "V2": 0.9, "V3": 0.8, "hV4": 0.6, "face": 0.7, "body": 0.6,
+            "word": 0.6, "place": 0.6, "general": 0.3, "outside": 0.0}
+#: Resolution of the pixel feature maps (contrast and colour energy).
+FEATURE_RES = 32
+
+
+# --------------------------------------------------------------------------- grid
+@dataclass
+class BrainGrid:
+    """The voxel grid and its tissue masks.
+
+    Attributes
+    ----------
+    affine : ndarray of shape (4, 4)
+        Voxel -> MNI mm.
+    shape : tuple of int
+        Grid shape (X, Y, Z).
+    brain : ndarray of shape (X, Y, Z), bool
+        Inside the brain.
+    cortex : ndarray of shape (X, Y, Z), bool
+        Grey matter (probability > 0.5; cortex and cerebellum) inside the brain.
+    """
+
+    affine: np.ndarray
+    shape: tuple
+    brain: np.ndarray
+    cortex: np.ndarray
+
+    def mm(self) -> np.ndarray:
+        """MNI coordinates of every voxel centre, ndarray of shape (X, Y, Z, 3)."""
+        ijk = np.stack(np.meshgrid(*[np.arange(n) for n in self.shape], indexing="ij"), -1)
+        return ijk @ self.affine[:3, :3].T + self.affine[:3, 3]
+
+
+def make_grid(voxel_size: float = 4.0) -> BrainGrid:
+    """Resample nilearn's bundled MNI152 brain and grey-matter masks to ``voxel_size`` mm.
+
+    Parameters
+    ----------
+    voxel_size : float
+        Isotropic voxel size in mm.
+
+    Returns
+    -------
+    grid : BrainGrid
+    """
+    import warnings
+
+    from nilearn import datasets, image
+
+    brain2 = datasets.load_mni152_brain_mask(resolution=2)
+    gm2 = datasets.load_mni152_gm_template(resolution=2)  # grey-matter probability
+    src = brain2.affine
+    extent = np.array(brain2.shape) * np.abs(np.diag(src)[:3])
+    shape = tuple(int(np.ceil(e / voxel_size)) for e in extent)
+    affine = np.diag([voxel_size, voxel_size, voxel_size, 1.0])
+    affine[:3, 3] = src[:3, 3]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "resampling binary images with continuous interp."
+        kw = dict(target_affine=affine, target_shape=shape, interpolation="continuous",
+                  force_resample=True, copy_header=True)
+        brain = image.resample_img(brain2, **kw).get_fdata() > 0.5
+        gm = image.resample_img(gm2, **kw).get_fdata() > 0.5
+    return BrainGrid(affine=affine, shape=shape, brain=brain, cortex=gm & brain)
+
+
+# --------------------------------------------------------------------------- ROIs
+@dataclass
+class RoiSet:
+    """ROI volumes of one subject plus the retinotopy of early visual voxels.
+
+    Attributes
+    ----------
+    volumes : dict of str -> ndarray of shape (X, Y, Z), int16
+        One volume per NSD ROI file (``nsdgeneral`` included), NSD label conventions.
+    eccentricity, polar_angle : ndarray of shape (X, Y, Z), float
+        For V1-V3 and hV4 voxels (NaN elsewhere): eccentricity in image widths and polar
+        angle in radians (0 = right horizontal meridian, pi/2 = upper vertical meridian).
+    """
+
+    volumes: dict
+    eccentricity: np.ndarray
+    polar_angle: np.ndarray
+
+
+def _segment_coords(p, a, b):
+    """Distance of points ``p`` (..., 3) from segment a-b, and position t in [0, 1] along it."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    ab = b - a
+    t = np.clip(((p - a) @ ab) / (ab @ ab), 0.0, 1.0)
+    foot = a + t[..., None] * ab
+    return np.linalg.norm(p - foot, axis=-1), t, p - foot
+
+
+def _nsdgeneral(grid: BrainGrid, mm: np.ndarray) -> np.ndarray:
+    x, y, z = mm[..., 0], mm[..., 1], mm[..., 2]
+    cerebellum = (y > -96) & (y < -30) & (z < -26)
+    cerebellum |= (np.abs(x) < 20) & (y > -82) & (y < -40) & (z < -6)
+    # occipital and posterior temporal / parietal cortex; ventral temporal reaches further forward
+    region = ((y <= -32) & (z < -5)) | ((y <= -58) & (z >= -5))
+    region &= (z >= -30) & (z <= 24) & (np.abs(x) >= 6)
+    return grid.cortex & region & ~cerebellum
+
+
+def make_rois(grid: BrainGrid, rng: np.random.Generator, jitter_mm: float = 2.0) -> RoiSet:
+    """Draw one subject's ROIs: anatomically placed, with a little subject-specific jitter.
+
+    Parameters
+    ----------
+    grid : BrainGrid
+    rng : numpy.random.Generator
+        Subject-specific generator (ROI centres move by about ``jitter_mm``).
+    jitter_mm : float
+        Standard deviation of the subject-specific shift of every ROI centre.
+
+    Returns
+    -------
+    rois : RoiSet
+    """
+    mm = grid.mm()
+    cortex = grid.cortex
+    outside = ~grid.brain
+    vols = {}
+
+    gen = _nsdgeneral(grid, mm)
+    v = np.zeros(grid.shape, np.int16)
+    v[gen] = 1
+    v[outside] = -1
+    vols["nsdgeneral"] = v
+
+    # early visual cortex around the calcarine sulcus, per hemisphere
+    ev = np.zeros(grid.shape, np.int16)
+    ecc = np.full(grid.shape, np.nan)
+    ang = np.full(grid.shape, np.nan)
+    for hemi in (-1, 1):  # -1 = left hemisphere (x < 0) -> right visual field
+        a, b = (np.array(p) * [hemi, 1, 1] + rng.normal(0, jitter_mm, 3) for p in _CALCARINE)
+        dist, t, off = _segment_coords(mm, a, b)
+        in_hemi = (np.sign(mm[..., 0]) == hemi) & cortex & (mm[..., 1] <= b[1] + 4)
+        dorsal = off[..., 2] > 0
+        r1, r2, r3 = _EV_RADII
+        for k, (lo, hi) in enumerate(((0, r1), (r1, r2), (r2, r3))):
+            sel = in_hemi & (dist >= lo) & (dist < hi) & (ev == 0)
+            ev[sel & ~dorsal] = 2 * k + 1  # ventral
+            ev[sel & dorsal] = 2 * k + 2
+            frac = np.clip((dist - lo) / (hi - lo), 0, 1)
+            # V1: horizontal meridian in the fundus; V2 mirrors; V3 mirrors again
+            theta = (np.pi / 2) * (frac if k != 1 else 1 - frac)
+            e = 0.02 + 0.5 * t  # eccentricity grows anteriorly (image widths)
+            upper = ~dorsal  # ventral bank represents the upper visual field
+            phi = np.where(upper, theta, -theta)
+            phi = np.where(hemi < 0, phi, np.pi - phi)  # left hemisphere -> right field
+            ecc[sel] = e[sel]
+            ang[sel] = phi[sel]
+        # hV4: lateral-ventral to ventral V3
+        c4 = np.array(_HV4[0]) * [hemi, 1, 1] + rng.normal(0, jitter_mm, 3)
+        d4 = np.linalg.norm(mm - c4, axis=-1)
+        sel = (d4 < _HV4[1]) & cortex & (ev == 0) & (np.sign(mm[..., 0]) == hemi)
+        ev[sel] = 7
+        ecc[sel] = np.clip(0.05 + 0.4 * d4[sel] / _HV4[1], 0, 0.5)
+        ang[sel] = np.where(hemi < 0, 0.0, np.pi) + rng.normal(0, 0.6, sel.sum())
+    ev[outside] = -1
+    vols["prf-visualrois"] = ev
+
+    taken = (ev > 0)
+    for fname, entries in _ROI_CENTRES.items():
+        best = np.full(grid.shape, np.inf)
+        vol = np.zeros(grid.shape, np.int16)
+        for label, (name, centre, radius) in enumerate(entries, start=1):
+            for hemi in (-1, 1):
+                r = radius * (_WORDS_LEFT_GAIN if (fname == "floc-words" and hemi < 0) else 1.0)
+                c = np.array(centre, float) * [hemi, 1, 1] + rng.normal(0, jitter_mm, 3)
+                d = np.linalg.norm(mm - c, axis=-1) / r
+                sel = (d < 1) & (d < best) & cortex & ~taken
+                vol[sel] = label
+                best[sel] = d[sel]
+        vol[outside] = -1
+        vols[fname] = vol
+    # like NSD's nsdgeneral, the mask covers the posterior visual ROIs
+    gen = vols["nsdgeneral"]
+    posterior = mm[..., 1] <= -32
+    for fname in ROI_FILES:
+        gen[(vols[fname] > 0) & posterior] = 1
+    return RoiSet(volumes=vols, eccentricity=ecc, polar_angle=ang)
+
+
+# --------------------------------------------------------------------------- stimulus features
+def pixel_features(images: np.ndarray, res: int = FEATURE_RES) -> dict:
+    """Local luminance-contrast and colour energy maps computed from the pixels.
+
+    Parameters
+    ----------
+    images : ndarray of shape (n_images, H, W, 3), uint8
+    res : int
+        Output map resolution (H and W must be multiples of it).
+
+    Returns
+    -------
+    features : dict
+        ``contrast`` and ``color``: ndarray of shape (n_images, res, res), float32.
+        Contrast = gradient magnitude of luminance; colour = chroma (distance from grey
+        in an opponent space); both block-averaged to ``res`` x ``res``.
+    """
+    x = images.astype(np.float32) / 255.0
+    n, h, w, _ = x.shape
+    if h % res or w % res:
+        raise ValueError(f"image size {h}x{w} is not a multiple of the feature resolution {res}")
+    lum = x.mean(-1)
+    gy, gx = np.gradient(lum, axis=(1, 2))
+    contrast = np.hypot(gx, gy)
+    rg = x[..., 0] - x[..., 1]
+    by = x[..., 2] - 0.5 * (x[..., 0] + x[..., 1])
+    color = np.hypot(rg, by)
+
+    def pool(m):
+        return m.reshape(n, res, h // res, res, w // res).mean((2, 4)).astype(np.float32)
+
+    return {"contrast": pool(contrast), "color": pool(color)}
+
+
+def object_arrays(latents: list[dict]) -> dict:
+    """Pack scene latents into arrays (objects padded to 3).
+
+    Returns
+    -------
+    arrays : dict
+        ``kind``, ``color`` (n, 3) int (-1 = no object), ``size``, ``x``, ``y`` (n, 3) float,
+        ``place`` (n,) int.
+    """
+    n = len(latents)
+    out = {k: np.full((n, 3), -1, np.int64) for k in ("kind", "color")}
+    out.update({k: np.zeros((n, 3)) for k in ("size", "x", "y")})
+    out["place"] = np.array([PLACES.index(lat["place"]) for lat in latents])
+    for i, lat in enumerate(latents):
+        for j, o in enumerate(lat["objects"]):
+            out["kind"][i, j] = KINDS.index(o["kind"])
+            out["color"][i, j] = COLOR_NAMES.index(o["color"])
+            out["size"][i, j], out["x"][i, j], out["y"][i, j] = o["size"], o["x"], o["y"]
+    return out
+
+
+def concept_vector(latents: list[dict]) -> np.ndarray:
+    """What a caption would say about each scene: place, kind and colour counts, object count.
+
+    Returns
+    -------
+    concepts : ndarray of shape (n_images, 4 + 7 + 8 + 1)
+    """
+    rows = []
+    for lat in latents:
+        v = np.zeros(len(PLACES) + len(KINDS) + len(COLOR_NAMES) + 1)
+        v[PLACES.index(lat["place"])] = 1
+        for o in lat["objects"]:
+            v[len(PLACES) + KINDS.index(o["kind"])] += 1
+            v[len(PLACES) + len(KINDS) + COLOR_NAMES.index(o["color"])] += 1
+        v[-1] = lat["n_objects"]
+        rows.append(v)
+    return np.array(rows)
+
+
+def semantic_axes(seed: int, n_dims: int = 6) -> np.ndarray:
+    """The shared semantic space: a fixed projection of concept vectors (same for all subjects).
+
+    Returns
+    -------
+    W : ndarray of shape (n_concepts, n_dims)
+    """
+    rng = np.random.default_rng([seed, 7001])
+    return rng.normal(size=(len(PLACES) + len(KINDS) + len(COLOR_NAMES) + 1, n_dims))
+
+
+def _z(a: np.ndarray, axis: int = 0) -> np.ndarray:
+    sd = a.std(axis=axis, keepdims=True)
+    return (a - a.mean(axis=axis, keepdims=True)) / np.where(sd > 0, sd, 1.0)
+
+
+# --------------------------------------------------------------------------- tuning + signal
+@dataclass
+class Tuning:
+    """Ground-truth tuning of one subject's brain voxels (every array has n_voxels rows).
+
+    Attributes
+    ----------
+    ijk : ndarray of shape (n_voxels, 3)
+        Voxel indices of brain voxels (C order of the brain mask).
+    area : ndarray of shape (n_voxels,), str
+        Voxel class: V1, V2, V3, hV4, face, body, word, place, general (other nsdgeneral
+        voxels) or outside (brain outside nsdgeneral).
+    rf_x, rf_y, rf_sigma : ndarray of shape (n_voxels,)
+        Receptive field centre (image coordinates, 0-1, y down) and size (image widths);
+        NaN where the voxel has none.
+    w_contrast, w_color : ndarray of shape (n_voxels,)
+        Weights of contrast and colour energy (early visual voxels).
+    w_kind : ndarray of shape (n_voxels, 7)
+        Weights of object kinds (hV4, category and general voxels).
+    w_objcolor : ndarray of shape (n_voxels, 8)
+        Weights of object colours (hV4).
+    w_place : ndarray of shape (n_voxels, 4)
+        Weights of places (place voxels).
+    w_semantic : ndarray of shape (n_voxels, n_dims)
+        Loadings on the shared semantic component.
+    mix : ndarray of shape (n_voxels, 2)
+        Weights of the specific (area) component and the semantic component.
+    snr : ndarray of shape (n_voxels,)
+        Signal variance / trial-noise variance.
+    noise_sd, baseline : ndarray of shape (n_voxels,)
+        Trial-noise standard deviation and mean evoked response (percent signal change).
+    hemi : ndarray of shape (n_voxels,)
+        -1 left, +1 right hemisphere.
+    global_load : ndarray of shape (n_voxels,)
+        Loading on the global per-trial fluctuation (correlated noise).
+    """
+
+    ijk: np.ndarray
+    area: np.ndarray
+    rf_x: np.ndarray
+    rf_y: np.ndarray
+    rf_sigma: np.ndarray
+    w_contrast: np.ndarray
+    w_color: np.ndarray
+    w_kind: np.ndarray
+    w_objcolor: np.ndarray
+    w_place: np.ndarray
+    w_semantic: np.ndarray
+    mix: np.ndarray
+    snr: np.ndarray
+    noise_sd: np.ndarray
+    baseline: np.ndarray
+    hemi: np.ndarray
+    global_load: np.ndarray
+
+
+def make_tuning(grid: BrainGrid, rois: RoiSet, rng: np.random.Generator,
+                n_semantic: int = 6) -> Tuning:
+    """Draw the tuning of every brain voxel of one subject.
+
+    Parameters
+    ----------
+    grid : BrainGrid
+    rois : RoiSet
+    rng : numpy.random.Generator
+        Subject-specific generator.
+    n_semantic : int
+        Dimensions of the shared semantic component.
+
+    Returns
+    -------
+    tuning : Tuning
+    """
+    ijk = np.argwhere(grid.brain)
+    n = len(ijk)
+    idx = tuple(ijk.T)
+    vr = rois.volumes["prf-visualrois"][idx]
+    gen = rois.volumes["nsdgeneral"][idx] == 1
+    mm = grid.mm()[idx]
+    hemi = np.where(mm[:, 0] < 0, -1, 1)
+
+    area = np.where(gen, "general", "outside").astype(object)
+    for fname, cat in (("floc-places", "place"), ("floc-words", "word"),
+                       ("floc-bodies", "body"), ("floc-faces", "face")):
+        area[rois.volumes[fname][idx] > 0] = cat  # faces win overlaps (assigned last)
+    for lab, name in ((1, "V1"), (2, "V1"), (3, "V2"), (4, "V2"), (5, "V3"), (6, "V3"),
+                      (7, "hV4")):
+        area[vr == lab] = name
+    area = area.astype(str)
+
+    nan = np.full(n, np.nan)
+    rf_x, rf_y, rf_sigma = nan.copy(), nan.copy(), nan.copy()
+    retino = np.isin(area, ["V1", "V2", "V3", "hV4"])
+    e = rois.eccentricity[idx][retino]
+    a = rois.polar_angle[idx][retino]
+    rf_x[retino] = np.clip(0.5 + e * np.cos(a), 0.02, 0.98)
+    rf_y[retino] = np.clip(0.5 - e * np.sin(a), 0.02, 0.98)  # image y points down
+    s0 = np.array([RF_SIGMA0[v] for v in area[retino]])
+    sl = np.array([RF_SLOPE[v] for v in area[retino]])
+    rf_sigma[retino] = (s0 + sl * e) * rng.lognormal(0, 0.15, retino.sum())
+    # general voxels: broad, loosely contralateral fields
+    g = area == "general"
+    rf_x[g] = np.clip(0.5 - 0.25 * hemi[g] + rng.normal(0, 0.15, g.sum()), 0.05, 0.95)
+    rf_y[g] = np.clip(rng.normal(0.5, 0.2, g.sum()), 0.05, 0.95)
+    rf_sigma[g] = rng.uniform(0.2, 0.35, g.sum())
+
+    ev = np.isin(area, ["V1", "V2", "V3"])
+    w_contrast = np.where(ev, rng.uniform(0.5, 1.0, n), 0.0)
+    w_color = np.where(ev, rng.uniform(0.0, 0.8, n) * np.where(area == "V1", 0.6, 1.0), 0.0)
+    w_kind = np.zeros((n, len(KINDS)))
+    w_objcolor = np.zeros((n, len(COLOR_NAMES)))
+    w_place = np.zeros((n, len(PLACES)))
+    v4 = area == "hV4"
+    w_kind[v4] = rng.normal(0, 1, (v4.sum(), len(KINDS))) + 0.5
+    w_objcolor[v4] = rng.normal(0, 1, (v4.sum(), len(COLOR_NAMES))) + 0.5
+    cross = {"face": {"face": 1.0, "body": 0.3}, "body": {"body": 1.0, "face": 0.3},
+             "word": {"word": 1.0, "square": 0.1, "triangle": 0.05}}
+    for cat, prof in cross.items():
+        m = area == cat
+        for kind, wgt in prof.items():
+            w_kind[m, KINDS.index(kind)] = wgt * rng.uniform(0.7, 1.3, m.sum())
+    p = area == "place"
+    w_place[p] = rng.uniform(0.3, 0.7, (p.sum(), len(PLACES)))
+    w_place[p, rng.integers(len(PLACES), size=p.sum())] = 1.0
+    w_kind[g] = rng.normal(0, 0.5, (g.sum(), len(KINDS)))
+    w_semantic = rng.normal(0, 1, (n, n_semantic))
+
+    mix = np.zeros((n, 2))
+    mix[:, 0] = np.where(np.isin(area, ["general", "outside"]), 0.6, 1.0)
+    mix[:, 1] = np.where(ev, 0.25, np.where(area == "general", 0.8, 0.45))
+    mix[area == "outside", 1] = 1.0
+    snr = np.array([SNR_BASE[v] for v in area]) * rng.lognormal(0, 0.45, n)
+    snr[area == "outside"] = rng.uniform(0.0, 0.03, (area == "outside").sum())
+    noise_sd = rng.lognormal(np.log(2.0), 0.25, n)  # percent signal change
+    baseline = rng.lognormal(np.log(1.0), 0.5, n) * np.where(area == "outside", 0.2, 1.0)
+    return Tuning(ijk=ijk, area=area, rf_x=rf_x, rf_y=rf_y, rf_sigma=rf_sigma,
+                  w_contrast=w_contrast, w_color=w_color, w_kind=w_kind,
+                  w_objcolor=w_objcolor, w_place=w_place, w_semantic=w_semantic, mix=mix,
+                  snr=snr, noise_sd=noise_sd, baseline=baseline, hemi=hemi,
+                  global_load=rng.uniform(0.3, 1.0, n))
+
+
+def _rf_weights(rf_x, rf_y, rf_sigma, res: int) -> np.ndarray:
+    """Gaussian receptive fields sampled on a res x res grid, each summing to 1: (n, res*res)."""
+    c = (np.arange(res) + 0.5) / res
+    gx = np.exp(-((c[None, :] - rf_x[:, None]) ** 2) / (2 * rf_sigma[:, None] ** 2))
+    gy = np.exp(-((c[None, :] - rf_y[:, None]) ** 2) / (2 * rf_sigma[:, None] ** 2))
+    w = (gy[:, :, None] * gx[:, None, :]).reshape(len(rf_x), -1)
+    return w / w.sum(1, keepdims=True)
+
+
+def simulate_signal(tuning: Tuning, features: dict, objects: dict, semantic: np.ndarray
+                    ) -> np.ndarray:
+    """Noise-free response of every voxel to every image, in units of signal s.d. (z-scored).
+
+    Parameters
+    ----------
+    tuning : Tuning
+    features : dict
+        From :func:`pixel_features` (``contrast``, ``color``: (n_images, res, res)).
+    objects : dict
+        From :func:`object_arrays`.
+    semantic : ndarray of shape (n_images, n_dims)
+        Scenes in the shared semantic space (:func:`concept_vector` @ :func:`semantic_axes`).
+
+    Returns
+    -------
+    signal : ndarray of shape (n_images, n_voxels), float32
+        Zero mean and unit variance over images for every voxel (constant for voxels without
+        signal).
+    """
+    n_img = semantic.shape[0]
+    n_vox = len(tuning.area)
+    res = features["contrast"].shape[1]
+    spec = np.zeros((n_img, n_vox))
+    area = tuning.area
+
+    ev = np.isin(area, ["V1", "V2", "V3", "general"])
+    W = _rf_weights(tuning.rf_x[ev], tuning.rf_y[ev], tuning.rf_sigma[ev], res)
+    con = features["contrast"].reshape(n_img, -1)
+    col = features["color"].reshape(n_img, -1)
+    drive = (con @ W.T) * tuning.w_contrast[ev] + (col @ W.T) * tuning.w_color[ev]
+    # a compressive nonlinearity, as measured in V1-V3
+    spec[:, ev] = np.sqrt(np.maximum(drive, 0))
+
+    present = objects["kind"] >= 0
+    kind = np.where(present, objects["kind"], 0)
+    color = np.where(present, objects["color"], 0)
+    size = objects["size"] * present
+    # hV4 and general voxels: shapes/colours of objects in the field
+    for name in ("hV4", "general"):
+        m = area == name
+        if not m.any():
+            continue
+        rx, ry, rs = tuning.rf_x[m], tuning.rf_y[m], tuning.rf_sigma[m]
+        d2 = (objects["x"][:, :, None] - rx) ** 2 + (objects["y"][:, :, None] - ry) ** 2
+        g = np.exp(-d2 / (2 * rs**2)) * (size / 0.3)[:, :, None]  # (n_img, 3, n_m)
+        wk = tuning.w_kind[m].T[kind]  # (n_img, 3, n_m)
+        wc = tuning.w_objcolor[m].T[color]
+        resp = (g * (wk + wc)).sum(1)
+        spec[:, m] = resp if name == "hV4" else _z(spec[:, m]) + 0.8 * _z(resp)
+    # category voxels: presence and size of their category, contralateral preference
+    cat = np.isin(area, ["face", "body", "word"])
+    if cat.any():
+        wk = tuning.w_kind[cat].T[kind]  # (n_img, 3, n_cat)
+        side = 1.0 / (1.0 + np.exp(-6 * (objects["x"][:, :, None] - 0.5) * -tuning.hemi[cat]))
+        amount = ((size / 0.3) ** 0.7)[:, :, None] * (0.6 + 0.4 * side)
+        spec[:, cat] = (wk * amount).sum(1)
+    pl = area == "place"
+    if pl.any():
+        cover = np.clip((size**2).sum(1), 0, 1)  # fraction of the place hidden by objects
+        spec[:, pl] = tuning.w_place[pl][:, objects["place"]].T * (1.2 - cover)[:, None]
+
+    sem = semantic @ tuning.w_semantic.T
+    sig = tuning.mix[:, 0] * _z(spec) + tuning.mix[:, 1] * _z(sem)
+    return _z(sig).astype(np.float32)
+
+
+def simulate_session(signal: np.ndarray, tuning: Tuning, image_index: np.ndarray,
+                     rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+    """Single-trial betas (percent signal change) of every brain voxel in one session.
+
+    Parameters
+    ----------
+    signal : ndarray of shape (n_images, n_voxels)
+        From :func:`simulate_signal`.
+    tuning : Tuning
+    image_index : ndarray of shape (n_trials,)
+        Row of ``signal`` shown on each trial of the session.
+    rng : numpy.random.Generator
+        Generator of this subject and session (offsets, gains, noise).
+
+    Returns
+    -------
+    betas : ndarray of shape (n_trials, n_voxels), float32
+        ``gain * (baseline + amplitude * signal) + offset + noise + global fluctuation``,
+        with amplitude ``noise_sd * sqrt(snr)``.
+    session : dict
+        ``gain``, ``offset`` (n_voxels,) of this session and ``global`` (n_trials,).
+    """
+    n_vox = signal.shape[1]
+    n_trials = len(image_index)
+    amp = (tuning.noise_sd * np.sqrt(tuning.snr)).astype(np.float32)
+    gain = (rng.uniform(0.8, 1.25) * rng.lognormal(0, 0.1, n_vox)).astype(np.float32)
+    offset = (rng.normal(0, 0.5) + rng.normal(0, 1.0, n_vox)).astype(np.float32)
+    glob = rng.normal(0, 0.6, n_trials).astype(np.float32)
+    betas = rng.standard_normal((n_trials, n_vox), dtype=np.float32)
+    betas *= tuning.noise_sd.astype(np.float32)
+    betas += gain * (tuning.baseline.astype(np.float32) + amp * signal[image_index])
+    betas += offset
+    betas += glob[:, None] * tuning.global_load.astype(np.float32)
+    return betas, {"gain": gain, "offset": offset, "global": glob}
+
+
+def split_half_reliability(repeats: np.ndarray) -> np.ndarray:
+    """Split-half reliability of repeat-averaged responses, per voxel.
+
+    For each repeat k, the Pearson correlation over images between repeat k and the mean of
+    the other repeats; averaged over k.
+
+    Parameters
+    ----------
+    repeats : ndarray of shape (n_images, n_repeats, n_voxels)
+
+    Returns
+    -------
+    r : ndarray of shape (n_voxels,)
+    """
+    repeats = np.asarray(repeats, np.float64)
+    n_rep = repeats.shape[1]
+    if n_rep < 2:
+        raise ValueError("split-half reliability needs at least 2 repeats per image")
+    out = np.zeros(repeats.shape[2])
+    for k in range(n_rep):
+        a = repeats[:, k]
+        b = np.delete(repeats, k, axis=1).mean(1)
+        a = a - a.mean(0)
+        b = b - b.mean(0)
+        den = np.sqrt((a**2).sum(0) * (b**2).sum(0))
+        out += np.where(den > 0, (a * b).sum(0) / np.where(den > 0, den, 1), 0.0)
+    return out / n_rep
