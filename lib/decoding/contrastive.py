@@ -554,3 +554,32 @@ def brain_text_retrieval(
     out["text_to_brain"] = out.pop("backward")
     out["similarity"] = "max over query tokens of cosine (BLIP-2 ITC)"
     return out
+
+
+def retrieval_table(results: dict) -> "pandas.DataFrame":
+    """Flatten retrieval results into a table.
+
+    Parameters
+    ----------
+    results : dict
+        ``(run, head) -> result`` of :func:`brain_text_retrieval` (or ``lib.metrics.retrieval_topk``:
+        its ``brain_to_image`` / ``image_to_brain`` keys are recognised too).
+
+    Returns
+    -------
+    table : pandas.DataFrame
+        Columns ``run``, ``head``, ``direction``, ``top1``, ``ci95_low``, ``ci95_high``,
+        ``chance``, ``k``, ``n_draws``.
+    """
+    import pandas as pd
+
+    rows = []
+    for (run, head), res in results.items():
+        for direction in ("brain_to_text", "text_to_brain", "brain_to_image", "image_to_brain"):
+            if direction in res:
+                r = res[direction]
+                rows.append({"run": run, "head": head, "direction": direction.replace("_", " "),
+                             "top1": r["mean"], "ci95_low": r["ci95"][0],
+                             "ci95_high": r["ci95"][1], "chance": res["chance"], "k": res["k"],
+                             "n_draws": res["n_draws"]})
+    return pd.DataFrame(rows)

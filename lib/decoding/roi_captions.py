@@ -164,6 +164,11 @@ def roi_captions(
     return pd.DataFrame(rows)
 
 
+def roi_sizes(subject, rois: Sequence[str] = ROIS) -> dict:
+    """Number of prepared voxels in each ROI (0 when the subject lacks the ROI file)."""
+    return {r: int(subject.roi_mask(r).sum()) if _has_roi(subject, r) else 0 for r in rois}
+
+
 def _has_roi(subject, name: str) -> bool:
     try:
         return bool(np.any(subject.roi_mask(name)))

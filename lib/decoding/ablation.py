@@ -1,0 +1,165 @@
+"""Memory-size ablation: retrieval and caption quality of the decoding runs against memory size.
+
+Each memory size K is a separate decoding run (``stage1`` for K = 1, ``stage1_mem<K>``
+otherwise; likewise ``stage2``), written by separate papermill runs of notebooks 03/04
+(``lib.run`` sweeps). This module gathers what exists: caption metrics and image retrieval from
+``decoding/metrics.json`` when notebook 05 evaluated the run; otherwise image retrieval is
+computed here directly from the run's ``predictions.h5`` and the true Q-Former features.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+
+def run_name(stage: str, memory_size: int) -> str:
+    """``stage1`` for memory 1, ``stage1_mem3`` for memory 3, and so on."""
+    return stage if int(memory_size) == 1 else f"{stage}_mem{int(memory_size)}"
+
+
+def memory_ablation(
+    decoding_dir: str | os.PathLike,
+    memory_sizes: Sequence[int] = (1, 3, 5, 7),
+    stages: Sequence[str] = ("stage1", "stage2"),
+    features: np.ndarray | None = None,
+    feature_ids: np.ndarray | None = None,
+    k: int = 300,
+    n_draws: int = 30,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """One row per existing run: memory size, image retrieval top-1 (+ interval), CIDEr.
+
+    Parameters
+    ----------
+    decoding_dir : path-like
+        ``<derived>/<dataset>/subjXX/decoding``.
+    memory_sizes : sequence of int
+    stages : sequence of str
+    features, feature_ids : ndarray, optional
+        True Q-Former features (n_images, n_query, hidden) and their nsd ids, used to compute
+        retrieval for runs that ``metrics.json`` does not cover. Without them such runs get NaN.
+    k, n_draws, seed
+        Retrieval settings for runs computed here (as in notebook 05).
+
+    Returns
+    -------
+    table : pandas.DataFrame
+        Columns ``stage``, ``memory_size``, ``run``, ``source`` ("metrics.json" or
+        "predictions.h5"), ``top1`` (brain -> image), ``ci95_low``, ``ci95_high``, ``chance``,
+        ``top1_shuffled`` (when known), ``CIDEr``, ``CIDEr_shuffled`` (NaN when the run was not
+        captioned).
+    """
+    from lib.decoding.evaluate import derangement, retrieval
+    from lib.decoding.stage1 import PREDICTIONS_FILE, _lookup, read_predictions
+
+    decoding_dir = Path(decoding_dir)
+    mpath = decoding_dir / "metrics.json"
+    metrics = json.loads(mpath.read_text()) if mpath.exists() else {}
+    rows = []
+    for stage in stages:
+        for size in memory_sizes:
+            name = run_name(stage, size)
+            row = {"stage": stage, "memory_size": int(size), "run": name, "source": None,
+                   "top1": np.nan, "ci95_low": np.nan, "ci95_high": np.nan, "chance": np.nan,
+                   "top1_shuffled": np.nan, "CIDEr": np.nan, "CIDEr_shuffled": np.nan}
+            if name in metrics:
+                m = metrics[name]
+                r = m["retrieval"]["brain"]
+                row.update(source="metrics.json", top1=r["brain_to_image"]["mean"],
+                           ci95_low=r["brain_to_image"]["ci95"][0],
+                           ci95_high=r["brain_to_image"]["ci95"][1], chance=r["chance"])
+                if "shuffled_brain" in m.get("retrieval", {}):
+                    row["top1_shuffled"] = m["retrieval"]["shuffled_brain"]["brain_to_image"]["mean"]
+                caps = m.get("captions", {})
+                row["CIDEr"] = caps.get("brain", {}).get("CIDEr", np.nan)
+                row["CIDEr_shuffled"] = caps.get("shuffled_brain", {}).get("CIDEr", np.nan)
+            elif (decoding_dir / name / PREDICTIONS_FILE).exists() and features is not None:
+                pred = read_predictions(decoding_dir / name)
+                true = _lookup(np.asarray(features), np.asarray(feature_ids), pred["test_ids"])
+                r = retrieval(pred["test_pred"], true, k, n_draws, seed)
+                shuffled = pred["test_pred"][derangement(len(true), seed)]
+                rs = retrieval(shuffled, true, k, n_draws, seed)
+                row.update(source="predictions.h5", top1=r["brain_to_image"]["mean"],
+                           ci95_low=r["brain_to_image"]["ci95"][0],
+                           ci95_high=r["brain_to_image"]["ci95"][1], chance=r["chance"],
+                           top1_shuffled=rs["brain_to_image"]["mean"])
+            else:
+                continue
+            rows.append(row)
+    cols = ["stage", "memory_size", "run", "source", "top1", "ci95_low", "ci95_high", "chance",
+            "top1_shuffled", "CIDEr", "CIDEr_shuffled"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def ablation_figure(table: pd.DataFrame):
+    """Plotly figure: brain -> image top-1 and CIDEr against memory size, per stage.
+
+    Error bars are the 95% intervals over retrieval draws; dashed lines the chance level
+    (retrieval) and the shuffled-brain control (CIDEr).
+    """
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=2, subplot_titles=[
+        "brain -> image retrieval, top-1", "CIDEr of decoded captions"])
+    colors = {"stage1": "#1f77b4", "stage2": "#d62728"}
+    for stage, part in table.groupby("stage", sort=False):
+        part = part.sort_values("memory_size")
+        c = colors.get(stage, None)
+        fig.add_trace(go.Scatter(
+            x=part.memory_size, y=part.top1, name=stage, mode="lines+markers",
+            line={"color": c}, legendgroup=stage,
+            error_y={"type": "data", "symmetric": False,
+                     "array": (part.ci95_high - part.top1).tolist(),
+                     "arrayminus": (part.top1 - part.ci95_low).tolist()}), row=1, col=1)
+        if part.CIDEr.notna().any():
+            fig.add_trace(go.Scatter(x=part.memory_size, y=part.CIDEr, name=stage,
+                                     mode="lines+markers", line={"color": c},
+                                     legendgroup=stage, showlegend=False), row=1, col=2)
+            fig.add_trace(go.Scatter(x=part.memory_size, y=part.CIDEr_shuffled,
+                                     name=f"{stage} shuffled brain", mode="lines",
+                                     line={"color": c, "dash": "dot"}), row=1, col=2)
+    if table.chance.notna().any():
+        chance = float(table.chance.dropna().max())
+        fig.add_hline(y=chance, line_dash="dash", line_color="gray", row=1, col=1,
+                      annotation_text=f"chance {chance:.3f}")
+    for col in (1, 2):
+        fig.update_xaxes(title_text="memory size (trials)", tickvals=sorted(
+            table.memory_size.unique().tolist()), row=1, col=col)
+    fig.update_layout(height=360, width=900, margin={"t": 40, "b": 40})
+    return fig
+
+
+def ablation_figure_static(table: pd.DataFrame):
+    """The same two panels with matplotlib (static fallback). Returns the Figure."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    colors = {"stage1": "#1f77b4", "stage2": "#d62728"}
+    for stage, part in table.groupby("stage", sort=False):
+        part = part.sort_values("memory_size")
+        c = colors.get(stage)
+        yerr = np.vstack([part.top1 - part.ci95_low, part.ci95_high - part.top1])
+        axes[0].errorbar(part.memory_size, part.top1, yerr=yerr, marker="o", color=c,
+                         label=stage, capsize=3)
+        if part.CIDEr.notna().any():
+            axes[1].plot(part.memory_size, part.CIDEr, marker="o", color=c, label=stage)
+            axes[1].plot(part.memory_size, part.CIDEr_shuffled, ls=":", color=c,
+                         label=f"{stage} shuffled brain")
+    if table.chance.notna().any():
+        axes[0].axhline(float(table.chance.dropna().max()), ls="--", color="gray",
+                        label="chance")
+    axes[0].set(title="brain -> image retrieval, top-1", xlabel="memory size (trials)",
+                ylabel="top-1 accuracy")
+    axes[1].set(title="CIDEr of decoded captions", xlabel="memory size (trials)", ylabel="CIDEr")
+    for ax in axes:
+        ax.set_xticks(sorted(table.memory_size.unique()))
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
