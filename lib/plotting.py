@@ -452,3 +452,43 @@ def plot_roi_comparison(best, rois=("V1", "V2", "V3", "hV4", "faces", "bodies", 
         a.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def nsd_func_to_mni(volume_img, transform, order: int = 1):
+    """Resample a map from an NSD subject's functional space to MNI with NSD's own transform.
+
+    NSD ships, per subject, ``nsddata/ppdata/subjXX/transforms/func1pt8-to-MNI.nii.gz``: a
+    volume on the MNI grid whose three frames hold, for each MNI voxel, the (1-based,
+    fractional) func1pt8mm voxel coordinates it comes from (as used by NSD's
+    ``nsd_mapdata``). Values are interpolated at those coordinates.
+
+    Parameters
+    ----------
+    volume_img : Nifti1Image or path
+        3D map on the subject's func1pt8mm grid (``PreparedSubject.to_volume``).
+    transform : Nifti1Image or path
+        The ``func1pt8-to-MNI`` transform volume, shape (X, Y, Z, 3).
+    order : int
+        Spline order: 1 (linear) for continuous maps, 0 (nearest) for labels.
+
+    Returns
+    -------
+    img : Nifti1Image
+        The map on the MNI grid of ``transform`` (0 outside the functional volume).
+    """
+    import nibabel as nib
+    import numpy as np
+    from scipy.ndimage import map_coordinates
+
+    src = _load_img(volume_img)
+    tr = _load_img(transform)
+    coords = np.asarray(tr.dataobj, dtype=np.float64)
+    if coords.ndim != 4 or coords.shape[3] != 3:
+        raise ValueError(f"transform should have shape (X, Y, Z, 3), got {coords.shape}.")
+    data = np.asarray(src.dataobj, dtype=np.float64)
+    valid = np.all(np.isfinite(coords), axis=3) & np.all(coords > 0, axis=3) & np.all(
+        coords - 1 <= np.array(data.shape[:3]) - 1, axis=3)
+    pts = (coords[valid] - 1.0).T  # 0-based
+    out = np.zeros(coords.shape[:3], dtype=np.float32)
+    out[valid] = map_coordinates(np.nan_to_num(data), pts, order=order, mode="nearest")
+    return nib.Nifti1Image(out, tr.affine)

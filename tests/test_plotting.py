@@ -90,3 +90,21 @@ def test_convergence_figures():
     assert len([a for a in fig.axes if a.get_title()]) == 2
     fig = plotting.plot_roi_comparison(best, rois=("V1", "faces", "nsdgeneral"))
     assert isinstance(fig, matplotlib.figure.Figure)
+
+
+def test_nsd_func_to_mni_reads_coordinates():
+    rng = np.random.default_rng(0)
+    func = rng.standard_normal((5, 6, 7)).astype(np.float32)
+    src = nib.Nifti1Image(func, np.eye(4))
+    grid = np.zeros((3, 3, 3, 3))
+    grid[...] = 9999.0  # outside
+    grid[0, 0, 0] = [1, 1, 1]  # 1-based: func[0, 0, 0]
+    grid[1, 2, 0] = [3, 4, 5]  # func[2, 3, 4]
+    grid[2, 2, 2] = [2.5, 1, 1]  # halfway between func[1,0,0] and func[2,0,0]
+    out = plotting.nsd_func_to_mni(src, nib.Nifti1Image(grid, np.diag([2, 2, 2, 1.0])), order=1)
+    data = out.get_fdata()
+    assert data[0, 0, 0] == pytest.approx(func[0, 0, 0], abs=1e-5)
+    assert data[1, 2, 0] == pytest.approx(func[2, 3, 4], abs=1e-5)
+    assert data[2, 2, 2] == pytest.approx((func[1, 0, 0] + func[2, 0, 0]) / 2, abs=1e-5)
+    assert data[1, 1, 1] == 0
+    np.testing.assert_array_equal(out.affine, np.diag([2, 2, 2, 1.0]))
