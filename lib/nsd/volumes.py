@@ -16,6 +16,15 @@ import numpy as np
 
 from lib.nsd.errors import NSDCorruptFileError, NSDGridMismatchError
 
+try:  # Intel ISA-L decompresses gzip about twice as fast as zlib; optional
+    from isal import igzip as _gzip
+    from isal.isal_zlib import error as _isal_error
+
+    _READ_ERRORS: tuple = (EOFError, zlib.error, gzip.BadGzipFile, OSError, _isal_error)
+except ImportError:  # pragma: no cover - depends on the environment
+    _gzip = gzip
+    _READ_ERRORS = (EOFError, zlib.error, gzip.BadGzipFile, OSError)
+
 _FIX = "Delete it and download it again (`python -m lib.nsd download ...` resumes and re-checks sizes)."
 
 
@@ -124,7 +133,7 @@ def read_masked_volumes(
     per_chunk = max(1, chunk_bytes // vol_bytes)
     buf = bytearray(per_chunk * vol_bytes)
     view = memoryview(buf)
-    opener = gzip.open if path.name.endswith(".gz") else open
+    opener = _gzip.open if path.name.endswith(".gz") else open
     t = 0
     try:
         with opener(path, "rb") as fh:
@@ -146,7 +155,7 @@ def read_masked_volumes(
                 block = np.frombuffer(buf, dtype=dtype, count=n * n_vol_elems)
                 out[t : t + n] = block.reshape(n, n_vol_elems)[:, flat]
                 t += n
-    except (EOFError, zlib.error, gzip.BadGzipFile, OSError) as exc:
+    except _READ_ERRORS as exc:
         if isinstance(exc, NSDCorruptFileError):
             raise
         raise NSDCorruptFileError(
