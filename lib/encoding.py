@@ -182,7 +182,8 @@ def fit_layer(X_train: np.ndarray, Y_train: np.ndarray, X_test: np.ndarray, Y_te
     -------
     result : dict
         ``score`` (n_voxels,) test Pearson r; ``alpha`` (n_voxels,) chosen alphas;
-        ``cv_score`` (n_voxels,) the training leave-one-out score at the chosen alpha.
+        ``cv_score`` (n_voxels,) the training leave-one-out score at the chosen alpha
+        (cross-validated R^2 when the ridge provides it; higher is better).
     """
     from lib.ridge import RidgeCV
     from lib.scoring import pearson_r
@@ -194,7 +195,8 @@ def fit_layer(X_train: np.ndarray, Y_train: np.ndarray, X_test: np.ndarray, Y_te
     model = RidgeCV(alphas=alphas, alpha_per_target=True, device=device)
     model.fit(X_train, np.asarray(Y_train, dtype=np.float32))
     pred = np.asarray(model.predict(X_test))
-    cv = np.asarray(model.cv_scores_)
+    # cross-validated R^2 when available (comparable across voxels), else the raw CV score
+    cv = np.asarray(getattr(model, "cv_r2_", model.cv_scores_))
     cv = cv.max(axis=0) if cv.ndim == 2 else cv
     return {"score": np.asarray(pearson_r(np.asarray(Y_test), pred), dtype=np.float32),
             "alpha": np.asarray(model.best_alphas_, dtype=np.float32),
@@ -292,8 +294,8 @@ def summarize_rois(values: np.ndarray, masks: dict[str, np.ndarray]) -> dict[str
 def voxel_noise_ceiling(subject, split: str = "test") -> np.ndarray:
     """Noise ceiling of every voxel as a correlation, for repetition-averaged betas.
 
-    Uses :func:`lib.scoring.noise_ceiling` (NSD's ncsnr formula, in percent of explainable
-    variance for the average of the available repetitions) and returns ``sqrt(NC / 100)``,
+    Uses :func:`lib.scoring.noise_ceiling` (NSD's ncsnr formula; the fraction of explainable
+    variance for the average of the typical number of repetitions) and returns ``sqrt(NC)``,
     the highest Pearson r a perfect model could expect, on the scale of the scores.
 
     Returns
@@ -303,10 +305,8 @@ def voxel_noise_ceiling(subject, split: str = "test") -> np.ndarray:
     from lib.scoring import noise_ceiling
 
     reps = subject.repeats(split)
-    n_average = float(np.median(np.isfinite(reps[:, :, 0]).sum(axis=1)))
+    n_average = max(1, int(round(float(np.median(np.isfinite(reps[:, :, 0]).sum(axis=1))))))
     nc = np.asarray(noise_ceiling(reps, n_average=n_average), dtype=np.float64)
-    if np.nanmax(nc) > 1.0 + 1e-6:  # percent
-        nc = nc / 100.0
     return np.sqrt(np.clip(nc, 0.0, 1.0)).astype(np.float32)
 
 
