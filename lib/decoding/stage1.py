@@ -298,7 +298,7 @@ def fit_stage1(subject, features: np.ndarray, feature_ids: np.ndarray, memory_si
     assert leaked.size == 0, f"test images in the training set: {leaked[:5].tolist()}"
     Y_train = _lookup(features, feature_ids, train_trial_ids).reshape(len(train_trial_ids), -1)
 
-    ridge = RidgeCV(alphas=alphas, alpha_per_target=True, cv=cv, device=device)
+    ridge = RidgeCV(alphas=alphas, alpha_per_target=True, cv=cv, device=device, verbose=True)
     ridge.fit(X_train if len(X_train) > 1 else X_train[0], Y_train)
 
     all_settings = {
