@@ -1,0 +1,46 @@
+"""Evaluation of decoded captions and embeddings.
+
+- :func:`caption_metrics`: BLEU-1..4, METEOR, ROUGE-L, CIDEr with pycocoevalcap.
+- :func:`retrieval_topk`: k-way top-1 retrieval, both directions, with 95% intervals.
+- :func:`permutation_test`, :func:`bootstrap_ci`: paired tests and intervals on per-item scores.
+- :func:`embedding_similarity`, :func:`embedding_metrics`: sentence-encoder and CLIP text cosine.
+- :func:`score_reference_runs`, :func:`load_published`, :func:`read_roi_reference`,
+  :func:`to_published_scale`: the original study's released captions and published results.
+"""
+
+from .captions import CAPTION_METRICS, MeteorScorer, caption_metrics, ptb_tokenize, sanitize_caption
+from .embeddings import CLIP_MODEL, SENTENCE_MODEL, embedding_metrics, embedding_similarity
+from .reference import (
+    REFERENCE_ROOT,
+    REFERENCE_RUNS,
+    load_published,
+    read_reference_captions,
+    read_roi_reference,
+    score_reference_runs,
+    to_published_scale,
+)
+from .retrieval import retrieval_topk
+from .stats import bootstrap_ci, permutation_test, wilson_interval
+
+__all__ = [
+    "CAPTION_METRICS",
+    "CLIP_MODEL",
+    "REFERENCE_ROOT",
+    "REFERENCE_RUNS",
+    "SENTENCE_MODEL",
+    "MeteorScorer",
+    "bootstrap_ci",
+    "caption_metrics",
+    "embedding_metrics",
+    "embedding_similarity",
+    "load_published",
+    "permutation_test",
+    "ptb_tokenize",
+    "read_reference_captions",
+    "read_roi_reference",
+    "retrieval_topk",
+    "sanitize_caption",
+    "score_reference_runs",
+    "to_published_scale",
+    "wilson_interval",
+]
