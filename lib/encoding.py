@@ -86,19 +86,28 @@ def load_zoo(zoo, models_root=None, modality: str | None = None) -> list[dict]:
     return out
 
 
-def count_parameters(path) -> int:
-    """Number of parameters of a model folder, from its safetensors headers (no loading)."""
-    from safetensors import safe_open
+def count_parameters(path, modality: str = "vision") -> int:
+    """Number of parameters of the network features are taken from, without loading weights.
 
-    files = sorted(Path(path).glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"No *.safetensors file in {path}; give n_params in the zoo.")
-    total = 0
-    for file in files:
-        with safe_open(str(file), framework="np") as f:
-            for key in f.keys():
-                total += int(np.prod(f.get_slice(key).get_shape()))
-    return total
+    The model is built from its configuration on PyTorch's ``meta`` device (no memory, no
+    weights): the base ``AutoModel`` for vision (the vision tower of dual encoders such as
+    CLIP), ``AutoModelForCausalLM`` for language. Works for local folders and, when their
+    configuration is reachable or cached, hub ids.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+    from lib.features.hidden import _DUAL_ENCODERS, _check_local_or_hub
+
+    config = AutoConfig.from_pretrained(_check_local_or_hub(path))
+    with torch.device("meta"):
+        if modality == "language":
+            model = AutoModelForCausalLM.from_config(config)
+        else:
+            model = AutoModel.from_config(config)
+            if config.model_type in _DUAL_ENCODERS and hasattr(model, "vision_model"):
+                model = model.vision_model
+    return int(sum(p.numel() for p in model.parameters()))
 
 
 # --------------------------------------------------------------------------------------
@@ -371,8 +380,8 @@ def run_convergence(subject, zoo: Sequence[dict], out_dir, cache_dir=None,
                                 reduction=reduction, seed=seed)
         t2 = time.perf_counter()
         n_params = entry.get("n_params")
-        if n_params is None and Path(entry["path"]).exists():
-            n_params = count_parameters(entry["path"])
+        if n_params is None:
+            n_params = count_parameters(entry["path"], entry["modality"])
         layer_ids = sorted(results)
         n_layers = _n_hidden(entry, layer_ids)
         for layer in layer_ids:
