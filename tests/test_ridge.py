@@ -1,0 +1,174 @@
+"""lib.ridge.RidgeCV against scikit-learn and brute-force cross-validation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.linear_model import Ridge
+from sklearn.linear_model import RidgeCV as SkRidgeCV
+from sklearn.model_selection import KFold
+
+from lib.ridge import RidgeCV
+from lib.scoring import pearson_r
+
+ALPHAS = np.logspace(-2, 4, 7)
+
+
+def _problem(n, p, t, seed=0, offset=0.0, noise=1.0, n_test=40):
+    """Linear targets with decaying feature spectrum, varied SNR across targets."""
+    rng = np.random.default_rng(seed)
+    scales = 1.0 / np.sqrt(1.0 + np.arange(p) / 10.0)
+    X = rng.standard_normal((n + n_test, p)) * scales + offset
+    B = rng.standard_normal((p, t)) / np.sqrt(p)
+    snr = np.geomspace(0.05, 5.0, t)
+    Y = (X - offset) @ B * snr + noise * rng.standard_normal((n + n_test, t)) + 2.0
+    return X[:n], Y[:n], X[n:], Y[n:]
+
+
+def _rel(a, b):
+    return np.abs(a - b).max() / np.abs(b).max()
+
+
+@pytest.mark.parametrize("n,p", [(60, 150), (150, 40)], ids=["dual", "primal"])
+@pytest.mark.parametrize("fit_intercept", [True, False])
+def test_fixed_alpha_matches_sklearn_ridge(n, p, fit_intercept):
+    X, Y, Xt, _ = _problem(n, p, 12, offset=1.5)
+    for alpha in (0.1, 10.0, 1000.0):
+        ours = RidgeCV(alphas=[alpha], fit_intercept=fit_intercept, dtype="float64", device="cpu").fit(X, Y)
+        ref = Ridge(alpha=alpha, fit_intercept=fit_intercept).fit(X, Y)
+        assert ours.fit_info_["form"] == ("dual" if n <= p else "primal")
+        assert _rel(ours.predict(Xt), ref.predict(Xt)) < 1e-4
+        assert _rel(ours.coef_, ref.coef_) < 1e-4
+        np.testing.assert_allclose(ours.intercept_, ref.intercept_, rtol=1e-6, atol=1e-8 * np.abs(Y).max())
+
+
+@pytest.mark.parametrize("n,p", [(60, 150), (150, 40)], ids=["dual", "primal"])
+@pytest.mark.parametrize("fit_intercept", [True, False])
+def test_feature_blocks_equal_concatenation(n, p, fit_intercept):
+    X, Y, Xt, _ = _problem(n, p, 9, offset=0.5)
+    cuts = [0, p // 4, p // 2 + 3, p]
+    blocks = [X[:, a:b] for a, b in zip(cuts[:-1], cuts[1:])]
+    tblocks = [Xt[:, a:b] for a, b in zip(cuts[:-1], cuts[1:])]
+    full = RidgeCV(alphas=ALPHAS, fit_intercept=fit_intercept, dtype="float64").fit(X, Y)
+    multi = RidgeCV(alphas=ALPHAS, fit_intercept=fit_intercept, dtype="float64").fit(blocks, Y)
+    np.testing.assert_array_equal(multi.best_alphas_, full.best_alphas_)
+    assert _rel(multi.coef_, full.coef_) < 1e-8
+    assert _rel(multi.predict(tblocks), full.predict(Xt)) < 1e-8
+    assert [c.shape[1] for c in multi.coef_blocks()] == [b.shape[1] for b in blocks]
+    with pytest.raises(ValueError, match="blocks of sizes"):
+        multi.predict(tblocks[:2])
+
+
+@pytest.mark.parametrize("n,p", [(120, 300), (300, 60)], ids=["dual", "primal"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_alpha_selection_matches_sklearn_ridgecv(n, p, dtype):
+    X, Y, Xt, Yt = _problem(n, p, 60, seed=1, n_test=200)
+    ours = RidgeCV(alphas=ALPHAS, alpha_per_target=True, dtype=dtype).fit(X, Y)
+    ref = SkRidgeCV(alphas=ALPHAS, alpha_per_target=True).fit(X, Y)
+    share = np.mean(ours.best_alphas_ == ref.alpha_)
+    assert share > 0.9, f"only {share:.0%} of chosen alphas agree with scikit-learn"
+    r_ours = np.mean(pearson_r(Yt, ours.predict(Xt)))
+    r_ref = np.mean(pearson_r(Yt, ref.predict(Xt)))
+    assert abs(r_ours - r_ref) <= 0.01 * abs(r_ref)
+    # sklearn stores the squared LOO errors when asked; ours are their negative means
+    ref_cv = SkRidgeCV(alphas=ALPHAS, alpha_per_target=True, store_cv_results=True).fit(X, Y)
+    sk_scores = -ref_cv.cv_results_.mean(0).T  # (n_alphas, t)
+    np.testing.assert_allclose(ours.cv_scores_, sk_scores, rtol=1e-8 if dtype == "float64" else 1e-3)
+
+
+def test_shared_alpha_matches_sklearn():
+    X, Y, Xt, _ = _problem(80, 200, 20, seed=2)
+    ours = RidgeCV(alphas=ALPHAS, alpha_per_target=False, dtype="float64").fit(X, Y)
+    ref = SkRidgeCV(alphas=ALPHAS, alpha_per_target=False).fit(X, Y)
+    assert ours.alpha_ == ref.alpha_
+    assert np.all(ours.best_alphas_ == ref.alpha_)
+    assert _rel(ours.predict(Xt), ref.predict(Xt)) < 1e-8
+
+
+@pytest.mark.parametrize("n,p", [(25, 40), (40, 12)], ids=["dual", "primal"])
+@pytest.mark.parametrize("fit_intercept", [True, False])
+def test_loo_scores_equal_brute_force_refits(n, p, fit_intercept):
+    X, Y, _, _ = _problem(n, p, 4, seed=3, offset=1.0)
+    ours = RidgeCV(alphas=ALPHAS, fit_intercept=fit_intercept, dtype="float64").fit(X, Y)
+    for k, a in enumerate(ALPHAS):
+        err = np.empty_like(Y)
+        for i in range(n):
+            keep = np.arange(n) != i
+            m = Ridge(alpha=a, fit_intercept=fit_intercept).fit(X[keep], Y[keep])
+            err[i] = Y[i] - m.predict(X[i : i + 1])[0]
+        np.testing.assert_allclose(ours.cv_scores_[k], -(err**2).mean(0), rtol=1e-7)
+    var = ((Y - Y.mean(0)) ** 2).mean(0) if fit_intercept else (Y**2).mean(0)
+    np.testing.assert_allclose(ours.cv_r2_, 1 + ours.cv_scores_ / var, rtol=1e-12)
+
+
+@pytest.mark.parametrize("n,p", [(50, 90), (90, 20)], ids=["dual", "primal"])
+@pytest.mark.parametrize("fit_intercept", [True, False])
+def test_kfold_scores_equal_brute_force(n, p, fit_intercept):
+    X, Y, Xt, _ = _problem(n, p, 5, seed=4, offset=0.7)
+    ours = RidgeCV(alphas=ALPHAS, cv=4, fit_intercept=fit_intercept, dtype="float64").fit(X, Y)
+    sse = np.zeros((len(ALPHAS), Y.shape[1]))
+    for tr, va in KFold(4).split(X):
+        for k, a in enumerate(ALPHAS):
+            m = Ridge(alpha=a, fit_intercept=fit_intercept).fit(X[tr], Y[tr])
+            sse[k] += ((Y[va] - m.predict(X[va])) ** 2).sum(0)
+    np.testing.assert_allclose(ours.cv_scores_, -sse / n, rtol=1e-7)
+    best = ALPHAS[np.argmax(-sse, 0)]
+    np.testing.assert_array_equal(ours.best_alphas_, best)
+    for j in range(Y.shape[1]):  # final model: refit on all data with the chosen alpha
+        ref = Ridge(alpha=best[j], fit_intercept=fit_intercept).fit(X, Y[:, j])
+        assert _rel(ours.predict(Xt)[:, j], ref.predict(Xt)) < 1e-6
+    # a scikit-learn splitter gives the same folds
+    split = RidgeCV(alphas=ALPHAS, cv=KFold(4), fit_intercept=fit_intercept, dtype="float64").fit(X, Y)
+    np.testing.assert_allclose(split.cv_scores_, ours.cv_scores_, rtol=1e-10)
+
+
+def test_kfold_blocks_equal_concatenation():
+    X, Y, Xt, _ = _problem(50, 80, 6, seed=5)
+    a = RidgeCV(alphas=ALPHAS, cv=3, dtype="float64").fit([X[:, :30], X[:, 30:]], Y)
+    b = RidgeCV(alphas=ALPHAS, cv=3, dtype="float64").fit(X, Y)
+    np.testing.assert_allclose(a.cv_scores_, b.cv_scores_, rtol=1e-9)
+    assert _rel(a.predict(Xt), b.predict(Xt)) < 1e-9
+
+
+def test_float32_close_to_float64_and_batching_invariant():
+    X, Y, Xt, _ = _problem(100, 250, 37, seed=6)
+    f64 = RidgeCV(alphas=ALPHAS, dtype="float64").fit(X, Y)
+    f32 = RidgeCV(alphas=ALPHAS, dtype="float32", target_batch_size=5).fit(X, Y)
+    assert f32.coef_.dtype == np.float32 and f32.predict(Xt).dtype == np.float32
+    assert np.mean(f32.best_alphas_ == f64.best_alphas_) > 0.9
+    same = f32.best_alphas_ == f64.best_alphas_
+    assert _rel(f32.predict(Xt)[:, same], f64.predict(Xt)[:, same]) < 1e-4
+    f64b = RidgeCV(alphas=ALPHAS, dtype="float64", target_batch_size=4).fit(X, Y)
+    np.testing.assert_allclose(f64b.coef_, f64.coef_, rtol=1e-10, atol=1e-12)
+
+
+def test_torch_inputs_1d_target_and_sklearn_api():
+    X, Y, Xt, Yt = _problem(70, 30, 1, seed=7)
+    m = RidgeCV(alphas=ALPHAS, dtype="float64").fit(torch.from_numpy(X), torch.from_numpy(Y[:, 0]))
+    ref = SkRidgeCV(alphas=ALPHAS).fit(X, Y[:, 0])
+    pred = m.predict(Xt)
+    assert pred.shape == (len(Xt),)
+    assert _rel(pred, ref.predict(Xt)) < 1e-8
+    assert m.n_features_in_ == 30 and m.coef_.shape == (1, 30) and m.intercept_.shape == (1,)
+    assert m.cv_scores_.shape == (len(ALPHAS), 1)
+    assert np.isclose(m.score(Xt, Yt[:, 0]), pearson_r(Yt[:, 0], pred)[0])
+    c = clone(m).set_params(alphas=[1.0, 2.0], cv=3)
+    assert c.get_params()["cv"] == 3 and not hasattr(c, "coef_")
+
+
+def test_input_errors():
+    X, Y, _, _ = _problem(30, 10, 2)
+    with pytest.raises(ValueError, match="samples"):
+        RidgeCV().fit(X, Y[:-1])
+    with pytest.raises(ValueError, match="alphas"):
+        RidgeCV(alphas=[1.0, -1.0]).fit(X, Y)
+    with pytest.raises(ValueError, match="rows"):
+        RidgeCV().fit([X, X[:-1]], Y)
+    Xn = X.copy()
+    Xn[0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        RidgeCV().fit(Xn, Y)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        RidgeCV().predict(X)
