@@ -500,3 +500,61 @@ def test_to_volume_roundtrip(reader):
     np.testing.assert_array_equal(data[tuple(exp["ijk"].T)], values)
     assert data.sum() == values.sum()
     assert subj.to_volume(np.stack([values, values])).shape == GRID + (2,)
+
+
+# --- summaries for the notebook -------------------------------------------------------------
+def test_split_table(reader):
+    from lib.nsd import split_table
+
+    subj, exp, _ = reader
+    table = split_table([subj]).set_index("split")
+    for split, flag in (("train", False), ("test", True)):
+        ids = exp["nsd_id"][exp["is_test"] == flag]
+        _, counts = np.unique(ids, return_counts=True)
+        assert table.loc[split, "trials"] == ids.size
+        assert table.loc[split, "images"] == counts.size
+        assert table.loc[split, "shown 2x"] == (counts == 2).sum()
+        assert table.loc[split, "shown 3x+"] == (counts >= 3).sum()
+
+
+def test_session_value_table_recovers_raw_betas(reader, mini):
+    from lib.nsd import session_value_table
+
+    subj, exp, facts = reader
+    table = session_value_table(subj, n_voxels=5, seed=1)
+    raw_expected = _expected(mini[0], facts, zscore="none")["betas"]
+    assert len(table) == len(exp["trial"]) * 5
+    rows = np.repeat(np.arange(len(exp["trial"])), 5)  # trial-major, voxel-minor
+    cols = table["voxel"].to_numpy()
+    np.testing.assert_allclose(table["raw"], raw_expected[rows, cols], atol=1e-3)
+    np.testing.assert_allclose(table["z"], exp["betas"][rows, cols], atol=1e-4)
+    np.testing.assert_array_equal(table["session"], exp["session"][rows])
+
+
+def test_split_half_reliability(reader):
+    from lib.nsd import split_half_reliability
+
+    subj, exp, _ = reader
+    r, null, n_images = split_half_reliability(subj, "train", n_shuffles=3)
+    rows = ~exp["is_test"]
+    first, rest = [], []
+    for nsd_id in np.unique(exp["nsd_id"][rows]):
+        mine = exp["betas"][rows & (exp["nsd_id"] == nsd_id)]
+        if len(mine) >= 2:
+            first.append(mine[0])
+            rest.append(mine[1:].mean(0))
+    first, rest = np.array(first), np.array(rest)
+    want = [np.corrcoef(first[:, v], rest[:, v])[0, 1] for v in range(subj.n_voxels)]
+    assert n_images == len(first)
+    np.testing.assert_allclose(r, want, atol=1e-4)
+    assert null.shape == (3, subj.n_voxels)
+
+
+def test_roi_atlas(reader):
+    from lib.nsd import roi_atlas
+
+    subj, _, _ = reader
+    labels, used = roi_atlas(subj)
+    assert used == ["V1", "V2", "V3", "hV4", "faces"]
+    np.testing.assert_array_equal(labels == 5, subj.roi_mask("faces"))
+    np.testing.assert_array_equal(labels == 1, subj.roi_mask("V1") & ~subj.roi_mask("faces"))

@@ -17,6 +17,7 @@ from lib.nsd.errors import (
 from lib.nsd.layout import ROI_FILES, ROI_LABELS, NSDLayout
 from lib.nsd.prepare import prepare_subject
 from lib.nsd.reader import ROI_GROUPS, PreparedSubject
+from lib.nsd.summary import roi_atlas, session_value_table, split_half_reliability, split_table
 
 __all__ = [
     "ExpDesign",
@@ -34,4 +35,8 @@ __all__ = [
     "load_expdesign",
     "load_stim_info",
     "prepare_subject",
+    "roi_atlas",
+    "session_value_table",
+    "split_half_reliability",
+    "split_table",
 ]
