@@ -25,6 +25,7 @@ Everything is drawn from explicit generators, so a seed gives the same brain bit
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -103,36 +104,66 @@ class BrainGrid:
         return ijk @ self.affine[:3, :3].T + self.affine[:3, 3]
 
 
+def _mni152_files():
+    """Paths of nilearn's bundled 1 mm MNI152 (ICBM 2009a) T1 and grey-matter templates.
+
+    Found without importing nilearn (whose import takes seconds).
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("nilearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("nilearn is required for the toy world's MNI152 template; "
+                          "install it with `pip install nilearn`.")
+    data = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
+    t1 = data / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
+    gm = data / "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz"
+    if not (t1.exists() and gm.exists()):
+        raise FileNotFoundError(
+            f"nilearn's bundled MNI152 templates were not found in {data}; expected {t1.name} "
+            "and {gm.name} (nilearn >= 0.10 ships them). Reinstall nilearn.")
+    return t1, gm
+
+
+def _block_mean(a: np.ndarray, k: int) -> np.ndarray:
+    pad = [(0, (-n) % k) for n in a.shape]
+    a = np.pad(a, pad)
+    x, y, z = (n // k for n in a.shape)
+    return a.reshape(x, k, y, k, z, k).mean((1, 3, 5))
+
+
 def make_grid(voxel_size: float = 4.0) -> BrainGrid:
-    """Resample nilearn's bundled MNI152 brain and grey-matter masks to ``voxel_size`` mm.
+    """Block-average nilearn's bundled 1 mm MNI152 templates to ``voxel_size`` mm.
+
+    The brain is where the T1 template exceeds 0.2 of its maximum (as
+    ``nilearn.datasets.load_mni152_brain_mask``), the cortex where the grey-matter
+    probability exceeds 0.5, both in at least half of the 1 mm voxels of a block.
 
     Parameters
     ----------
     voxel_size : float
-        Isotropic voxel size in mm.
+        Isotropic voxel size in mm; an integer number of millimetres.
 
     Returns
     -------
     grid : BrainGrid
     """
-    import warnings
+    import nibabel as nib
 
-    from nilearn import datasets, image
-
-    brain2 = datasets.load_mni152_brain_mask(resolution=2)
-    gm2 = datasets.load_mni152_gm_template(resolution=2)  # grey-matter probability
-    src = brain2.affine
-    extent = np.array(brain2.shape) * np.abs(np.diag(src)[:3])
-    shape = tuple(int(np.ceil(e / voxel_size)) for e in extent)
-    affine = np.diag([voxel_size, voxel_size, voxel_size, 1.0])
-    affine[:3, 3] = src[:3, 3]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "resampling binary images with continuous interp."
-        kw = dict(target_affine=affine, target_shape=shape, interpolation="continuous",
-                  force_resample=True, copy_header=True)
-        brain = image.resample_img(brain2, **kw).get_fdata() > 0.5
-        gm = image.resample_img(gm2, **kw).get_fdata() > 0.5
-    return BrainGrid(affine=affine, shape=shape, brain=brain, cortex=gm & brain)
+    k = int(round(voxel_size))
+    if k != voxel_size or k < 1:
+        raise ValueError(f"voxel_size must be a whole number of mm, got {voxel_size}")
+    t1_path, gm_path = _mni152_files()
+    t1 = nib.load(t1_path)
+    gm = nib.load(gm_path)
+    t1_data = np.asarray(t1.dataobj, dtype=np.float32)
+    gm_data = np.asarray(gm.dataobj, dtype=np.float32)
+    brain = _block_mean(t1_data > 0.2 * t1_data.max(), k) >= 0.5
+    cortex = _block_mean(gm_data > 0.5 * gm_data.max(), k) >= 0.5
+    src = t1.affine
+    affine = np.diag([float(k), float(k), float(k), 1.0])
+    affine[:3, 3] = src[:3, 3] + (k - 1) / 2 * np.diag(src)[:3]  # centre of each block
+    return BrainGrid(affine=affine, shape=brain.shape, brain=brain, cortex=cortex & brain)
 
 
 # --------------------------------------------------------------------------- ROIs
@@ -476,7 +507,7 @@ def make_tuning(grid: BrainGrid, rois: RoiSet, rng: np.random.Generator,
     mix[:, 1] = np.where(ev, 0.25, np.where(area == "general", 0.8, 0.45))
     mix[area == "outside", 1] = 1.0
     snr = np.array([SNR_BASE[v] for v in area]) * rng.lognormal(0, 0.45, n)
-    snr[area == "outside"] = rng.uniform(0.0, 0.03, (area == "outside").sum())
+    snr[area == "outside"] = 0.0  # brain outside the visual ROIs and nsdgeneral: noise only
     noise_sd = rng.lognormal(np.log(2.0), 0.25, n)  # percent signal change
     baseline = rng.lognormal(np.log(1.0), 0.5, n) * np.where(area == "outside", 0.2, 1.0)
     return Tuning(ijk=ijk, area=area, rf_x=rf_x, rf_y=rf_y, rf_sigma=rf_sigma,
@@ -512,20 +543,33 @@ def simulate_signal(tuning: Tuning, features: dict, objects: dict, semantic: np.
     Returns
     -------
     signal : ndarray of shape (n_images, n_voxels), float32
-        Zero mean and unit variance over images for every voxel (constant for voxels without
-        signal).
+        Zero mean and unit variance over images for every voxel; 0 for voxels outside
+        nsdgeneral and the ROIs (they carry noise only).
     """
     n_img = semantic.shape[0]
-    n_vox = len(tuning.area)
-    res = features["contrast"].shape[1]
-    spec = np.zeros((n_img, n_vox))
-    area = tuning.area
+    use = np.flatnonzero(tuning.area != "outside")  # voxels outside carry no signal
+    out = np.zeros((n_img, len(tuning.area)), np.float32)
+    if len(use):
+        out[:, use] = _signal(tuning, use, features, objects, semantic)
+    return out
 
+
+def _signal(tuning: Tuning, use: np.ndarray, features: dict, objects: dict,
+            semantic: np.ndarray) -> np.ndarray:
+    n_img = semantic.shape[0]
+    res = features["contrast"].shape[1]
+    area = tuning.area[use]
+    spec = np.zeros((n_img, len(use)))
+
+    def sub(name):
+        return getattr(tuning, name)[use]
+
+    rf_x, rf_y, rf_sigma, hemi = sub("rf_x"), sub("rf_y"), sub("rf_sigma"), sub("hemi")
     ev = np.isin(area, ["V1", "V2", "V3", "general"])
-    W = _rf_weights(tuning.rf_x[ev], tuning.rf_y[ev], tuning.rf_sigma[ev], res)
+    W = _rf_weights(rf_x[ev], rf_y[ev], rf_sigma[ev], res)
     con = features["contrast"].reshape(n_img, -1)
     col = features["color"].reshape(n_img, -1)
-    drive = (con @ W.T) * tuning.w_contrast[ev] + (col @ W.T) * tuning.w_color[ev]
+    drive = (con @ W.T) * sub("w_contrast")[ev] + (col @ W.T) * sub("w_color")[ev]
     # a compressive nonlinearity, as measured in V1-V3
     spec[:, ev] = np.sqrt(np.maximum(drive, 0))
 
@@ -533,32 +577,34 @@ def simulate_signal(tuning: Tuning, features: dict, objects: dict, semantic: np.
     kind = np.where(present, objects["kind"], 0)
     color = np.where(present, objects["color"], 0)
     size = objects["size"] * present
+    w_kind, w_objcolor = sub("w_kind"), sub("w_objcolor")
     # hV4 and general voxels: shapes/colours of objects in the field
     for name in ("hV4", "general"):
         m = area == name
         if not m.any():
             continue
-        rx, ry, rs = tuning.rf_x[m], tuning.rf_y[m], tuning.rf_sigma[m]
+        rx, ry, rs = rf_x[m], rf_y[m], rf_sigma[m]
         d2 = (objects["x"][:, :, None] - rx) ** 2 + (objects["y"][:, :, None] - ry) ** 2
         g = np.exp(-d2 / (2 * rs**2)) * (size / 0.3)[:, :, None]  # (n_img, 3, n_m)
-        wk = tuning.w_kind[m].T[kind]  # (n_img, 3, n_m)
-        wc = tuning.w_objcolor[m].T[color]
+        wk = w_kind[m].T[kind]  # (n_img, 3, n_m)
+        wc = w_objcolor[m].T[color]
         resp = (g * (wk + wc)).sum(1)
         spec[:, m] = resp if name == "hV4" else _z(spec[:, m]) + 0.8 * _z(resp)
     # category voxels: presence and size of their category, contralateral preference
     cat = np.isin(area, ["face", "body", "word"])
     if cat.any():
-        wk = tuning.w_kind[cat].T[kind]  # (n_img, 3, n_cat)
-        side = 1.0 / (1.0 + np.exp(-6 * (objects["x"][:, :, None] - 0.5) * -tuning.hemi[cat]))
+        wk = w_kind[cat].T[kind]  # (n_img, 3, n_cat)
+        side = 1.0 / (1.0 + np.exp(-6 * (objects["x"][:, :, None] - 0.5) * -hemi[cat]))
         amount = ((size / 0.3) ** 0.7)[:, :, None] * (0.6 + 0.4 * side)
         spec[:, cat] = (wk * amount).sum(1)
     pl = area == "place"
     if pl.any():
         cover = np.clip((size**2).sum(1), 0, 1)  # fraction of the place hidden by objects
-        spec[:, pl] = tuning.w_place[pl][:, objects["place"]].T * (1.2 - cover)[:, None]
+        spec[:, pl] = sub("w_place")[pl][:, objects["place"]].T * (1.2 - cover)[:, None]
 
-    sem = semantic @ tuning.w_semantic.T
-    sig = tuning.mix[:, 0] * _z(spec) + tuning.mix[:, 1] * _z(sem)
+    sem = semantic @ sub("w_semantic").T
+    mix = sub("mix")
+    sig = mix[:, 0] * _z(spec) + mix[:, 1] * _z(sem)
     return _z(sig).astype(np.float32)
 
 
