@@ -71,3 +71,11 @@ def test_auto_scale_is_median_deviation_norm():
 ])
 def test_names_category(caption, roi, expected):
     assert names_category(caption, roi) is expected
+
+
+def test_named_categories():
+    from lib.decoding.roi_captions import named_categories
+
+    assert named_categories("a smiley face next to a person on the grass") == [
+        "faces", "bodies", "places"]
+    assert named_categories("a red circle") == []

@@ -112,6 +112,12 @@ def names_category(caption: str, roi: str) -> bool | None:
     return bool(tokens & set(words))
 
 
+def named_categories(caption: str) -> list[str]:
+    """The category ROIs whose words a caption contains (e.g. ``["faces", "places"]``)."""
+    tokens = set(re.findall(r"[a-z]+", caption.lower()))
+    return [roi for roi, words in CATEGORY_WORDS.items() if tokens & set(words)]
+
+
 def roi_captions(
     decoders: dict,
     subject,
@@ -141,7 +147,9 @@ def roi_captions(
     -------
     table : pandas.DataFrame
         One row per (roi, stage): ``roi``, ``stage``, ``n_voxels``, ``caption``,
-        ``names_category`` (True/False for category ROIs, None otherwise).
+        ``names_category`` (True/False for category ROIs, None otherwise) and
+        ``categories_named`` (every category the caption names: a caption that names all of
+        them is not specific to its ROI).
     """
     import pandas as pd
 
@@ -160,7 +168,8 @@ def roi_captions(
             cap = by_roi.get(r, "")
             n = int(subject.roi_mask(r).sum()) if r in by_roi else 0
             rows.append({"roi": r, "stage": stage, "n_voxels": n, "caption": cap,
-                         "names_category": names_category(cap, r) if r in by_roi else None})
+                         "names_category": names_category(cap, r) if r in by_roi else None,
+                         "categories_named": ", ".join(named_categories(cap))})
     return pd.DataFrame(rows)
 
 
