@@ -146,6 +146,19 @@ def test_sanitization_of_unicode_and_line_breaks(meteor):
     assert M.sanitize_caption(" a\r\nb\x00c | d ") == "a b c d"
 
 
+def test_results_are_json_serializable(meteor):
+    import json
+
+    out = M.caption_metrics(HYPS[:2], REFS[:2], per_item=True, meteor=meteor)
+    full = json.loads(json.dumps(M.jsonable(out)))
+    assert full["per_item"]["CIDEr"] == pytest.approx(list(out["per_item"]["CIDEr"]))
+    small = M.jsonable(out, drop_per_item=True)
+    assert "per_item" not in small and small["BLEU-1"] == out["BLEU-1"]
+    ret = M.retrieval_topk(np.eye(5), np.eye(5))
+    assert json.loads(json.dumps(M.jsonable(ret)))["k"] == 5
+    assert M.jsonable({"x": np.float32("nan"), "y": np.int64(3)}) == {"x": None, "y": 3}
+
+
 def test_meteor_process_is_closed():
     with M.MeteorScorer() as scorer:
         proc = scorer._proc

@@ -6,6 +6,7 @@
 - :func:`embedding_similarity`, :func:`embedding_metrics`: sentence-encoder and CLIP text cosine.
 - :func:`score_reference_runs`, :func:`load_published`, :func:`read_roi_reference`,
   :func:`to_published_scale`: the original study's released captions and published results.
+- :func:`jsonable`: metric dicts (with NumPy arrays) to JSON-ready objects.
 """
 
 from .captions import CAPTION_METRICS, MeteorScorer, caption_metrics, ptb_tokenize, sanitize_caption
@@ -20,6 +21,7 @@ from .reference import (
     to_published_scale,
 )
 from .retrieval import retrieval_topk
+from .serialize import jsonable
 from .stats import bootstrap_ci, permutation_test, wilson_interval
 
 __all__ = [
@@ -33,6 +35,7 @@ __all__ = [
     "caption_metrics",
     "embedding_metrics",
     "embedding_similarity",
+    "jsonable",
     "load_published",
     "permutation_test",
     "ptb_tokenize",
