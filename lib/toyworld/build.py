@@ -314,8 +314,8 @@ def _write_truth(folder: Path, grid, rois, tun, signal, ids, model, gen_mask, re
 
 
 # --------------------------------------------------------------------------- entry point
-def build(preset: str = "toy", seed: int = 0, out: Path | None = None, force: bool = False
-          ) -> Path:
+def build(preset: str = "toy", seed: int = 0, out: Path | None = None, force: bool = False,
+          models: bool = True) -> Path:
     """Build the toy world (and its models) for a preset, or reuse a cached build.
 
     Parameters
@@ -328,6 +328,9 @@ def build(preset: str = "toy", seed: int = 0, out: Path | None = None, force: bo
         Output folder; default ``data_root()/preset``.
     force : bool
         Rebuild even if a matching build exists.
+    models : bool
+        Also train the toy models (``lib.toyworld.models.train_all``). ``False`` builds the
+        world only (its ``BUILD.json`` then does not satisfy a later ``models=True`` call).
 
     Returns
     -------
@@ -341,7 +344,7 @@ def build(preset: str = "toy", seed: int = 0, out: Path | None = None, force: bo
     world_version = code_version([_TOYWORLD / f for f in _WORLD_SOURCES])
     stamp = out / "BUILD.json"
     done = _read_json(stamp)
-    key = {"preset": preset, "seed": int(seed), "code_version": version}
+    key = {"preset": preset, "seed": int(seed), "code_version": version, "with_models": models}
     if not force and done and all(done.get(k) == v for k, v in key.items()):
         log.info("toy world %s (seed %d) is up to date in %s", preset, seed, out)
         return out
@@ -370,7 +373,7 @@ def build(preset: str = "toy", seed: int = 0, out: Path | None = None, force: bo
         summary = wdone
         print(f"[toyworld] reusing the {preset} world in {out / 'nsd'}", flush=True)
 
-    models_result = _train_models(out / "models", preset, seed)
+    models_result = _train_models(out / "models", preset, seed) if models else {"skipped": True}
     write_json(stamp, {
         **key,
         "world_version": world_version,

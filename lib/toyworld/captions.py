@@ -159,9 +159,12 @@ def caption_scene(scene: Scene, rng: np.random.Generator, n: int = 5) -> list[st
     Returns
     -------
     captions : list of str
-        ``n`` captions, distinct where the templates allow it, each a sentence ending in ".".
+        ``n`` captions, distinct where the templates allow it, each a sentence ending in ".";
+        one of them (at a random position) names every object with its colour.
     """
-    captions: list[str] = []
+    # one caption always names every object with its colour, so the set describes the scene
+    place = PLACE_PHRASES[scene.place][int(rng.integers(len(PLACE_PHRASES[scene.place])))]
+    captions: list[str] = [_cap(f"{_list(scene, rng)} {place}") + "."]
     for _ in range(20 * n):
         cap = _one_caption(scene, rng)
         if cap not in captions:
@@ -170,4 +173,5 @@ def caption_scene(scene: Scene, rng: np.random.Generator, n: int = 5) -> list[st
             break
     while len(captions) < n:  # a very plain scene: allow repeats rather than fail
         captions.append(_one_caption(scene, rng))
-    return captions
+    captions = captions[:n]
+    return [captions[i] for i in rng.permutation(len(captions))]
