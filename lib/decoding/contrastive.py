@@ -568,8 +568,9 @@ def retrieval_table(results: dict) -> "pandas.DataFrame":
     Returns
     -------
     table : pandas.DataFrame
-        Columns ``run``, ``head``, ``direction``, ``top1``, ``ci95_low``, ``ci95_high``,
-        ``chance``, ``k``, ``n_draws``.
+        Columns ``run``, ``head``, ``direction``, ``top1``, ``ci95_low``, ``ci95_high`` (over
+        draws; a point when one draw holds every item), ``binom_low``, ``binom_high`` (Wilson
+        interval of one k-way test), ``chance``, ``k``, ``n_draws``.
     """
     import pandas as pd
 
@@ -580,6 +581,8 @@ def retrieval_table(results: dict) -> "pandas.DataFrame":
                 r = res[direction]
                 rows.append({"run": run, "head": head, "direction": direction.replace("_", " "),
                              "top1": r["mean"], "ci95_low": r["ci95"][0],
-                             "ci95_high": r["ci95"][1], "chance": res["chance"], "k": res["k"],
+                             "ci95_high": r["ci95"][1], "binom_low": r["ci95_binomial"][0],
+                             "binom_high": r["ci95_binomial"][1], "chance": res["chance"],
+                             "k": res["k"],
                              "n_draws": res["n_draws"]})
     return pd.DataFrame(rows)
