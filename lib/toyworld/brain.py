@@ -161,8 +161,15 @@ def make_grid(voxel_size: float = 4.0) -> BrainGrid:
     brain = _block_mean(t1_data > 0.2 * t1_data.max(), k) >= 0.5
     cortex = _block_mean(gm_data > 0.5 * gm_data.max(), k) >= 0.5
     src = t1.affine
+    # crop to the brain's bounding box plus one voxel (NSD's grids, too, hug the head)
+    nz = np.argwhere(brain)
+    lo = np.maximum(nz.min(0) - 1, 0)
+    hi = np.minimum(nz.max(0) + 2, brain.shape)
+    crop = tuple(slice(a, b) for a, b in zip(lo, hi))
+    brain, cortex = brain[crop], cortex[crop]
     affine = np.diag([float(k), float(k), float(k), 1.0])
-    affine[:3, 3] = src[:3, 3] + (k - 1) / 2 * np.diag(src)[:3]  # centre of each block
+    # centre of each block, shifted by the crop
+    affine[:3, 3] = src[:3, 3] + ((k - 1) / 2 + k * lo) * np.diag(src)[:3]
     return BrainGrid(affine=affine, shape=brain.shape, brain=brain, cortex=cortex & brain)
 
 

@@ -233,7 +233,7 @@ def build_world(p: WorldPreset, seed: int, out: Path) -> dict:
             gains.append(sess["gain"][model])
             offsets.append(sess["offset"][model])
             stored = np.clip(np.round(betas * 300), -32768, 32767).astype(np.int16)
-            vol = np.zeros(grid.shape + (len(trials),), np.int16)
+            vol = np.zeros(grid.shape + (len(trials),), np.int16, order="F")  # NIfTI order
             vol[tuple(tun.ijk.T)] = stored.T
             layout.write_nifti(nsd.betas(k, s), vol, grid.affine)
             del vol

@@ -83,6 +83,8 @@ def _where(obj: SceneObject) -> str:
     h = "left" if obj.x < 0.36 else ("right" if obj.x > 0.64 else "")
     if not v and not h:
         return "in the middle of the picture"
+    if not v:
+        return f"on the {h} side of the picture"
     return f"in the {(v + ' ' + h).strip()} of the picture"
 
 
