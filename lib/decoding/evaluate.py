@@ -26,6 +26,7 @@ For one run (``decoding/<run>/predictions.h5``) :func:`evaluate_run`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -173,7 +174,8 @@ def evaluate_run(run_dir: str | os.PathLike, subject, model, processor, features
                  feature_ids: np.ndarray, upper_bound: Sequence[str] | None = None,
                  prompt: str | None = None, num_beams: int = 1, batch_size: int = 16,
                  max_new_tokens: int = 30, k: int = 300, n_draws: int = 30, seed: int = 0,
-                 n_permutations: int = 10000, embeddings: bool = True) -> RunEvaluation:
+                 n_permutations: int = 10000, embeddings: bool = True,
+                 meteor=None) -> RunEvaluation:
     """Captions, metrics, retrieval and controls for one decoding run.
 
     Parameters
@@ -200,6 +202,9 @@ def evaluate_run(run_dir: str | os.PathLike, subject, model, processor, features
         Permutations of the brain-vs-shuffled test.
     embeddings : bool
         Also compute sentence-embedding similarities (skipped when the model is unavailable).
+    meteor : lib.metrics.captions.MeteorScorer or None
+        An open METEOR scorer to share between runs (its start-up takes seconds); one is
+        started for this call by default.
 
     Returns
     -------
@@ -238,7 +243,9 @@ def evaluate_run(run_dir: str | os.PathLike, subject, model, processor, features
     from lib.metrics.captions import MeteorScorer
 
     skipped = None  # embedding models that could not be loaded are not retried per condition
-    with MeteorScorer() as meteor:
+    with contextlib.ExitStack() as stack:
+        if meteor is None:
+            meteor = stack.enter_context(MeteorScorer())
         for name, hyps in conditions.items():
             scores, per_item[name] = score_captions(
                 hyps, references, embeddings and skipped is None, meteor=meteor)
