@@ -294,3 +294,201 @@ def plot_gallery(images, rows_of_text, labels=None, ncols: int = 4, width: float
     if title:
         fig.suptitle(title, y=1.0 + 0.02 / nrows)
     return fig
+
+
+def _family_colors(families):
+    import matplotlib.pyplot as plt
+
+    cmap = plt.get_cmap("tab10")
+    return {f: cmap(i % 10) for i, f in enumerate(sorted(families))}
+
+
+def _hex(rgba) -> str:
+    from matplotlib.colors import to_hex
+
+    return to_hex(rgba)
+
+
+def predictivity_vs_size(best, roi: str = "nsdgeneral", title: str | None = None):
+    """Interactive plot of best-layer predictivity against parameter count, per family.
+
+    Parameters
+    ----------
+    best : pandas.DataFrame
+        One row per (model, roi) (``lib.encoding.best_layers(scores)``) with ``model``,
+        ``family``, ``modality``, ``n_params``, ``roi``, ``score``, ``layer``, ``trained``.
+    roi : str
+        ROI shown.
+    title : str or None
+
+    Returns
+    -------
+    fig : plotly.graph_objects.Figure
+        Log-scaled x axis; trained models joined by a line per family, untrained ones
+        as open markers. Display with :func:`show_plotly`.
+    """
+    import plotly.graph_objects as go
+
+    d = best[best["roi"] == roi].sort_values("n_params")
+    colors = _family_colors(d["family"].unique())
+    fig = go.Figure()
+    for (family, modality), g in d.groupby(["family", "modality"]):
+        for trained, sub in g.groupby(g["trained"].astype(bool)):
+            fig.add_trace(go.Scatter(
+                x=sub["n_params"], y=sub["score"], mode="lines+markers" if trained else "markers",
+                name=f"{family} ({modality})" + ("" if trained else ", untrained"),
+                marker={"color": _hex(colors[family]), "size": 10,
+                        "symbol": "circle" if trained else "circle-open",
+                        "line": {"width": 2, "color": _hex(colors[family])}},
+                line={"color": _hex(colors[family]),
+                      "dash": "solid" if modality == "vision" else "dash"},
+                customdata=sub[["model", "layer"]].to_numpy(),
+                hovertemplate="%{customdata[0]}<br>%{x:.3s} parameters<br>r = %{y:.3f}"
+                              "<br>best layer %{customdata[1]}<extra></extra>",
+            ))
+    fig.update_xaxes(type="log", title="parameters")
+    fig.update_yaxes(title=f"test Pearson r ({roi}, best layer)")
+    fig.update_layout(title=title or f"Predictivity against model size: {roi}",
+                      template="plotly_white", height=450, legend={"font": {"size": 10}})
+    return fig
+
+
+def plot_depth_profiles(scores, rois=("V1", "hV4", "faces", "places", "nsdgeneral"),
+                        modality: str | None = None, trained_only: bool = True):
+    """Score against normalised layer depth, one panel per ROI, one line per model.
+
+    Parameters
+    ----------
+    scores : pandas.DataFrame
+        ``convergence/scores.csv`` (with ``depth`` = layer / (n_layers - 1)).
+    rois : sequence of str
+        Panels (ROIs absent from ``scores`` are skipped).
+    modality : {"vision", "language"} or None
+        Keep one modality.
+    trained_only : bool
+
+    Returns
+    -------
+    fig : matplotlib.figure.Figure
+        Colour = family; darker/thicker = larger model; a dot marks each model's best
+        layer (by test score, for display).
+    """
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    d = scores if modality is None else scores[scores["modality"] == modality]
+    if trained_only:
+        d = d[d["trained"].astype(bool)]
+    rois = [r for r in rois if r in set(d["roi"])]
+    colors = _family_colors(d["family"].unique())
+    fig, axes = plt.subplots(1, len(rois), figsize=(3.1 * len(rois), 3.2), sharey=True,
+                             squeeze=False)
+    for ax, roi in zip(axes[0], rois):
+        r = d[d["roi"] == roi]
+        for family, g in r.groupby("family"):
+            sizes = np.log(g["n_params"].astype(float))
+            lo, hi = sizes.min(), sizes.max()
+            for model, m in g.groupby("model"):
+                m = m.sort_values("depth")
+                rank = 0.5 if hi == lo else (np.log(float(m["n_params"].iloc[0])) - lo) / (hi - lo)
+                ax.plot(m["depth"], m["score"], color=colors[family], alpha=0.35 + 0.65 * rank,
+                        lw=0.8 + 1.6 * rank, label=family)
+                top = m.loc[m["score"].idxmax()]
+                ax.plot(top["depth"], top["score"], "o", color=colors[family], ms=3)
+        ax.set_title(roi)
+        ax.set_xlabel("normalised depth")
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel("test Pearson r")
+    handles, labels = axes[0, -1].get_legend_handles_labels()
+    uniq = dict(zip(labels, handles))
+    fig.legend(uniq.values(), uniq.keys(), loc="upper center", ncol=min(len(uniq), 6),
+               fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.88))
+    return fig
+
+
+def plot_roi_comparison(best, rois=("V1", "V2", "V3", "hV4", "faces", "bodies", "places",
+                                    "words", "nsdgeneral"), trained_only: bool = True):
+    """Per ROI, each family's largest-scoring model, against the noise ceiling.
+
+    Parameters
+    ----------
+    best : pandas.DataFrame
+        One row per (model, roi) (``lib.encoding.best_layers(scores)``), with ``score`` and
+        ``noise_ceiling``.
+    rois : sequence of str
+    trained_only : bool
+
+    Returns
+    -------
+    fig : matplotlib.figure.Figure
+        Top: best model per family (bars) and the ROI's noise ceiling (black tick);
+        bottom: the same as a fraction of the noise ceiling.
+    """
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    d = best[best["trained"].astype(bool)] if trained_only else best
+    rois = [r for r in rois if r in set(d["roi"])]
+    top = d.loc[d.groupby(["family", "roi"])["score"].idxmax()]
+    families = sorted(top["family"].unique())
+    colors = _family_colors(families)
+    width = 0.8 / max(len(families), 1)
+    x = np.arange(len(rois))
+    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(max(6, 1.0 * len(rois) + 2), 5.6), sharex=True)
+    for i, family in enumerate(families):
+        t = top[top["family"] == family].set_index("roi").reindex(rois)
+        ax.bar(x + (i - (len(families) - 1) / 2) * width, t["score"], width,
+               color=colors[family], label=family)
+        ax2.bar(x + (i - (len(families) - 1) / 2) * width, t["score"] / t["noise_ceiling"], width,
+                color=colors[family])
+    ceiling = d.groupby("roi")["noise_ceiling"].first().reindex(rois)
+    ax.plot(x, ceiling, "_", color="k", ms=22, mew=2, label="noise ceiling")
+    ax.set_ylabel("test Pearson r (best layer)")
+    ax2.set_ylabel("fraction of noise ceiling")
+    ax2.set_xticks(x, rois, rotation=30)
+    ax.legend(fontsize=8, ncol=3, frameon=False)
+    for a in (ax, ax2):
+        a.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def nsd_func_to_mni(volume_img, transform, order: int = 1):
+    """Resample a map from an NSD subject's functional space to MNI with NSD's own transform.
+
+    NSD ships, per subject, ``nsddata/ppdata/subjXX/transforms/func1pt8-to-MNI.nii.gz``: a
+    volume on the MNI grid whose three frames hold, for each MNI voxel, the (1-based,
+    fractional) func1pt8mm voxel coordinates it comes from (as used by NSD's
+    ``nsd_mapdata``). Values are interpolated at those coordinates.
+
+    Parameters
+    ----------
+    volume_img : Nifti1Image or path
+        3D map on the subject's func1pt8mm grid (``PreparedSubject.to_volume``).
+    transform : Nifti1Image or path
+        The ``func1pt8-to-MNI`` transform volume, shape (X, Y, Z, 3).
+    order : int
+        Spline order: 1 (linear) for continuous maps, 0 (nearest) for labels.
+
+    Returns
+    -------
+    img : Nifti1Image
+        The map on the MNI grid of ``transform`` (0 outside the functional volume).
+    """
+    import nibabel as nib
+    import numpy as np
+    from scipy.ndimage import map_coordinates
+
+    src = _load_img(volume_img)
+    tr = _load_img(transform)
+    coords = np.asarray(tr.dataobj, dtype=np.float64)
+    if coords.ndim != 4 or coords.shape[3] != 3:
+        raise ValueError(f"transform should have shape (X, Y, Z, 3), got {coords.shape}.")
+    data = np.asarray(src.dataobj, dtype=np.float64)
+    valid = np.all(np.isfinite(coords), axis=3) & np.all(coords > 0, axis=3) & np.all(
+        coords - 1 <= np.array(data.shape[:3]) - 1, axis=3)
+    pts = (coords[valid] - 1.0).T  # 0-based
+    out = np.zeros(coords.shape[:3], dtype=np.float32)
+    out[valid] = map_coordinates(np.nan_to_num(data), pts, order=order, mode="nearest")
+    return nib.Nifti1Image(out, tr.affine)
