@@ -447,6 +447,7 @@ def test_score_reference_runs_subset(tmp_path, meteor):
     assert 0.4 < dec["BLEU-1"] < 0.8 and 0.05 < dec["BLEU-4"] < 0.35
     assert 0.1 < dec["METEOR"] < 0.3 and 0.3 < dec["ROUGE-L"] < 0.6 and 0.2 < dec["CIDEr"] < 1.0
     assert shuf["CIDEr"] < dec["CIDEr"] / 2 and shuf["METEOR"] < dec["METEOR"]
+    assert dec["p_CIDEr"] < 0.01 and dec["p_METEOR"] < 0.01 and np.isnan(shuf["p_CIDEr"])
     frame = M.read_reference_captions(tmp_path / "pt_type1_mem1_captions.csv").iloc[:100]
     direct = M.caption_metrics(
         frame["caption"].tolist(), frame["references"].tolist(), meteor=meteor

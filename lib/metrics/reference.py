@@ -31,6 +31,7 @@ from lib.config import REPO_ROOT
 from lib.io import atomic_path
 
 from .captions import CAPTION_METRICS, MeteorScorer, caption_metrics
+from .stats import permutation_test
 
 #: Folder of the shared reference material (``shared/`` beside the repository).
 REFERENCE_ROOT = REPO_ROOT.parent / "shared" / "reference"
@@ -99,6 +100,7 @@ def score_reference_runs(
     seed: int = 0,
     cache_path: str | os.PathLike | None = None,
     meteor: MeteorScorer | None = None,
+    n_permutations: int = 10000,
 ) -> pd.DataFrame:
     """Score every released ``pt_type{T}_mem{K}_captions.csv`` with :func:`caption_metrics`.
 
@@ -118,13 +120,17 @@ def score_reference_runs(
         files, ``n_items``, ``seed`` and ``shuffled_control``.
     meteor : MeteorScorer or None
         An open METEOR scorer to reuse; by default one is started for this call.
+    n_permutations : int
+        Sign flips of the paired permutation test decoded > shuffled (per-caption CIDEr and
+        METEOR), reported on the decoded rows as ``p_CIDEr`` and ``p_METEOR``.
 
     Returns
     -------
     table : DataFrame
         One row per (file, condition): ``file``, ``stage`` ("stage1 (ridge)" for type0,
         "stage2 (contrastive)" for type1), ``type``, ``memory``, ``condition`` ("decoded" |
-        "shuffled"), ``n``, then BLEU-1..4, METEOR, ROUGE-L, CIDEr on pycocoevalcap's scale.
+        "shuffled"), ``n``, then BLEU-1..4, METEOR, ROUGE-L, CIDEr on pycocoevalcap's scale,
+        and with the control ``p_CIDEr``, ``p_METEOR`` (decoded rows; NaN on shuffled rows).
     """
     reference_dir = Path(reference_dir)
     runs = _run_files(reference_dir)
@@ -133,7 +139,7 @@ def score_reference_runs(
             f"No pt_type*_mem*_captions.csv files in {reference_dir}; expected the released "
             "tables of brain-decoding-with-blip2 (see shared/reference/README.md)."
         )
-    key = _cache_key(runs, n_items, seed, shuffled_control)
+    key = _cache_key(runs, n_items, seed, f"{shuffled_control}:{n_permutations}")
     if cache_path is not None and Path(cache_path).exists():
         cached = pd.read_csv(cache_path)
         if "cache_key" in cached and (cached["cache_key"] == key).all():
@@ -152,8 +158,11 @@ def score_reference_runs(
             if shuffled_control:
                 perm = np.random.default_rng(seed).permutation(len(hyps))
                 conditions.append(("shuffled", [hyps[j] for j in perm]))
+            first = len(rows)
+            per_item = []
             for condition, h in conditions:
-                m = caption_metrics(h, refs, meteor=meteor)
+                m = caption_metrics(h, refs, per_item=True, meteor=meteor)
+                per_item.append(m["per_item"])
                 rows.append(
                     {
                         "file": path.name,
@@ -165,6 +174,12 @@ def score_reference_runs(
                         **{k: m[k] for k in CAPTION_METRICS},
                     }
                 )
+            if shuffled_control:
+                for name in ("CIDEr", "METEOR"):
+                    test = permutation_test(
+                        per_item[0][name], per_item[1][name], n_permutations, seed=seed
+                    )
+                    rows[first][f"p_{name}"] = test["p_value"]
     table = pd.DataFrame(rows)
     if cache_path is not None:
         with atomic_path(cache_path) as tmp:
