@@ -21,7 +21,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from lib.nsd.layout import ANNOTATIONS, COCO_CAPTION_FILES, NSDLayout
 

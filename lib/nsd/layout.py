@@ -41,6 +41,8 @@ COCO_CAPTION_FILES = ("captions_train2017.json", "captions_val2017.json")
 BETAS_DIR = "nsddata_betas/ppdata/{subj}/func1pt8mm/betas_fithrf_GLMdenoise_RR"
 BETAS_FILE = "betas_session{session:02d}.nii.gz"
 ROI_DIR = "nsddata/ppdata/{subj}/func1pt8mm/roi"
+#: NSD's map from MNI voxels to func1pt8mm coordinates (for surface maps of real data).
+MNI_TRANSFORM = "nsddata/ppdata/{subj}/transforms/func1pt8-to-MNI.nii.gz"
 
 _SESSION_RE = re.compile(r"^betas_session(\d+)\.nii(\.gz)?$")
 
@@ -110,6 +112,10 @@ class NSDLayout:
         """ROI label volume ``<name>.nii.gz`` on the betas grid."""
         return self.root / ROI_DIR.format(subj=subject_name(subject)) / f"{name}.nii.gz"
 
+    def mni_transform(self, subject: int | str) -> Path:
+        """``func1pt8-to-MNI.nii.gz``: see :func:`lib.plotting.nsd_func_to_mni`."""
+        return self.root / MNI_TRANSFORM.format(subj=subject_name(subject))
+
     # --- the S3 keys of everything preparation needs --------------------------------------
     @staticmethod
     def keys(subject: int | str, sessions, stimuli: bool = True) -> list[str]:
@@ -129,6 +135,7 @@ class NSDLayout:
         if stimuli:
             keys.append(STIMULI)
         keys += [f"{ROI_DIR.format(subj=subj)}/{name}.nii.gz" for name in ROI_FILES]
+        keys.append(MNI_TRANSFORM.format(subj=subj))
         keys += [
             f"{BETAS_DIR.format(subj=subj)}/{BETAS_FILE.format(session=s)}" for s in sessions
         ]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from lib.config import subject_name
 from lib.io import atomic_path, write_json
