@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 
 def show_plotly(fig) -> None:
     """Display a plotly figure in a notebook so that it also renders in the offline book.
@@ -41,8 +43,9 @@ def _load_img(img):
     return load_img(img)
 
 
+@functools.lru_cache(maxsize=1)
 def _fsaverage5():
-    """nilearn's bundled fsaverage5 meshes and sulcal depth (no download)."""
+    """nilearn's bundled fsaverage5 meshes and sulcal depth (no download; read once)."""
     from nilearn import datasets
 
     meshes = datasets.load_fsaverage("fsaverage5")
@@ -354,7 +357,8 @@ def predictivity_vs_size(best, roi: str = "nsdgeneral", title: str | None = None
 
 
 def plot_depth_profiles(scores, rois=("V1", "hV4", "faces", "places", "nsdgeneral"),
-                        modality: str | None = None, trained_only: bool = True):
+                        modality: str | None = None, trained_only: bool = True,
+                        title: str | None = None, ncols: int = 4):
     """Score against normalised layer depth, one panel per ROI, one line per model.
 
     Parameters
@@ -366,6 +370,9 @@ def plot_depth_profiles(scores, rois=("V1", "hV4", "faces", "places", "nsdgenera
     modality : {"vision", "language"} or None
         Keep one modality.
     trained_only : bool
+    title : str or None
+    ncols : int
+        Panels per row.
 
     Returns
     -------
@@ -381,9 +388,13 @@ def plot_depth_profiles(scores, rois=("V1", "hV4", "faces", "places", "nsdgenera
         d = d[d["trained"].astype(bool)]
     rois = [r for r in rois if r in set(d["roi"])]
     colors = _family_colors(d["family"].unique())
-    fig, axes = plt.subplots(1, len(rois), figsize=(3.1 * len(rois), 3.2), sharey=True,
-                             squeeze=False)
-    for ax, roi in zip(axes[0], rois):
+    ncols = max(1, min(ncols, len(rois)))
+    nrows = int(np.ceil(len(rois) / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.0 * ncols + 1.6, 2.8 * nrows + 0.4),
+                             sharey=True, squeeze=False)
+    for ax in axes.ravel()[len(rois):]:
+        ax.set_visible(False)
+    for ax, roi in zip(axes.ravel(), rois):
         r = d[d["roi"] == roi]
         for family, g in r.groupby("family"):
             sizes = np.log(g["n_params"].astype(float))
@@ -396,14 +407,19 @@ def plot_depth_profiles(scores, rois=("V1", "hV4", "faces", "places", "nsdgenera
                 top = m.loc[m["score"].idxmax()]
                 ax.plot(top["depth"], top["score"], "o", color=colors[family], ms=3)
         ax.set_title(roi)
-        ax.set_xlabel("normalised depth")
         ax.grid(alpha=0.3)
-    axes[0, 0].set_ylabel("test Pearson r")
-    handles, labels = axes[0, -1].get_legend_handles_labels()
-    uniq = dict(zip(labels, handles))
-    fig.legend(uniq.values(), uniq.keys(), loc="upper center", ncol=min(len(uniq), 6),
-               fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0, 1, 0.88))
+    for ax in axes[-1]:
+        ax.set_xlabel("normalised depth")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("test Pearson r")
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=c, lw=2.4) for c in colors.values()]
+    fig.legend(handles, list(colors), loc="center right", fontsize=8, frameon=False,
+               title="family", title_fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0, 1 - 1.4 / fig.get_figwidth(), 1))
     return fig
 
 
@@ -447,7 +463,7 @@ def plot_roi_comparison(best, rois=("V1", "V2", "V3", "hV4", "faces", "bodies", 
     ax.set_ylabel("test Pearson r (best layer)")
     ax2.set_ylabel("fraction of noise ceiling")
     ax2.set_xticks(x, rois, rotation=30)
-    ax.legend(fontsize=8, ncol=3, frameon=False)
+    ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     for a in (ax, ax2):
         a.grid(axis="y", alpha=0.3)
     fig.tight_layout()
