@@ -171,3 +171,15 @@ def test_coco_captions_from_zip(server, tmp_path):
     assert [p.name for p in paths] == ["captions_train2017.json", "captions_val2017.json"]
     assert json.loads(paths[1].read_text())["annotations"][0]["caption"] == "val2017"
     assert not (tmp_path / "annotations" / "instances_val2017.json").exists()
+
+
+def test_unreachable_server_is_a_clear_error(tmp_path, capsys):
+    import socket
+
+    with socket.socket() as sock:  # a port with nothing listening
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    rc = main(["download", "--subject", "1", "--sessions", "1", "--dest", str(tmp_path),
+               "--dry-run", "--base-url", f"http://127.0.0.1:{port}"])
+    assert rc == 2
+    assert "Could not reach" in capsys.readouterr().err

@@ -10,6 +10,7 @@ import sys
 from lib.nsd.download import (
     COCO_ANNOTATIONS_URL,
     NSD_BASE_URL,
+    DownloadError,
     download_coco_captions,
     download_subject,
     format_size,
@@ -47,10 +48,14 @@ def main(argv=None) -> int:
                               dtype=args.dtype))
         return 0
 
-    files = download_subject(
-        args.subject, parse_sessions(args.sessions), args.dest, base_url=args.base_url,
-        stimuli=not args.no_stimuli, dry_run=args.dry_run,
-    )
+    try:
+        files = download_subject(
+            args.subject, parse_sessions(args.sessions), args.dest, base_url=args.base_url,
+            stimuli=not args.no_stimuli, dry_run=args.dry_run,
+        )
+    except DownloadError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     total = sum(f.size or 0 for f in files)
     for f in files:
         print(f"{format_size(f.size):>10}  {f.status.split(':')[0]:<10}  {f.key}")

@@ -35,6 +35,10 @@ _CHUNK = 1 << 20
 class DownloadError(RuntimeError):
     """A file could not be fetched (names the URL, the HTTP status and what to do)."""
 
+    def __init__(self, message: str, unreachable: bool = False):
+        super().__init__(message)
+        self.unreachable = unreachable
+
 
 @dataclass
 class RemoteFile:
@@ -89,8 +93,16 @@ def _session(session=None):
 
 def remote_size(url: str, session=None, timeout: float = 30) -> int:
     """Size in bytes from a HEAD request; raises :class:`DownloadError` on HTTP errors."""
+    import requests
+
     http = _session(session)
-    resp = http.head(url, allow_redirects=True, timeout=timeout)
+    try:
+        resp = http.head(url, allow_redirects=True, timeout=timeout)
+    except requests.RequestException as exc:
+        raise DownloadError(
+            f"Could not reach {url} ({type(exc).__name__}). Check the network connection (and "
+            "--base-url); NSD's bucket is public and needs no credentials.", unreachable=True,
+        ) from exc
     if resp.status_code != 200:
         raise DownloadError(
             f"HEAD {url} returned HTTP {resp.status_code}. "
@@ -176,6 +188,8 @@ def download_subject(subject: int, sessions, dest, base_url: str = NSD_BASE_URL,
         try:
             f.size = remote_size(f.url, http)
         except DownloadError as exc:
+            if exc.unreachable:
+                raise
             f.status = f"missing: {exc}"
             continue
         if dry_run:
