@@ -558,3 +558,15 @@ def test_roi_atlas(reader):
     assert used == ["V1", "V2", "V3", "hV4", "faces"]
     np.testing.assert_array_equal(labels == 5, subj.roi_mask("faces"))
     np.testing.assert_array_equal(labels == 1, subj.roi_mask("V1") & ~subj.roi_mask("faces"))
+
+
+def test_roi_affine_mismatch_warns(fresh):
+    root, facts, out = fresh
+    vol = nib.load(facts["roi_dir"] / "floc-faces.nii.gz")
+    shifted = AFFINE.copy()
+    shifted[0, 3] += 5
+    nib.save(nib.Nifti1Image(np.asarray(vol.dataobj), shifted), facts["roi_dir"] / "floc-faces.nii.gz")
+    with pytest.warns(UserWarning, match="floc-faces"):
+        path = prepare_subject(root, 1, out, progress=False)
+    with h5py.File(path, "r") as h5:
+        np.testing.assert_allclose(h5.attrs["affine"], AFFINE)

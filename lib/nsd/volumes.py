@@ -8,6 +8,7 @@ keeping only the mask's voxels bounds memory by the masked session instead of th
 from __future__ import annotations
 
 import gzip
+import warnings
 import zlib
 from pathlib import Path
 
@@ -62,10 +63,14 @@ def load_label_volume(path: str | Path, grid_shape, affine=None, what: str = "RO
             f"{tuple(grid_shape)}. Use the func1pt8mm ROI files of the same subject "
             "(nsddata/ppdata/subjXX/func1pt8mm/roi/)."
         )
-    if affine is not None and not np.allclose(img.affine, affine, atol=1e-3):
-        raise NSDGridMismatchError(
+    if affine is not None and not np.allclose(img.affine, affine, atol=1e-2):
+        # same grid, different header: NSD's own files agree, so say so but do not stop
+        warnings.warn(
             f"{what} file {path} has affine\n{np.round(img.affine, 3)}\nbut the betas have\n"
-            f"{np.round(affine, 3)}. Use the func1pt8mm ROI files of the same subject."
+            f"{np.round(affine, 3)}; the grids have the same shape, so voxel indices are used "
+            "as they are (the betas' affine is recorded). Check that both are func1pt8mm files "
+            "of the same subject.",
+            stacklevel=3,
         )
     try:
         data = np.asarray(img.dataobj)
