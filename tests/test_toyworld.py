@@ -20,8 +20,17 @@ from lib.toyworld import brain
 from lib.toyworld.build import build, build_world
 from lib.toyworld.captions import NOUNS, PLACE_NOUNS, PLACE_PHRASES, caption_scene
 from lib.toyworld.presets import PRESETS, WorldPreset, get_preset
-from lib.toyworld.scenes import (COLOR_NAMES, COLORS, KINDS, PLACES, Scene, SceneObject,
-                                 render_scene, sample_scenes, scene_latents)
+from lib.toyworld.scenes import (
+    COLOR_NAMES,
+    COLORS,
+    KINDS,
+    PLACES,
+    Scene,
+    SceneObject,
+    render_scene,
+    sample_scenes,
+    scene_latents,
+)
 
 #: A world small enough to build twice in a test.
 TINY = WorldPreset(name="tiny", n_subjects=2, n_images=30, n_shared=6, n_repeats=3,

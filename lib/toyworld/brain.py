@@ -115,7 +115,7 @@ def _mni152_files():
     if spec is None or not spec.submodule_search_locations:
         raise ImportError("nilearn is required for the toy world's MNI152 template; "
                           "install it with `pip install nilearn`.")
-    data = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
+    data = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data"
     t1 = data / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
     gm = data / "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz"
     if not (t1.exists() and gm.exists()):

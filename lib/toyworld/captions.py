@@ -61,9 +61,8 @@ def _np(obj: SceneObject, rng: np.random.Generator, with_color: bool = True) -> 
     """Noun phrase of an object, e.g. 'a red ball' or 'a blue sign that says AB'."""
     nouns = NOUNS[obj.kind]
     noun = nouns[int(rng.integers(len(nouns)))]
-    if obj.kind == "word":
-        if rng.random() < 0.5 and noun in ("word", "sign"):
-            return f"the {obj.color} {noun} {obj.text}" if with_color else f"the {noun} {obj.text}"
+    if obj.kind == "word" and noun in ("word", "sign") and rng.random() < 0.5:
+        return f"the {obj.color} {noun} {obj.text}" if with_color else f"the {noun} {obj.text}"
     return _article(f"{obj.color} {noun}" if with_color else noun)
 
 
