@@ -172,3 +172,46 @@ def test_nearest_train_matches_sklearn_neighbors():
     dist, expected = nn_.kneighbors(pred.reshape(6, -1))
     np.testing.assert_array_equal(idx, expected[:, 0])
     np.testing.assert_allclose(sim, 1 - dist[:, 0], atol=1e-10)
+
+
+def test_run_stage1_and_evaluate_end_to_end(micro_subject, tmp_path):
+    """Real-architecture tiny BLIP-2 loaded by path, as nsd.yaml's checkpoints are."""
+    from lib.decoding.evaluate import evaluate_run, write_run_outputs
+    from lib.decoding.generate import caption_images, generate_captions, load_captioner
+    from lib.decoding.stage1 import fit_stage1
+    from lib.decoding.testing import make_tiny_blip2
+    from lib.features.qformer import extract_qformer_features
+
+    model_path = make_tiny_blip2(tmp_path / "blip2-opt", kind="opt")
+    feats, ids = extract_qformer_features(micro_subject, model_path, tmp_path / "q.h5",
+                                          device="cpu")
+    res = fit_stage1(micro_subject, feats, ids, alphas=[1.0, 1e3], device="cpu")
+    run_dir = tmp_path / "decoding" / "stage1"
+    res.decoder.save(run_dir)
+    write_predictions(run_dir / "predictions.h5", res.test_pred, res.test_ids, res.train_pred,
+                      res.train_ids)
+
+    model, processor = load_captioner(model_path, device="cpu")
+    ev = evaluate_run(run_dir, micro_subject, model, processor, feats, ids, k=300, n_draws=5,
+                      n_permutations=200, embeddings=False, max_new_tokens=8)
+    caps = ev.captions
+    n = len(res.test_ids)
+    assert list(caps.nsd_id) == list(res.test_ids) and ev.metrics["n_test"] == n
+    assert caps.caption.tolist() == generate_captions(res.test_pred, model, processor,
+                                                      max_new_tokens=8, progress=False)
+    # shuffled control = the decoded captions re-paired with other images
+    assert sorted(caps.shuffled_brain) == sorted(caps.caption)
+    # upper bound = BLIP-2's own generate on the pixels
+    images = micro_subject.images(res.test_ids)
+    assert caps.image_upper_bound.tolist() == caption_images(images, model, processor,
+                                                             max_new_tokens=8)
+    # nearest-train control uses training images only
+    assert set(caps.nearest_train_id) <= set(micro_subject.image_ids("train").tolist())
+    assert ev.metrics["retrieval"]["brain"]["k"] == n  # k capped at the number of test images
+    assert set(ev.metrics["captions"]) == {"brain", "shuffled_brain", "nearest_train",
+                                           "image_upper_bound"}
+    assert set(ev.metrics["permutation_brain_vs_shuffled"]) == {"CIDEr", "METEOR"}
+    cap_path, met_path = write_run_outputs(tmp_path / "decoding", "stage1", ev)
+    back = pd.read_csv(cap_path)
+    assert json.loads(back.references[0]) == micro_subject.captions(res.test_ids[:1])[0]
+    assert "stage1" in json.loads(met_path.read_text())
