@@ -1,0 +1,247 @@
+"""Toy models in Hugging Face format, trained on the CPU on scenes apart from the experiment.
+
+:func:`train_all` trains and saves, under ``models_dir``:
+
+- ``blip2-toy-itm/``  :class:`~transformers.Blip2ForImageTextRetrieval` + ``Blip2Processor``
+  (stand-in for ``Salesforce/blip2-itm-vit-g``), image-text contrastive training;
+- ``blip2-toy-opt/``  :class:`~transformers.Blip2ForConditionalGeneration` + ``Blip2Processor``
+  (stand-in for ``Salesforce/blip2-opt-2.7b``); vision encoder, Q-Former and query tokens
+  copied from the ITM model and frozen, language projection + small OPT trained to caption;
+- ``vision/<name>/``  ViT and ResNet classifiers at three sizes (+ untrained baselines);
+- ``language/<name>/`` OPT causal language models at three sizes (+ an untrained baseline);
+- ``zoo.json``        ``[{name, path, family, modality, n_params, trained}]``;
+- ``TRAINING.json``   the preset, seeds, wall time per model and held-out quality.
+
+Everything is seeded: the same preset and seed give the same weights on the same machine
+and thread count. Loading needs nothing but transformers (no custom classes).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+#: Presets: sizes of the training sets, architectures and schedules.
+PRESETS: dict = {
+    "toy": {
+        "image_size": 64,
+        "n_train": 4000,
+        "n_val": 100,
+        "min_count": 2,
+        "blip2": {
+            "vision_hidden": 96, "vision_layers": 2, "patch_size": 8,
+            "qformer_hidden": 128, "qformer_layers": 2, "num_query_tokens": 8,
+            "embed_dim": 64, "lm_hidden": 128, "lm_layers": 2,
+            "itm_epochs": 3, "itm_batch": 96, "itm_lr": 1e-3, "temperature": 0.07,
+            "opt_epochs": 4, "opt_batch": 64, "opt_lr": 1e-3, "opt_pairs_per_epoch": 4000,
+            "max_new_tokens": 32,
+        },
+        "vision": {
+            "n_train": 2500, "epochs": 2, "batch": 64, "lr": 2e-3,
+            "sizes": {
+                "vit": {"s": {"hidden": 24, "layers": 2}, "m": {"hidden": 48, "layers": 3},
+                        "l": {"hidden": 96, "layers": 4}},
+                "resnet": {"s": {"width": 8, "depths": [1, 1, 1, 1]},
+                           "m": {"width": 16, "depths": [1, 1, 1, 1]},
+                           "l": {"width": 32, "depths": [2, 2, 2, 2]}},
+            },
+            "untrained": ["vit-l", "resnet-l"],
+        },
+        "language": {
+            "epochs": 1, "batch": 64, "lr": 2e-3,
+            "sizes": {"s": {"hidden": 24, "layers": 1}, "m": {"hidden": 48, "layers": 2},
+                      "l": {"hidden": 96, "layers": 3}},
+            "untrained": ["opt-l"],
+        },
+    },
+}
+PRESETS["micro"] = {
+    "image_size": 64,
+    "n_train": 96,
+    "n_val": 16,
+    "min_count": 1,
+    "blip2": {
+        **PRESETS["toy"]["blip2"],
+        "vision_hidden": 32, "vision_layers": 1, "patch_size": 16, "qformer_hidden": 32,
+        "qformer_layers": 1, "num_query_tokens": 4, "embed_dim": 16, "lm_hidden": 32,
+        "lm_layers": 1, "itm_epochs": 1, "itm_batch": 32, "opt_epochs": 1, "opt_batch": 32,
+        "opt_pairs_per_epoch": 96, "max_new_tokens": 12,
+    },
+    "vision": {
+        "n_train": 64, "epochs": 1, "batch": 32, "lr": 2e-3,
+        "sizes": {
+            "vit": {"s": {"hidden": 8, "layers": 1, "patch": 16},
+                    "m": {"hidden": 16, "layers": 1, "patch": 16},
+                    "l": {"hidden": 24, "layers": 2, "patch": 16}},
+            "resnet": {"s": {"width": 4, "depths": [1, 1, 1, 1]},
+                       "m": {"width": 8, "depths": [1, 1, 1, 1]},
+                       "l": {"width": 12, "depths": [1, 1, 1, 1]}},
+        },
+        "untrained": ["vit-l", "resnet-l"],
+    },
+    "language": {
+        "epochs": 1, "batch": 64, "lr": 2e-3,
+        "sizes": {"s": {"hidden": 8, "layers": 1}, "m": {"hidden": 16, "layers": 1},
+                  "l": {"hidden": 24, "layers": 2}},
+        "untrained": ["opt-l"],
+    },
+}
+
+
+def get_preset(preset: str | dict) -> dict:
+    """Return a deep copy of a named preset (or of a preset dict passed in)."""
+    if isinstance(preset, dict):
+        return copy.deepcopy(preset)
+    if preset not in PRESETS:
+        raise ValueError(f"unknown toy-model preset {preset!r}; expected one of {sorted(PRESETS)}")
+    return copy.deepcopy(PRESETS[preset])
+
+
+def _save_dir(path: Path, *objects) -> Path:
+    """``save_pretrained`` every object into a temporary folder, then rename it onto ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        for obj in objects:
+            obj.save_pretrained(tmp)
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return path
+
+
+def train_all(models_dir, preset: str | dict = "toy", seed: int = 0, threads: int | None = 2) -> dict:
+    """Train and save every toy model (see the module docstring for the layout).
+
+    Parameters
+    ----------
+    models_dir : path-like
+        Output folder (``<toy_root>/models``); created if needed.
+    preset : {"toy", "micro"} or dict
+        ``toy``: the book's models (a few minutes on 2 CPU cores); ``micro``: tiny models for
+        the tests (seconds), same folders and classes.
+    seed : int
+        World seed. The models' scenes come from ``numpy.random.default_rng([seed, 1000 + k])``,
+        a stream apart from the simulated experiment's stimuli.
+    threads : int or None
+        torch intra-op threads while training (restored afterwards); ``None`` keeps the
+        current setting.
+
+    Returns
+    -------
+    report : dict
+        ``preset``, ``seed``, ``seconds`` (wall time per model and ``total``), ``quality``
+        (held-out BLEU/CIDEr of ``blip2-toy-opt``, retrieval of ``blip2-toy-itm``, loss/mAP of
+        the zoo models) and ``zoo`` (the rows of ``zoo.json``). Also written to
+        ``models_dir/TRAINING.json``.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from ...io import write_json
+    from . import blip2, language_zoo, vision_zoo
+    from ._train import Timer, count_params, num_threads
+    from .data import make_corpus
+    from .tokenizer import build_tokenizer
+
+    name = preset if isinstance(preset, str) else "custom"
+    cfg = get_preset(preset)
+    models_dir = Path(models_dir)
+    models_dir.mkdir(parents=True, exist_ok=True)
+    size = int(cfg["image_size"])
+    seconds: dict = {}
+    quality: dict = {}
+    zoo: list = []
+    with num_threads(threads), Timer() as total:
+        with Timer() as t:
+            train = make_corpus(cfg["n_train"], seed, stream=0, image_size=size, desc="train scenes")
+            val = make_corpus(cfg["n_val"], seed, stream=1, image_size=size, desc="val scenes")
+            tok = build_tokenizer([c for caps in train.captions for c in caps], cfg["min_count"])
+        seconds["corpus"] = t.seconds
+
+        # ---- BLIP-2: stage 1 (retrieval), stage 2 (captioning)
+        spec = cfg["blip2"]
+        processor = blip2.make_processor(tok, size, spec["num_query_tokens"])
+        itm, itm_hist = blip2.train_itm(train, processor, spec, size, seed)
+        _save_dir(models_dir / "blip2-toy-itm", itm, processor)
+        seconds["blip2-toy-itm"] = itm_hist["seconds"]
+        opt, opt_hist = blip2.train_captioner(itm, train, processor, spec, seed)
+        _save_dir(models_dir / "blip2-toy-opt", opt, processor)
+        seconds["blip2-toy-opt"] = opt_hist["seconds"]
+        with Timer() as t:
+            quality["blip2"] = blip2.evaluate(itm, opt, processor, val)
+        seconds["blip2-eval"] = t.seconds
+        for key, hist in (("itm", itm_hist), ("opt", opt_hist)):
+            tail = hist["loss"][-10:]
+            quality["blip2"][f"{key}_final_train_loss"] = float(sum(tail) / max(len(tail), 1))
+
+        # ---- vision zoo
+        vspec = cfg["vision"]
+        n_v = min(int(vspec["n_train"]), len(train))
+        labels = torch.from_numpy(train.labels[:n_v])
+        val_labels = torch.from_numpy(val.labels)
+        stream = 100
+        jobs = [(fam, s) for fam, sizes in vspec["sizes"].items() for s in sizes]
+        for fam, s in tqdm(jobs, desc="vision zoo", leave=False):
+            stream += 1
+            mname = f"{fam}-{s}"
+            proc = vision_zoo.image_processor(fam, size)
+            px = proc(list(train.images[:n_v]), return_tensors="pt")["pixel_values"]
+            val_px = proc(list(val.images), return_tensors="pt")["pixel_values"]
+            variants = [(mname, True)]
+            if mname in vspec.get("untrained", []):
+                variants.append((f"{mname}-untrained", False))
+            for vname, trained in variants:
+                model = vision_zoo.build_vision_model(fam, vspec["sizes"][fam][s], size, seed, stream)
+                if trained:
+                    hist = vision_zoo.train_vision_model(model, px, labels, vspec, seed, stream, vname)
+                    seconds[f"vision/{vname}"] = hist["seconds"]
+                model.eval()
+                quality[f"vision/{vname}"] = vision_zoo.evaluate_vision_model(model, val_px, val_labels)
+                _save_dir(models_dir / "vision" / vname, model, proc)
+                zoo.append({"name": vname, "path": f"vision/{vname}", "family": fam,
+                            "modality": "vision", "n_params": count_params(model.base_model),
+                            "trained": trained})
+
+        # ---- language zoo
+        lspec = cfg["language"]
+        from .language_zoo import encode_texts
+
+        ids, mask = encode_texts(tok, [c for caps in train.captions for c in caps])
+        val_ids, val_mask = encode_texts(tok, [c for caps in val.captions for c in caps])
+        stream = 200
+        for s, size_spec in tqdm(list(lspec["sizes"].items()), desc="language zoo", leave=False):
+            stream += 1
+            mname = f"opt-{s}"
+            variants = [(mname, True)]
+            if mname in lspec.get("untrained", []):
+                variants.append((f"{mname}-untrained", False))
+            for vname, trained in variants:
+                model = language_zoo.build_language_model(tok, size_spec, seed, stream)
+                if trained:
+                    hist = language_zoo.train_language_model(model, ids, mask, lspec, seed, stream,
+                                                             vname)
+                    seconds[f"language/{vname}"] = hist["seconds"]
+                model.eval()
+                quality[f"language/{vname}"] = language_zoo.evaluate_language_model(
+                    model, val_ids, val_mask)
+                _save_dir(models_dir / "language" / vname, model, tok)
+                zoo.append({"name": vname, "path": f"language/{vname}", "family": "opt",
+                            "modality": "language", "n_params": count_params(model.base_model),
+                            "trained": trained})
+        write_json(models_dir / "zoo.json", zoo)
+    seconds["total"] = total.seconds
+    report = {"preset": name, "seed": int(seed), "threads": threads, "seconds": seconds,
+              "quality": quality, "zoo": zoo, "config": cfg}
+    write_json(models_dir / "TRAINING.json", report)
+    return report
+
+
+__all__ = ["PRESETS", "get_preset", "train_all"]

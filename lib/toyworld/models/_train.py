@@ -1,0 +1,106 @@
+"""Small training utilities shared by the toy models: seeding, schedules, batching, timing."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from typing import Iterator
+
+import numpy as np
+
+
+def torch_generator(seed: int, stream: int):
+    """A CPU :class:`torch.Generator` seeded from ``(seed, stream)`` (independent streams)."""
+    import torch
+
+    ss = np.random.SeedSequence([int(seed), int(stream)])
+    g = torch.Generator()
+    g.manual_seed(int(ss.generate_state(1, dtype=np.uint64)[0] % (2**63 - 1)))
+    return g
+
+
+def seeded_init(model_cls, config, seed: int, stream: int):
+    """Build ``model_cls(config)`` with weights initialised from a fixed seed stream."""
+    import torch
+
+    g = torch_generator(seed, stream)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=g)))
+        model = model_cls(config)
+    return model
+
+
+def batches(n: int, batch_size: int, rng: np.random.Generator, drop_last: bool = True) -> Iterator:
+    """Yield index arrays of one shuffled epoch over ``n`` items."""
+    perm = rng.permutation(n)
+    stop = n - n % batch_size if drop_last and n >= batch_size else n
+    for i in range(0, stop, batch_size):
+        yield perm[i : i + batch_size]
+
+
+def cosine_lr(step: int, total: int, lr: float, warmup: int) -> float:
+    """Linear warm-up then cosine decay to 5% of ``lr``."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    t = (step - warmup) / max(total - warmup, 1)
+    return lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
+
+
+def make_optimizer(model_or_params, lr: float, weight_decay: float = 0.01):
+    """AdamW over the trainable parameters (no decay on biases and norms)."""
+    import torch
+
+    params = (
+        [p for p in model_or_params.parameters() if p.requires_grad]
+        if hasattr(model_or_params, "parameters")
+        else list(model_or_params)
+    )
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=lr,
+    )
+
+
+def set_lr(optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def count_params(model) -> int:
+    """Number of parameters of a model (shared tensors counted once)."""
+    seen, total = set(), 0
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel()
+    return int(total)
+
+
+@contextlib.contextmanager
+def num_threads(n: int | None):
+    """Temporarily set torch's intra-op thread count (``None`` leaves it alone)."""
+    import torch
+
+    old = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+class Timer:
+    """Wall-clock timer: ``with Timer() as t: ...; t.seconds``."""
+
+    def __enter__(self):
+        self._t0 = time.perf_counter()
+        self.seconds = 0.0
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self._t0
+        return False

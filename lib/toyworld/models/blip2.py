@@ -1,0 +1,465 @@
+"""Toy BLIP-2: an image-text retrieval model (stage 1) and a captioner (stage 2).
+
+Both are the standard Hugging Face classes, so every later stage loads them exactly like the
+real checkpoints (``Salesforce/blip2-itm-vit-g``, ``Salesforce/blip2-opt-2.7b``):
+
+- :func:`train_itm` trains a :class:`~transformers.Blip2ForImageTextRetrieval` (small ViT,
+  Q-Former with a few query tokens and text input) with the image-text contrastive loss
+  (InfoNCE in both directions on the model's own similarity, the maximum over query tokens
+  of the cosine between projected query outputs and the projected text ``[BOS]`` token).
+- :func:`train_captioner` builds a :class:`~transformers.Blip2ForConditionalGeneration`
+  whose vision encoder, Q-Former and query tokens are copied from the retrieval model and
+  frozen (as BLIP-2's stage 2 starts from stage 1), and trains its language projection and a
+  small OPT language model to caption the scenes with teacher forcing.
+- :func:`evaluate` scores both from pixels on held-out scenes: BLEU/CIDEr of generated
+  captions against each image's five references, and image -> text retrieval.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._train import Timer, batches, cosine_lr, make_optimizer, seeded_init, set_lr
+
+#: Seed streams for weight initialisation (distinct from the data streams).
+_INIT_ITM, _INIT_OPT = 11, 12
+
+
+# --------------------------------------------------------------------------- configs
+def make_processor(tokenizer, image_size: int, num_query_tokens: int):
+    """A :class:`~transformers.Blip2Processor` (BLIP image processor + word-level tokenizer).
+
+    Parameters
+    ----------
+    tokenizer : PreTrainedTokenizerFast
+        From :func:`lib.toyworld.models.tokenizer.build_tokenizer` (holds ``<image>``).
+    image_size : int
+        Images are resized to ``(image_size, image_size)`` and normalised with CLIP's
+        mean and standard deviation, as the real BLIP-2 processor does.
+    num_query_tokens : int
+        Number of ``<image>`` placeholders the processor puts before the text.
+    """
+    from transformers import Blip2Processor
+
+    try:  # without torchvision, the PIL backend is what BlipImageProcessor resolves to
+        from transformers.models.blip.image_processing_pil_blip import (
+            BlipImageProcessorPil as _ImageProcessor,
+        )
+    except ImportError:  # pragma: no cover - older transformers
+        from transformers import BlipImageProcessor as _ImageProcessor
+
+    image_processor = _ImageProcessor(size={"height": int(image_size), "width": int(image_size)})
+    return Blip2Processor(
+        image_processor=image_processor, tokenizer=tokenizer, num_query_tokens=int(num_query_tokens)
+    )
+
+
+def blip2_config(tokenizer, spec: dict, image_size: int):
+    """Blip2Config for the toy models from a preset's ``blip2`` section.
+
+    Parameters
+    ----------
+    tokenizer : PreTrainedTokenizerFast
+    spec : dict
+        Keys ``vision_hidden``, ``vision_layers``, ``patch_size``, ``qformer_hidden``,
+        ``qformer_layers``, ``num_query_tokens``, ``embed_dim``, ``lm_hidden``, ``lm_layers``.
+    image_size : int
+    """
+    from transformers import Blip2Config, Blip2QFormerConfig, Blip2VisionConfig, OPTConfig
+
+    vocab = len(tokenizer)
+    vh, qh, lh = spec["vision_hidden"], spec["qformer_hidden"], spec["lm_hidden"]
+    vision = Blip2VisionConfig(
+        hidden_size=vh, intermediate_size=4 * vh, num_hidden_layers=spec["vision_layers"],
+        num_attention_heads=max(vh // 32, 1), image_size=int(image_size),
+        patch_size=spec["patch_size"], layer_norm_eps=1e-6, attention_dropout=0.0,
+    )
+    qformer = Blip2QFormerConfig(
+        vocab_size=vocab, hidden_size=qh, num_hidden_layers=spec["qformer_layers"],
+        num_attention_heads=max(qh // 32, 1), intermediate_size=4 * qh,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, max_position_embeddings=64,
+        cross_attention_frequency=1, encoder_hidden_size=vh, pad_token_id=tokenizer.pad_token_id,
+        use_qformer_text_input=True,
+    )
+    text = OPTConfig(
+        vocab_size=vocab, hidden_size=lh, num_hidden_layers=spec["lm_layers"], ffn_dim=4 * lh,
+        num_attention_heads=max(lh // 32, 1), max_position_embeddings=128, word_embed_proj_dim=lh,
+        dropout=0.0, attention_dropout=0.0, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+    )
+    return Blip2Config(
+        vision_config=vision.to_dict(), qformer_config=qformer.to_dict(), text_config=text.to_dict(),
+        num_query_tokens=spec["num_query_tokens"],
+        image_text_hidden_size=spec["embed_dim"],
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        tie_word_embeddings=True,
+    )
+
+
+# --------------------------------------------------------------------------- data helpers
+def pixel_values(processor, images: np.ndarray, batch_size: int = 512):
+    """Run the processor's image half on ``images`` (n, H, W, 3) uint8 -> (n, 3, S, S) float32."""
+    import torch
+
+    out = [
+        processor.image_processor(list(images[i : i + batch_size]), return_tensors="pt")[
+            "pixel_values"
+        ]
+        for i in range(0, len(images), batch_size)
+    ]
+    return torch.cat(out).float()
+
+
+def encode_captions(tokenizer, captions: list, num_query_tokens: int, image_token_id: int,
+                    add_eos: bool):
+    """Token ids of every caption, with the processor's layout (image tokens, BOS, words).
+
+    Returns
+    -------
+    ids : LongTensor of shape (n_images, n_captions, max_len)
+        Right-padded with ``pad_token_id``.
+    mask : LongTensor of the same shape
+    """
+    import torch
+
+    flat = [c for caps in captions for c in caps]
+    enc = tokenizer(flat, add_special_tokens=True)["input_ids"]
+    prefix = [image_token_id] * num_query_tokens
+    seqs = [prefix + e + ([tokenizer.eos_token_id] if add_eos else []) for e in enc]
+    length = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), length), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), length), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
+    n_caps = len(captions[0])
+    return ids.view(len(captions), n_caps, length), mask.view(len(captions), n_caps, length)
+
+
+def _trim(ids, mask):
+    """Drop all-padding columns at the right of a batch."""
+    keep = int(mask.sum(1).max())
+    return ids[:, :keep], mask[:, :keep]
+
+
+# --------------------------------------------------------------------------- stage 1
+def itc_loss(model, pixels, ids, mask, temperature: float, aux_head=None, aux_labels=None,
+             aux_weight: float = 1.0):
+    """Symmetric InfoNCE on the model's own image-text similarity.
+
+    Parameters
+    ----------
+    model : Blip2ForImageTextRetrieval
+    pixels : FloatTensor of shape (B, 3, S, S)
+    ids, mask : LongTensor of shape (B, L)
+        Processor layout (``num_query_tokens`` image tokens first); row i matches image i.
+    temperature : float
+    aux_head : torch.nn.Module or None
+        Optional probe from the flattened image embeddings (B, nq * embed_dim) to the
+        scene labels, trained jointly (see :func:`train_itm`); not part of the saved model.
+    aux_labels : FloatTensor of shape (B, n_labels) or None
+
+    Returns
+    -------
+    loss : scalar tensor
+    sim : FloatTensor of shape (B, B)
+        Cosine similarity (max over query tokens), images x texts.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    out = model(pixel_values=pixels, input_ids=ids, attention_mask=mask,
+                use_image_text_matching_head=False)
+    sim = out.logits_per_image  # (B_img, B_txt)
+    target = torch.arange(sim.shape[0])
+    logits = sim / temperature
+    loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+    if aux_head is not None:
+        aux = aux_head(out.image_embeds.flatten(1))
+        loss = loss + aux_weight * F.binary_cross_entropy_with_logits(aux, aux_labels)
+    return loss, sim
+
+
+def train_itm(corpus, processor, spec: dict, image_size: int, seed: int, progress=None):
+    """Train the toy ``Blip2ForImageTextRetrieval`` with the image-text contrastive loss.
+
+    Parameters
+    ----------
+    corpus : Corpus
+        Training scenes (images, five captions each).
+    processor : Blip2Processor
+    spec : dict
+        The preset's ``blip2`` section (architecture, ``itm_epochs``, ``itm_batch``,
+        ``itm_lr``, ``temperature``, ``itm_aux``).
+    image_size : int
+    seed : int
+
+    Notes
+    -----
+    BLIP-2's stage 1 trains its Q-Former with three objectives (contrastive, matching and
+    image-grounded generation); the last two make the query outputs carry the image's
+    details. With a CPU budget of about a minute, the toy model replaces them by a cheaper
+    auxiliary objective when ``spec["itm_aux"]`` (its weight) is positive: a linear probe from the (projected)
+    query outputs to the scene's ground-truth labels (:func:`~.data.scene_labels`), trained
+    jointly and then discarded. The saved model is a plain ``Blip2ForImageTextRetrieval``.
+
+    Returns
+    -------
+    model : Blip2ForImageTextRetrieval
+        In eval mode.
+    history : dict
+        ``loss`` per logged step, ``seconds``.
+    """
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import Blip2ForImageTextRetrieval
+
+    tok = processor.tokenizer
+    config = blip2_config(tok, spec, image_size)
+    model = seeded_init(Blip2ForImageTextRetrieval, config, seed, _INIT_ITM)
+    nq = config.num_query_tokens
+    pixels = pixel_values(processor, corpus.images)
+    ids, mask = encode_captions(tok, corpus.captions, nq, config.image_token_index, add_eos=False)
+    rng = np.random.default_rng([int(seed), 2001])
+    bs = min(int(spec["itm_batch"]), len(corpus))
+    steps_per_epoch = len(corpus) // bs
+    total = steps_per_epoch * int(spec["itm_epochs"])
+    aux_head, labels = None, None
+    params = list(model.parameters())
+    if spec.get("itm_aux"):
+        labels = torch.from_numpy(corpus.labels)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed) * 7919 + 17)
+            aux_head = torch.nn.Linear(nq * config.image_text_hidden_size, labels.shape[1])
+        params += list(aux_head.parameters())
+    opt = make_optimizer(params, spec["itm_lr"])
+    history = {"loss": []}
+    model.train()
+    with Timer() as timer, tqdm(total=total, desc="blip2-toy-itm", leave=False) as bar:
+        step = 0
+        for _ in range(int(spec["itm_epochs"])):
+            for idx in batches(len(corpus), bs, rng):
+                j = rng.integers(ids.shape[1], size=len(idx))
+                b_ids, b_mask = _trim(ids[idx, j], mask[idx, j])
+                set_lr(opt, cosine_lr(step, total, spec["itm_lr"], max(total // 20, 1)))
+                loss, _ = itc_loss(model, pixels[idx], b_ids, b_mask, spec["temperature"],
+                                   aux_head, None if labels is None else labels[idx],
+                                   float(spec.get("itm_aux") or 0.0))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                opt.step()
+                step += 1
+                history["loss"].append(round(float(loss.detach()), 4))
+                bar.update(1)
+                bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+    history["seconds"] = timer.seconds
+    model.eval()
+    return model, history
+
+
+# --------------------------------------------------------------------------- stage 2
+def captioner_from_itm(itm_model, seed: int):
+    """A ``Blip2ForConditionalGeneration`` with the ITM model's vision side copied in.
+
+    The vision encoder, Q-Former (weights shared by name) and query tokens are copied
+    and frozen; the language projection and OPT are freshly initialised.
+    """
+    from transformers import Blip2ForConditionalGeneration
+
+    model = seeded_init(Blip2ForConditionalGeneration, itm_model.config, seed, _INIT_OPT)
+    model.vision_model.load_state_dict(itm_model.vision_model.state_dict())
+    missing, unexpected = model.qformer.load_state_dict(itm_model.qformer.state_dict(), strict=False)
+    if missing:
+        raise RuntimeError(f"Q-Former weights missing when copying from the ITM model: {missing}")
+    model.query_tokens.data.copy_(itm_model.query_tokens.data)
+    for module in (model.vision_model, model.qformer):
+        module.requires_grad_(False)
+    model.query_tokens.requires_grad_(False)
+    return model
+
+
+def query_outputs(model, pixels, batch_size: int = 256):
+    """Q-Former outputs (n, num_query_tokens, qformer_hidden) of a BLIP-2 model, no grad."""
+    import torch
+
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(pixels), batch_size):
+            emb = model.vision_model(pixel_values=pixels[i : i + batch_size]).last_hidden_state
+            att = torch.ones(emb.shape[:-1], dtype=torch.long)
+            q = model.query_tokens.expand(emb.shape[0], -1, -1)
+            out.append(model.qformer(query_embeds=q, encoder_hidden_states=emb,
+                                     encoder_attention_mask=att).last_hidden_state)
+    return torch.cat(out).clone()
+
+
+def lm_logits(model, queries, ids, mask):
+    """Language-model logits given precomputed Q-Former outputs.
+
+    The same computation as :meth:`Blip2ForConditionalGeneration.forward` after its vision
+    half (projected query outputs replace the ``<image>`` embeddings), so training on cached
+    Q-Former outputs of the frozen vision side is exact.
+
+    Parameters
+    ----------
+    queries : FloatTensor of shape (B, num_query_tokens, qformer_hidden)
+    ids, mask : LongTensor of shape (B, L)
+
+    Returns
+    -------
+    logits : FloatTensor of shape (B, L, vocab)
+    """
+    emb = model.get_input_embeddings()(ids)
+    proj = model.language_projection(queries).to(emb.dtype)
+    image_mask = (ids == model.config.image_token_id).unsqueeze(-1).expand_as(emb)
+    emb = emb.masked_scatter(image_mask, proj)
+    return model.language_model(inputs_embeds=emb, attention_mask=mask).logits
+
+
+def caption_labels(ids, mask, image_token_id: int, bos_token_id: int):
+    """Labels for teacher forcing: the ids, with image tokens, BOS and padding set to -100."""
+    labels = ids.clone()
+    labels[(mask == 0) | (ids == image_token_id) | (ids == bos_token_id)] = -100
+    return labels
+
+
+def train_captioner(itm_model, corpus, processor, spec: dict, seed: int):
+    """Train the toy ``Blip2ForConditionalGeneration`` (stage 2) to caption the scenes.
+
+    Returns
+    -------
+    model : Blip2ForConditionalGeneration
+        In eval mode, with a generation config (greedy, ``max_new_tokens``).
+    history : dict
+    """
+    import torch
+    import torch.nn.functional as F
+    from tqdm.auto import tqdm
+
+    tok = processor.tokenizer
+    model = captioner_from_itm(itm_model, seed)
+    cfg = model.config
+    pixels = pixel_values(processor, corpus.images)
+    model.eval()
+    queries = query_outputs(model, pixels)
+    ids, mask = encode_captions(tok, corpus.captions, cfg.num_query_tokens, cfg.image_token_id,
+                                add_eos=True)
+    n_img, n_cap, length = ids.shape
+    ids, mask = ids.view(-1, length), mask.view(-1, length)
+    img_of = np.repeat(np.arange(n_img), n_cap)
+    labels = caption_labels(ids, mask, cfg.image_token_id, tok.bos_token_id)
+    rng = np.random.default_rng([int(seed), 2002])
+    bs = min(int(spec["opt_batch"]), len(ids))
+    n_pairs = len(ids)
+    pairs_per_epoch = int(spec.get("opt_pairs_per_epoch") or n_pairs)
+    total = (pairs_per_epoch // bs) * int(spec["opt_epochs"])
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = make_optimizer(trainable, spec["opt_lr"])
+    history = {"loss": []}
+    model.language_model.train()
+    model.language_projection.train()
+    with Timer() as timer, tqdm(total=total, desc="blip2-toy-opt", leave=False) as bar:
+        step = 0
+        while step < total:
+            for idx in batches(n_pairs, bs, rng):
+                if step >= total:
+                    break
+                b_ids, b_mask = _trim(ids[idx], mask[idx])
+                b_lab = labels[idx][:, : b_ids.shape[1]]
+                set_lr(opt, cosine_lr(step, total, spec["opt_lr"], max(total // 20, 1)))
+                logits = lm_logits(model, queries[img_of[idx]], b_ids, b_mask)
+                loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
+                                       b_lab[:, 1:].reshape(-1), ignore_index=-100)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+                opt.step()
+                step += 1
+                history["loss"].append(round(float(loss.detach()), 4))
+                bar.update(1)
+                bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+    history["seconds"] = timer.seconds
+    model.requires_grad_(True)
+    model.eval()
+    gen = model.generation_config
+    gen.max_new_tokens = int(spec.get("max_new_tokens", 32))
+    gen.do_sample = False
+    gen.num_beams = 1
+    gen.bos_token_id, gen.eos_token_id, gen.pad_token_id = (
+        tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
+    return model, history
+
+
+# --------------------------------------------------------------------------- evaluation
+def generate_captions(model, processor, images: np.ndarray, batch_size: int = 100,
+                      max_new_tokens: int = 32) -> list[str]:
+    """Greedy captions from pixels, through ``model.generate`` as for the real checkpoint.
+
+    ``max_new_tokens`` is passed explicitly: ``Blip2ForConditionalGeneration.generate``
+    hands over to the inner language model's generation defaults (20 new tokens).
+    """
+    import torch
+
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(images), batch_size):
+            inputs = processor(images=list(images[i : i + batch_size]), return_tensors="pt")
+            ids = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                 num_beams=1)
+            out += [t.strip() for t in processor.batch_decode(ids, skip_special_tokens=True)]
+    return out
+
+
+def bleu_cider(hypotheses: list[str], references: list[list[str]]) -> dict:
+    """BLEU-1..4 and CIDEr with pycocoevalcap (simple lower-case word tokenisation)."""
+    import re
+
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+
+    def tok(s):
+        return " ".join(re.findall(r"[a-z0-9]+", s.lower()))
+
+    gts = {i: [tok(r) for r in refs] for i, refs in enumerate(references)}
+    res = {i: [tok(h)] for i, h in enumerate(hypotheses)}
+    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    cider, _ = Cider().compute_score(gts, res)
+    out = {f"BLEU-{k + 1}": float(b) for k, b in enumerate(bleu)}
+    out["CIDEr"] = float(cider)
+    return out
+
+
+def retrieval_top1(itm_model, processor, images: np.ndarray, texts: list[str]) -> dict:
+    """Image -> text and text -> image top-1 accuracy with the ITM model's ITC similarity.
+
+    ``texts[i]`` is the caption of ``images[i]``; chance is ``1 / len(images)``.
+    """
+    import torch
+
+    with torch.inference_mode():
+        inputs = processor(images=list(images), text=list(texts), padding=True,
+                           return_tensors="pt")
+        sim = itm_model(**inputs, use_image_text_matching_head=False).logits_per_image
+    sim = sim.numpy()
+    n = len(images)
+    return {
+        "image_to_text_top1": float(np.mean(sim.argmax(1) == np.arange(n))),
+        "text_to_image_top1": float(np.mean(sim.argmax(0) == np.arange(n))),
+        "chance": 1.0 / n,
+        "n": n,
+    }
+
+
+def evaluate(itm_model, opt_model, processor, corpus, n_examples: int = 8) -> dict:
+    """Quality from pixels on held-out scenes (see module docstring)."""
+    hyps = generate_captions(opt_model, processor, corpus.images)
+    scores = bleu_cider(hyps, corpus.captions)
+    scores.update(retrieval_top1(itm_model, processor, corpus.images,
+                                 [c[0] for c in corpus.captions]))
+    scores["examples"] = [
+        {"caption": h, "references": r} for h, r in zip(hyps[:n_examples], corpus.captions)
+    ]
+    scores["n_images"] = len(corpus)
+    return scores

@@ -1,0 +1,98 @@
+"""The toy language zoo: a causal language model (OPT) at several sizes, trained on captions.
+
+Each model is an :class:`~transformers.OPTForCausalLM` trained by next-word prediction on
+the toy captions with the word-level tokenizer, saved beside that tokenizer, so
+``AutoModelForCausalLM.from_pretrained(path)`` and ``AutoTokenizer.from_pretrained(path)``
+load it by path. An untrained copy (same configuration, random weights) is the baseline.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._train import Timer, batches, cosine_lr, make_optimizer, seeded_init, set_lr
+
+
+def build_language_model(tokenizer, size: dict, seed: int, stream: int):
+    """A freshly initialised ``OPTForCausalLM`` of the given size (``hidden``, ``layers``)."""
+    from transformers import OPTConfig, OPTForCausalLM
+
+    h = size["hidden"]
+    config = OPTConfig(
+        vocab_size=len(tokenizer), hidden_size=h, num_hidden_layers=size["layers"],
+        ffn_dim=4 * h, num_attention_heads=max(h // 24, 1), max_position_embeddings=64,
+        word_embed_proj_dim=h, dropout=0.0, attention_dropout=0.0,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True,
+    )
+    return seeded_init(OPTForCausalLM, config, seed, stream)
+
+
+def encode_texts(tokenizer, texts: list[str]):
+    """``<s> words </s>`` ids, right-padded.
+
+    Returns
+    -------
+    ids, mask : LongTensor of shape (n_texts, max_len)
+    """
+    import torch
+
+    enc = tokenizer(list(texts))["input_ids"]
+    seqs = [e + [tokenizer.eos_token_id] for e in enc]
+    length = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), length), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
+def _loss(model, ids, mask):
+    keep = int(mask.sum(1).max())
+    ids, mask = ids[:, :keep], mask[:, :keep]
+    labels = ids.masked_fill(mask == 0, -100)
+    return model(input_ids=ids, attention_mask=mask, labels=labels).loss
+
+
+def train_language_model(model, ids, mask, spec: dict, seed: int, stream: int, desc: str):
+    """Next-word training on caption ids (``epochs``, ``batch``, ``lr`` in ``spec``)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    rng = np.random.default_rng([int(seed), 4000 + int(stream)])
+    bs = min(int(spec["batch"]), len(ids))
+    total = (len(ids) // bs) * int(spec["epochs"])
+    opt = make_optimizer(model, spec["lr"])
+    history = {"loss": []}
+    model.train()
+    with Timer() as timer, tqdm(total=total, desc=desc, leave=False) as bar:
+        step = 0
+        for _ in range(int(spec["epochs"])):
+            for idx in batches(len(ids), bs, rng):
+                set_lr(opt, cosine_lr(step, total, spec["lr"], max(total // 20, 1)))
+                loss = _loss(model, ids[idx], mask[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                step += 1
+                history["loss"].append(round(float(loss.detach()), 4))
+                bar.update(1)
+    history["seconds"] = timer.seconds
+    model.eval()
+    return history
+
+
+def evaluate_language_model(model, ids, mask) -> dict:
+    """Held-out next-word cross-entropy (nats per token) and perplexity."""
+    import torch
+
+    with torch.inference_mode():
+        losses, counts = [], []
+        for i in range(0, len(ids), 256):
+            m = mask[i : i + 256]
+            losses.append(float(_loss(model, ids[i : i + 256], m)))
+            counts.append(int(m[:, 1:].sum()))
+    ce = float(np.average(losses, weights=counts))
+    return {"val_loss": ce, "val_perplexity": float(np.exp(ce))}

@@ -1,0 +1,189 @@
+"""Tests of the toy models: they reload by path with the standard classes, behave like the
+real BLIP-2 checkpoints (processor layout, generation), and training is repeatable."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from lib.toyworld.models import PRESETS, train_all
+from lib.toyworld.models import blip2 as B
+from lib.toyworld.models.data import label_names, make_corpus, scene_labels
+from lib.toyworld.models.tokenizer import build_tokenizer
+
+
+@pytest.fixture(scope="module")
+def models_root(tmp_path_factory):
+    """Every toy model of the ``micro`` preset, trained once for this module."""
+    root = tmp_path_factory.mktemp("toymodels") / "models"
+    report = train_all(root, "micro", seed=0)
+    return root, report
+
+
+@pytest.fixture(scope="module")
+def val_corpus():
+    return make_corpus(6, seed=0, stream=1)
+
+
+def test_tokenizer_roundtrip(tmp_path):
+    from transformers import AutoTokenizer
+
+    tok = build_tokenizer(["A red circle above the sign ABC.", "Two shapes in a green field."])
+    tok.save_pretrained(tmp_path)
+    tok2 = AutoTokenizer.from_pretrained(tmp_path)
+    ids = tok2("a red circle in a green field")["input_ids"]
+    assert ids[0] == tok2.bos_token_id
+    assert tok2.decode(ids, skip_special_tokens=True) == "a red circle in a green field"
+    # the letters written on signs are not vocabulary; the image placeholder is one token
+    assert tok2("the sign ABC")["input_ids"][-1] == tok2.unk_token_id
+    assert tok2("<image><image>", add_special_tokens=False)["input_ids"] == [
+        tok2.convert_tokens_to_ids("<image>")] * 2
+    assert len({tok2.pad_token_id, tok2.bos_token_id, tok2.eos_token_id, tok2.unk_token_id}) == 4
+
+
+def test_scene_labels_by_hand():
+    from lib.toyworld.scenes import Scene, SceneObject
+
+    scene = Scene("water", (SceneObject("star", "red", 0.3, 0.1, 0.9),
+                            SceneObject("face", "white", 0.3, 0.5, 0.5)))
+    y = scene_labels(scene)
+    on = {n for n, v in zip(label_names(), y) if v}
+    assert on == {"place=water", "kind=star", "kind=face", "color=red", "color=white",
+                  "n_objects=2", "star+red", "face+white", "star@20", "face@11", "red@20",
+                  "white@11"}
+
+
+def test_blip2_folders_load_like_the_real_checkpoints(models_root, val_corpus):
+    from transformers import (AutoProcessor, Blip2ForConditionalGeneration,
+                              Blip2ForImageTextRetrieval, Blip2Processor)
+
+    root, _ = models_root
+    for name, cls in (("blip2-toy-opt", Blip2ForConditionalGeneration),
+                      ("blip2-toy-itm", Blip2ForImageTextRetrieval)):
+        folder = root / name
+        assert (folder / "model.safetensors").exists()
+        model = cls.from_pretrained(folder)
+        proc = Blip2Processor.from_pretrained(folder)
+        assert isinstance(AutoProcessor.from_pretrained(folder), Blip2Processor)
+        nq = model.config.num_query_tokens
+        assert proc.num_query_tokens == nq
+        inputs = proc(images=list(val_corpus.images[:2]), text=["a red circle", "two shapes"],
+                      padding=True, return_tensors="pt")
+        ids = inputs["input_ids"]
+        assert (ids[:, :nq] == model.config.image_token_index).all()
+        assert (ids[:, nq] == proc.tokenizer.bos_token_id).all()
+        assert int((ids == model.config.image_token_index).sum()) == 2 * nq
+        size = PRESETS["micro"]["image_size"]
+        assert tuple(inputs["pixel_values"].shape) == (2, 3, size, size)
+
+
+def test_generate_runs_and_matches_fast_training_path(models_root, val_corpus):
+    from transformers import Blip2ForConditionalGeneration, Blip2Processor
+
+    root, _ = models_root
+    model = Blip2ForConditionalGeneration.from_pretrained(root / "blip2-toy-opt").eval()
+    proc = Blip2Processor.from_pretrained(root / "blip2-toy-opt")
+    inputs = proc(images=list(val_corpus.images[:3]), return_tensors="pt")
+    out = model.generate(**inputs, max_new_tokens=6)
+    texts = proc.batch_decode(out, skip_special_tokens=True)
+    assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
+    nq = model.config.num_query_tokens
+    assert (out[:, :nq] == model.config.image_token_index).all()
+    assert nq + 1 < out.shape[1] <= nq + 1 + 6
+    # the training shortcut (cached Q-Former outputs) equals the model's own forward
+    inputs = proc(images=list(val_corpus.images[:3]), text=[c[0] for c in val_corpus.captions[:3]],
+                  padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        ref = model(**inputs).logits
+        q = B.query_outputs(model, inputs["pixel_values"])
+        fast = B.lm_logits(model, q, inputs["input_ids"], inputs["attention_mask"])
+    torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_captioner_shares_the_itm_vision_side(models_root, val_corpus):
+    from transformers import Blip2ForConditionalGeneration, Blip2ForImageTextRetrieval, Blip2Processor
+
+    root, _ = models_root
+    itm = Blip2ForImageTextRetrieval.from_pretrained(root / "blip2-toy-itm").eval()
+    opt = Blip2ForConditionalGeneration.from_pretrained(root / "blip2-toy-opt").eval()
+    assert opt.config.use_decoder_only_language_model
+    assert itm.config.qformer_config.use_qformer_text_input
+    px = Blip2Processor.from_pretrained(root / "blip2-toy-itm")(
+        images=list(val_corpus.images[:2]), return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(B.query_outputs(itm, px), B.query_outputs(opt, px))
+
+
+def test_zoo_json_and_every_zoo_model_reloads(models_root, val_corpus):
+    from transformers import AutoImageProcessor, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    root, report = models_root
+    zoo = json.loads((root / "zoo.json").read_text())
+    assert zoo == report["zoo"]
+    assert len({r["name"] for r in zoo}) == len(zoo)
+    trained = [r for r in zoo if r["trained"]]
+    vision_fams = {r["family"] for r in trained if r["modality"] == "vision"}
+    assert len(vision_fams) >= 2
+    for fam in vision_fams:
+        rows = [r for r in trained if r["family"] == fam]
+        assert len(rows) >= 3 and len({r["n_params"] for r in rows}) == len(rows)
+        assert any(not r["trained"] and r["family"] == fam for r in zoo)
+    assert sum(r["modality"] == "language" for r in trained) >= 3
+    assert any(r["modality"] == "language" and not r["trained"] for r in zoo)
+    for row in zoo:
+        path = root / row["path"]
+        assert set(row) == {"name", "path", "family", "modality", "n_params", "trained"}
+        if row["modality"] == "vision":
+            model = AutoModel.from_pretrained(path, output_hidden_states=True).eval()
+            proc = AutoImageProcessor.from_pretrained(path)
+            inputs = proc(list(val_corpus.images[:2]), return_tensors="pt")
+            with torch.inference_mode():
+                hs = model(**inputs).hidden_states
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path).eval()
+            tok = AutoTokenizer.from_pretrained(path)
+            inputs = tok(["a red circle in the sky"], return_tensors="pt")
+            with torch.inference_mode():
+                hs = model(**inputs, output_hidden_states=True).hidden_states
+        assert len(hs) >= 2 and hs[-1].shape[0] == inputs[next(iter(inputs))].shape[0]
+        n = sum(p.numel() for p in {id(p): p for p in model.base_model.parameters()}.values())
+        assert n == row["n_params"]
+
+
+def test_trained_differs_from_untrained(models_root):
+    from safetensors.torch import load_file
+
+    root, _ = models_root
+    a = load_file(root / "vision" / "vit-l" / "model.safetensors")
+    b = load_file(root / "vision" / "vit-l-untrained" / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def test_training_is_repeatable():
+    from transformers import Blip2ForImageTextRetrieval  # noqa: F401  (class under test)
+
+    corpus = make_corpus(8, seed=3, stream=0)
+    tok = build_tokenizer([c for caps in corpus.captions for c in caps])
+    spec = {**PRESETS["micro"]["blip2"], "itm_batch": 4}
+    proc = B.make_processor(tok, 64, spec["num_query_tokens"])
+    states = []
+    for _ in range(2):
+        model, hist = B.train_itm(corpus, proc, spec, 64, seed=5)
+        states.append((model.state_dict(), hist["loss"]))
+    (s1, l1), (s2, l2) = states
+    assert l1 == l2
+    for k in s1:
+        assert torch.equal(s1[k], s2[k]), k
+    other, _ = B.train_itm(corpus, proc, spec, 64, seed=6)
+    assert any(not torch.equal(s1[k], other.state_dict()[k]) for k in s1)
+
+
+def test_model_scenes_are_apart_from_the_experiment():
+    from lib.toyworld.scenes import sample_scenes
+
+    ours = make_corpus(5, seed=0, stream=0).scenes
+    assert ours != sample_scenes(5, np.random.default_rng(0))
+    assert ours == make_corpus(5, seed=0, stream=0).scenes
