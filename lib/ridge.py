@@ -24,7 +24,9 @@ products:
 - exact leave-one-out residuals ``e_i = (y_i - yhat_i) / (1 - h_i)``
   (the identity holds for any quadratic-penalty linear smoother, so these are the
   residuals of refitting without sample ``i``, intercept re-estimated);
-- coefficients ``coef = W diag(1/(s+alpha_t)) C`` with ``W = Xc^T U = V diag(sqrt(s))``.
+- coefficients ``coef = W diag(1/(s+alpha_t)) C`` with ``W = Xc^T U = V diag(sqrt(s))``,
+  or ``coef = Xc^T U diag(1/(s+alpha_t)) C`` (through dual coefficients) when that is
+  fewer operations (many features, few targets).
 
 Targets are processed in batches (``target_batch_size``) so that no
 ``(n_alphas, n, t)`` array is ever materialised. Several feature blocks
@@ -194,27 +196,69 @@ def _eigh(M: torch.Tensor, eigh_dtype: torch.dtype):
 class _Spectrum:
     """Thin spectral representation of a centred design: ``Xc = U diag(sqrt s) V^T``.
 
-    Attributes: ``U`` (n, r), ``s`` (r,), ``W = Xc^T U = V diag(sqrt s)`` (p, r).
+    Attributes: ``U`` (n, r), ``s`` (r,), and ``W = Xc^T U = V diag(sqrt s)`` (p, r) when it
+    is cheaper to form it once than to go through dual coefficients for every target
+    (``coef = W diag(1/(s+a)) C`` costs ``2npr + 2prt``; ``coef = Xc^T (U diag(1/(s+a)) C)``
+    costs ``2nrt + 2npt``).
     """
 
-    def __init__(self, U, s, W):
+    def __init__(self, U, s, W, blocks=None, means=None):
         self.U, self.s, self.W = U, s, W
+        self._blocks, self._means = blocks, means
+
+    def coef(self, C: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        """Primal coefficients (p, t_batch) for ``C = U^T Yc`` and per-target ``alpha``."""
+        D = C / (self.s[:, None] + alpha[None, :])
+        if self.W is not None:
+            return self.W @ D
+        return _centered_cross(self._blocks, self._means, self.U @ D)
 
     @classmethod
-    def from_blocks(cls, blocks, means, dual: bool, eigh_dtype, K=None):
+    def from_blocks(cls, blocks, means, dual: bool, eigh_dtype, K=None, times=None, n_targets=None):
+        times = {} if times is None else times
+        clock = _Clock(blocks[0].device, times)
         if dual:
             if K is None:
                 K = _centered_gram(blocks, means)
+            clock("gram")
             s, U = _eigh(K, eigh_dtype)
             del K
-            W = _centered_cross(blocks, means, U)
+            clock("eigh")
+            n, p, r = U.shape[0], sum(b.shape[1] for b in blocks), U.shape[1]
+            t = n_targets if n_targets is not None else 0
+            if n_targets is not None and 2 * n * p * r + 2 * p * r * t < 2 * n * r * t + 2 * n * p * t:
+                W = _centered_cross(blocks, means, U)
+                clock("project")
+            else:
+                return cls(U, s, None, blocks, means)
         else:
             G = _primal_gram(blocks, means)
+            clock("gram")
             s, V = _eigh(G, eigh_dtype)
             del G
+            clock("eigh")
             W = V * s.sqrt()[None, :]
             U = _centered_times(blocks, means, V) / s.sqrt()[None, :]
+            clock("project")
         return cls(U, s, W)
+
+
+class _Clock:
+    """Accumulate wall time of named phases (synchronising CUDA before reading)."""
+
+    def __init__(self, device, times: dict):
+        import time
+
+        self._time = time.perf_counter
+        self.device, self.times = device, times
+        self.t = self._time()
+
+    def __call__(self, name):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = self._time()
+        self.times[name] = self.times.get(name, 0.0) + now - self.t
+        self.t = now
 
 
 def _targets_tensor(Y) -> torch.Tensor:
@@ -388,6 +432,7 @@ class RidgeCV(RegressorMixin, BaseEstimator):
         else:
             y_mean = torch.zeros(t, dtype=dt, device=dev)
         dual = n <= p
+        self._times = {}
 
         if self.cv == "loo" or self.cv is None:
             scores, best, coef, y_var, spec = self._fit_loo(blocks, means, Yh, y_mean, alphas, dual, dev, dt, edt)
@@ -417,7 +462,9 @@ class RidgeCV(RegressorMixin, BaseEstimator):
             "device": str(dev),
             "dtype": str(dt).replace("torch.", ""),
             "time_s": time.perf_counter() - t0,
+            "phase_s": dict(self._times),
         }
+        del self._times
         return self
 
     @property
@@ -430,13 +477,15 @@ class RidgeCV(RegressorMixin, BaseEstimator):
         for sl in sl_list:
             C = spec.U.T @ self._y_batch(Y, sl, dev, dt, y_mean)
             a = torch.as_tensor(alphas_for[sl], dtype=dt, device=dev)
-            coef[sl] = (spec.W @ (C / (spec.s[:, None] + a[None, :]))).T.cpu().numpy()
+            coef[sl] = spec.coef(C, a).T.cpu().numpy()
 
     def _fit_loo(self, blocks, means, Y, y_mean, alphas, dual, dev, dt, edt):
         n = blocks[0].shape[0]
         p = sum(b.shape[1] for b in blocks)
         t = Y.shape[1]
-        spec = _Spectrum.from_blocks(blocks, means, dual, edt)
+        times = self._times
+        spec = _Spectrum.from_blocks(blocks, means, dual, edt, times=times, n_targets=t)
+        clock = _Clock(dev, times)
         U, s = spec.U, spec.s
         U2 = U * U
         h0 = 1.0 / n if self.fit_intercept else 0.0
@@ -459,6 +508,7 @@ class RidgeCV(RegressorMixin, BaseEstimator):
             Yc = self._y_batch(Y, sl, dev, dt, y_mean)
             y_var[sl] = (Yc.double() ** 2).mean(0).cpu().numpy()
             C = U.T @ Yc
+            clock("targets")
             sc = torch.empty(na, Yc.shape[1], dtype=torch.float64, device=dev)
             for k in range(na):
                 R = torch.addmm(Yc, U, F[:, k : k + 1] * C, alpha=-1.0)  # Yc - U diag(f) C
@@ -466,16 +516,19 @@ class RidgeCV(RegressorMixin, BaseEstimator):
                 sc[k] = -(R.double() ** 2).mean(0) if dt == torch.float64 else -(R * R).mean(0).double()
                 del R
             scores[:, sl] = sc.cpu().numpy()
+            clock("loo")
             if self.alpha_per_target:
                 idx = torch.argmax(sc, 0)
                 best[sl] = idx.cpu().numpy()
                 a_b = a_t[idx]
-                coef[sl] = (spec.W @ (C / (s[:, None] + a_b[None, :]))).T.cpu().numpy()
+                coef[sl] = spec.coef(C, a_b).T.cpu().numpy()
+                clock("coef")
             del C, Yc
         if not self.alpha_per_target:
             k = int(np.argmax(scores.mean(1)))
             best[:] = k
             self._coef_batches(spec, Y, y_mean, sl_list, alphas[best], dev, dt, coef)
+            clock("coef")
         return scores, best, coef, y_var, spec
 
     def _fit_kfold(self, blocks, means, Y, y_mean, alphas, dual, dev, dt, edt):
@@ -521,13 +574,13 @@ class RidgeCV(RegressorMixin, BaseEstimator):
                     E = torch.addmm(yva, P, C / (s[:, None] + a_t[k]), alpha=-1.0)
                     sse[k, sl] += (E.double() ** 2).sum(0).cpu().numpy()
             count += len(va)
-        del K
         scores = -sse / count[None, :]
         if self.alpha_per_target:
             best = np.argmax(scores, 0)
         else:
             best = np.full(t, int(np.argmax(scores.mean(1))))
-        spec = _Spectrum.from_blocks(blocks, means, dual, edt)
+        spec = _Spectrum.from_blocks(blocks, means, dual, edt, K=K, times=self._times, n_targets=t)
+        del K
         coef = np.empty((t, p), dtype=np_dt)
         y_var = np.empty(t, dtype=np.float64)
         sl_list = self._batches(n, p, t, int(spec.s.numel()))

@@ -172,3 +172,13 @@ def test_input_errors():
         RidgeCV().fit(Xn, Y)
     with pytest.raises(RuntimeError, match="not fitted"):
         RidgeCV().predict(X)
+
+
+@pytest.mark.parametrize("t", [3, 400], ids=["via-dual-coef", "via-W"])
+def test_dual_coefficient_routes_match_sklearn(t):
+    """Few targets: coef through dual coefficients; many targets: through W = Xc^T U."""
+    X, Y, Xt, _ = _problem(30, 45, t, seed=8, offset=0.3)
+    ours = RidgeCV(alphas=[3.0], dtype="float64").fit([X[:, :20], X[:, 20:]], Y)
+    ref = Ridge(alpha=3.0).fit(X, Y)
+    assert _rel(ours.coef_, ref.coef_) < 1e-8
+    assert _rel(ours.predict([Xt[:, :20], Xt[:, 20:]]), ref.predict(Xt)) < 1e-8
