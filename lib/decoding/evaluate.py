@@ -13,7 +13,7 @@ For one run (``decoding/<run>/predictions.h5``) :func:`evaluate_run`
     deterministic per item (batched = one-at-a-time, tested), so these are the decoded captions
     re-paired, not new generations;
   * ``nearest_train``: the first COCO caption of the training image whose TRUE Q-Former
-    embedding is closest (cosine, flattened) to the predicted test embedding;
+    embedding is closest (cosine, flattened, centred) to the predicted test embedding;
   * ``image_upper_bound``: BLIP-2 captioning the image itself (the true Q-Former outputs through
     the same language model, which is what BLIP-2's own ``generate`` computes from the pixels;
     tested);
@@ -22,6 +22,10 @@ For one run (``decoding/<run>/predictions.h5``) :func:`evaluate_run`
 - computes k-way top-1 retrieval (brain -> image and image -> brain) on the flattened Q-Former
   embeddings with cosine similarity (:func:`lib.metrics.retrieval_topk`), 30 draws, and the
   same for the shuffled predictions.
+
+Q-Former outputs share a large image-independent component (raw cosines between different
+images are close to 1), so every similarity here (retrieval, nearest training image) is the
+cosine of embeddings centred on the mean true embedding of the TRAINING images.
 """
 
 from __future__ import annotations
@@ -98,7 +102,8 @@ def retrieval(pred: np.ndarray, true: np.ndarray, k: int = 300, n_draws: int = 3
 
     k = int(min(k, len(pred)))
     out = retrieval_topk(_flat_unit(pred), _flat_unit(true), k=k, n_draws=n_draws, seed=seed)
-    return {**_jsonable(out), "k": k, "n_draws": n_draws, "similarity": "cosine, flattened"}
+    return {**_jsonable(out), "k": k, "n_draws": n_draws,
+            "similarity": "cosine of flattened embeddings centred on the training mean"}
 
 
 def _jsonable(obj):
@@ -228,7 +233,10 @@ def evaluate_run(run_dir: str | os.PathLike, subject, model, processor, features
         upper_bound = generate_captions(test_true, model, processor, **gen)
     perm = derangement(len(test_ids), seed)
     shuffled = [brain[j] for j in perm]
-    near_idx, near_sim = nearest_train(test_pred, train_true)
+    # Q-Former outputs share a large image-independent component: similarities are computed on
+    # embeddings centred on the mean TRAINING embedding (training data only)
+    mean = train_true.mean(axis=0)
+    near_idx, near_sim = nearest_train(test_pred - mean, train_true - mean)
     near_ids = train_ids[near_idx]
     nearest = [caps[0] for caps in subject.captions(near_ids)]
 
@@ -263,8 +271,8 @@ def evaluate_run(run_dir: str | os.PathLike, subject, model, processor, features
         for m in PERMUTATION_METRICS if m in per_item["brain"]
     }
     metrics["retrieval"] = {
-        "brain": retrieval(test_pred, test_true, k, n_draws, seed),
-        "shuffled_brain": retrieval(test_pred[perm], test_true, k, n_draws, seed),
+        "brain": retrieval(test_pred - mean, test_true - mean, k, n_draws, seed),
+        "shuffled_brain": retrieval(test_pred[perm] - mean, test_true - mean, k, n_draws, seed),
     }
     metrics["nearest_train_cosine_mean"] = float(near_sim.mean())
 

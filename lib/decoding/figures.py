@@ -44,7 +44,7 @@ def plot_correlations(r: np.ndarray, title: str | None = None):
 
 
 def plot_pred_vs_true(pred: np.ndarray, true: np.ndarray, n_show: int = 50, seed: int = 0,
-                      title: str | None = None):
+                      title: str | None = None, center: np.ndarray | None = None):
     """Predicted vs true Q-Former embeddings of the test images.
 
     Parameters
@@ -55,6 +55,9 @@ def plot_pred_vs_true(pred: np.ndarray, true: np.ndarray, n_show: int = 50, seed
     seed : int
         Which values are sampled for the scatter.
     title : str or None
+    center : ndarray of shape (n_query, hidden) or None
+        Subtracted from both before the cosine similarities (e.g. the mean training
+        embedding, which removes the component shared by all images).
 
     Returns
     -------
@@ -68,12 +71,15 @@ def plot_pred_vs_true(pred: np.ndarray, true: np.ndarray, n_show: int = 50, seed
 
     from lib.decoding.stage1 import cosine_matrix
 
-    sim = cosine_matrix(pred, true)
+    sim = cosine_matrix(pred, true) if center is None else cosine_matrix(pred - center,
+                                                                          true - center)
     n = len(sim)
     m = min(n_show, n)
     fig, (a, b, c) = plt.subplots(1, 3, figsize=(14, 4))
     im = a.imshow(sim[:m, :m], cmap="viridis")
     fig.colorbar(im, ax=a, fraction=0.046)
+    a.xaxis.get_major_locator().set_params(integer=True)
+    a.yaxis.get_major_locator().set_params(integer=True)
     a.set(xlabel="true embedding (test image)", ylabel="predicted embedding (test image)",
           title=f"cosine similarity, first {m} test images")
     diag = np.diag(sim)
