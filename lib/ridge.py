@@ -130,15 +130,28 @@ def _chunks(p: int, size: int = _FEATURE_CHUNK):
         yield slice(j, min(j + size, p))
 
 
-def _centered_gram(blocks, means, rows=None) -> torch.Tensor:
-    """``sum_b (X_b - m_b)(X_b - m_b)^T`` accumulated over column chunks (n x n)."""
+def _centered_gram(blocks, means, rows=None, n_row_blocks: int = 4) -> torch.Tensor:
+    """``sum_b (X_b - m_b)(X_b - m_b)^T`` accumulated over column chunks (n x n).
+
+    Only the lower block triangle is computed (``q (q + 1) / 2`` of ``q^2`` row-block
+    products, a poor man's ``syrk``), then mirrored.
+    """
     n = blocks[0].shape[0] if rows is None else len(rows)
     K = torch.zeros(n, n, dtype=blocks[0].dtype, device=blocks[0].device)
+    q = n_row_blocks if n >= 512 else 1
+    edges = [round(i * n / q) for i in range(q + 1)]
+    spans = [slice(edges[i], edges[i + 1]) for i in range(q)]
     for b, m in zip(blocks, means):
         for sl in _chunks(b.shape[1]):
             xc = b[:, sl] if rows is None else b[rows, sl]
             xc = xc - m[sl]
-            K.addmm_(xc, xc.T)
+            for i, ri in enumerate(spans):
+                for rj in spans[: i + 1]:
+                    K[ri, rj].addmm_(xc[ri], xc[rj].T)
+    if q > 1:
+        for i, ri in enumerate(spans):
+            for rj in spans[:i]:
+                K[rj, ri] = K[ri, rj].T
     return K
 
 

@@ -182,3 +182,14 @@ def test_dual_coefficient_routes_match_sklearn(t):
     ref = Ridge(alpha=3.0).fit(X, Y)
     assert _rel(ours.coef_, ref.coef_) < 1e-8
     assert _rel(ours.predict([Xt[:, :20], Xt[:, 20:]]), ref.predict(Xt)) < 1e-8
+
+
+def test_blocked_gram_matches_direct_product():
+    from lib.ridge import _centered_gram
+
+    rng = np.random.default_rng(9)
+    blocks = [torch.from_numpy(rng.standard_normal((601, k)) + 2.0) for k in (7, 30)]
+    means = [b.mean(0) for b in blocks]
+    K = _centered_gram(blocks, means).numpy()
+    Xc = np.concatenate([b.numpy() - b.numpy().mean(0) for b in blocks], 1)
+    np.testing.assert_allclose(K, Xc @ Xc.T, rtol=1e-10, atol=1e-10)
