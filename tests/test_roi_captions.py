@@ -79,3 +79,35 @@ def test_named_categories():
     assert named_categories("a smiley face next to a person on the grass") == [
         "faces", "bodies", "places"]
     assert named_categories("a red circle") == []
+
+
+def test_memory_ablation_reads_runs_and_metrics(tmp_path):
+    import json
+
+    from lib.decoding.ablation import ablation_figure, memory_ablation
+    from lib.decoding.stage1 import write_predictions
+    from lib.metrics import retrieval_topk
+
+    rng = np.random.default_rng(0)
+    ids = np.arange(30, 60)
+    true = rng.normal(size=(30, 3, 4)).astype(np.float32)
+    for name, noise in (("stage1", 0.5), ("stage1_mem3", 2.0), ("stage2", 1.0)):
+        pred = true + noise * rng.normal(size=true.shape).astype(np.float32)
+        write_predictions(tmp_path / name / "predictions.h5", pred, ids)
+    (tmp_path / "metrics.json").write_text(json.dumps({"stage1": {
+        "captions": {"brain": {"CIDEr": 0.8}, "shuffled_brain": {"CIDEr": 0.1}},
+        "retrieval": {"brain": {}}}}))
+    table = memory_ablation(tmp_path, [1, 3, 5], features=true[::-1], feature_ids=ids[::-1],
+                            k=10, n_draws=5)
+    assert list(table.run) == ["stage1", "stage1_mem3", "stage2"]
+    assert table.set_index("run").loc["stage1", "CIDEr"] == 0.8
+    assert np.isnan(table.set_index("run").loc["stage2", "CIDEr"])
+    from lib.decoding.stage1 import read_predictions
+
+    p = read_predictions(tmp_path / "stage1_mem3")
+    flat = lambda x: x.reshape(len(x), -1)
+    ref = retrieval_topk(flat(p["test_pred"]), flat(true), k=10, n_draws=5, seed=0)
+    assert table.set_index("run").loc["stage1_mem3", "top1"] == pytest.approx(
+        ref["brain_to_image"]["mean"])
+    assert table.set_index("run").loc["stage1_mem3", "memory_size"] == 3
+    assert len(ablation_figure(table).data) >= 3

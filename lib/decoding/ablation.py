@@ -4,7 +4,9 @@ Each memory size K is a separate decoding run (``stage1`` for K = 1, ``stage1_me
 otherwise; likewise ``stage2``), written by separate papermill runs of notebooks 03/04
 (``lib.run`` sweeps). This module gathers what exists: caption metrics and image retrieval from
 ``decoding/metrics.json`` when notebook 05 evaluated the run; otherwise image retrieval is
-computed here directly from the run's ``predictions.h5`` and the true Q-Former features.
+computed here directly from each run's ``predictions.h5`` and the true Q-Former features (so
+every run is scored by the same code on its current predictions), falling back to the
+retrieval in ``decoding/metrics.json`` when no features are given.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ def memory_ablation(
 ) -> pd.DataFrame:
     """One row per existing run: memory size, image retrieval top-1 (+ interval), CIDEr.
 
+    CIDEr (brain and shuffled-brain captions) comes from ``metrics.json`` (notebook 05); runs
+    it has not captioned get NaN.
+
     Parameters
     ----------
     decoding_dir : path-like
@@ -50,8 +55,8 @@ def memory_ablation(
     Returns
     -------
     table : pandas.DataFrame
-        Columns ``stage``, ``memory_size``, ``run``, ``source`` ("metrics.json" or
-        "predictions.h5"), ``top1`` (brain -> image), ``ci95_low``, ``ci95_high``, ``chance``,
+        Columns ``stage``, ``memory_size``, ``run``, ``source`` of the retrieval
+        ("predictions.h5" or "metrics.json"), ``top1`` (brain -> image), ``ci95_low``, ``ci95_high``, ``chance``,
         ``top1_shuffled`` (when known), ``CIDEr``, ``CIDEr_shuffled`` (NaN when the run was not
         captioned).
     """
@@ -68,29 +73,30 @@ def memory_ablation(
             row = {"stage": stage, "memory_size": int(size), "run": name, "source": None,
                    "top1": np.nan, "ci95_low": np.nan, "ci95_high": np.nan, "chance": np.nan,
                    "top1_shuffled": np.nan, "CIDEr": np.nan, "CIDEr_shuffled": np.nan}
-            if name in metrics:
+            pred_path = decoding_dir / name / PREDICTIONS_FILE
+            if features is not None and pred_path.exists():
+                pred = read_predictions(decoding_dir / name)
+                true = _lookup(np.asarray(features), np.asarray(feature_ids), pred["test_ids"])
+                r = retrieval(pred["test_pred"], true, k, n_draws, seed)
+                rs = retrieval(pred["test_pred"][derangement(len(true), seed)], true, k,
+                               n_draws, seed)
+                row.update(source="predictions.h5", top1=r["brain_to_image"]["mean"],
+                           ci95_low=r["brain_to_image"]["ci95"][0],
+                           ci95_high=r["brain_to_image"]["ci95"][1], chance=r["chance"],
+                           top1_shuffled=rs["brain_to_image"]["mean"])
+            elif name in metrics:
                 m = metrics[name]
                 r = m["retrieval"]["brain"]
                 row.update(source="metrics.json", top1=r["brain_to_image"]["mean"],
                            ci95_low=r["brain_to_image"]["ci95"][0],
                            ci95_high=r["brain_to_image"]["ci95"][1], chance=r["chance"])
-                if "shuffled_brain" in m.get("retrieval", {}):
+                if "shuffled_brain" in m["retrieval"]:
                     row["top1_shuffled"] = m["retrieval"]["shuffled_brain"]["brain_to_image"]["mean"]
-                caps = m.get("captions", {})
-                row["CIDEr"] = caps.get("brain", {}).get("CIDEr", np.nan)
-                row["CIDEr_shuffled"] = caps.get("shuffled_brain", {}).get("CIDEr", np.nan)
-            elif (decoding_dir / name / PREDICTIONS_FILE).exists() and features is not None:
-                pred = read_predictions(decoding_dir / name)
-                true = _lookup(np.asarray(features), np.asarray(feature_ids), pred["test_ids"])
-                r = retrieval(pred["test_pred"], true, k, n_draws, seed)
-                shuffled = pred["test_pred"][derangement(len(true), seed)]
-                rs = retrieval(shuffled, true, k, n_draws, seed)
-                row.update(source="predictions.h5", top1=r["brain_to_image"]["mean"],
-                           ci95_low=r["brain_to_image"]["ci95"][0],
-                           ci95_high=r["brain_to_image"]["ci95"][1], chance=r["chance"],
-                           top1_shuffled=rs["brain_to_image"]["mean"])
             else:
                 continue
+            caps = metrics.get(name, {}).get("captions", {})
+            row["CIDEr"] = caps.get("brain", {}).get("CIDEr", np.nan)
+            row["CIDEr_shuffled"] = caps.get("shuffled_brain", {}).get("CIDEr", np.nan)
             rows.append(row)
     cols = ["stage", "memory_size", "run", "source", "top1", "ci95_low", "ci95_high", "chance",
             "top1_shuffled", "CIDEr", "CIDEr_shuffled"]
