@@ -107,9 +107,9 @@ def roi_overview(root, subject: int = 1):
 
 
 def roi_surface_figure(label_img, names: dict, title: str | None = None):
-    """ROI labels on nilearn's fsaverage5 inflated surface (left and right, ventral + lateral).
+    """ROI labels on nilearn's fsaverage5 inflated surface (both hemispheres, three views).
 
-    Each vertex takes the label of the nearest voxel sampled between white and pial surfaces.
+    Each vertex takes the most frequent label sampled between white and pial surfaces.
 
     Returns
     -------
@@ -124,16 +124,18 @@ def roi_surface_figure(label_img, names: dict, title: str | None = None):
                                         data_type="sulcal")
     labels = surface.SurfaceImage.from_volume(mesh=meshes["pial"], volume_img=label_img,
                                               inner_mesh=meshes["white_matter"],
-                                              interpolation="nearest", radius=3.0)
+                                              interpolation="nearest_most_frequent",
+                                              radius=3.0)
     data = {h: np.round(np.asarray(v)).astype(int) for h, v in labels.data.parts.items()}
     labels = surface.SurfaceImage(mesh=meshes["inflated"], data=data)
     n = max(names)
     cmap = ListedColormap(plt.cm.tab10(np.arange(n) % 10))
-    fig, axes = plt.subplots(2, 2, subplot_kw={"projection": "3d"}, figsize=(8, 6))
+    fig, axes = plt.subplots(2, 3, subplot_kw={"projection": "3d"}, figsize=(11, 6))
     for i, hemi in enumerate(("left", "right")):
-        for j, view in enumerate(("ventral", "lateral")):
+        for j, view in enumerate(("medial", "ventral", "lateral")):
             plotting.plot_surf_roi(roi_map=labels, bg_map=sulc, hemi=hemi, view=view,
-                                   cmap=cmap, vmin=0.5, vmax=n + 0.5, axes=axes[i, j],
+                                   cmap=cmap, vmin=0.5, vmax=n + 0.5, threshold=0.5,
+                                   axes=axes[i, j],
                                    figure=fig, colorbar=False)
             axes[i, j].set_title(f"{hemi} {view}", fontsize=9)
     handles = [plt.Rectangle((0, 0), 1, 1, color=cmap(v - 1)) for v in sorted(names)]
