@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 #: NSD stores betas as percent signal change times 300 in int16.
 BETA_SCALE = 300.0
 ZSCORE_MODES = ("session", "global", "none")
+_STAT_BLOCK = 2048
 
 
 def _subject_number(subject) -> int:
@@ -64,9 +65,13 @@ def _train_stats(values: np.ndarray, is_test: np.ndarray):
             f"Only {int(train.sum())} training trial(s) available for z-scoring statistics; "
             "need at least 2. Use zscore='global' or 'none', or add sessions."
         )
-    x = values[train].astype(np.float64)
-    mean = x.mean(axis=0)
-    std = x.std(axis=0)
+    rows = np.flatnonzero(train)
+    mean = np.empty(values.shape[1])
+    std = np.empty(values.shape[1])
+    for lo in range(0, values.shape[1], _STAT_BLOCK):  # column blocks bound the float64 copies
+        x = values[rows, lo : lo + _STAT_BLOCK].astype(np.float64)
+        mean[lo : lo + _STAT_BLOCK] = x.mean(axis=0)
+        std[lo : lo + _STAT_BLOCK] = x.std(axis=0)
     std[std == 0] = 1.0
     return mean, std
 
@@ -243,16 +248,18 @@ def prepare_subject(
             test_s = is_test[lo:hi]
             if zscore == "session":
                 mean, std = _train_stats(x, test_s)
-                x -= mean.astype(np.float32)
+                x -= mean.astype(np.float32)  # in place: no second session-sized array
                 x /= std.astype(np.float32)
                 stat_mean[k], stat_std[k] = mean, std
             elif zscore == "global":
-                train = x[~test_s].astype(np.float64)
-                total += train.sum(axis=0)
-                total_sq += (train**2).sum(axis=0)
-                n_train += train.shape[0]
-                del train
+                rows = np.flatnonzero(~test_s)
+                for c in range(0, n_vox, _STAT_BLOCK):
+                    train = x[rows, c : c + _STAT_BLOCK].astype(np.float64)
+                    total[c : c + _STAT_BLOCK] += train.sum(axis=0)
+                    total_sq[c : c + _STAT_BLOCK] += (train**2).sum(axis=0)
+                n_train += rows.size
             betas[lo:hi] = x
+            del x  # keep one session in memory, not two
             logger.info(
                 "%s session %02d: %d trials (%d test) in %.1f s",
                 name, s, hi - lo, int(test_s.sum()), time.perf_counter() - t0,

@@ -86,7 +86,7 @@ def read_masked_volumes(
     grid_shape,
     ijk: np.ndarray,
     n_volumes: int | None = None,
-    chunk_bytes: int = 64 * 2**20,
+    chunk_bytes: int = 32 * 2**20,
 ) -> np.ndarray:
     """Read every volume of a 4-D NIfTI file at the voxels ``ijk`` in one streaming pass.
 
