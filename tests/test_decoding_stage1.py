@@ -215,3 +215,19 @@ def test_run_stage1_and_evaluate_end_to_end(micro_subject, tmp_path):
     back = pd.read_csv(cap_path)
     assert json.loads(back.references[0]) == micro_subject.captions(res.test_ids[:1])[0]
     assert "stage1" in json.loads(met_path.read_text())
+
+
+def test_itc_scores_match_the_retrieval_model(micro_root, micro_subject):
+    from lib.decoding.contrastive import load_itm
+    from lib.decoding.evaluate import itc_image_caption_scores
+
+    model, processor = load_itm(micro_root / "models" / "blip2-toy-itm")
+    ids = micro_subject.image_ids("test")[:4]
+    images = micro_subject.images(ids)
+    caps = [c[0] for c in micro_subject.captions(ids)]
+    ours = itc_image_caption_scores(images, caps, model, processor, batch_size=3)
+    inputs = processor(images=list(images), text=caps, return_tensors="pt", padding="max_length",
+                       max_length=64 + model.config.num_query_tokens, truncation=True)
+    with torch.no_grad():
+        out = model(**inputs, use_image_text_matching_head=False)
+    np.testing.assert_allclose(ours, np.diag(out.logits_per_image.numpy()), atol=1e-5)

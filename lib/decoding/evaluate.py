@@ -155,6 +155,51 @@ def score_captions(hypotheses: Sequence[str], references: Sequence[Sequence[str]
     return _jsonable(out), per_item
 
 
+def itc_image_caption_scores(images: np.ndarray, captions: Sequence[str], itm_model,
+                             itm_processor, batch_size: int = 32) -> np.ndarray:
+    """BLIP-2 image-text contrastive similarity of each image with its caption (a CLIP-S analogue).
+
+    The ITM checkpoint's image query embeddings (vision encoder -> Q-Former -> vision
+    projection, L2-normalised) against the caption's text embedding; the score is the maximum
+    cosine over query tokens, as in BLIP-2's ITC.
+
+    Parameters
+    ----------
+    images : ndarray of shape (n, H, W, 3), uint8
+    captions : sequence of str, length n
+    itm_model : transformers.Blip2ForImageTextRetrieval
+    itm_processor : transformers.Blip2Processor
+    batch_size : int
+
+    Returns
+    -------
+    scores : ndarray of shape (n,)
+        Cosine similarity in [-1, 1].
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from lib.decoding.contrastive import encode_texts
+
+    device = itm_model.vision_projection.weight.device
+    text = encode_texts(itm_model, itm_processor.tokenizer, list(captions)).to(device)
+    scores = []
+    with torch.inference_mode():
+        for s in range(0, len(images), batch_size):
+            batch = [np.asarray(im) for im in images[s : s + batch_size]]
+            pixels = itm_processor.image_processor(images=batch, return_tensors="pt")
+            pixels = pixels["pixel_values"].to(device, itm_model.vision_model.dtype)
+            emb = itm_model.vision_model(pixels, return_dict=True).last_hidden_state
+            mask = torch.ones(emb.shape[:-1], dtype=torch.long, device=device)
+            q = itm_model.qformer(query_embeds=itm_model.query_tokens.expand(len(batch), -1, -1),
+                                  encoder_hidden_states=emb, encoder_attention_mask=mask,
+                                  return_dict=True).last_hidden_state
+            img = F.normalize(itm_model.vision_projection(q.float()), dim=-1)
+            t = text[s : s + len(batch)]
+            scores.append(torch.einsum("nqd,nd->nq", img, t).amax(dim=1).float().cpu().numpy())
+    return np.concatenate(scores) if scores else np.zeros(0)
+
+
 @dataclass
 class RunEvaluation:
     """What :func:`evaluate_run` returns.
@@ -180,7 +225,7 @@ def evaluate_run(run_dir: str | os.PathLike, subject, model, processor, features
                  prompt: str | None = None, num_beams: int = 1, batch_size: int = 16,
                  max_new_tokens: int = 30, k: int = 300, n_draws: int = 30, seed: int = 0,
                  n_permutations: int = 10000, embeddings: bool = True,
-                 meteor=None) -> RunEvaluation:
+                 meteor=None, itm=None) -> RunEvaluation:
     """Captions, metrics, retrieval and controls for one decoding run.
 
     Parameters
@@ -210,6 +255,10 @@ def evaluate_run(run_dir: str | os.PathLike, subject, model, processor, features
     meteor : lib.metrics.captions.MeteorScorer or None
         An open METEOR scorer to share between runs (its start-up takes seconds); one is
         started for this call by default.
+    itm : tuple (Blip2ForImageTextRetrieval, Blip2Processor) or None
+        When given, every condition also gets ``ITC-S``, the BLIP-2 image-text contrastive
+        similarity of the test image with the caption (:func:`itc_image_caption_scores`),
+        and the permutation test covers it too.
 
     Returns
     -------
@@ -250,6 +299,8 @@ def evaluate_run(run_dir: str | os.PathLike, subject, model, processor, features
     per_item: dict = {}
     from lib.metrics.captions import MeteorScorer
 
+    images = subject.images(test_ids) if itm is not None else None
+
     skipped = None  # embedding models that could not be loaded are not retried per condition
     with contextlib.ExitStack() as stack:
         if meteor is None:
@@ -263,12 +314,15 @@ def evaluate_run(run_dir: str | os.PathLike, subject, model, processor, features
                     skipped = emb
             elif skipped is not None:
                 scores.update(skipped)
+            if itm is not None:
+                per_item[name]["ITC-S"] = itc_image_caption_scores(images, hyps, *itm)
+                scores["ITC-S"] = float(per_item[name]["ITC-S"].mean())
             metrics["captions"][name] = scores
 
     metrics["permutation_brain_vs_shuffled"] = {
         m: _jsonable(permutation_test(per_item["brain"][m], per_item["shuffled_brain"][m],
                                       n_permutations=n_permutations, seed=seed))
-        for m in PERMUTATION_METRICS if m in per_item["brain"]
+        for m in (*PERMUTATION_METRICS, "ITC-S") if m in per_item["brain"]
     }
     metrics["retrieval"] = {
         "brain": retrieval(test_pred - mean, test_true - mean, k, n_draws, seed),
@@ -310,8 +364,10 @@ def write_run_outputs(decoding_dir: str | os.PathLike, run: str,
 
 
 def metrics_table(metrics: dict, keys: Sequence[str] = ("BLEU-1", "BLEU-4", "METEOR", "ROUGE-L",
-                                                         "CIDEr")) -> pd.DataFrame:
+                                                         "CIDEr", "ITC-S")) -> pd.DataFrame:
     """One row per (run, condition) with the caption metrics x100 (the published scale).
+
+    ``ITC-S`` (BLIP-2 image-caption cosine, when computed) is also shown x100, like CLIP-S.
 
     Parameters
     ----------
