@@ -37,7 +37,7 @@ def test_repeats_match_lib_nsd(micro_root, tmp_path):
 def test_reverse_correlation_finds_the_true_receptive_field(micro_root):
     v1 = explore.roi_mask(micro_root, 1, "prf-visualrois", (1, 2))
     v1 &= explore.roi_mask(micro_root, 1, "nsdgeneral", (1,))
-    reps, ids, is_test = explore.repeat_averaged(micro_root, 1, v1)
+    reps, ids, _ = explore.repeat_averaged(micro_root, 1, v1)
     vox = int(np.argmax(brain.split_half_reliability(reps)))
     est = explore.estimated_receptive_field(reps[:, :, vox].mean(1),
                                             explore.stimuli(micro_root, ids), res=16)

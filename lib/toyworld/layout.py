@@ -43,7 +43,7 @@ def write_expdesign(path: Path, masterordering: np.ndarray, subjectim: np.ndarra
         "masterordering": np.asarray(masterordering, np.float64)[None, :],
         "subjectim": np.asarray(subjectim, np.float64),
         "sharedix": np.asarray(sharedix, np.float64)[None, :],
-        "stimpattern": np.asarray(stimpattern, np.uint8),
+        "stimpattern": np.asarray(stimpattern, np.float64),  # MATLAB doubles, as NSD
     }, format="5", do_compression=False)
     raw = bytearray(buf.getvalue())
     raw[:116] = _MAT_HEADER.ljust(116, b" ")  # the 116-byte text field holds a date otherwise
@@ -67,10 +67,9 @@ def write_image_brick(path: Path, images: np.ndarray) -> Path:
     import h5py
 
     images = np.ascontiguousarray(images, dtype=np.uint8)
-    with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w", track_order=False) as f:
-            f.create_dataset("imgBrick", data=images, chunks=(1,) + images.shape[1:],
-                             track_times=False)
+    with atomic_path(path) as tmp, h5py.File(tmp, "w", track_order=False) as f:
+        f.create_dataset("imgBrick", data=images, chunks=(1,) + images.shape[1:],
+                         track_times=False)
     return Path(path)
 
 
