@@ -22,6 +22,30 @@ STREAM_SCENES, STREAM_CAPTIONS, STREAM_DESIGN = 1, 2, 3
 STREAM_ANATOMY, STREAM_TUNING, STREAM_SESSIONS = 10, 11, 12
 
 
+_TRUTH_README = """# Ground truth of the toy world
+
+What the simulator knows and an analysis of NSD never could (see lib/toyworld/brain.py).
+
+- `scenes.json`: one record per stimulus (index = 0-based nsdId): `cocoId`, `captions`,
+  `place`, `objects` (kind, color, size, x, y, text; x, y in 0-1 with y down),
+  `has_<kind>`, `area_<kind>`.
+- `WORLD.json`: preset, seed, world code version, timings, split-half reliability per ROI.
+- `subjXX/tuning.h5`: every voxel of nsdgeneral and the ROIs: `voxel_ijk`, `area`
+  (V1, V2, V3, hV4, face, body, word, place, general), receptive fields (`rf_x`, `rf_y`,
+  `rf_sigma`, image units), weights (`w_contrast`, `w_color`, `w_kind`, `w_objcolor`,
+  `w_place`, `w_semantic`, `mix`), `snr`, `noise_sd`, `baseline`, `global_load`,
+  `signal` (noise-free response of each voxel to each of the subject's images, z units,
+  rows in `subjectim` order, `nsd_id`), `session_gain`, `session_offset`,
+  `reliability_nsdgeneral`.
+  Single-trial betas (percent signal change) are
+  `gain_s * (baseline + noise_sd * sqrt(snr) * signal) + offset_s + noise + global`.
+- `subjXX/prf_eccentricity.nii.gz`, `prf_angle.nii.gz`: retinotopy of V1-V3 and hV4
+  (eccentricity in image widths, polar angle in radians, 0 = right horizontal meridian).
+- `subjXX/reliability.nii.gz`, `reliability.json`: measured split-half reliability of
+  repeat-averaged responses (per-session z-scoring with training-trial statistics).
+"""
+
+
 def _rng(seed: int, *stream: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), *stream])
 
@@ -152,6 +176,9 @@ def build_world(p: WorldPreset, seed: int, out: Path) -> dict:
     write_json(truth / "scenes.json", [
         {"nsdId": i, "cocoId": int(design["coco_id"][i]), "captions": captions[i], **latents[i]}
         for i in range(p.n_stimuli)])
+    from lib.io import write_text
+
+    write_text(truth / "README.md", _TRUTH_README)
     tick("design_and_stimulus_files")
 
     # -- the brain: grid, features shared by both subjects
