@@ -120,7 +120,7 @@ def build_synthetic(root: Path, n_sessions: int, seed: int = 0) -> Path:
 
 
 # --- the two approaches, each run in a child process --------------------------------------------
-_OURS = """
+_OURS = r"""
 import json, sys, time, warnings
 def peak_kb():  # this process's own high-water mark (ru_maxrss is inherited through fork)
     import re
@@ -135,7 +135,7 @@ print(json.dumps({"wall": wall, "maxrss_kb": peak_kb(),
                   "bytes": path.stat().st_size, "trials": n * 750}))
 """
 
-_ORIGINAL = """
+_ORIGINAL = r"""
 import json, sys, time
 def peak_kb():  # this process's own high-water mark (ru_maxrss is inherited through fork)
     import re
@@ -170,7 +170,7 @@ print(json.dumps({"wall": wall, "maxrss_kb": peak_kb(),
                   "bytes": nbytes, "trials": k}))
 """
 
-_BASELINE = """
+_BASELINE = r"""
 import json
 def peak_kb():  # this process's own high-water mark (ru_maxrss is inherited through fork)
     import re
@@ -182,7 +182,7 @@ print(json.dumps({"wall": 0, "maxrss_kb": peak_kb(),
 
 
 def _child(code: str, *args) -> dict:
-    res = subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=REPO,
+    res = subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=REPO, check=False,
                          capture_output=True, text=True)
     if res.returncode != 0:
         raise RuntimeError(res.stderr[-3000:])

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import warnings
 
 import h5py
 import nibabel as nib
@@ -186,8 +185,8 @@ def _expected(root, facts, zscore="session"):
         z = (raw - train.mean(0)) / train.std(0)
     else:
         z = raw
-    return dict(trial=np.array(trials), session=sess, run=np.array(runs),
-                nsd_id=np.array(nsd_ids), is_test=is_test_a, ijk=np.array(ijk), betas=z)
+    return {"trial": np.array(trials), "session": sess, "run": np.array(runs),
+                "nsd_id": np.array(nsd_ids), "is_test": is_test_a, "ijk": np.array(ijk), "betas": z}
 
 
 def test_prepared_fields_match_independent_computation(mini):
@@ -219,7 +218,7 @@ def test_prepared_fields_match_independent_computation(mini):
 
 
 def test_zscore_uses_training_trials_only(mini):
-    root, facts, out, path = mini
+    root, facts, _out, path = mini
     exp = _expected(root, facts)
     with h5py.File(path, "r") as h5:
         z = h5["betas"][:]
@@ -255,7 +254,7 @@ def test_float16_and_session_subset(mini, tmp_path):
 
 
 def test_captions_json(mini):
-    root, facts, out, _ = mini
+    _root, facts, out, _ = mini
     captions = json.loads((out / "subj01" / "captions.json").read_text())
     table = facts["table"]
     subject_ids = set(np.flatnonzero(table["subject1"].to_numpy()))
@@ -364,7 +363,7 @@ def test_bad_parameters(fresh):
 # --- reader ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def reader(mini):
-    root, facts, out, path = mini
+    root, facts, out, _path = mini
     return PreparedSubject.open(out.parent, out.name, 1), _expected(root, facts), facts
 
 
@@ -430,9 +429,9 @@ def test_memory_windows(reader, direction):
                 want = np.zeros(subj.n_voxels)
                 for q in range(len(exp["trial"])):
                     same_run = (exp["session"][q], exp["run"][q]) == (exp["session"][p], exp["run"][p])
-                    if same_run and exp["trial"][q] == exp["trial"][p] + off:
-                        if not (split == "train" and exp["is_test"][q]):
-                            want = exp["betas"][q]
+                    hidden = split == "train" and exp["is_test"][q]  # test data never in training
+                    if same_run and exp["trial"][q] == exp["trial"][p] + off and not hidden:
+                        want = exp["betas"][q]
                 np.testing.assert_allclose(blocks[b][n], want, atol=1e-4)
     # run edges are zero-padded: the first trial of every run has no past
     blocks, _ = subj.memory_windows("test", 2, "past", zero_test_neighbours=False)
@@ -477,7 +476,7 @@ def test_captions_and_images(reader):
 
 
 def test_images_read_only_requested_rows(reader, monkeypatch):
-    subj, exp, facts = reader
+    subj, _exp, _facts = reader
     requested = []
     original = h5py.Dataset.__getitem__
 

@@ -20,7 +20,7 @@ from lib.nsd.layout import NSDLayout
 class _RangeHandler(http.server.SimpleHTTPRequestHandler):
     """Static files with HEAD, GET and single-range GET (``bytes=N-``), logging each request."""
 
-    log = []
+    log: list = []  # noqa: RUF012 - replaced per server by the fixture
     honour_range = True
 
     def log_message(self, *args):  # keep pytest output clean
@@ -30,7 +30,8 @@ class _RangeHandler(http.server.SimpleHTTPRequestHandler):
         path = self.translate_path(self.path)
         type(self).log.append(("GET", self.path, self.headers.get("Range")))
         try:
-            data = open(path, "rb").read()
+            with open(path, "rb") as fh:
+                data = fh.read()
         except OSError:
             self.send_error(404)
             return
@@ -147,7 +148,7 @@ def test_cli_dry_run_lists_sizes_and_missing_session(server, tmp_path, capsys):
     out = capsys.readouterr()
     assert rc == 1  # session 3 is not on the server
     assert "betas_session03.nii.gz" in out.err and "404" in out.err
-    for key, data in contents.items():
+    for key in contents:
         line = next(line for line in out.out.splitlines() if line.endswith(key))
         assert "planned" in line
     assert not dest.exists()  # nothing written
@@ -155,7 +156,7 @@ def test_cli_dry_run_lists_sizes_and_missing_session(server, tmp_path, capsys):
 
 
 def test_cli_download_without_stimuli(server, tmp_path, capsys):
-    base, contents, _ = server
+    base, _contents, _ = server
     dest = tmp_path / "nsd"
     rc = main(["download", "--subject", "1", "--sessions", "2", "--dest", str(dest),
                "--no-stimuli", "--base-url", base])

@@ -20,6 +20,9 @@ from lib.nsd.reader import ROI_GROUPS, PreparedSubject
 from lib.nsd.summary import roi_atlas, session_value_table, split_half_reliability, split_table
 
 __all__ = [
+    "ROI_FILES",
+    "ROI_GROUPS",
+    "ROI_LABELS",
     "ExpDesign",
     "NSDCorruptFileError",
     "NSDDataError",
@@ -28,9 +31,6 @@ __all__ = [
     "NSDLayout",
     "NSDMissingFileError",
     "PreparedSubject",
-    "ROI_FILES",
-    "ROI_GROUPS",
-    "ROI_LABELS",
     "load_coco_captions",
     "load_expdesign",
     "load_stim_info",

@@ -106,7 +106,7 @@ class PreparedSubject:
         self._captions = None
 
     @classmethod
-    def open(cls, derived_root, dataset: str, subject, nsd_root=None) -> "PreparedSubject":
+    def open(cls, derived_root, dataset: str, subject, nsd_root=None) -> PreparedSubject:
         """Open ``<derived_root>/<dataset>/subjXX/prepared.h5``."""
         return cls(subject_dir(derived_root, dataset, subject) / "prepared.h5", nsd_root=nsd_root)
 
