@@ -248,3 +248,26 @@ def test_layer_subset_and_selection(vision_models, tmp_path):
 def test_missing_model_folder_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="neither an existing folder"):
         hidden.load_vision_model(tmp_path / "nowhere" / "model", device="cpu")
+
+
+def test_cache_follows_model_changes(vision_models, tmp_path):
+    import shutil
+
+    entry = {"name": "vit", "path": str(tmp_path / "vit"), "modality": "vision"}
+    shutil.copytree(vision_models["vit"], tmp_path / "vit")
+
+    class _Images:
+        images = staticmethod(_images)
+
+    first = hidden.model_layer_features(entry, _Images, [0, 1], tmp_path / "cache", device="cpu")
+    # retrain = new weights in the same folder: the old cache must not be reused
+    torch.manual_seed(1)
+    model = transformers.AutoModel.from_pretrained(tmp_path / "vit")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    model.save_pretrained(tmp_path / "vit")
+    second = hidden.model_layer_features(entry, _Images, [0, 1], tmp_path / "cache",
+                                         device="cpu")
+    assert not np.allclose(first[3], second[3])
+    assert len(list((tmp_path / "cache").glob("vision_vit_*.h5"))) == 2

@@ -387,8 +387,10 @@ def model_layer_features(entry: dict, subject, keys: Sequence[int], cache_dir,
     keys : sequence of int
         NSD image ids.
     cache_dir : path-like
-        Folder of the caches: ``<cache_dir>/<modality>_<name>[_<layers>][_<pooling>].h5``
-        (a layer subset gets its own cache).
+        Folder of the caches:
+        ``<cache_dir>/<modality>_<name>[_<layers>][_<fingerprint>][_<pooling>].h5``; a layer
+        subset gets its own cache, and so does a local model folder whose weights changed
+        (the fingerprint hashes the names, sizes and modification times of its files).
     models_root : path-like or None
     layers, pooling, batch_size, device
         See :func:`vision_layer_features` / :func:`language_layer_features`.
@@ -401,7 +403,7 @@ def model_layer_features(entry: dict, subject, keys: Sequence[int], cache_dir,
     if models_root is not None and not Path(str(path)).is_absolute():
         path = Path(models_root) / path
     modality = entry.get("modality", "vision")
-    safe = str(entry["name"]).replace("/", "__") + _layers_tag(layers)
+    safe = str(entry["name"]).replace("/", "__") + _layers_tag(layers) + _fingerprint(path)
     if modality == "vision":
         cache = Path(cache_dir) / f"vision_{safe}_{pooling}.h5"
         return vision_layer_features(path, subject.images, keys, cache, pooling=pooling,
@@ -414,6 +416,21 @@ def model_layer_features(entry: dict, subject, keys: Sequence[int], cache_dir,
                                        desc=str(entry["name"]))
     raise ValueError(f"Zoo entry {entry['name']!r}: modality must be 'vision' or 'language', "
                      f"got {modality!r}.")
+
+
+def _fingerprint(path) -> str:
+    """Short hash of a local model folder's files (name, size, mtime); "" for hub ids."""
+    import hashlib
+
+    folder = Path(str(path)).expanduser()
+    if not folder.is_dir():
+        return ""
+    h = hashlib.sha1()
+    for file in sorted(folder.iterdir()):
+        if file.is_file():
+            st = file.stat()
+            h.update(f"{file.name}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return "_" + h.hexdigest()[:8]
 
 
 def _layers_tag(layers) -> str:
