@@ -198,7 +198,7 @@ def _worker(kind: str, n: int, p: int, t: int, device: str, loop_fits: int) -> d
     if kind == "ridge":
         from lib.ridge import RidgeCV
 
-        sec, m = _timed(lambda: RidgeCV(alphas=ALPHAS_B, device=device).fit(X, Y))
+        sec, m = _timed(lambda: RidgeCV(alphas=ALPHAS_B, device=device, verbose=True).fit(X, Y))
         out.update(time_s=sec, fit_info=m.fit_info_, chosen=np.unique(m.best_alphas_, return_counts=True)[1].tolist())
     else:
         from sklearn.linear_model import Ridge
@@ -220,9 +220,9 @@ def _spawn(kind, n, p, t, device, loop_fits) -> dict:
 
     cmd = [sys.executable, "-m", "bench.bench_ridge", "--_worker", kind, "--threads", str(torch.get_num_threads()),
            "--_size", f"{n},{p},{t}", "--device", device, "--loop-fits", str(loop_fits)]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)  # progress bars on stderr
     if proc.returncode != 0:
-        raise RuntimeError(f"benchmark worker {kind!r} failed:\n{proc.stderr[-3000:]}")
+        raise RuntimeError(f"benchmark worker {kind!r} failed (exit code {proc.returncode}); see its stderr above")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 

@@ -227,9 +227,10 @@ class _Spectrum:
         return _centered_cross(self._blocks, self._means, self.U @ D)
 
     @classmethod
-    def from_blocks(cls, blocks, means, dual: bool, eigh_dtype, K=None, times=None, n_targets=None):
+    def from_blocks(cls, blocks, means, dual: bool, eigh_dtype, K=None, times=None, n_targets=None,
+                    verbose=False):
         times = {} if times is None else times
-        clock = _Clock(blocks[0].device, times)
+        clock = _Clock(blocks[0].device, times, verbose)
         if dual:
             if K is None:
                 K = _centered_gram(blocks, means)
@@ -259,11 +260,11 @@ class _Spectrum:
 class _Clock:
     """Accumulate wall time of named phases (synchronising CUDA before reading)."""
 
-    def __init__(self, device, times: dict):
+    def __init__(self, device, times: dict, verbose: bool = False):
         import time
 
         self._time = time.perf_counter
-        self.device, self.times = device, times
+        self.device, self.times, self.verbose = device, times, verbose
         self.t = self._time()
 
     def __call__(self, name):
@@ -271,6 +272,10 @@ class _Clock:
             torch.cuda.synchronize(self.device)
         now = self._time()
         self.times[name] = self.times.get(name, 0.0) + now - self.t
+        if self.verbose:
+            import sys
+
+            print(f"[lib.ridge] {name}: {now - self.t:.1f} s", file=sys.stderr, flush=True)
         self.t = now
 
 
@@ -497,7 +502,7 @@ class RidgeCV(RegressorMixin, BaseEstimator):
         p = sum(b.shape[1] for b in blocks)
         t = Y.shape[1]
         times = self._times
-        spec = _Spectrum.from_blocks(blocks, means, dual, edt, times=times, n_targets=t)
+        spec = _Spectrum.from_blocks(blocks, means, dual, edt, times=times, n_targets=t, verbose=self.verbose)
         clock = _Clock(dev, times)
         U, s = spec.U, spec.s
         U2 = U * U
@@ -592,7 +597,8 @@ class RidgeCV(RegressorMixin, BaseEstimator):
             best = np.argmax(scores, 0)
         else:
             best = np.full(t, int(np.argmax(scores.mean(1))))
-        spec = _Spectrum.from_blocks(blocks, means, dual, edt, K=K, times=self._times, n_targets=t)
+        spec = _Spectrum.from_blocks(blocks, means, dual, edt, K=K, times=self._times, n_targets=t,
+                                     verbose=self.verbose)
         del K
         coef = np.empty((t, p), dtype=np_dt)
         y_var = np.empty(t, dtype=np.float64)
