@@ -65,7 +65,7 @@ def main(argv=None) -> dict:
         )
     q = _query_tokens(args.model, args.n, args.device)
     model, processor = load_captioner(args.model, device=args.device)
-    kw = dict(num_beams=args.num_beams, max_new_tokens=args.max_new_tokens, progress=False)
+    kw = {"num_beams": args.num_beams, "max_new_tokens": args.max_new_tokens, "progress": False}
     generate_captions(q[:2], model, processor, batch_size=2, **kw)  # warm-up
 
     def loop():

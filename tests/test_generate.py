@@ -22,7 +22,7 @@ def _images(n, seed=0):
 
 
 def test_batched_equals_single_greedy(tiny):
-    kind, _, model, processor = tiny
+    _, _, model, processor = tiny
     q = np.random.default_rng(1).normal(size=(7, 4, 32)).astype(np.float32)
     batched = generate_captions(q, model, processor, batch_size=3, progress=False)
     single = [generate_captions(q[i : i + 1], model, processor, progress=False)[0]
@@ -32,9 +32,9 @@ def test_batched_equals_single_greedy(tiny):
 
 
 def test_batched_equals_single_with_prompt_and_beams(tiny):
-    kind, _, model, processor = tiny
+    _, _, model, processor = tiny
     q = np.random.default_rng(2).normal(size=(5, 4, 32)).astype(np.float32)
-    kw = dict(prompt="a photo of", num_beams=3, max_new_tokens=8, progress=False)
+    kw = {"prompt": "a photo of", "num_beams": 3, "max_new_tokens": 8, "progress": False}
     batched = generate_captions(q, model, processor, batch_size=5, **kw)
     single = [generate_captions(q[i : i + 1], model, processor, **kw)[0] for i in range(len(q))]
     assert batched == single
@@ -45,7 +45,7 @@ def test_batched_equals_single_with_prompt_and_beams(tiny):
 
 def test_true_query_tokens_reproduce_blip2_generate(tiny):
     """Feeding an image's true Q-Former outputs = BLIP-2's own generate on the pixels."""
-    kind, path, model, processor = tiny
+    _, path, model, processor = tiny
     images = _images(5)
     encoder, image_processor = load_qformer_encoder(path, device="cpu")
     feats = qformer_features(images, encoder, image_processor, batch_size=2)

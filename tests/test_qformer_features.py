@@ -71,7 +71,7 @@ def test_cache_and_resume(tiny, tmp_path):
     resumed = _Images()
     feats, ids = extract_qformer_features(resumed, tiny, cache, batch_size=3, device="cpu")
     # only the batches the killed run did not finish are read again
-    assert sorted(sum(resumed.reads, [])) == list(range(106, 110))
+    assert sorted(i for batch in resumed.reads for i in batch) == list(range(106, 110))
     np.testing.assert_array_equal(ids, np.arange(100, 110))
 
     fresh = _Images()

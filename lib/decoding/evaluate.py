@@ -33,9 +33,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -275,8 +275,8 @@ def evaluate_run(run_dir: str | os.PathLike, subject, model, processor, features
     train_true = _lookup(features, feature_ids, train_ids)
     references = subject.captions(test_ids)
 
-    gen = dict(prompt=prompt, num_beams=num_beams, batch_size=batch_size,
-               max_new_tokens=max_new_tokens)
+    gen = {"prompt": prompt, "num_beams": num_beams, "batch_size": batch_size,
+           "max_new_tokens": max_new_tokens}
     brain = generate_captions(test_pred, model, processor, **gen)
     if upper_bound is None:
         upper_bound = generate_captions(test_true, model, processor, **gen)
@@ -291,7 +291,7 @@ def evaluate_run(run_dir: str | os.PathLike, subject, model, processor, features
 
     conditions = {"brain": brain, "shuffled_brain": shuffled, "nearest_train": nearest,
                   "image_upper_bound": list(upper_bound)}
-    metrics: dict = {"n_test": int(len(test_ids)), "shuffled_brain": SHUFFLE_DESCRIPTION,
+    metrics: dict = {"n_test": len(test_ids), "shuffled_brain": SHUFFLE_DESCRIPTION,
                      "nearest_train": "first COCO caption of the training image with the "
                                       "nearest true Q-Former embedding (cosine) to the prediction",
                      "image_upper_bound": "BLIP-2 captioning the test image itself",

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -342,13 +342,12 @@ def write_predictions(path: str | os.PathLike, test_pred: np.ndarray, test_ids: 
     """
     import h5py
 
-    with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            f["test/pred"] = np.asarray(test_pred, np.float32)
-            f["test/nsd_id"] = np.asarray(test_ids, np.int64)
-            if train_pred is not None:
-                f["train/pred"] = np.asarray(train_pred, np.float32)
-                f["train/nsd_id"] = np.asarray(train_ids, np.int64)
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f["test/pred"] = np.asarray(test_pred, np.float32)
+        f["test/nsd_id"] = np.asarray(test_ids, np.int64)
+        if train_pred is not None:
+            f["train/pred"] = np.asarray(train_pred, np.float32)
+            f["train/nsd_id"] = np.asarray(train_ids, np.int64)
     return Path(path)
 
 

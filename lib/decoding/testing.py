@@ -11,10 +11,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-_WORDS = (
-    "a an the of on in with and is are photo picture image red green blue yellow "
-    "circle square triangle star face person word sky grass water room big small two one"
-).split()
+_WORDS = [
+    "a", "an", "the", "of", "on", "in", "with", "and", "is", "are", "photo", "picture",
+    "image", "red", "green", "blue", "yellow", "circle", "square", "triangle", "star",
+    "face", "person", "word", "sky", "grass", "water", "room", "big", "small", "two", "one",
+]
 
 
 def _tokenizer(kind: str):

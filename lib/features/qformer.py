@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -80,10 +80,10 @@ def _weight_files(model: str) -> list[str] | None:
     """Local paths of the checkpoint's safetensors files, or None when there are none."""
     from transformers.utils import cached_file
 
-    kwargs = dict(
-        _raise_exceptions_for_missing_entries=False,
-        _raise_exceptions_for_connection_errors=False,
-    )
+    kwargs = {
+        "_raise_exceptions_for_missing_entries": False,
+        "_raise_exceptions_for_connection_errors": False,
+    }
     index = cached_file(model, "model.safetensors.index.json", **kwargs)
     if index is not None:
         weight_map = json.loads(Path(index).read_text())["weight_map"]
@@ -138,7 +138,7 @@ def load_qformer_encoder(model: str | os.PathLike, device: str = "auto"):
         state = {}
         for path in files:
             with safe_open(path, framework="pt") as f:
-                for key in f.keys():
+                for key in f.keys():  # noqa: SIM118 - safe_open is not a dict
                     if key.startswith(_PREFIXES):
                         state[key] = f.get_tensor(key)
         missing, unexpected = encoder.load_state_dict(state, strict=False)
