@@ -6,7 +6,9 @@
   (stand-in for ``Salesforce/blip2-itm-vit-g``), image-text contrastive training;
 - ``blip2-toy-opt/``  :class:`~transformers.Blip2ForConditionalGeneration` + ``Blip2Processor``
   (stand-in for ``Salesforce/blip2-opt-2.7b``); vision encoder, Q-Former and query tokens
-  copied from the ITM model and frozen, language projection + small OPT trained to caption;
+  equal to the ITM model's (stage 1 trains them with the contrastive loss and a captioning
+  loss through this model's OPT), then frozen while the language side trains on
+  (see :func:`lib.toyworld.models.blip2.train_blip2`);
 - ``vision/<name>/``  ViT and ResNet classifiers at three sizes (+ untrained baselines);
 - ``language/<name>/`` OPT causal language models at three sizes (+ an untrained baseline);
 - ``zoo.json``        ``[{name, path, family, modality, n_params, trained}]``;
@@ -28,22 +30,24 @@ from pathlib import Path
 PRESETS: dict = {
     "toy": {
         "image_size": 64,
-        "n_train": 4000,
+        "n_train": 3000,
         "n_val": 100,
         "min_count": 2,
         "blip2": {
             "vision_hidden": 96, "vision_layers": 2, "patch_size": 8,
             "qformer_hidden": 128, "qformer_layers": 2, "num_query_tokens": 8,
             "embed_dim": 64, "lm_hidden": 128, "lm_layers": 2,
-            "itm_epochs": 3, "itm_batch": 96, "itm_lr": 1e-3, "temperature": 0.07,
-            "opt_epochs": 4, "opt_batch": 64, "opt_lr": 1e-3, "opt_pairs_per_epoch": 4000,
+            "itm_epochs": 3, "itm_batch": 32, "itm_lr": 1e-3, "temperature": 0.07,
+            "itm_aux": 1.0, "itm_lm_weight": 1.0,
+            "opt_epochs": 2, "opt_batch": 64, "opt_lr": 5e-4, "opt_pairs_per_epoch": 3000,
             "max_new_tokens": 32,
         },
         "vision": {
             "n_train": 2500, "epochs": 2, "batch": 64, "lr": 2e-3,
             "sizes": {
-                "vit": {"s": {"hidden": 24, "layers": 2}, "m": {"hidden": 48, "layers": 3},
-                        "l": {"hidden": 96, "layers": 4}},
+                "vit": {"s": {"hidden": 32, "layers": 2, "patch": 16},
+                        "m": {"hidden": 64, "layers": 3, "patch": 16},
+                        "l": {"hidden": 128, "layers": 4, "patch": 16}},
                 "resnet": {"s": {"width": 8, "depths": [1, 1, 1, 1]},
                            "m": {"width": 16, "depths": [1, 1, 1, 1]},
                            "l": {"width": 32, "depths": [2, 2, 2, 2]}},
@@ -169,18 +173,17 @@ def train_all(models_dir, preset: str | dict = "toy", seed: int = 0, threads: in
         # ---- BLIP-2: stage 1 (retrieval), stage 2 (captioning)
         spec = cfg["blip2"]
         processor = blip2.make_processor(tok, size, spec["num_query_tokens"])
-        itm, itm_hist = blip2.train_itm(train, processor, spec, size, seed)
+        itm, opt, hist = blip2.train_blip2(train, processor, spec, size, seed)
         _save_dir(models_dir / "blip2-toy-itm", itm, processor)
-        seconds["blip2-toy-itm"] = itm_hist["seconds"]
-        opt, opt_hist = blip2.train_captioner(itm, train, processor, spec, seed)
         _save_dir(models_dir / "blip2-toy-opt", opt, processor)
-        seconds["blip2-toy-opt"] = opt_hist["seconds"]
+        seconds["blip2-stage1 (itm + captioning)"] = hist["seconds_stage1"]
+        seconds["blip2-stage2 (opt language side)"] = hist["seconds_stage2"]
         with Timer() as t:
             quality["blip2"] = blip2.evaluate(itm, opt, processor, val)
         seconds["blip2-eval"] = t.seconds
-        for key, hist in (("itm", itm_hist), ("opt", opt_hist)):
-            tail = hist["loss"][-10:]
-            quality["blip2"][f"{key}_final_train_loss"] = float(sum(tail) / max(len(tail), 1))
+        for key in ("itm_loss", "lm_loss", "opt_loss"):
+            tail = hist[key][-10:]
+            quality["blip2"][f"final_train_{key}"] = float(sum(tail) / max(len(tail), 1))
 
         # ---- vision zoo
         vspec = cfg["vision"]

@@ -259,6 +259,145 @@ def train_itm(corpus, processor, spec: dict, image_size: int, seed: int, progres
     return model, history
 
 
+def itc_similarity(itm_model, queries, ids, mask):
+    """The ITM model's contrastive similarity from precomputed Q-Former query outputs.
+
+    Same computation as ``Blip2ForImageTextRetrieval.forward(...,
+    use_image_text_matching_head=False).logits_per_image`` after its vision half, so one
+    vision pass can serve the contrastive and the captioning losses.
+
+    Parameters
+    ----------
+    queries : FloatTensor of shape (B_img, num_query_tokens, qformer_hidden)
+    ids, mask : LongTensor of shape (B_txt, L)
+        Processor layout (image tokens first; they are dropped as the model does).
+
+    Returns
+    -------
+    sim : FloatTensor of shape (B_img, B_txt)
+    image_embeds : FloatTensor of shape (B_img, num_query_tokens, embed_dim)
+    """
+    import torch
+    import torch.nn.functional as F
+
+    nq = itm_model.config.num_query_tokens
+    image_embeds = F.normalize(itm_model.vision_projection(queries), dim=-1)
+    text_in = itm_model.embeddings(input_ids=ids[:, nq:])
+    text = itm_model.qformer(query_embeds=text_in, query_length=0,
+                             attention_mask=mask[:, nq:]).last_hidden_state
+    text_embeds = F.normalize(itm_model.text_projection(text[:, 0, :]), dim=-1)
+    sim = torch.einsum("iqd,td->itq", image_embeds, text_embeds).amax(-1)
+    return sim, image_embeds
+
+
+def train_blip2(corpus, processor, spec: dict, image_size: int, seed: int):
+    """Train the toy BLIP-2 pair: a retrieval model and a captioner sharing one vision side.
+
+    Stage 1 trains the vision encoder, Q-Former and query tokens (held by the
+    ``Blip2ForImageTextRetrieval``) with the image-text contrastive loss (symmetric InfoNCE
+    on the model's own similarity) plus an image-grounded captioning loss through the
+    captioner's language projection and OPT (BLIP-2's stage 1 also trains with an
+    image-grounded generation loss; here the generator is the small OPT itself, which a
+    CPU budget of a minute needs to learn objects and colours at all). Optionally
+    (``spec["itm_aux"]`` > 0) a linear probe from the query embeddings to the scene labels
+    adds a supervised signal; the probe is discarded.
+
+    Stage 2 copies nothing: the captioner already holds the same vision encoder, Q-Former
+    and query tokens; they are frozen and only the language projection and OPT keep
+    training on cached query outputs (``opt_epochs``).
+
+    Returns
+    -------
+    itm : Blip2ForImageTextRetrieval
+    opt : Blip2ForConditionalGeneration
+        Separate models (no shared tensors) in eval mode; their vision encoders, Q-Formers
+        and query tokens are equal.
+    history : dict
+        ``itm_loss``, ``lm_loss`` (stage 1 per step), ``opt_loss`` (stage 2), ``seconds_stage1``,
+        ``seconds_stage2``.
+    """
+    import torch
+    import torch.nn.functional as F
+    from tqdm.auto import tqdm
+    from transformers import Blip2ForConditionalGeneration, Blip2ForImageTextRetrieval
+
+    tok = processor.tokenizer
+    config = blip2_config(tok, spec, image_size)
+    itm = seeded_init(Blip2ForImageTextRetrieval, config, seed, _INIT_ITM)
+    opt = seeded_init(Blip2ForConditionalGeneration, config, seed, _INIT_OPT)
+    nq, image_token = config.num_query_tokens, config.image_token_index
+    pixels = pixel_values(processor, corpus.images)
+    ids, mask = encode_captions(tok, corpus.captions, nq, image_token, add_eos=False)
+    lm_ids, lm_mask = encode_captions(tok, corpus.captions, nq, image_token, add_eos=True)
+    lm_labels = caption_labels(lm_ids, lm_mask, image_token, tok.bos_token_id)
+    rng = np.random.default_rng([int(seed), 2001])
+
+    aux_head, labels = None, None
+    lm_parts = list(opt.language_projection.parameters()) + list(opt.language_model.parameters())
+    params = list(itm.parameters()) + lm_parts
+    if spec.get("itm_aux"):
+        labels = torch.from_numpy(corpus.labels)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed) * 7919 + 17)
+            aux_head = torch.nn.Linear(nq * config.image_text_hidden_size, labels.shape[1])
+        params += list(aux_head.parameters())
+    bs = min(int(spec["itm_batch"]), len(corpus))
+    total = (len(corpus) // bs) * int(spec["itm_epochs"])
+    optim = make_optimizer(params, spec["itm_lr"])
+    lm_weight = float(spec.get("itm_lm_weight", 1.0))
+    history = {"itm_loss": [], "lm_loss": []}
+    itm.train()
+    opt.train()
+    with Timer() as timer, tqdm(total=total, desc="blip2 stage 1", leave=False) as bar:
+        step = 0
+        for _ in range(int(spec["itm_epochs"])):
+            for idx in batches(len(corpus), bs, rng):
+                j = rng.integers(ids.shape[1], size=len(idx))
+                k = rng.integers(ids.shape[1], size=len(idx))
+                set_lr(optim, cosine_lr(step, total, spec["itm_lr"], max(total // 20, 1)))
+                emb = itm.vision_model(pixel_values=pixels[idx]).last_hidden_state
+                att = torch.ones(emb.shape[:-1], dtype=torch.long)
+                q = itm.qformer(query_embeds=itm.query_tokens.expand(len(idx), -1, -1),
+                                encoder_hidden_states=emb, encoder_attention_mask=att
+                                ).last_hidden_state
+                b_ids, b_mask = _trim(ids[idx, j], mask[idx, j])
+                sim, image_embeds = itc_similarity(itm, q, b_ids, b_mask)
+                target = torch.arange(len(idx))
+                logits = sim / spec["temperature"]
+                itc = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+                c_ids, c_mask = _trim(lm_ids[idx, k], lm_mask[idx, k])
+                c_lab = lm_labels[idx, k][:, : c_ids.shape[1]]
+                lm_out = lm_logits(opt, q, c_ids, c_mask)
+                lm = F.cross_entropy(lm_out[:, :-1].reshape(-1, lm_out.shape[-1]),
+                                     c_lab[:, 1:].reshape(-1), ignore_index=-100)
+                loss = itc + lm_weight * lm
+                if aux_head is not None:
+                    aux = aux_head(image_embeds.flatten(1))
+                    loss = loss + float(spec["itm_aux"]) * F.binary_cross_entropy_with_logits(
+                        aux, labels[idx])
+                optim.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                optim.step()
+                step += 1
+                history["itm_loss"].append(round(float(itc.detach()), 4))
+                history["lm_loss"].append(round(float(lm.detach()), 4))
+                bar.update(1)
+                bar.set_postfix(itc=f"{float(itc.detach()):.3f}", lm=f"{float(lm.detach()):.3f}")
+    history["seconds_stage1"] = timer.seconds
+    itm.eval()
+    # the captioner gets its own copy of the (now trained) vision side
+    opt.vision_model.load_state_dict(itm.vision_model.state_dict())
+    missing, _ = opt.qformer.load_state_dict(itm.qformer.state_dict(), strict=False)
+    if missing:
+        raise RuntimeError(f"Q-Former weights missing when copying from the ITM model: {missing}")
+    opt.query_tokens.data.copy_(itm.query_tokens.data)
+    opt, hist2 = _train_language_side(opt, pixels, corpus, processor, spec, seed)
+    history["opt_loss"] = hist2["loss"]
+    history["seconds_stage2"] = hist2["seconds"]
+    return itm, opt, history
+
+
 # --------------------------------------------------------------------------- stage 2
 def captioner_from_itm(itm_model, seed: int):
     """A ``Blip2ForConditionalGeneration`` with the ITM model's vision side copied in.
@@ -338,10 +477,22 @@ def train_captioner(itm_model, corpus, processor, spec: dict, seed: int):
     import torch.nn.functional as F
     from tqdm.auto import tqdm
 
-    tok = processor.tokenizer
     model = captioner_from_itm(itm_model, seed)
-    cfg = model.config
     pixels = pixel_values(processor, corpus.images)
+    return _train_language_side(model, pixels, corpus, processor, spec, seed)
+
+
+def _train_language_side(model, pixels, corpus, processor, spec: dict, seed: int):
+    """Train only the language projection and OPT of a captioner on cached query outputs."""
+    import torch
+    import torch.nn.functional as F
+    from tqdm.auto import tqdm
+
+    tok = processor.tokenizer
+    cfg = model.config
+    for module in (model.vision_model, model.qformer):
+        module.requires_grad_(False)
+    model.query_tokens.requires_grad_(False)
     model.eval()
     queries = query_outputs(model, pixels)
     ids, mask = encode_captions(tok, corpus.captions, cfg.num_query_tokens, cfg.image_token_id,
@@ -458,6 +609,17 @@ def evaluate(itm_model, opt_model, processor, corpus, n_examples: int = 8) -> di
     scores = bleu_cider(hyps, corpus.captions)
     scores.update(retrieval_top1(itm_model, processor, corpus.images,
                                  [c[0] for c in corpus.captions]))
+    # image -> caption among all captions of the held-out images (any of its own counts)
+    import torch
+
+    flat = [c for caps in corpus.captions for c in caps]
+    owner = np.repeat(np.arange(len(corpus)), [len(c) for c in corpus.captions])
+    with torch.inference_mode():
+        inputs = processor(images=list(corpus.images), text=flat, padding=True,
+                           return_tensors="pt")
+        sim = itm_model(**inputs, use_image_text_matching_head=False).logits_per_image.numpy()
+    scores["image_to_any_caption_top1"] = float(np.mean(owner[sim.argmax(1)] == np.arange(len(corpus))))
+    scores["image_to_any_caption_chance"] = 1.0 / len(corpus)
     scores["examples"] = [
         {"caption": h, "references": r} for h, r in zip(hyps[:n_examples], corpus.captions)
     ]
