@@ -221,7 +221,7 @@ class RunEvaluation:
 
 
 def evaluate_run(run_dir: str | os.PathLike, subject, model, processor, features: np.ndarray,
-                 feature_ids: np.ndarray, upper_bound: Sequence[str] | None = None,
+                 feature_ids: np.ndarray, upper_bound: dict | None = None,
                  prompt: str | None = None, num_beams: int = 1, batch_size: int = 16,
                  max_new_tokens: int = 30, k: int = 300, n_draws: int = 30, seed: int = 0,
                  n_permutations: int = 10000, embeddings: bool = True,
@@ -239,9 +239,9 @@ def evaluate_run(run_dir: str | os.PathLike, subject, model, processor, features
     features : ndarray of shape (n_images, n_query, hidden)
         True Q-Former outputs of the subject's images, from the same checkpoint.
     feature_ids : ndarray of shape (n_images,)
-    upper_bound : list of str or None
-        BLIP-2's captions of the test images (in ``predictions`` test order), computed once
-        and shared between runs; computed here when None.
+    upper_bound : dict of int to str or None
+        BLIP-2's captions of the test images keyed by nsd id, computed once and shared
+        between runs; computed here when None.
     prompt, num_beams, batch_size, max_new_tokens
         Generation settings (:func:`lib.decoding.generate.generate_captions`).
     k, n_draws : int
@@ -280,6 +280,11 @@ def evaluate_run(run_dir: str | os.PathLike, subject, model, processor, features
     brain = generate_captions(test_pred, model, processor, **gen)
     if upper_bound is None:
         upper_bound = generate_captions(test_true, model, processor, **gen)
+    else:
+        missing = [int(i) for i in test_ids if int(i) not in upper_bound]
+        if missing:
+            raise KeyError(f"upper_bound has no caption for test images {missing[:5]}")
+        upper_bound = [upper_bound[int(i)] for i in test_ids]
     perm = derangement(len(test_ids), seed)
     shuffled = [brain[j] for j in perm]
     # Q-Former outputs share a large image-independent component: similarities are computed on
