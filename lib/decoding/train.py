@@ -306,9 +306,13 @@ def _load_checkpoint(out_dir: Path, model, optimizer, scheduler) -> dict:
 
 
 @torch.no_grad()
-def evaluate(model, data: PairData, batch_size: int = 256, device="cpu", tokenizer=None,
-             max_length: int = 64) -> dict:
+def evaluate(model, data: PairData, batch_size: int = 32, device="cpu", tokenizer=None,
+             max_length: int = 64, seed: int = 0) -> dict:
     """Validation losses over all pairs and brain->text top-1 among the validation images.
+
+    The pairs are visited in a fixed random order (``seed``) and in batches of ``batch_size``,
+    like training batches, so that the contrastive loss (which depends on the batch size and on
+    how many same-image pairs share a batch) is on the training scale.
 
     Retrieval: one caption per image (its first), candidates = all validation images (chance
     = 1 / n_images); similarity = max over query tokens of the cosine (BLIP-2 ITC).
@@ -324,12 +328,13 @@ def evaluate(model, data: PairData, batch_size: int = 256, device="cpu", tokeniz
     model.eval()
     sums = {"loss": 0.0, "mse": 0.0, "contrastive": 0.0, "brain_text": 0.0}
     n = len(data)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     for start in range(0, n, batch_size):
-        idx = torch.arange(start, min(start + batch_size, n))
+        idx = order[start:start + batch_size]
         out = _forward(model, data, idx, device, tokenizer, max_length)
         w = len(idx) / n
         for k in sums:
-            sums[k] += w * float(getattr(out, k))
+            sums[k] += w * float(getattr(out, k).detach())
     # retrieval: one sample + first caption per image
     ids = data.image_ids.numpy()
     uniq, first_sample = np.unique(ids, return_index=True)
@@ -475,8 +480,8 @@ def fit(
         return value < best if config.select_by == "val_loss" else value > best
 
     def run_eval(step):
-        metrics = evaluate(model, val, device=device, tokenizer=tokenizer,
-                           max_length=config.max_length)
+        metrics = evaluate(model, val, batch_size=config.batch_size, device=device,
+                           tokenizer=tokenizer, max_length=config.max_length, seed=config.seed)
         value = metrics["loss"] if config.select_by == "val_loss" else metrics["top1"]
         rec = {"step": step, "split": "val", **metrics}
         meta["history"].append(rec)
@@ -508,7 +513,7 @@ def fit(
                 out = _forward(model, train, idx, device, tokenizer, config.max_length)
             (out.loss / len(micro)).backward()
             for k in logs:
-                logs[k] += float(getattr(out, k)) / len(micro)
+                logs[k] += float(getattr(out, k).detach()) / len(micro)
         grad_norm = torch.nn.utils.clip_grad_norm_(
             [p for g in optimizer.param_groups for p in g["params"]], config.clip_norm)
         optimizer.step()
