@@ -7,7 +7,7 @@ outputs of freshly rendered toy scenes, so the captions are realistic), on the t
 (``data/toy/models/blip2-toy-opt``) on CPU by default; ``--device cuda`` runs the same code on a
 GPU (bf16 language model) with e.g. ``--model Salesforce/blip2-opt-2.7b``.
 
-Run: ``python bench/bench_generation.py [--n 64] [--batch-size 32] [--device cpu]``.
+Run: ``python -m bench generation [--n 64] [--batch-size 32] [--device cpu] [--quick]``.
 """
 
 from __future__ import annotations
@@ -55,7 +55,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--max-new-tokens", type=int, default=30)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    parser.add_argument("--quick", action="store_true", help="16 captions")
+    parser.add_argument("--out", default=None, help="write the measurements to this JSON file")
     args, _ = parser.parse_known_args(argv)
+    if args.quick:
+        args.n = 16
     if args.threads:
         torch.set_num_threads(args.threads)
     if not Path(args.model).exists() and args.model == str(DEFAULT_MODEL):
@@ -89,6 +93,10 @@ def main(argv=None) -> dict:
     print(f"{'one at a time (original)':<28}{t_loop:>10.2f}{res['one_at_a_time_captions_per_s']:>12.1f}")
     print(f"{f'batched ({args.batch_size})':<28}{t_batch:>10.2f}{res['batched_captions_per_s']:>12.1f}")
     print(f"speed-up x{res['speedup']:.1f}; identical captions: {same}")
+    if args.out:
+        from lib.io import write_json
+
+        write_json(args.out, res)
     return res
 
 
