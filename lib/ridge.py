@@ -460,8 +460,11 @@ class RidgeCV(RegressorMixin, BaseEstimator):
         np_dt = np.float64 if dt == torch.float64 else np.float32
         self.coef_ = coef
         x_mean = torch.cat(means).cpu().numpy().astype(np.float64)
-        self.intercept_ = (y_mean.cpu().numpy().astype(np.float64) - coef.astype(np.float64) @ x_mean).astype(np_dt) \
-            if self.fit_intercept else np.zeros(t, dtype=np_dt)
+        self.intercept_ = np.zeros(t, dtype=np_dt)
+        if self.fit_intercept:  # y_mean - coef @ x_mean, in float64 by chunks (no float64 copy of coef)
+            ym = y_mean.cpu().numpy().astype(np.float64)
+            for j in range(0, t, 4096):
+                self.intercept_[j : j + 4096] = ym[j : j + 4096] - coef[j : j + 4096].astype(np.float64) @ x_mean
         self.best_alphas_ = alphas[best]
         self.alpha_ = self.best_alphas_ if self.alpha_per_target else float(alphas[best[0]])
         self.alphas_ = alphas
