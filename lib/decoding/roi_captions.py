@@ -183,3 +183,39 @@ def _has_roi(subject, name: str) -> bool:
         return bool(np.any(subject.roi_mask(name)))
     except KeyError:
         return False
+
+
+def category_ceiling(subject, features, feature_ids, model, processor, split: str = "test",
+                     max_images: int = 50, **generate_kwargs):
+    """How often the captioner names a category when it sees the image's *true* query tokens.
+
+    For each category ROI, the ``split`` images whose reference captions name the category are
+    captioned from their true Q-Former outputs; the share of captions naming the category is
+    the ceiling for an ROI caption (a captioner that never says "face" for face images cannot
+    say it for the faces ROI either).
+
+    Returns
+    -------
+    table : pandas.DataFrame
+        ``category``, ``n_images``, ``named_share``, ``example``.
+    """
+    import pandas as pd
+
+    from lib.decoding.generate import generate_captions
+    from lib.decoding.stage1 import _lookup
+
+    ids = np.asarray(subject.image_ids(split))
+    refs = subject.captions(ids)
+    rows = []
+    for roi in CATEGORY_WORDS:
+        keep = [i for i, caps in zip(ids, refs)
+                if any(names_category(c, roi) for c in caps)][:max_images]
+        if not keep:
+            rows.append({"category": roi, "n_images": 0, "named_share": np.nan, "example": ""})
+            continue
+        tokens = _lookup(np.asarray(features), np.asarray(feature_ids), np.asarray(keep))
+        caps = generate_captions(tokens, model, processor, progress=False, **generate_kwargs)
+        share = float(np.mean([names_category(c, roi) for c in caps]))
+        rows.append({"category": roi, "n_images": len(keep), "named_share": share,
+                     "example": caps[0]})
+    return pd.DataFrame(rows)
