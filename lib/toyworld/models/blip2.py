@@ -409,7 +409,7 @@ def captioner_from_itm(itm_model, seed: int):
 
     model = seeded_init(Blip2ForConditionalGeneration, itm_model.config, seed, _INIT_OPT)
     model.vision_model.load_state_dict(itm_model.vision_model.state_dict())
-    missing, unexpected = model.qformer.load_state_dict(itm_model.qformer.state_dict(), strict=False)
+    missing, _ = model.qformer.load_state_dict(itm_model.qformer.state_dict(), strict=False)
     if missing:
         raise RuntimeError(f"Q-Former weights missing when copying from the ITM model: {missing}")
     model.query_tokens.data.copy_(itm_model.query_tokens.data)
@@ -473,9 +473,6 @@ def train_captioner(itm_model, corpus, processor, spec: dict, seed: int):
         In eval mode, with a generation config (greedy, ``max_new_tokens``).
     history : dict
     """
-    import torch
-    import torch.nn.functional as F
-    from tqdm.auto import tqdm
 
     model = captioner_from_itm(itm_model, seed)
     pixels = pixel_values(processor, corpus.images)

@@ -13,7 +13,7 @@ The BLIP-2 image placeholder ``<image>`` is a special token of its own.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Iterable
+from collections.abc import Iterable
 
 #: Special tokens, in id order (their ids are 0..4).
 PAD, BOS, EOS, UNK, IMAGE = "<pad>", "<s>", "</s>", "<unk>", "<image>"
