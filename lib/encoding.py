@@ -535,33 +535,34 @@ def size_score_spearman(scores, roi: str = "nsdgeneral", trained_only: bool = Tr
 
 
 def trained_vs_untrained(scores, roi: str = "nsdgeneral"):
-    """Best-layer scores of trained and untrained (random-weight) models, per family.
+    """Each untrained (random-weight) model against the trained model of the same size.
+
+    The untrained copy is the control: the same architecture and parameter count, so the
+    difference measures what training adds. Best layers are chosen on training data.
 
     Returns
     -------
     table : pandas.DataFrame
-        ``family``, ``modality``, ``trained_mean``, ``untrained_mean``, ``difference``,
-        ``n_trained``, ``n_untrained``; and, where an untrained model matches a trained one's
-        parameter count, ``pairs_won`` / ``n_pairs`` (trained higher).
+        One row per untrained model: ``family``, ``modality``, ``n_params``, ``trained``
+        (model name), ``untrained`` (model name), ``trained_score``, ``untrained_score``,
+        ``difference`` (trained - untrained) and ``trained_layer``, ``untrained_layer``.
     """
     import pandas as pd
 
     best = best_layers(scores)
     best = best[best["roi"] == roi]
-    rows = []
-    for (family, modality), g in best.groupby(["family", "modality"]):
-        tr = g[g["trained"].astype(bool)]
-        un = g[~g["trained"].astype(bool)]
-        if un.empty or tr.empty:
-            continue
-        pairs = tr.merge(un, on="n_params", suffixes=("_t", "_u"))
-        rows.append({"family": family, "modality": modality,
-                     "trained_mean": tr["score"].mean(), "untrained_mean": un["score"].mean(),
-                     "difference": tr["score"].mean() - un["score"].mean(),
-                     "n_trained": len(tr), "n_untrained": len(un),
-                     "pairs_won": int((pairs["score_t"] > pairs["score_u"]).sum()),
-                     "n_pairs": len(pairs)})
-    return pd.DataFrame(rows)
+    is_trained = best["trained"].astype(bool)
+    pairs = best[~is_trained].merge(best[is_trained], on=["family", "modality", "n_params"],
+                                    suffixes=("_u", "_t"))
+    rows = [{"family": r["family"], "modality": r["modality"], "n_params": r["n_params"],
+             "trained": r["model_t"], "untrained": r["model_u"],
+             "trained_score": r["score_t"], "untrained_score": r["score_u"],
+             "difference": r["score_t"] - r["score_u"],
+             "trained_layer": r["layer_t"], "untrained_layer": r["layer_u"]}
+            for _, r in pairs.iterrows()]
+    return pd.DataFrame(rows, columns=["family", "modality", "n_params", "trained", "untrained",
+                                       "trained_score", "untrained_score", "difference",
+                                       "trained_layer", "untrained_layer"])
 
 
 def peak_depths(scores, early=EARLY_ROIS, category=CATEGORY_ROIS, modality: str = "vision",

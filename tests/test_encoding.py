@@ -113,10 +113,14 @@ def test_summaries_match_hand_computation():
     rho = encoding.size_score_spearman(df).set_index("family")
     assert rho.loc["A", "rho"] == pytest.approx(spearmanr([10, 20, 40], [.3, .4, .6]).statistic)
     assert rho.loc["B", "rho"] == pytest.approx(-1.0)
-    tvu = encoding.trained_vs_untrained(df).set_index("family")
-    assert tvu.loc["A", "trained_mean"] == pytest.approx(np.mean([0.2, 0.3, 0.5]))
-    assert tvu.loc["A", "untrained_mean"] == pytest.approx(0.05)
-    assert tvu.loc["A", "pairs_won"] == 1 and tvu.loc["A", "n_pairs"] == 1
+    tvu = encoding.trained_vs_untrained(df)
+    assert len(tvu) == 1  # one untrained model; B has none
+    row = tvu.iloc[0]
+    assert (row["trained"], row["untrained"]) == ("a1", "a1u")  # same size
+    assert row["trained_score"] == pytest.approx(0.2)
+    assert row["untrained_score"] == pytest.approx(0.05)
+    assert row["difference"] == pytest.approx(0.15)
+    assert row["trained_layer"] == 2
     peaks = encoding.peak_depths(df).set_index("model")
     assert peaks.loc["a2", "V1"] == pytest.approx(0.25)
     assert peaks.loc["a2", "faces"] == pytest.approx(0.75)
