@@ -206,6 +206,17 @@ def _eigh(M: torch.Tensor, eigh_dtype: torch.dtype):
     return s[keep].contiguous(), Q[:, keep].contiguous()
 
 
+def _largest_eigenvalue(K: torch.Tensor, n_iter: int = 30) -> float:
+    """Largest eigenvalue of a symmetric PSD matrix by block power iteration (upper-ish bound)."""
+    g = torch.Generator(device="cpu").manual_seed(0)
+    V = torch.randn(K.shape[0], 4, generator=g).to(device=K.device, dtype=K.dtype)
+    lam = 0.0
+    for _ in range(n_iter):
+        V, _ = torch.linalg.qr(K @ V)
+    lam = float(torch.linalg.eigvalsh(V.T @ K @ V).max())
+    return 1.1 * lam
+
+
 class _Spectrum:
     """Thin spectral representation of a centred design: ``Xc = U diag(sqrt s) V^T``.
 
@@ -335,6 +346,16 @@ class RidgeCV(RegressorMixin, BaseEstimator):
         Compute precision. ``"float64"`` matches scikit-learn to ~1e-10.
     target_batch_size : int or None
         Targets processed together; None sizes batches to about 512 MiB of work arrays.
+    solver : {"auto", "eigen", "cholesky"}, default "auto"
+        How leave-one-out is computed in the dual form. ``"eigen"``: one eigendecomposition
+        for all alphas (always used for k-fold and the primal form). ``"cholesky"``: one
+        Cholesky factorisation and inverse of ``K + alpha I`` per alpha, with
+        ``e_i = alpha [G^-1 Yc]_i / (alpha [G^-1]_ii - 1/n)``; on CPU LAPACK's ``eigh`` costs
+        as much as ~10-20 such factorisations, so this is faster for short alpha grids,
+        but its accuracy degrades with the condition number ``(s_max + alpha) / alpha``.
+        ``"auto"`` uses Cholesky when the form is dual, ``cv="loo"``, there are at most 10
+        alphas and ``s_max / min(alphas)`` (largest eigenvalue by power iteration) is below
+        1e4 in float32 (1e10 in float64); otherwise eigen.
     eigh_dtype : {"float32", "float64"} or None
         Precision of the eigendecomposition; None uses ``dtype``.
     verbose : bool, default False
@@ -371,6 +392,7 @@ class RidgeCV(RegressorMixin, BaseEstimator):
         dtype: str = "float32",
         target_batch_size: int | None = None,
         eigh_dtype: str | None = None,
+        solver: str = "auto",
         verbose: bool = False,
     ):
         self.alphas = alphas
@@ -381,6 +403,7 @@ class RidgeCV(RegressorMixin, BaseEstimator):
         self.dtype = dtype
         self.target_batch_size = target_batch_size
         self.eigh_dtype = eigh_dtype
+        self.solver = solver
         self.verbose = verbose
 
     # ------------------------------------------------------------------ internals
@@ -453,7 +476,12 @@ class RidgeCV(RegressorMixin, BaseEstimator):
         self._times = {}
 
         if self.cv == "loo" or self.cv is None:
-            scores, best, coef, y_var, spec = self._fit_loo(blocks, means, Yh, y_mean, alphas, dual, dev, dt, edt)
+            out = None
+            if dual and self._use_cholesky(blocks, means, alphas, dt):
+                out = self._fit_loo_cholesky(blocks, means, Yh, y_mean, alphas, dev, dt)
+            if out is None:
+                out = self._fit_loo(blocks, means, Yh, y_mean, alphas, dual, dev, dt, edt)
+            scores, best, coef, y_var, spec = out
         else:
             scores, best, coef, y_var, spec = self._fit_kfold(blocks, means, Yh, y_mean, alphas, dual, dev, dt, edt)
 
@@ -475,17 +503,19 @@ class RidgeCV(RegressorMixin, BaseEstimator):
         self.x_mean_ = x_mean.astype(np_dt)
         self.fit_info_ = {
             "form": "dual" if dual else "primal",
-            "rank": int(spec.s.numel()),
+            "solver": "cholesky" if spec is None else "eigen",
+            "rank": None if spec is None else int(spec.s.numel()),
             "n_samples": n,
             "n_features": p,
             "n_targets": t,
-            "n_batches": len(self._batches(n, p, t, int(spec.s.numel()))),
+            "n_batches": len(self._batches(n, p, t, n if spec is None else int(spec.s.numel()))),
             "device": str(dev),
             "dtype": str(dt).replace("torch.", ""),
             "time_s": time.perf_counter() - t0,
             "phase_s": dict(self._times),
         }
         del self._times
+        self.__dict__.pop("_K", None)
         return self
 
     @property
@@ -500,12 +530,105 @@ class RidgeCV(RegressorMixin, BaseEstimator):
             a = torch.as_tensor(alphas_for[sl], dtype=dt, device=dev)
             coef[sl] = spec.coef(C, a).T.cpu().numpy()
 
+    def _use_cholesky(self, blocks, means, alphas, dt) -> bool:
+        if self.solver not in ("auto", "eigen", "cholesky"):
+            raise ValueError(f"solver={self.solver!r} is not one of 'auto', 'eigen', 'cholesky'.")
+        if self.solver == "eigen":
+            return False
+        if self.solver == "cholesky":
+            return True
+        if len(alphas) > 10:
+            return False
+        self._K = _centered_gram(blocks, means)
+        smax = _largest_eigenvalue(self._K)
+        limit = 1e4 if dt == torch.float32 else 1e10
+        return smax / float(alphas.min()) < limit
+
+    def _fit_loo_cholesky(self, blocks, means, Y, y_mean, alphas, dev, dt):
+        """Exact LOO with one Cholesky factorisation per alpha (dual form).
+
+        With ``G = Kc + alpha I``: dual coefficients ``A = G^-1 Yc``, residuals
+        ``Yc - Kc A = alpha A`` and ``1 - h_i = alpha [G^-1]_ii - 1/n`` (intercept). To avoid
+        cancellation in that difference, ``c 1 1^T`` (``n c`` = mean eigenvalue) is added to
+        ``G``: this leaves ``G^-1`` unchanged on centred vectors and gives
+        ``1 - h_i = alpha ([G^-1]_ii - 1 / (n (alpha + n c)))`` without cancellation. Returns None when a factorisation fails (caller falls back).
+        """
+        times = self._times
+        clock = _Clock(dev, times, self.verbose)
+        K = getattr(self, "_K", None)
+        self._K = None
+        if K is None:
+            K = _centered_gram(blocks, means)
+        clock("gram")
+        n, t, na = K.shape[0], Y.shape[1], len(alphas)
+        p = sum(b.shape[1] for b in blocks)
+        if self.fit_intercept:
+            nc = float(K.diagonal().sum()) / n
+            K = K + nc / n
+            h1 = lambda a: 1.0 / (n * (a + nc))  # noqa: E731
+        else:
+            h1 = lambda a: 0.0  # noqa: E731
+        np_dt = np.float64 if dt == torch.float64 else np.float32
+        scores = np.empty((na, t), dtype=np.float64)
+        best = np.zeros(t, dtype=np.int64)
+        y_var = np.empty(t, dtype=np.float64)
+        A_best = torch.empty(n, t, dtype=dt, device=dev)
+        sl_list = self._batches(n, p, t, n)
+        for k, a in enumerate(self._progress(alphas, na, "ridge LOO (Cholesky)")):
+            G = K.clone()
+            G.diagonal().add_(a)
+            L, info = torch.linalg.cholesky_ex(G)
+            del G
+            if int(info) != 0:
+                return None
+            Ginv = torch.cholesky_inverse(L)
+            del L
+            one_minus_h = (a * (Ginv.diagonal() - h1(a))).clamp_min(torch.finfo(dt).tiny)
+            w = (a / one_minus_h)[:, None]
+            clock("factor")
+            for sl in sl_list:
+                Yc = self._y_batch(Y, sl, dev, dt, y_mean)
+                if k == 0:
+                    y_var[sl] = (Yc.double() ** 2).mean(0).cpu().numpy()
+                A = Ginv @ Yc
+                E = A * w
+                sc = (-(E.double() ** 2).mean(0)) if dt == torch.float64 else -(E * E).mean(0).double()
+                scores[k, sl] = sc.cpu().numpy()
+                if k == 0:
+                    A_best[:, sl] = A
+                else:
+                    better = torch.from_numpy(scores[k, sl] > scores[best[sl], np.arange(sl.start, sl.stop)])
+                    better_np = better.numpy()
+                    best[sl] = np.where(better_np, k, best[sl])
+                    A_best[:, sl] = torch.where(better.to(dev)[None, :], A, A_best[:, sl])
+                del A, E, Yc
+            del Ginv
+            clock("loo")
+        if not self.alpha_per_target:  # shared alpha: dual coefficients of that alpha
+            k = int(np.argmax(scores.mean(1)))
+            best[:] = k
+            G = K.clone()
+            G.diagonal().add_(alphas[k])
+            L = torch.linalg.cholesky(G)
+            del G
+            for sl in sl_list:
+                A_best[:, sl] = torch.cholesky_solve(self._y_batch(Y, sl, dev, dt, y_mean), L)
+            del L
+        del K
+        coef = np.empty((t, p), dtype=np_dt)
+        for sl in sl_list:
+            coef[sl] = _centered_cross(blocks, means, A_best[:, sl]).T.cpu().numpy()
+        clock("coef")
+        return scores, best, coef, y_var, None
+
     def _fit_loo(self, blocks, means, Y, y_mean, alphas, dual, dev, dt, edt):
         n = blocks[0].shape[0]
         p = sum(b.shape[1] for b in blocks)
         t = Y.shape[1]
         times = self._times
-        spec = _Spectrum.from_blocks(blocks, means, dual, edt, times=times, n_targets=t, verbose=self.verbose)
+        K, self._K = getattr(self, "_K", None), None
+        spec = _Spectrum.from_blocks(blocks, means, dual, edt, K=K, times=times, n_targets=t, verbose=self.verbose)
+        del K
         clock = _Clock(dev, times)
         U, s = spec.U, spec.s
         U2 = U * U

@@ -61,11 +61,13 @@ def test_feature_blocks_equal_concatenation(n, p, fit_intercept):
         multi.predict(tblocks[:2])
 
 
-@pytest.mark.parametrize("n,p", [(120, 300), (300, 60)], ids=["dual", "primal"])
+@pytest.mark.parametrize("n,p,solver", [(120, 300, "eigen"), (120, 300, "cholesky"), (300, 60, "auto")],
+                         ids=["dual-eigen", "dual-cholesky", "primal"])
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_alpha_selection_matches_sklearn_ridgecv(n, p, dtype):
+def test_alpha_selection_matches_sklearn_ridgecv(n, p, solver, dtype):
     X, Y, Xt, Yt = _problem(n, p, 60, seed=1, n_test=200)
-    ours = RidgeCV(alphas=ALPHAS, alpha_per_target=True, dtype=dtype).fit(X, Y)
+    ours = RidgeCV(alphas=ALPHAS, alpha_per_target=True, dtype=dtype, solver=solver).fit(X, Y)
+    assert ours.fit_info_["solver"] == ("cholesky" if solver == "cholesky" else "eigen")
     ref = SkRidgeCV(alphas=ALPHAS, alpha_per_target=True).fit(X, Y)
     share = np.mean(ours.best_alphas_ == ref.alpha_)
     assert share > 0.9, f"only {share:.0%} of chosen alphas agree with scikit-learn"
@@ -78,20 +80,22 @@ def test_alpha_selection_matches_sklearn_ridgecv(n, p, dtype):
     np.testing.assert_allclose(ours.cv_scores_, sk_scores, rtol=1e-8 if dtype == "float64" else 1e-3)
 
 
-def test_shared_alpha_matches_sklearn():
+@pytest.mark.parametrize("solver", ["eigen", "cholesky"])
+def test_shared_alpha_matches_sklearn(solver):
     X, Y, Xt, _ = _problem(80, 200, 20, seed=2)
-    ours = RidgeCV(alphas=ALPHAS, alpha_per_target=False, dtype="float64").fit(X, Y)
+    ours = RidgeCV(alphas=ALPHAS, alpha_per_target=False, dtype="float64", solver=solver).fit(X, Y)
     ref = SkRidgeCV(alphas=ALPHAS, alpha_per_target=False).fit(X, Y)
     assert ours.alpha_ == ref.alpha_
     assert np.all(ours.best_alphas_ == ref.alpha_)
     assert _rel(ours.predict(Xt), ref.predict(Xt)) < 1e-8
 
 
-@pytest.mark.parametrize("n,p", [(25, 40), (40, 12)], ids=["dual", "primal"])
+@pytest.mark.parametrize("n,p,solver", [(25, 40, "eigen"), (25, 40, "cholesky"), (40, 12, "auto")],
+                         ids=["dual-eigen", "dual-cholesky", "primal"])
 @pytest.mark.parametrize("fit_intercept", [True, False])
-def test_loo_scores_equal_brute_force_refits(n, p, fit_intercept):
+def test_loo_scores_equal_brute_force_refits(n, p, solver, fit_intercept):
     X, Y, _, _ = _problem(n, p, 4, seed=3, offset=1.0)
-    ours = RidgeCV(alphas=ALPHAS, fit_intercept=fit_intercept, dtype="float64").fit(X, Y)
+    ours = RidgeCV(alphas=ALPHAS, fit_intercept=fit_intercept, dtype="float64", solver=solver).fit(X, Y)
     for k, a in enumerate(ALPHAS):
         err = np.empty_like(Y)
         for i in range(n):
@@ -193,3 +197,17 @@ def test_blocked_gram_matches_direct_product():
     K = _centered_gram(blocks, means).numpy()
     Xc = np.concatenate([b.numpy() - b.numpy().mean(0) for b in blocks], 1)
     np.testing.assert_allclose(K, Xc @ Xc.T, rtol=1e-10, atol=1e-10)
+
+
+def test_auto_solver_follows_conditioning():
+    X, Y, _, _ = _problem(60, 150, 5, seed=10)
+    well = RidgeCV(alphas=[10.0, 100.0, 1000.0]).fit(X, Y)  # float32, s_max / 10 << 1e4
+    ill = RidgeCV(alphas=[1e-3, 10.0]).fit(X, Y)
+    many = RidgeCV(alphas=np.logspace(1, 4, 12)).fit(X, Y)
+    assert well.fit_info_["solver"] == "cholesky"
+    assert ill.fit_info_["solver"] == "eigen" and many.fit_info_["solver"] == "eigen"
+    ref = RidgeCV(alphas=[10.0, 100.0, 1000.0], solver="eigen", dtype="float64").fit(X, Y)
+    np.testing.assert_array_equal(well.best_alphas_, ref.best_alphas_)
+    np.testing.assert_allclose(well.cv_scores_, ref.cv_scores_, rtol=1e-4)
+    with pytest.raises(ValueError, match="solver"):
+        RidgeCV(solver="qr").fit(X, Y)
