@@ -43,21 +43,21 @@ PRESETS: dict = {
             "max_new_tokens": 32,
         },
         "vision": {
-            "n_train": 2500, "epochs": 2, "batch": 64, "lr": 2e-3,
+            "n_train": 1500, "epochs": 2, "batch": 32, "lr": 2e-3,
             "sizes": {
                 "vit": {"s": {"hidden": 32, "layers": 2, "patch": 16},
                         "m": {"hidden": 64, "layers": 3, "patch": 16},
                         "l": {"hidden": 128, "layers": 4, "patch": 16}},
                 "resnet": {"s": {"width": 8, "depths": [1, 1, 1, 1]},
                            "m": {"width": 16, "depths": [1, 1, 1, 1]},
-                           "l": {"width": 32, "depths": [2, 2, 2, 2]}},
+                           "l": {"width": 32, "depths": [1, 1, 1, 1]}},
             },
             "untrained": ["vit-l", "resnet-l"],
         },
         "language": {
-            "epochs": 1, "batch": 64, "lr": 2e-3,
-            "sizes": {"s": {"hidden": 24, "layers": 1}, "m": {"hidden": 48, "layers": 2},
-                      "l": {"hidden": 96, "layers": 3}},
+            "epochs": 1, "batch": 32, "lr": 2e-3, "captions_per_image": 2,
+            "sizes": {"s": {"hidden": 16, "layers": 1}, "m": {"hidden": 32, "layers": 2},
+                      "l": {"hidden": 64, "layers": 3}},
             "untrained": ["opt-l"],
         },
     },
@@ -121,7 +121,8 @@ def _save_dir(path: Path, *objects) -> Path:
     return path
 
 
-def train_all(models_dir, preset: str | dict = "toy", seed: int = 0, threads: int | None = 2) -> dict:
+def train_all(models_dir, preset: str | dict = "toy", seed: int = 0, threads: int | None = 2,
+              parts=("blip2", "vision", "language")) -> dict:
     """Train and save every toy model (see the module docstring for the layout).
 
     Parameters
@@ -137,6 +138,9 @@ def train_all(models_dir, preset: str | dict = "toy", seed: int = 0, threads: in
     threads : int or None
         torch intra-op threads while training (restored afterwards); ``None`` keeps the
         current setting.
+    parts : sequence of {"blip2", "vision", "language"}
+        Which models to train (all by default). Each part depends only on the preset and
+        seed, so parts trained in separate calls equal those of one call.
 
     Returns
     -------
@@ -146,12 +150,8 @@ def train_all(models_dir, preset: str | dict = "toy", seed: int = 0, threads: in
         the zoo models) and ``zoo`` (the rows of ``zoo.json``). Also written to
         ``models_dir/TRAINING.json``.
     """
-    import torch
-    from tqdm.auto import tqdm
-
     from ...io import write_json
-    from . import blip2, language_zoo, vision_zoo
-    from ._train import Timer, count_params, num_threads
+    from ._train import Timer, num_threads
     from .data import make_corpus
     from .tokenizer import build_tokenizer
 
@@ -171,80 +171,113 @@ def train_all(models_dir, preset: str | dict = "toy", seed: int = 0, threads: in
         seconds["corpus"] = t.seconds
 
         # ---- BLIP-2: stage 1 (retrieval), stage 2 (captioning)
-        spec = cfg["blip2"]
-        processor = blip2.make_processor(tok, size, spec["num_query_tokens"])
-        itm, opt, hist = blip2.train_blip2(train, processor, spec, size, seed)
-        _save_dir(models_dir / "blip2-toy-itm", itm, processor)
-        _save_dir(models_dir / "blip2-toy-opt", opt, processor)
-        seconds["blip2-stage1 (itm + captioning)"] = hist["seconds_stage1"]
-        seconds["blip2-stage2 (opt language side)"] = hist["seconds_stage2"]
-        with Timer() as t:
-            quality["blip2"] = blip2.evaluate(itm, opt, processor, val)
-        seconds["blip2-eval"] = t.seconds
-        for key in ("itm_loss", "lm_loss", "opt_loss"):
-            tail = hist[key][-10:]
-            quality["blip2"][f"final_train_{key}"] = float(sum(tail) / max(len(tail), 1))
-
-        # ---- vision zoo
-        vspec = cfg["vision"]
-        n_v = min(int(vspec["n_train"]), len(train))
-        labels = torch.from_numpy(train.labels[:n_v])
-        val_labels = torch.from_numpy(val.labels)
-        stream = 100
-        jobs = [(fam, s) for fam, sizes in vspec["sizes"].items() for s in sizes]
-        for fam, s in tqdm(jobs, desc="vision zoo", leave=False):
-            stream += 1
-            mname = f"{fam}-{s}"
-            proc = vision_zoo.image_processor(fam, size)
-            px = proc(list(train.images[:n_v]), return_tensors="pt")["pixel_values"]
-            val_px = proc(list(val.images), return_tensors="pt")["pixel_values"]
-            variants = [(mname, True)]
-            if mname in vspec.get("untrained", []):
-                variants.append((f"{mname}-untrained", False))
-            for vname, trained in variants:
-                model = vision_zoo.build_vision_model(fam, vspec["sizes"][fam][s], size, seed, stream)
-                if trained:
-                    hist = vision_zoo.train_vision_model(model, px, labels, vspec, seed, stream, vname)
-                    seconds[f"vision/{vname}"] = hist["seconds"]
-                model.eval()
-                quality[f"vision/{vname}"] = vision_zoo.evaluate_vision_model(model, val_px, val_labels)
-                _save_dir(models_dir / "vision" / vname, model, proc)
-                zoo.append({"name": vname, "path": f"vision/{vname}", "family": fam,
-                            "modality": "vision", "n_params": count_params(model.base_model),
-                            "trained": trained})
-
-        # ---- language zoo
-        lspec = cfg["language"]
-        from .language_zoo import encode_texts
-
-        ids, mask = encode_texts(tok, [c for caps in train.captions for c in caps])
-        val_ids, val_mask = encode_texts(tok, [c for caps in val.captions for c in caps])
-        stream = 200
-        for s, size_spec in tqdm(list(lspec["sizes"].items()), desc="language zoo", leave=False):
-            stream += 1
-            mname = f"opt-{s}"
-            variants = [(mname, True)]
-            if mname in lspec.get("untrained", []):
-                variants.append((f"{mname}-untrained", False))
-            for vname, trained in variants:
-                model = language_zoo.build_language_model(tok, size_spec, seed, stream)
-                if trained:
-                    hist = language_zoo.train_language_model(model, ids, mask, lspec, seed, stream,
-                                                             vname)
-                    seconds[f"language/{vname}"] = hist["seconds"]
-                model.eval()
-                quality[f"language/{vname}"] = language_zoo.evaluate_language_model(
-                    model, val_ids, val_mask)
-                _save_dir(models_dir / "language" / vname, model, tok)
-                zoo.append({"name": vname, "path": f"language/{vname}", "family": "opt",
-                            "modality": "language", "n_params": count_params(model.base_model),
-                            "trained": trained})
-        write_json(models_dir / "zoo.json", zoo)
+        if "blip2" in parts:
+            _train_blip2_part(models_dir, cfg, train, val, tok, seed, seconds, quality)
+        if "vision" in parts:
+            _train_vision_part(models_dir, cfg, train, val, seed, seconds, quality, zoo)
+        if "language" in parts:
+            _train_language_part(models_dir, cfg, train, val, tok, seed, seconds, quality, zoo)
+        if zoo:
+            write_json(models_dir / "zoo.json", zoo)
     seconds["total"] = total.seconds
     report = {"preset": name, "seed": int(seed), "threads": threads, "seconds": seconds,
               "quality": quality, "zoo": zoo, "config": cfg}
     write_json(models_dir / "TRAINING.json", report)
     return report
+
+
+def _train_blip2_part(models_dir, cfg, train, val, tok, seed, seconds, quality):
+    from . import blip2
+    from ._train import Timer
+
+    size = int(cfg["image_size"])
+    spec = cfg["blip2"]
+    processor = blip2.make_processor(tok, size, spec["num_query_tokens"])
+    itm, opt, hist = blip2.train_blip2(train, processor, spec, size, seed)
+    _save_dir(models_dir / "blip2-toy-itm", itm, processor)
+    _save_dir(models_dir / "blip2-toy-opt", opt, processor)
+    seconds["blip2-stage1 (itm + captioning)"] = hist["seconds_stage1"]
+    seconds["blip2-stage2 (opt language side)"] = hist["seconds_stage2"]
+    with Timer() as t:
+        quality["blip2"] = blip2.evaluate(itm, opt, processor, val)
+    seconds["blip2-eval"] = t.seconds
+    for key in ("itm_loss", "lm_loss", "opt_loss"):
+        tail = hist[key][-10:]
+        quality["blip2"][f"final_train_{key}"] = float(sum(tail) / max(len(tail), 1))
+
+
+
+def _train_vision_part(models_dir, cfg, train, val, seed, seconds, quality, zoo):
+    import torch
+    from tqdm.auto import tqdm
+
+    from . import vision_zoo
+    from ._train import count_params
+
+    size = int(cfg["image_size"])
+    # ---- vision zoo
+    vspec = cfg["vision"]
+    n_v = min(int(vspec["n_train"]), len(train))
+    labels = torch.from_numpy(train.labels[:n_v])
+    val_labels = torch.from_numpy(val.labels)
+    stream = 100
+    jobs = [(fam, s) for fam, sizes in vspec["sizes"].items() for s in sizes]
+    for fam, s in tqdm(jobs, desc="vision zoo", leave=False):
+        stream += 1
+        mname = f"{fam}-{s}"
+        proc = vision_zoo.image_processor(fam, size)
+        px = proc(list(train.images[:n_v]), return_tensors="pt")["pixel_values"]
+        val_px = proc(list(val.images), return_tensors="pt")["pixel_values"]
+        variants = [(mname, True)]
+        if mname in vspec.get("untrained", []):
+            variants.append((f"{mname}-untrained", False))
+        for vname, trained in variants:
+            model = vision_zoo.build_vision_model(fam, vspec["sizes"][fam][s], size, seed, stream)
+            if trained:
+                hist = vision_zoo.train_vision_model(model, px, labels, vspec, seed, stream, vname)
+                seconds[f"vision/{vname}"] = hist["seconds"]
+            model.eval()
+            quality[f"vision/{vname}"] = vision_zoo.evaluate_vision_model(model, val_px, val_labels)
+            _save_dir(models_dir / "vision" / vname, model, proc)
+            zoo.append({"name": vname, "path": f"vision/{vname}", "family": fam,
+                        "modality": "vision", "n_params": count_params(model.base_model),
+                        "trained": trained})
+
+
+
+def _train_language_part(models_dir, cfg, train, val, tok, seed, seconds, quality, zoo):
+    from tqdm.auto import tqdm
+
+    from . import language_zoo
+    from ._train import count_params
+
+    # ---- language zoo
+    lspec = cfg["language"]
+    from .language_zoo import encode_texts
+
+    per_image = int(lspec.get("captions_per_image") or len(train.captions[0]))
+    ids, mask = encode_texts(tok, [c for caps in train.captions for c in caps[:per_image]])
+    val_ids, val_mask = encode_texts(tok, [c for caps in val.captions for c in caps])
+    stream = 200
+    for s, size_spec in tqdm(list(lspec["sizes"].items()), desc="language zoo", leave=False):
+        stream += 1
+        mname = f"opt-{s}"
+        variants = [(mname, True)]
+        if mname in lspec.get("untrained", []):
+            variants.append((f"{mname}-untrained", False))
+        for vname, trained in variants:
+            model = language_zoo.build_language_model(tok, size_spec, seed, stream)
+            if trained:
+                hist = language_zoo.train_language_model(model, ids, mask, lspec, seed, stream,
+                                                         vname)
+                seconds[f"language/{vname}"] = hist["seconds"]
+            model.eval()
+            quality[f"language/{vname}"] = language_zoo.evaluate_language_model(
+                model, val_ids, val_mask)
+            _save_dir(models_dir / "language" / vname, model, tok)
+            zoo.append({"name": vname, "path": f"language/{vname}", "family": "opt",
+                        "modality": "language", "n_params": count_params(model.base_model),
+                        "trained": trained})
 
 
 __all__ = ["PRESETS", "get_preset", "train_all"]
