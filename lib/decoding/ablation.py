@@ -164,8 +164,13 @@ def ablation_figure_static(table: pd.DataFrame):
     axes[0].set(title="brain -> image retrieval, top-1", xlabel="memory size (trials)",
                 ylabel="top-1 accuracy")
     axes[1].set(title="CIDEr of decoded captions", xlabel="memory size (trials)", ylabel="CIDEr")
+    if not table.CIDEr.notna().any():
+        axes[1].text(0.5, 0.5, "no run captioned yet\n(notebook 05, parameter runs)",
+                     ha="center", va="center", transform=axes[1].transAxes, color="gray")
+    axes[0].set_ylim(bottom=0)
     for ax in axes:
         ax.set_xticks(sorted(table.memory_size.unique()))
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
