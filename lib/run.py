@@ -22,6 +22,7 @@ with the parameters is tagged ``remove-cell`` so the rendered book does not show
 from __future__ import annotations
 
 import argparse
+import ast
 import os
 import subprocess
 import sys
@@ -127,12 +128,26 @@ def plan_jobs(
             raise FileNotFoundError(f"notebook {source} listed in the parameter file does not exist")
         jobs.append(Job(name, source, output_dir / f"{name}.ipynb"))
         for param, values in (sweeps.get(name) or {}).items():
+            main_value = params[param] if param in params else _declared_default(source, param)
             for value in values:
-                if value == params.get(param):
-                    continue  # the main run already covers the parameter file's own value
+                if value == main_value:
+                    continue  # the main run already covers this value
                 out = output_dir / f"{name}__{param}-{value}.ipynb"
                 jobs.append(Job(name, source, out, {param: value}))
     return jobs
+
+
+def _declared_default(source: Path, param: str) -> Any:
+    """Default value of ``param`` in a notebook's parameters cell (None if not a literal)."""
+    import papermill
+
+    declared = papermill.inspect_notebook(str(source))
+    if param not in declared:
+        raise ValueError(f"sweep parameter {param!r} is not declared in {source.name}'s parameters cell")
+    try:
+        return ast.literal_eval(declared[param]["default"])
+    except (ValueError, SyntaxError):
+        return None
 
 
 def notebook_parameters(job: Job, params: dict[str, Any]) -> dict[str, Any]:

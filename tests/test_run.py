@@ -22,13 +22,13 @@ def project(tmp_path):
         "import json, pathlib\n"
         "pathlib.Path(f'out_{name}_{alpha}.json').write_text(json.dumps({'alpha': alpha, 'name': name}))",
     )
-    write_notebook(nbdir / "02_second.ipynb", "name = 'default'", "result = name.upper()")
+    write_notebook(nbdir / "02_second.ipynb", "name = 'default'\nflag = False", "result = name.upper()")
     params = {
         "notebooks": ["01_first", "02_second"],
         "alpha": 3,
         "name": "toy",
         "unused": 42,
-        "sweeps": {"01_first": {"alpha": [3, 5]}},
+        "sweeps": {"01_first": {"alpha": [3, 5]}, "02_second": {"flag": [True, False]}},
     }
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))
@@ -43,10 +43,11 @@ def test_plan_orders_notebooks_and_sweeps(project):
         "01_first.ipynb",
         "01_first__alpha-5.ipynb",  # alpha=3 is the main run's own value: not repeated
         "02_second.ipynb",
+        "02_second__flag-True.ipynb",  # flag=False is the notebook's own default: not repeated
     ]
     assert jobs[1].overrides == {"alpha": 5}
     only = run.plan_jobs(params, tmp / "out", only=["02_second"], notebook_dir=nbdir)
-    assert [j.name for j in only] == ["02_second"]
+    assert [j.output.name for j in only] == ["02_second.ipynb", "02_second__flag-True.ipynb"]
 
 
 def test_plan_rejects_unknown_and_missing_notebooks(project, tmp_path):
@@ -66,10 +67,11 @@ def test_run_book_passes_declared_parameters_and_hides_injected_cell(project):
     tmp, nbdir, params_path = project
     lines = []
     times = run.run_book(params_path, tmp / "out", notebook_dir=nbdir, cwd=tmp, log=lines.append)
-    assert set(times) == {"01_first.ipynb", "01_first__alpha-5.ipynb", "02_second.ipynb"}
+    assert set(times) == {"01_first.ipynb", "01_first__alpha-5.ipynb", "02_second.ipynb",
+                          "02_second__flag-True.ipynb"}
     assert json.loads((tmp / "out_toy_3.json").read_text()) == {"alpha": 3, "name": "toy"}
     assert json.loads((tmp / "out_toy_5.json").read_text()) == {"alpha": 5, "name": "toy"}
-    assert any("done in" in line for line in lines) and "3 notebook run(s)" in lines[-1]
+    assert any("done in" in line for line in lines) and "4 notebook run(s)" in lines[-1]
 
     nb = nbformat.read(tmp / "out" / "01_first.ipynb", as_version=4)
     injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
