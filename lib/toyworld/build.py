@@ -20,6 +20,7 @@ The world itself is made by :func:`lib.toyworld.world.build_world`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -106,6 +107,38 @@ def build(preset: str = "toy", seed: int = 0, out: Path | None = None, force: bo
     if not force and done and all(done.get(k) == v for k, v in key.items()):
         log.info("toy world %s (seed %d) is up to date in %s", preset, seed, out)
         return out
+    with _exclusive(out):  # another process building the same folder: wait for it
+        done = _read_json(stamp)
+        if not force and done and all(done.get(k) == v for k, v in key.items()):
+            return out
+        _build_locked(p, preset, seed, out, force, models, key, world_version)
+    return out
+
+
+@contextlib.contextmanager
+def _exclusive(out: Path):
+    """Hold an exclusive lock on ``out/.build.lock`` (POSIX; no-op elsewhere)."""
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(out / ".build.lock", "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"[toyworld] another process is building {out}; waiting for it", flush=True)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _build_locked(p, preset: str, seed: int, out: Path, force: bool, models: bool, key: dict,
+                  world_version: str) -> None:
+    stamp = out / "BUILD.json"
     if stamp.exists():
         stamp.unlink()  # an interrupted rebuild must not look finished
 
@@ -146,7 +179,6 @@ def build(preset: str = "toy", seed: int = 0, out: Path | None = None, force: bo
         "models": models_result,
         "wall_s": round(time.perf_counter() - t_start, 2),
     })
-    return out
 
 
 def models_version() -> str:
