@@ -56,7 +56,7 @@ class WorldPreset:
         """Images in the stimulus brick: shared ones plus every subject's own."""
         return self.n_shared + self.n_subjects * (self.n_images - self.n_shared)
 
-    def check(self) -> "WorldPreset":
+    def check(self) -> WorldPreset:
         """Raise ValueError if the design does not add up."""
         total = self.n_sessions * self.trials_per_session
         if total != self.n_images * self.n_repeats:
