@@ -173,13 +173,13 @@ def repeat_averaged(root, subject: int, mask: np.ndarray) -> tuple[np.ndarray, n
     mat = loadmat(lay.expdesign)
     mo = mat["masterordering"].ravel().astype(int)
     n_shared = mat["sharedix"].size
-    counts = mat["stimpattern"].reshape(mat["stimpattern"].shape[0], -1).sum(1)
+    counts = mat["stimpattern"].reshape(mat["stimpattern"].shape[0], -1).sum(1).astype(int)
     rows, start = [], 0
     for s, n in enumerate(counts, start=1):
         b = np.asarray(nib.load(lay.betas(subject, s)).dataobj)[mask].T.astype(np.float32) / 300
         train = mo[start:start + n] > n_shared
         rows.append((b - b[train].mean(0)) / b[train].std(0))
-        start += int(n)
+        start += n
     z = np.concatenate(rows)
     shown = mo[: len(z)]
     n_images = mat["subjectim"].shape[1]
