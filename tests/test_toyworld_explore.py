@@ -39,8 +39,11 @@ def test_reverse_correlation_finds_the_true_receptive_field(micro_root):
     v1 &= explore.roi_mask(micro_root, 1, "nsdgeneral", (1,))
     reps, ids, _ = explore.repeat_averaged(micro_root, 1, v1)
     vox = int(np.argmax(brain.split_half_reliability(reps)))
+    scenes = explore.load_scenes(micro_root)
+    places = np.array([scenes[i]["place"] for i in ids])
     est = explore.estimated_receptive_field(reps[:, :, vox].mean(1),
-                                            explore.stimuli(micro_root, ids), res=16)
+                                            explore.stimuli(micro_root, ids), res=16,
+                                            groups=places)
     tuning = explore.load_tuning(micro_root, 1)
     tv = int(np.flatnonzero((tuning["voxel_ijk"] == np.argwhere(v1)[vox]).all(1))[0])
     peak = np.array(np.unravel_index(np.argmax(est), est.shape)) + 0.5  # (row, col)

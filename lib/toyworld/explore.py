@@ -234,9 +234,15 @@ def load_tuning(root, subject: int = 1) -> dict:
     return out
 
 
-def estimated_receptive_field(response: np.ndarray, images: np.ndarray, res: int = 16
-                              ) -> np.ndarray:
-    """Reverse correlation: correlation of a response with local contrast at each position.
+def estimated_receptive_field(response: np.ndarray, images: np.ndarray, res: int = 16,
+                              groups: np.ndarray | None = None) -> np.ndarray:
+    """Reverse correlation: the response-weighted average of local contrast.
+
+    The analogue of a spike-triggered average: with the response z-scored, the map is the
+    covariance over images between the response and each location's contrast. Places have
+    their own contrast layout (the floor edge of a room, the waves of a lake) and voxels
+    respond to places too; ``groups`` (e.g. the place of each image) removes that confound by
+    centring responses and contrast within each group.
 
     Parameters
     ----------
@@ -244,19 +250,25 @@ def estimated_receptive_field(response: np.ndarray, images: np.ndarray, res: int
     images : ndarray of shape (n_images, H, W, 3), uint8
     res : int
         Map resolution.
+    groups : ndarray of shape (n_images,) or None
+        Labels within which responses and contrast are centred.
 
     Returns
     -------
     rf : ndarray of shape (res, res)
-        Pearson correlation over images between the response and each location's contrast.
+        Covariance of the z-scored response with the contrast at each location.
     """
     from .brain import pixel_features
 
     c = pixel_features(images, res=res)["contrast"].reshape(len(images), -1)
-    c = c - c.mean(0)
-    r = response - response.mean()
-    den = np.sqrt((c**2).sum(0) * (r**2).sum())
-    return ((c * r[:, None]).sum(0) / np.where(den > 0, den, 1)).reshape(res, res)
+    r = np.asarray(response, np.float64).copy()
+    labels = np.zeros(len(r), int) if groups is None else np.unique(groups, return_inverse=True)[1]
+    for g in np.unique(labels):
+        m = labels == g
+        c[m] -= c[m].mean(0)
+        r[m] -= r[m].mean()
+    r /= r.std()
+    return (c * r[:, None]).mean(0).reshape(res, res)
 
 
 def true_receptive_field(tuning: dict, voxel: int, res: int = 32) -> np.ndarray:
