@@ -1,6 +1,6 @@
 """The toy world: a simulated NSD in NSD's own file layout, plus small BLIP-2-family models.
 
-Import-light on purpose: nothing heavy (torch, nilearn) is imported until it is used.
+Import-light: nothing heavy (torch, nilearn, the models) is imported until it is used.
 
 - :mod:`lib.toyworld.scenes`    scenes (place + objects), PIL rendering, ground-truth latents
 - :mod:`lib.toyworld.captions`  COCO-style captions from templates and paraphrases
@@ -12,11 +12,8 @@ Import-light on purpose: nothing heavy (torch, nilearn) is imported until it is 
 
 from __future__ import annotations
 
+# Eager on purpose: the submodule ``lib.toyworld.build`` would otherwise shadow the function
+# once imported. It is light (NumPy only); torch, nilearn and the models load when used.
+from .build import build
+
 __all__ = ["build"]
-
-
-def build(*args, **kwargs):
-    """Build (or reuse) a toy world; see :func:`lib.toyworld.build.build`."""
-    from .build import build as _build
-
-    return _build(*args, **kwargs)
