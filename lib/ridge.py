@@ -548,8 +548,10 @@ class RidgeCV(RegressorMixin, BaseEstimator):
             return True
         if len(alphas) > 10:
             return False
+        clock = _Clock(blocks[0].device, self._times, self.verbose)
         self._K = _centered_gram(blocks, means)
         smax = _largest_eigenvalue(self._K)
+        clock("gram")
         limit = 1e4 if dt == torch.float32 else 1e10
         return smax / float(alphas.min()) < limit
 
