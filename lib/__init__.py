@@ -2,9 +2,18 @@
 
 The package is the shared code behind the analysis book's notebooks:
 
-- :mod:`lib.config`   data roots, devices, seeds and stage output paths
-- :mod:`lib.io`       atomic writes
-- :mod:`lib.run`      run the book's notebooks with papermill for a parameter set
+- :mod:`lib.config`    data roots, devices, seeds and stage output paths
+- :mod:`lib.io`        atomic writes
+- :mod:`lib.toyworld`  the simulated NSD and its small BLIP-2-family models
+- :mod:`lib.nsd`       raw NSD files -> one prepared file per subject; its reader; downloads
+- :mod:`lib.ridge`     fast multi-target ridge with leave-one-out alpha selection (torch)
+- :mod:`lib.scoring`   per-target correlation and R^2, noise ceilings
+- :mod:`lib.features`  cached per-layer features of vision and language models, BLIP-2 Q-Former outputs
+- :mod:`lib.encoding`  neural predictivity per model, layer and ROI (the convergence analysis)
+- :mod:`lib.decoding`  fMRI -> query tokens (stage 1), contrastive alignment (stage 2), captions
+- :mod:`lib.metrics`   caption metrics (pycocoevalcap), retrieval, permutation tests
+- :mod:`lib.plotting`  offline plotly output, brain slices and surfaces, galleries
+- :mod:`lib.run`       run the book's notebooks with papermill for a parameter set
 """
 
 __version__ = "0.1.0"
