@@ -37,13 +37,13 @@ PRESETS: dict = {
             "vision_hidden": 96, "vision_layers": 2, "patch_size": 8,
             "qformer_hidden": 128, "qformer_layers": 2, "num_query_tokens": 8,
             "embed_dim": 64, "lm_hidden": 128, "lm_layers": 2,
-            "itm_epochs": 3, "itm_batch": 32, "itm_lr": 1e-3, "temperature": 0.07,
+            "itm_epochs": 8, "itm_batch": 32, "itm_lr": 1e-3, "temperature": 0.07,
             "itm_aux": 1.0, "itm_lm_weight": 1.0,
-            "opt_epochs": 2, "opt_batch": 64, "opt_lr": 5e-4, "opt_pairs_per_epoch": 3000,
+            "opt_epochs": 4, "opt_batch": 64, "opt_lr": 5e-4, "opt_pairs_per_epoch": 3000,
             "max_new_tokens": 32,
         },
         "vision": {
-            "n_train": 1500, "epochs": 2, "batch": 32, "lr": 2e-3,
+            "n_train": 6000, "epochs": 6, "batch": 64, "lr": 2e-3,
             "sizes": {
                 "vit": {"s": {"hidden": 32, "layers": 2, "patch": 16},
                         "m": {"hidden": 64, "layers": 3, "patch": 16},
@@ -55,7 +55,7 @@ PRESETS: dict = {
             "untrained": ["vit-l", "resnet-l"],
         },
         "language": {
-            "epochs": 1, "batch": 32, "lr": 2e-3, "captions_per_image": 2,
+            "epochs": 2, "batch": 32, "lr": 2e-3, "captions_per_image": 5,
             "sizes": {"s": {"hidden": 16, "layers": 1}, "m": {"hidden": 32, "layers": 2},
                       "l": {"hidden": 64, "layers": 3}},
             "untrained": ["opt-l"],

@@ -1,0 +1,85 @@
+"""End to end: every notebook runs with papermill on the micro parameter set, the stages write
+the files of DESIGN.md section 5, and the whole book builds and renders offline in Chromium."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import h5py
+import pandas as pd
+import pytest
+import yaml
+
+from lib import run
+from lib.config import REPO_ROOT, subject_dir
+from tests.browser import inspect_pages, requires_chromium
+from tests.test_book import SCREENSHOTS, copy_book_skeleton
+
+MICRO = REPO_ROOT / "notebooks" / "params" / "micro.yaml"
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def micro_params():
+    return yaml.safe_load(MICRO.read_text())
+
+
+@pytest.fixture(scope="module")
+def micro_book(micro_root, micro_params, tmp_path_factory):
+    """Run every notebook of micro.yaml, then build the real book around the executed copies."""
+    root = tmp_path_factory.mktemp("micro_book")
+    copy_book_skeleton(root)
+    shutil.copy(REPO_ROOT / "_toc.yml", root / "_toc.yml")
+    times = run.run_book(MICRO, root / "book" / "run", cwd=REPO_ROOT)
+    run.build_book(root)
+    return root, times
+
+
+@pytest.fixture(scope="module")
+def micro_subject(micro_params):
+    return subject_dir(REPO_ROOT / micro_params["derived_root"], micro_params["dataset"],
+                       micro_params["subject"])
+
+
+def test_every_listed_notebook_ran(micro_book, micro_params):
+    _, times = micro_book
+    for name in micro_params["notebooks"]:
+        assert f"{name}.ipynb" in times
+
+
+def test_stage_outputs_follow_the_contracts(micro_book, micro_subject):
+    with h5py.File(micro_subject / "prepared.h5", "r") as f:
+        n_trials, n_voxels = f["betas"].shape
+        for name in ("trial", "nsd_id", "session", "run", "is_test"):
+            assert f[name].shape == (n_trials,)
+        assert f["voxel_ijk"].shape == (n_voxels, 3)
+        assert f["is_test"][:].any() and not f["is_test"][:].all()
+    assert json.loads((micro_subject / "captions.json").read_text())
+
+    scores = pd.read_csv(micro_subject / "convergence" / "scores.csv")
+    assert list(scores.columns[:8]) == ["model", "family", "modality", "n_params", "layer", "roi",
+                                        "score", "n_voxels"]
+    assert set(scores["modality"]) == {"vision", "language"}
+
+    metrics = json.loads((micro_subject / "decoding" / "metrics.json").read_text())
+    assert "stage1" in metrics
+    captions = pd.read_csv(micro_subject / "decoding" / "captions_stage1.csv")
+    assert list(captions.columns[:3]) == ["nsd_id", "caption", "references"]
+    assert all(isinstance(json.loads(r), list) for r in captions["references"])
+
+
+@pytest.mark.browser
+@requires_chromium
+def test_whole_book_renders_offline(micro_book, micro_params):
+    root, _ = micro_book
+    html = root / "_build" / "html"
+    pages = [html / "book" / "intro.html"] + [
+        html / "book" / "run" / f"{name}.html" for name in micro_params["notebooks"]
+    ]
+    for report in inspect_pages(pages, screenshot_dir=SCREENSHOTS / "micro"):
+        assert report.remote_requests == [], f"{report.path.name} requested {report.remote_requests}"
+        n_figures = report.path.read_text().count("Plotly.newPlot")
+        assert report.plotly_svgs >= n_figures, f"{report.path.name}: plotly figures did not draw"
+        assert not [e for e in report.console_errors if "Plotly" in e], report.console_errors
