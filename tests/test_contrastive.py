@@ -335,3 +335,13 @@ def test_memory_window_decoder_trains(tmp_path):
     model.brain_map.save(tmp_path / "dec")
     back = load_decoder(tmp_path / "dec")
     torch.testing.assert_close(back.weight, model.brain_map.weight)
+
+
+def test_resume_refuses_other_starting_weights(tmp_path):
+    """A checkpoint from another stage-1 map (e.g. before the toy models were rebuilt) is stale."""
+    model = BrainTextContrastive(_brain_map(seed=0), _tiny_itm())
+    train, val = _data(model)
+    fit(model, train, val, _config(epochs=1), tmp_path, test_ids=[1], progress=False)
+    other = BrainTextContrastive(_brain_map(seed=1), _tiny_itm())
+    with pytest.raises(RuntimeError, match="starting weights or data"):
+        fit(other, train, val, _config(epochs=1), tmp_path, test_ids=[1], progress=False)

@@ -88,3 +88,22 @@ def test_cache_and_resume(tiny, tmp_path):
 def test_missing_model_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="blip2_model"):
         load_qformer_encoder(tmp_path / "nope", device="cpu")
+
+
+def test_cache_path_follows_the_checkpoint_contents(tmp_path):
+    """A retrained local checkpoint gets a new cache file, never the stale features."""
+    import os
+
+    from lib.decoding.stage1 import qformer_cache_path
+
+    folder = tmp_path / "blip2-toy-opt"
+    folder.mkdir()
+    weights = folder / "model.safetensors"
+    weights.write_bytes(b"a" * 10)
+    first = qformer_cache_path(tmp_path / "derived", "toy", 1, folder)
+    assert first == qformer_cache_path(tmp_path / "derived", "toy", 1, folder)
+    weights.write_bytes(b"b" * 12)
+    os.utime(weights, ns=(1, 1))
+    assert qformer_cache_path(tmp_path / "derived", "toy", 1, folder) != first
+    hub = qformer_cache_path(tmp_path / "derived", "nsd", 1, "Salesforce/blip2-opt-2.7b")
+    assert hub.name == "qformer_blip2-opt-2.7b.h5"

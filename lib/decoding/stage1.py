@@ -448,8 +448,14 @@ def run_stage1(derived_root: str | os.PathLike, dataset: str, subject: int, blip
 
 
 def qformer_cache_path(derived_root, dataset, subject, blip2_model) -> Path:
-    """Cache file of a checkpoint's Q-Former features for one subject."""
+    """Cache file of a checkpoint's Q-Former features for one subject.
+
+    For a local checkpoint folder the name carries a fingerprint of its files, so features of
+    a retrained model (e.g. a rebuilt toy world) are never confused with stale ones.
+    """
     from lib.config import stage_dir
+    from lib.features.hidden import model_fingerprint
 
     slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(str(blip2_model)).name)
+    slug += model_fingerprint(blip2_model)
     return stage_dir(derived_root, dataset, subject, "features") / f"qformer_{slug}.h5"

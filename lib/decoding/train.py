@@ -202,6 +202,23 @@ class TrainConfig:
         return hashlib.sha1(json.dumps(keys, sort_keys=True, default=list).encode()).hexdigest()
 
 
+def _start_fingerprint(model, train: PairData, val: PairData) -> str:
+    """Hash of the starting weights and of the training and validation data.
+
+    A checkpoint is resumed only when it began from the same point: new settings, a refitted
+    stage-1 map or retrained BLIP-2 models all start a fresh run instead of resuming a stale one.
+    """
+    h = hashlib.sha1()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    for data in (train, val):
+        for tensor in (data.X, data.tokens, data.image_ids, data.pairs):
+            h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        h.update("\n".join(data.captions).encode())
+    return h.hexdigest()[:16]
+
+
 def cosine_with_warmup(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
     """LR multiplier: linear warm-up to 1, then cosine decay to 0 at ``total_steps``."""
 
@@ -457,7 +474,8 @@ def fit(
     )
     use_amp = bool(config.amp) and device.type == "cuda"
 
-    meta = {"step": 0, "fingerprint": config.fingerprint(), "history": [], "best_value": None,
+    fingerprint = f"{config.fingerprint()}-{_start_fingerprint(model, train, val)}"
+    meta = {"step": 0, "fingerprint": fingerprint, "history": [], "best_value": None,
             "best_step": -1, "bad_evals": 0, "stopped": False}
     result = TrainResult()
     ckpt = out_dir / f"{CHECKPOINT}.json"
@@ -465,8 +483,8 @@ def fit(
         saved = json.loads(ckpt.read_text())
         if saved.get("fingerprint") != meta["fingerprint"]:
             raise RuntimeError(
-                f"{ckpt} was written with other training settings; use resume=False (or delete "
-                "the checkpoint files) to train from scratch with the new settings."
+                f"{ckpt} was written with other training settings, starting weights or data; "
+                "use resume=False (or delete the checkpoint files) to train from scratch."
             )
         meta = _load_checkpoint(out_dir, model, optimizer, scheduler)
         result.resumed_from = meta["step"]

@@ -403,7 +403,7 @@ def model_layer_features(entry: dict, subject, keys: Sequence[int], cache_dir,
     if models_root is not None and not Path(str(path)).is_absolute():
         path = Path(models_root) / path
     modality = entry.get("modality", "vision")
-    safe = str(entry["name"]).replace("/", "__") + _layers_tag(layers) + _fingerprint(path)
+    safe = str(entry["name"]).replace("/", "__") + _layers_tag(layers) + model_fingerprint(path)
     if modality == "vision":
         cache = Path(cache_dir) / f"vision_{safe}_{pooling}.h5"
         return vision_layer_features(path, subject.images, keys, cache, pooling=pooling,
@@ -418,7 +418,7 @@ def model_layer_features(entry: dict, subject, keys: Sequence[int], cache_dir,
                      f"got {modality!r}.")
 
 
-def _fingerprint(path) -> str:
+def model_fingerprint(path) -> str:
     """Short hash of a local model folder's files (name, size, mtime); "" for hub ids."""
     import hashlib
 
