@@ -246,6 +246,9 @@ def run_book(
     params = load_params(params_path)
     jobs = plan_jobs(params, output_dir, only, notebook_dir)
     _use_this_interpreter_kernel()
+    # Progress bars help at the keyboard; in a batch run this function reports progress per
+    # notebook, and bars would fill the rendered pages with stale updates (override: TQDM_DISABLE=0).
+    os.environ.setdefault("TQDM_DISABLE", "1")
     times = {}
     total = time.perf_counter()
     for i, job in enumerate(jobs, 1):
