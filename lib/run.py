@@ -43,6 +43,15 @@ DEFAULT_OUTPUT_DIR = REPO_ROOT / "book" / "run"
 CONTROL_KEYS = ("notebooks", "sweeps")
 
 
+#: Environment of batch-executed notebooks: no progress bars, no informational model-load reports.
+BATCH_ENVIRONMENT = {
+    "TQDM_DISABLE": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "PYTHONWARNINGS": "ignore:IProgress not found",
+}
+
+
 class NotebookFailed(RuntimeError):
     """A notebook raised an error; the message names the notebook, the cell and the copy."""
 
@@ -246,9 +255,10 @@ def run_book(
     params = load_params(params_path)
     jobs = plan_jobs(params, output_dir, only, notebook_dir)
     _use_this_interpreter_kernel()
-    # Progress bars help at the keyboard; in a batch run this function reports progress per
-    # notebook, and bars would fill the rendered pages with stale updates (override: TQDM_DISABLE=0).
-    os.environ.setdefault("TQDM_DISABLE", "1")
+    # Progress bars and load reports help at the keyboard; in a batch run this function reports
+    # progress per notebook, and they would fill the rendered pages (override any of these).
+    for name, value in BATCH_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
     times = {}
     total = time.perf_counter()
     for i, job in enumerate(jobs, 1):

@@ -22,7 +22,8 @@ def project(tmp_path):
         "import json, pathlib\n"
         "pathlib.Path(f'out_{name}_{alpha}.json').write_text(json.dumps({'alpha': alpha, 'name': name}))",
     )
-    write_notebook(nbdir / "02_second.ipynb", "name = 'default'\nflag = False", "result = name.upper()")
+    write_notebook(nbdir / "02_second.ipynb", "name = 'default'\nflag = False", "result = name.upper()",
+                   "from tqdm.auto import tqdm\nfor _ in tqdm(range(3), desc='bar'):\n    pass")
     params = {
         "notebooks": ["01_first", "02_second"],
         "alpha": 3,
@@ -78,6 +79,9 @@ def test_run_book_passes_declared_parameters_and_hides_injected_cell(project):
     assert len(injected) == 1 and "remove-cell" in injected[0].metadata.tags
     # only declared parameters are injected: `unused` and the control keys are not
     assert "unused" not in injected[0].source and "sweeps" not in injected[0].source
+    # batch runs keep progress bars out of the pages
+    second = nbformat.read(tmp / "out" / "02_second.ipynb", as_version=4)
+    assert "bar:" not in json.dumps([c.get("outputs", []) for c in second.cells])
 
 
 def test_failure_names_notebook_cell_and_copy(tmp_path):
