@@ -246,13 +246,15 @@ def test_resume_after_kill_is_bit_identical(tmp_path, kill_at):
         assert torch.equal(a, b)
 
 
-def test_resume_refuses_other_settings(tmp_path):
+def test_resume_discards_a_checkpoint_of_other_settings(tmp_path):
     model = BrainTextContrastive(_brain_map(), _tiny_itm())
     train, val = _data(model)
     fit(model, train, val, _config(epochs=1), tmp_path, test_ids=[1], progress=False)
-    with pytest.raises(RuntimeError, match="other training settings"):
-        fit(model, train, val, _config(epochs=1, lr=1.0), tmp_path, test_ids=[1],
-            progress=False)
+    fresh = BrainTextContrastive(_brain_map(), _tiny_itm())
+    with pytest.warns(UserWarning, match="other training settings"):
+        result = fit(fresh, train, val, _config(epochs=1, lr=1.0), tmp_path, test_ids=[1],
+                     progress=False)
+    assert result.resumed_from is None
 
 
 def test_leakage_assertion_fires(tmp_path):
@@ -337,11 +339,12 @@ def test_memory_window_decoder_trains(tmp_path):
     torch.testing.assert_close(back.weight, model.brain_map.weight)
 
 
-def test_resume_refuses_other_starting_weights(tmp_path):
+def test_resume_discards_a_checkpoint_of_other_starting_weights(tmp_path):
     """A checkpoint from another stage-1 map (e.g. before the toy models were rebuilt) is stale."""
     model = BrainTextContrastive(_brain_map(seed=0), _tiny_itm())
     train, val = _data(model)
     fit(model, train, val, _config(epochs=1), tmp_path, test_ids=[1], progress=False)
     other = BrainTextContrastive(_brain_map(seed=1), _tiny_itm())
-    with pytest.raises(RuntimeError, match="starting weights or data"):
-        fit(other, train, val, _config(epochs=1), tmp_path, test_ids=[1], progress=False)
+    with pytest.warns(UserWarning, match="starting weights or data"):
+        result = fit(other, train, val, _config(epochs=1), tmp_path, test_ids=[1], progress=False)
+    assert result.resumed_from is None

@@ -20,6 +20,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -479,16 +480,16 @@ def fit(
             "best_step": -1, "bad_evals": 0, "stopped": False}
     result = TrainResult()
     ckpt = out_dir / f"{CHECKPOINT}.json"
-    if resume and ckpt.exists():
-        saved = json.loads(ckpt.read_text())
-        if saved.get("fingerprint") != meta["fingerprint"]:
-            raise RuntimeError(
-                f"{ckpt} was written with other training settings, starting weights or data; "
-                "use resume=False (or delete the checkpoint files) to train from scratch."
-            )
+    stale = resume and ckpt.exists() and (
+        json.loads(ckpt.read_text()).get("fingerprint") != meta["fingerprint"])
+    if stale:
+        warnings.warn(
+            f"{ckpt} was written with other training settings, starting weights or data: "
+            "it is discarded and training starts from scratch.", stacklevel=2)
+    if resume and ckpt.exists() and not stale:
         meta = _load_checkpoint(out_dir, model, optimizer, scheduler)
         result.resumed_from = meta["step"]
-    elif not resume:
+    else:
         for name in (f"{CHECKPOINT}.json", f"{CHECKPOINT}.safetensors"):
             (out_dir / name).unlink(missing_ok=True)
 
