@@ -87,3 +87,12 @@ def stage_dir(
     path = subject_dir(derived_root, dataset, subject).joinpath(*stage)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def show_progress(progress: bool = True) -> bool:
+    """Whether to draw progress bars: ``progress``, unless ``$TQDM_DISABLE`` turns them off.
+
+    ``lib.run`` sets ``TQDM_DISABLE=1`` for batch-executed notebooks; an explicit
+    ``tqdm(disable=False)`` would otherwise override it.
+    """
+    return bool(progress) and os.environ.get("TQDM_DISABLE", "").lower() not in ("1", "true", "yes")

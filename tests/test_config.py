@@ -52,3 +52,10 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
     io.write_json(target, {"a": 1})
     assert json.loads(target.read_text()) == {"a": 1}
     assert [p.name for p in target.parent.iterdir()] == ["result.json"]
+
+
+def test_show_progress_follows_tqdm_disable(monkeypatch):
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    assert config.show_progress() and not config.show_progress(False)
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    assert not config.show_progress(True)

@@ -23,6 +23,8 @@ from collections.abc import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from lib.config import show_progress
+
 
 def load_captioner(model: str | os.PathLike, device: str = "auto", dtype: str | None = None):
     """Load a :class:`~transformers.Blip2ForConditionalGeneration` and its processor.
@@ -147,7 +149,7 @@ def generate_captions(
 
     captions: list[str] = []
     starts = range(0, len(query_tokens), batch_size)
-    for start in tqdm(starts, desc="captions", disable=not progress):
+    for start in tqdm(starts, desc="captions", disable=not show_progress(progress)):
         q = torch.from_numpy(query_tokens[start : start + batch_size]).to(device, dtype)
         n = q.shape[0]
         with torch.inference_mode():

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from lib.config import show_progress
 from lib.io import atomic_path, write_json
 
 CHECKPOINT = "checkpoint"
@@ -517,7 +518,7 @@ def fit(
     if meta["step"] == 0 and not meta["history"]:
         run_eval(0)
     model.train()
-    bar = tqdm(total=total, initial=meta["step"], desc="stage 2", disable=not progress)
+    bar = tqdm(total=total, initial=meta["step"], desc="stage 2", disable=not show_progress(progress))
     while meta["step"] < total and not meta["stopped"]:
         step = meta["step"]
         epoch, s = divmod(step, steps_per_epoch)

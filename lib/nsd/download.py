@@ -23,6 +23,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from lib.config import show_progress
 from lib.nsd.layout import ANNOTATIONS, COCO_CAPTION_FILES, NSDLayout
 
 logger = logging.getLogger(__name__)
@@ -155,7 +156,7 @@ def fetch(url: str, dest, size: int | None = None, session=None, timeout: float 
             mode = "ab" if have else "wb"
             with open(part, mode) as fh, tqdm(
                 total=size, initial=have, unit="B", unit_scale=True, desc=dest.name,
-                disable=not progress, leave=False,
+                disable=not show_progress(progress), leave=False,
             ) as bar:
                 for block in resp.iter_content(_CHUNK):
                     fh.write(block)
@@ -184,7 +185,7 @@ def download_subject(subject: int, sessions, dest, base_url: str = NSD_BASE_URL,
     """
     http = _session(session)
     files = plan(subject, sessions, dest, base_url, stimuli)
-    for f in tqdm(files, desc="NSD files", unit="file", disable=not progress or dry_run):
+    for f in tqdm(files, desc="NSD files", unit="file", disable=not show_progress(progress) or dry_run):
         try:
             f.size = remote_size(f.url, http)
         except DownloadError as exc:

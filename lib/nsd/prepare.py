@@ -22,7 +22,7 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from lib.config import subject_name
+from lib.config import show_progress, subject_name
 from lib.io import atomic_path, write_json
 from lib.nsd.design import load_coco_captions, load_expdesign, load_stim_info
 from lib.nsd.errors import NSDFormatError, missing
@@ -239,7 +239,7 @@ def prepare_subject(
         total = np.zeros(n_vox)
         total_sq = np.zeros(n_vox)
         n_train = 0
-        bar = tqdm(use, desc=f"{name} sessions", unit="session", disable=not progress)
+        bar = tqdm(use, desc=f"{name} sessions", unit="session", disable=not show_progress(progress))
         for k, s in enumerate(bar):
             t0 = time.perf_counter()
             lo, hi = int(offsets[k]), int(offsets[k + 1])
