@@ -31,6 +31,16 @@ def seeded_init(model_cls, config, seed: int, stream: int):
     return model
 
 
+def optimizer_step(optimizer, loss, params, max_norm: float = 1.0) -> None:
+    """One update: clear gradients, back-propagate ``loss``, clip their norm, step."""
+    import torch
+
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, max_norm)
+    optimizer.step()
+
+
 def batches(n: int, batch_size: int, rng: np.random.Generator, drop_last: bool = True) -> Iterator:
     """Yield index arrays of one shuffled epoch over ``n`` items."""
     perm = rng.permutation(n)

@@ -3,14 +3,13 @@
 Both are the standard Hugging Face classes, so every later stage loads them exactly like the
 real checkpoints (``Salesforce/blip2-itm-vit-g``, ``Salesforce/blip2-opt-2.7b``):
 
-- :func:`train_itm` trains a :class:`~transformers.Blip2ForImageTextRetrieval` (small ViT,
-  Q-Former with a few query tokens and text input) with the image-text contrastive loss
-  (InfoNCE in both directions on the model's own similarity, the maximum over query tokens
-  of the cosine between projected query outputs and the projected text ``[BOS]`` token).
-- :func:`train_captioner` builds a :class:`~transformers.Blip2ForConditionalGeneration`
-  whose vision encoder, Q-Former and query tokens are copied from the retrieval model and
-  frozen (as BLIP-2's stage 2 starts from stage 1), and trains its language projection and a
-  small OPT language model to caption the scenes with teacher forcing.
+- :func:`train_blip2` trains the image side of a :class:`~transformers.Blip2ForImageTextRetrieval`
+  (small ViT, Q-Former with a few query tokens and text input) with the image-text contrastive
+  loss (the maximum over query tokens of the cosine between projected query outputs and the
+  projected text ``[BOS]`` token) plus a captioning loss through a small OPT, then builds the
+  :class:`~transformers.Blip2ForConditionalGeneration` whose vision encoder, Q-Former and query
+  tokens are frozen copies of the retrieval model's (as BLIP-2's stage 2 starts from stage 1)
+  and trains its language projection and OPT to caption the scenes.
 - :func:`evaluate` scores both from pixels on held-out scenes: BLEU/CIDEr of generated
   captions against each image's five references, and image -> text retrieval.
 """
@@ -19,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._train import Timer, batches, cosine_lr, make_optimizer, seeded_init, set_lr
+from ._train import Timer, batches, cosine_lr, make_optimizer, optimizer_step, seeded_init, set_lr
 
 #: Seed streams for weight initialisation (distinct from the data streams).
 _INIT_ITM, _INIT_OPT = 11, 12
@@ -181,83 +180,6 @@ def itc_loss(model, pixels, ids, mask, temperature: float, aux_head=None, aux_la
     return loss, sim
 
 
-def train_itm(corpus, processor, spec: dict, image_size: int, seed: int, progress=None):
-    """Train the toy ``Blip2ForImageTextRetrieval`` with the image-text contrastive loss.
-
-    Parameters
-    ----------
-    corpus : Corpus
-        Training scenes (images, five captions each).
-    processor : Blip2Processor
-    spec : dict
-        The preset's ``blip2`` section (architecture, ``itm_epochs``, ``itm_batch``,
-        ``itm_lr``, ``temperature``, ``itm_aux``).
-    image_size : int
-    seed : int
-
-    Notes
-    -----
-    BLIP-2's stage 1 trains its Q-Former with three objectives (contrastive, matching and
-    image-grounded generation); the last two make the query outputs carry the image's
-    details. With a CPU budget of about a minute, the toy model replaces them by a cheaper
-    auxiliary objective when ``spec["itm_aux"]`` (its weight) is positive: a linear probe from the (projected)
-    query outputs to the scene's ground-truth labels (:func:`~.data.scene_labels`), trained
-    jointly and then discarded. The saved model is a plain ``Blip2ForImageTextRetrieval``.
-
-    Returns
-    -------
-    model : Blip2ForImageTextRetrieval
-        In eval mode.
-    history : dict
-        ``loss`` per logged step, ``seconds``.
-    """
-    import torch
-    from tqdm.auto import tqdm
-    from transformers import Blip2ForImageTextRetrieval
-
-    tok = processor.tokenizer
-    config = blip2_config(tok, spec, image_size)
-    model = seeded_init(Blip2ForImageTextRetrieval, config, seed, _INIT_ITM)
-    nq = config.num_query_tokens
-    pixels = pixel_values(processor, corpus.images)
-    ids, mask = encode_captions(tok, corpus.captions, nq, config.image_token_index, add_eos=False)
-    rng = np.random.default_rng([int(seed), 2001])
-    bs = min(int(spec["itm_batch"]), len(corpus))
-    steps_per_epoch = len(corpus) // bs
-    total = steps_per_epoch * int(spec["itm_epochs"])
-    aux_head, labels = None, None
-    params = list(model.parameters())
-    if spec.get("itm_aux"):
-        labels = torch.from_numpy(corpus.labels)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(seed) * 7919 + 17)
-            aux_head = torch.nn.Linear(nq * config.image_text_hidden_size, labels.shape[1])
-        params += list(aux_head.parameters())
-    opt = make_optimizer(params, spec["itm_lr"])
-    history = {"loss": []}
-    model.train()
-    with Timer() as timer, tqdm(total=total, desc="blip2-toy-itm", leave=False) as bar:
-        step = 0
-        for _ in range(int(spec["itm_epochs"])):
-            for idx in batches(len(corpus), bs, rng):
-                j = rng.integers(ids.shape[1], size=len(idx))
-                b_ids, b_mask = _trim(ids[idx, j], mask[idx, j])
-                set_lr(opt, cosine_lr(step, total, spec["itm_lr"], max(total // 20, 1)))
-                loss, _ = itc_loss(model, pixels[idx], b_ids, b_mask, spec["temperature"],
-                                   aux_head, None if labels is None else labels[idx],
-                                   float(spec.get("itm_aux") or 0.0))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                opt.step()
-                step += 1
-                history["loss"].append(round(float(loss.detach()), 4))
-                bar.update(1)
-                bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
-    history["seconds"] = timer.seconds
-    model.eval()
-    return model, history
-
 
 def itc_similarity(itm_model, queries, ids, mask):
     """The ITM model's contrastive similarity from precomputed Q-Former query outputs.
@@ -375,10 +297,7 @@ def train_blip2(corpus, processor, spec: dict, image_size: int, seed: int):
                     aux = aux_head(image_embeds.flatten(1))
                     loss = loss + float(spec["itm_aux"]) * F.binary_cross_entropy_with_logits(
                         aux, labels[idx])
-                optim.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                optim.step()
+                optimizer_step(optim, loss, params)
                 step += 1
                 history["itm_loss"].append(round(float(itc.detach()), 4))
                 history["lm_loss"].append(round(float(lm.detach()), 4))
@@ -464,24 +383,9 @@ def caption_labels(ids, mask, image_token_id: int, bos_token_id: int):
     return labels
 
 
-def train_captioner(itm_model, corpus, processor, spec: dict, seed: int):
-    """Train the toy ``Blip2ForConditionalGeneration`` (stage 2) to caption the scenes.
-
-    Returns
-    -------
-    model : Blip2ForConditionalGeneration
-        In eval mode, with a generation config (greedy, ``max_new_tokens``).
-    history : dict
-    """
-
-    model = captioner_from_itm(itm_model, seed)
-    pixels = pixel_values(processor, corpus.images)
-    return _train_language_side(model, pixels, corpus, processor, spec, seed)
-
 
 def _train_language_side(model, pixels, corpus, processor, spec: dict, seed: int):
     """Train only the language projection and OPT of a captioner on cached query outputs."""
-    import torch
     import torch.nn.functional as F
     from tqdm.auto import tqdm
 
@@ -520,10 +424,7 @@ def _train_language_side(model, pixels, corpus, processor, spec: dict, seed: int
                 logits = lm_logits(model, queries[img_of[idx]], b_ids, b_mask)
                 loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
                                        b_lab[:, 1:].reshape(-1), ignore_index=-100)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-                opt.step()
+                optimizer_step(opt, loss, trainable)
                 step += 1
                 history["loss"].append(round(float(loss.detach()), 4))
                 bar.update(1)

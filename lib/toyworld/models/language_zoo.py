@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._train import Timer, batches, cosine_lr, make_optimizer, seeded_init, set_lr
+from ._train import Timer, batches, cosine_lr, make_optimizer, optimizer_step, seeded_init, set_lr
 
 
 def build_language_model(tokenizer, size: dict, seed: int, stream: int):
@@ -57,7 +57,6 @@ def _loss(model, ids, mask):
 
 def train_language_model(model, ids, mask, spec: dict, seed: int, stream: int, desc: str):
     """Next-word training on caption ids (``epochs``, ``batch``, ``lr`` in ``spec``)."""
-    import torch
     from tqdm.auto import tqdm
 
     rng = np.random.default_rng([int(seed), 4000 + int(stream)])
@@ -72,10 +71,7 @@ def train_language_model(model, ids, mask, spec: dict, seed: int, stream: int, d
             for idx in batches(len(ids), bs, rng):
                 set_lr(opt, cosine_lr(step, total, spec["lr"], max(total // 20, 1)))
                 loss = _loss(model, ids[idx], mask[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                opt.step()
+                optimizer_step(opt, loss, model.parameters())
                 step += 1
                 history["loss"].append(round(float(loss.detach()), 4))
                 bar.update(1)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._train import Timer, batches, cosine_lr, make_optimizer, seeded_init, set_lr
+from ._train import Timer, batches, cosine_lr, make_optimizer, optimizer_step, seeded_init, set_lr
 
 
 def _vit(size: dict, image_size: int, n_labels: int, names: list[str]):
@@ -86,7 +86,6 @@ def train_vision_model(model, pixels, labels, spec: dict, seed: int, stream: int
     history : dict
         ``loss`` per step and ``seconds``.
     """
-    import torch
     from tqdm.auto import tqdm
 
     rng = np.random.default_rng([int(seed), 3000 + int(stream)])
@@ -101,10 +100,7 @@ def train_vision_model(model, pixels, labels, spec: dict, seed: int, stream: int
             for idx in batches(len(pixels), bs, rng):
                 set_lr(opt, cosine_lr(step, total, spec["lr"], max(total // 20, 1)))
                 loss = model(pixel_values=pixels[idx], labels=labels[idx]).loss
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                opt.step()
+                optimizer_step(opt, loss, model.parameters())
                 step += 1
                 history["loss"].append(round(float(loss.detach()), 4))
                 bar.update(1)
