@@ -20,6 +20,8 @@ from typing import Sequence
 
 import numpy as np
 
+from lib.features.cache import rows_for
+
 #: ROIs summarised by default (``PreparedSubject.roi_mask`` names).
 DEFAULT_ROIS = ("V1", "V2", "V3", "hV4", "faces", "bodies", "places", "words", "nsdgeneral")
 #: Early visual and category-selective ROIs (for the peak-layer comparison).
@@ -239,22 +241,11 @@ def encode_layers(features: dict[int, np.ndarray], feature_ids: np.ndarray,
     train_ids, test_ids = np.asarray(train_ids), np.asarray(test_ids)
     leaked = np.intersect1d(train_ids, test_ids)
     assert leaked.size == 0, f"{leaked.size} test images are among the training images."
-    rows_train = _rows(feature_ids, train_ids)
-    rows_test = _rows(feature_ids, test_ids)
+    rows_train = rows_for(feature_ids, train_ids)
+    rows_test = rows_for(feature_ids, test_ids)
     return {layer: fit_layer(X[rows_train], Y_train, X[rows_test], Y_test, **fit_kwargs)
             for layer, X in sorted(features.items())}
 
-
-def _rows(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
-    ids = np.asarray(ids)
-    order = np.argsort(ids)
-    pos = np.searchsorted(ids, wanted, sorter=order)
-    pos = np.clip(pos, 0, len(ids) - 1)
-    rows = order[pos]
-    missing = ids[rows] != wanted
-    if missing.any():
-        raise KeyError(f"{missing.sum()} image ids have no features (e.g. {wanted[missing][:3]}).")
-    return rows
 
 
 # --------------------------------------------------------------------------------------

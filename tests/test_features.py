@@ -271,3 +271,12 @@ def test_cache_follows_model_changes(vision_models, tmp_path):
                                          device="cpu")
     assert not np.allclose(first[3], second[3])
     assert len(list((tmp_path / "cache").glob("vision_vit_*.h5"))) == 2
+
+
+def test_rows_for_finds_unsorted_keys_and_names_missing_ones():
+    from lib.features.cache import rows_for
+
+    keys = np.array([30, 10, 20])
+    np.testing.assert_array_equal(rows_for(keys, [20, 30, 10, 20]), [2, 0, 1, 2])
+    with pytest.raises(KeyError, match="1 ids have no features"):
+        rows_for(keys, [10, 99])

@@ -218,14 +218,10 @@ def average_by_id(values: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.n
 
 
 def _lookup(features: np.ndarray, feature_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    order = np.argsort(feature_ids)
-    pos = np.searchsorted(feature_ids, ids, sorter=order)
-    pos = np.clip(pos, 0, len(feature_ids) - 1)
-    idx = order[pos]
-    missing = feature_ids[idx] != ids
-    if missing.any():
-        raise KeyError(f"no Q-Former features for nsd ids {ids[missing][:5].tolist()} ...")
-    return features[idx]
+    """Rows of ``features`` (stored in ``feature_ids`` order) for the nsd ids ``ids``."""
+    from lib.features.cache import rows_for
+
+    return features[rows_for(feature_ids, ids)]
 
 
 @dataclass

@@ -109,3 +109,32 @@ def _write_batch(f, rows, out, n, batch_size, path) -> None:
             ds[rows] = arr
     f["done"][rows] = True
     f.flush()
+
+
+def rows_for(keys, wanted) -> np.ndarray:
+    """Row index of every key in ``wanted`` within ``keys`` (e.g. nsd ids of a feature cache).
+
+    Parameters
+    ----------
+    keys : array-like of shape (n_rows,)
+        Keys of the stored rows, in storage order (need not be sorted).
+    wanted : array-like of shape (n_wanted,)
+        Keys to look up.
+
+    Returns
+    -------
+    rows : ndarray of shape (n_wanted,)
+
+    Raises
+    ------
+    KeyError
+        When a wanted key is not stored.
+    """
+    keys, wanted = np.asarray(keys), np.asarray(wanted)
+    order = np.argsort(keys)
+    pos = np.clip(np.searchsorted(keys, wanted, sorter=order), 0, len(keys) - 1)
+    rows = order[pos]
+    missing = keys[rows] != wanted
+    if missing.any():
+        raise KeyError(f"{int(missing.sum())} ids have no features (e.g. {wanted[missing][:5].tolist()})")
+    return rows
