@@ -335,8 +335,9 @@ def run_convergence(subject, zoo: Sequence[dict], out_dir, cache_dir=None,
         Ridge penalties (see :func:`fit_layer`).
     layers : None, int or sequence of int
         Layer selection for every model (see :func:`lib.features.hidden.select_layers`).
-    pooling : {"mean", "cls"}
-        Token pooling of vision transformers.
+    pooling : {"mean", "cls", "grid<k>"}
+        Pooling of vision features (see :func:`lib.features.hidden.pool_hidden_state`);
+        ``"grid4"`` keeps a 4 x 4 map of where things are, which retinotopic cortex needs.
     batch_size, device, max_features, reduction, seed
         See :func:`lib.features.hidden.model_layer_features` and :func:`fit_layer`.
 

@@ -280,3 +280,30 @@ def test_rows_for_finds_unsorted_keys_and_names_missing_ones():
     np.testing.assert_array_equal(rows_for(keys, [20, 30, 10, 20]), [2, 0, 1, 2])
     with pytest.raises(KeyError, match="1 ids have no features"):
         rows_for(keys, [10, 99])
+
+
+def test_grid_pooling_averages_each_cell_of_tokens_and_feature_maps():
+    from types import SimpleNamespace
+
+    config = SimpleNamespace(image_size=16, patch_size=4)  # a 4 x 4 patch grid + CLS
+    patches = torch.arange(2 * 16 * 3, dtype=torch.float32).reshape(2, 16, 3)
+    tokens = torch.cat([torch.full((2, 1, 3), -1e6), patches], dim=1)
+    out = hidden.pool_hidden_state(tokens, config, "grid2")
+    assert out.shape == (2, 3 * 2 * 2)
+    grid = patches.reshape(2, 4, 4, 3)  # row-major patches: (batch, row, col, channel)
+    top_left = grid[:, :2, :2].mean(dim=(1, 2))  # (2, 3)
+    bottom_right = grid[:, 2:, 2:].mean(dim=(1, 2))
+    cells = out.reshape(2, 3, 2, 2)  # channel-major, then rows, then columns
+    torch.testing.assert_close(cells[:, :, 0, 0], top_left)
+    torch.testing.assert_close(cells[:, :, 1, 1], bottom_right)
+    # grid1 is the plain mean; a conv map pools the same way
+    torch.testing.assert_close(hidden.pool_hidden_state(tokens, config, "grid1"),
+                               hidden.pool_hidden_state(tokens, config, "mean"))
+    fmap = grid.permute(0, 3, 1, 2)
+    torch.testing.assert_close(hidden.pool_hidden_state(fmap, config, "grid2"), out)
+
+
+@pytest.mark.parametrize("bad", ["grid", "grid0", "max", "gridx"])
+def test_unknown_pooling_is_a_clear_error(bad):
+    with pytest.raises(ValueError, match="pooling must be"):
+        hidden.parse_pooling(bad)

@@ -172,6 +172,21 @@ def _n_prefix_tokens(config, n_tokens: int) -> int:
     return 1
 
 
+def parse_pooling(pooling: str) -> tuple[str, int]:
+    """Split a pooling name into its kind and grid size.
+
+    ``"mean"`` and ``"cls"`` give grid size 1; ``"grid<k>"`` (e.g. ``"grid4"``) averages the
+    patch tokens or feature map within each cell of a ``k`` x ``k`` grid over the image.
+    """
+    if pooling in ("mean", "cls"):
+        return pooling, 1
+    if isinstance(pooling, str) and pooling.startswith("grid") and pooling[4:].isdigit():
+        k = int(pooling[4:])
+        if k >= 1:
+            return "grid", k
+    raise ValueError(f"pooling must be 'mean', 'cls' or 'grid<k>' (e.g. 'grid4'), got {pooling!r}.")
+
+
 def pool_hidden_state(h, config, pooling: str = "mean"):
     """Pool one layer's hidden state to one vector per image.
 
@@ -181,23 +196,37 @@ def pool_hidden_state(h, config, pooling: str = "mean"):
         Token sequence or convolutional feature map.
     config : transformers config
         The model's config (to count the prefix tokens of a token model).
-    pooling : {"mean", "cls"}
-        For token models: mean over patch tokens, or the first (CLS) token. Feature maps are
-        always averaged over space.
+    pooling : {"mean", "cls", "grid<k>"}
+        ``"mean"``: mean over patch tokens (prefix tokens such as CLS excluded) or over the
+        feature map; ``"cls"``: the first token (feature maps are averaged); ``"grid<k>"``:
+        the mean within each cell of a ``k`` x ``k`` grid over the image, which keeps where
+        things are (what retinotopic early visual cortex needs); the patch grid must be square.
 
     Returns
     -------
-    features : torch.Tensor of shape (batch, dim)
+    features : torch.Tensor of shape (batch, dim) or, for ``grid<k>``, (batch, dim * k * k)
+        Grid features are ordered channel-major (all cells of channel 0 first).
     """
+    import torch.nn.functional as F
+
+    kind, k = parse_pooling(pooling)
     if h.ndim == 4:
-        return h.mean(dim=(2, 3))
+        if kind != "grid":
+            return h.mean(dim=(2, 3))
+        return F.adaptive_avg_pool2d(h, k).flatten(1)
     if h.ndim != 3:
         raise ValueError(f"Unexpected hidden-state shape {tuple(h.shape)}.")
-    if pooling == "cls":
+    if kind == "cls":
         return h[:, 0]
-    if pooling == "mean":
-        return h[:, _n_prefix_tokens(config, h.shape[1]) :].mean(dim=1)
-    raise ValueError(f"pooling must be 'mean' or 'cls', got {pooling!r}.")
+    patches = h[:, _n_prefix_tokens(config, h.shape[1]) :]
+    if kind == "mean":
+        return patches.mean(dim=1)
+    side = int(round(patches.shape[1] ** 0.5))
+    if side * side != patches.shape[1]:
+        raise ValueError(f"pooling={pooling!r} needs a square patch grid; got "
+                         f"{patches.shape[1]} patch tokens.")
+    fmap = patches.transpose(1, 2).reshape(h.shape[0], h.shape[2], side, side)
+    return F.adaptive_avg_pool2d(fmap, k).flatten(1)
 
 
 def vision_hidden_states(model, processor, images: np.ndarray, pooling: str = "mean",
@@ -209,7 +238,7 @@ def vision_hidden_states(model, processor, images: np.ndarray, pooling: str = "m
     model, processor
         From :func:`load_vision_model`.
     images : ndarray of shape (n_images, height, width, 3), uint8
-    pooling : {"mean", "cls"}
+    pooling : {"mean", "cls", "grid<k>"}
         See :func:`pool_hidden_state`.
     layers : None, int or sequence of int
         See :func:`select_layers`.
