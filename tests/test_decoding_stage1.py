@@ -231,3 +231,21 @@ def test_itc_scores_match_the_retrieval_model(micro_root, micro_subject):
     with torch.no_grad():
         out = model(**inputs, use_image_text_matching_head=False)
     np.testing.assert_allclose(ours, np.diag(out.logits_per_image.numpy()), atol=1e-5)
+
+
+def test_excluded_images_stay_out_of_the_fit(micro_subject):
+    from sklearn.linear_model import Ridge
+
+    from lib.decoding.stage1 import fit_stage1
+
+    feats, ids = _targets(micro_subject, seed=2)
+    X, x_ids = micro_subject.averaged_betas("train")
+    held = x_ids[::5]
+    res = fit_stage1(micro_subject, feats, ids, alphas=[10.0], device="cpu", exclude_ids=held)
+    keep = ~np.isin(x_ids, held)
+    assert res.settings["n_train_samples"] == keep.sum()
+    assert res.settings["n_excluded_images"] == len(held)
+    Y = feats[np.searchsorted(ids, x_ids[keep])].reshape(keep.sum(), -1)
+    sk = Ridge(alpha=10.0).fit(X[keep], Y)
+    np.testing.assert_allclose(res.decoder.weight.detach().numpy(), sk.coef_, rtol=1e-3,
+                               atol=1e-4)

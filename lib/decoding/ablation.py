@@ -61,7 +61,7 @@ def memory_ablation(
         captioned).
     """
     from lib.decoding.evaluate import derangement, retrieval
-    from lib.decoding.stage1 import PREDICTIONS_FILE, _lookup, read_predictions
+    from lib.decoding.stage1 import PREDICTIONS_FILE, lookup_features, read_predictions
 
     decoding_dir = Path(decoding_dir)
     mpath = decoding_dir / "metrics.json"
@@ -76,7 +76,7 @@ def memory_ablation(
             pred_path = decoding_dir / name / PREDICTIONS_FILE
             if features is not None and pred_path.exists():
                 pred = read_predictions(decoding_dir / name)
-                true = _lookup(np.asarray(features), np.asarray(feature_ids), pred["test_ids"])
+                true = lookup_features(np.asarray(features), np.asarray(feature_ids), pred["test_ids"])
                 r = retrieval(pred["test_pred"], true, k, n_draws, seed)
                 rs = retrieval(pred["test_pred"][derangement(len(true), seed)], true, k,
                                n_draws, seed)

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lib.decoding.stage1 import _lookup, cosine_matrix, read_predictions
+from lib.decoding.stage1 import lookup_features, cosine_matrix, read_predictions
 
 #: Caption metrics with per-caption scores used by the permutation test.
 PERMUTATION_METRICS = ("CIDEr", "METEOR")
@@ -269,10 +269,10 @@ def evaluate_run(run_dir: str | os.PathLike, subject, model, processor, features
 
     preds = read_predictions(run_dir)
     test_pred, test_ids = preds["test_pred"], preds["test_ids"]
-    test_true = _lookup(features, feature_ids, test_ids)
+    test_true = lookup_features(features, feature_ids, test_ids)
     train_ids = np.asarray(subject.image_ids("train"))
     assert np.intersect1d(train_ids, test_ids).size == 0, "test images among training images"
-    train_true = _lookup(features, feature_ids, train_ids)
+    train_true = lookup_features(features, feature_ids, train_ids)
     references = subject.captions(test_ids)
 
     gen = {"prompt": prompt, "num_beams": num_beams, "batch_size": batch_size,

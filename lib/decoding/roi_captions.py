@@ -202,7 +202,7 @@ def category_ceiling(subject, features, feature_ids, model, processor, split: st
     import pandas as pd
 
     from lib.decoding.generate import generate_captions
-    from lib.decoding.stage1 import _lookup
+    from lib.decoding.stage1 import lookup_features
 
     ids = np.asarray(subject.image_ids(split))
     refs = subject.captions(ids)
@@ -213,7 +213,7 @@ def category_ceiling(subject, features, feature_ids, model, processor, split: st
         if not keep:
             rows.append({"category": roi, "n_images": 0, "named_share": np.nan, "example": ""})
             continue
-        tokens = _lookup(np.asarray(features), np.asarray(feature_ids), np.asarray(keep))
+        tokens = lookup_features(np.asarray(features), np.asarray(feature_ids), np.asarray(keep))
         caps = generate_captions(tokens, model, processor, progress=False, **generate_kwargs)
         share = float(np.mean([names_category(c, roi) for c in caps]))
         rows.append({"category": roi, "n_images": len(keep), "named_share": share,

@@ -217,7 +217,7 @@ def average_by_id(values: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.n
     return (sums / counts).astype(np.float32), uniq
 
 
-def _lookup(features: np.ndarray, feature_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
+def lookup_features(features: np.ndarray, feature_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """Rows of ``features`` (stored in ``feature_ids`` order) for the nsd ids ``ids``."""
     from lib.features.cache import rows_for
 
@@ -254,7 +254,8 @@ class Stage1Result:
 def fit_stage1(subject, features: np.ndarray, feature_ids: np.ndarray, memory_size: int = 1,
                memory_direction: str = "past", roi: str | None = None,
                alphas: Sequence[float] | None = None, cv="loo", device: str = "auto",
-               trials: bool | None = None, settings: dict | None = None) -> Stage1Result:
+               trials: bool | None = None, settings: dict | None = None,
+               exclude_ids: Sequence[int] | None = None) -> Stage1Result:
     """Fit the ridge map fMRI -> query tokens on training images; predict the test images.
 
     Parameters
@@ -275,6 +276,9 @@ def fit_stage1(subject, features: np.ndarray, feature_ids: np.ndarray, memory_si
         Where the ridge solve runs.
     settings : dict or None
         Extra entries recorded in the decoder's settings.
+    exclude_ids : sequence of int or None
+        Training images left out of the fit (e.g. the images stage 2 validates on, so that its
+        early stopping sees images the starting map never fitted).
 
     Returns
     -------
@@ -289,10 +293,14 @@ def fit_stage1(subject, features: np.ndarray, feature_ids: np.ndarray, memory_si
 
     X_train, train_trial_ids = stage1_inputs(subject, "train", memory_size, memory_direction, roi,
                                              trials)
+    if exclude_ids is not None and len(exclude_ids):
+        keep = ~np.isin(train_trial_ids, np.asarray(exclude_ids))
+        X_train = [block[keep] for block in X_train]
+        train_trial_ids = train_trial_ids[keep]
     test_image_ids = np.asarray(subject.image_ids("test"))
     leaked = np.intersect1d(train_trial_ids, test_image_ids)
     assert leaked.size == 0, f"test images in the training set: {leaked[:5].tolist()}"
-    Y_train = _lookup(features, feature_ids, train_trial_ids).reshape(len(train_trial_ids), -1)
+    Y_train = lookup_features(features, feature_ids, train_trial_ids).reshape(len(train_trial_ids), -1)
 
     ridge = RidgeCV(alphas=alphas, alpha_per_target=True, cv=cv, device=device, verbose=True)
     ridge.fit(X_train if len(X_train) > 1 else X_train[0], Y_train)
@@ -301,6 +309,7 @@ def fit_stage1(subject, features: np.ndarray, feature_ids: np.ndarray, memory_si
         "memory_size": int(memory_size), "memory_direction": memory_direction, "roi": roi,
         "trials": bool(memory_size > 1 if trials is None else trials),
         "alphas": [float(a) for a in alphas], "cv": cv, "n_train_samples": len(train_trial_ids),
+        "n_excluded_images": 0 if exclude_ids is None else len(np.unique(exclude_ids)),
         **(settings or {}),
     }
     decoder = QueryTokenDecoder([b.shape[1] for b in X_train], n_query, hidden, all_settings)
@@ -317,8 +326,8 @@ def fit_stage1(subject, features: np.ndarray, feature_ids: np.ndarray, memory_si
     decoder.settings["best_alpha_median"] = float(np.median(best))
     return Stage1Result(
         decoder=decoder, test_pred=test_pred,
-        test_true=_lookup(features, feature_ids, test_ids), test_ids=test_ids,
-        train_pred=train_pred, train_true=_lookup(features, feature_ids, train_ids),
+        test_true=lookup_features(features, feature_ids, test_ids), test_ids=test_ids,
+        train_pred=train_pred, train_true=lookup_features(features, feature_ids, train_ids),
         train_ids=train_ids, best_alphas=best, settings=decoder.settings,
     )
 

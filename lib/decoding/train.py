@@ -646,14 +646,14 @@ def stage2_data(subject, features, feature_ids, memory_size: int = 1,
     -------
     data : Stage2Data
     """
-    from lib.decoding.stage1 import _lookup, stage1_inputs
+    from lib.decoding.stage1 import lookup_features, stage1_inputs
 
     test_ids = np.asarray(subject.image_ids("test"))
     blocks, ids = stage1_inputs(subject, "train", memory_size, memory_direction, roi)
     X = np.concatenate(blocks, axis=1) if len(blocks) > 1 else blocks[0]
     assert_no_test_ids(ids, test_ids, "the stage-2 training samples")
     tr_img, val_img = split_train_val(np.unique(ids), val_fraction, seed)
-    tokens = _lookup(np.asarray(features, np.float32), np.asarray(feature_ids), ids)
+    tokens = lookup_features(np.asarray(features, np.float32), np.asarray(feature_ids), ids)
     caps = dict(zip((int(i) for i in np.unique(ids)), subject.captions(np.unique(ids))))
     parts = []
     for keep in (tr_img, val_img):
