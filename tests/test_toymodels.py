@@ -102,7 +102,7 @@ def test_generate_runs_and_matches_fast_training_path(models_root, val_corpus):
                   padding=True, return_tensors="pt")
     with torch.inference_mode():
         ref = model(**inputs).logits
-        q = B.query_outputs(model, inputs["pixel_values"])
+        q = B.query_outputs(model, B.image_encoder_outputs(model.vision_model, inputs["pixel_values"]))
         fast = B.lm_logits(model, q, inputs["input_ids"], inputs["attention_mask"])
     torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-4)
 
@@ -121,7 +121,8 @@ def test_captioner_shares_the_itm_vision_side(models_root, val_corpus):
     assert itm.config.qformer_config.use_qformer_text_input
     px = Blip2Processor.from_pretrained(root / "blip2-toy-itm")(
         images=list(val_corpus.images[:2]), return_tensors="pt")["pixel_values"]
-    torch.testing.assert_close(B.query_outputs(itm, px), B.query_outputs(opt, px))
+    torch.testing.assert_close(B.query_outputs(itm, B.image_encoder_outputs(itm.vision_model, px)),
+                               B.query_outputs(opt, B.image_encoder_outputs(opt.vision_model, px)))
 
 
 def test_zoo_json_and_every_zoo_model_reloads(models_root, val_corpus):
@@ -198,7 +199,7 @@ def test_itc_shortcut_matches_the_model_forward(models_root, val_corpus):
     inputs = proc(images=list(val_corpus.images[:3]), text=texts, padding=True, return_tensors="pt")
     with torch.inference_mode():
         ref = itm(**inputs, use_image_text_matching_head=False).logits_per_image
-        q = B.query_outputs(itm, inputs["pixel_values"])
+        q = B.query_outputs(itm, B.image_encoder_outputs(itm.vision_model, inputs["pixel_values"]))
         sim, _ = B.itc_similarity(itm, q, inputs["input_ids"], inputs["attention_mask"])
     assert tuple(ref.shape) == (3, 4)
     torch.testing.assert_close(sim, ref, rtol=1e-5, atol=1e-5)

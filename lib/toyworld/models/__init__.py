@@ -30,32 +30,33 @@ from pathlib import Path
 PRESETS: dict = {
     "toy": {
         "image_size": 64,
-        "n_train": 3000,
+        "n_train": 12000,
         "n_val": 100,
         "min_count": 2,
         "blip2": {
-            "vision_hidden": 96, "vision_layers": 2, "patch_size": 8,
+            "vision_hidden": 96, "vision_layers": 4, "patch_size": 8,
+            "vision_pretrain_epochs": 4, "vision_pretrain_batch": 64, "vision_pretrain_lr": 2e-3,
             "qformer_hidden": 128, "qformer_layers": 2, "num_query_tokens": 8,
             "embed_dim": 64, "lm_hidden": 128, "lm_layers": 2,
-            "itm_epochs": 8, "itm_batch": 32, "itm_lr": 1e-3, "temperature": 0.07,
+            "itm_epochs": 3, "itm_batch": 32, "itm_lr": 1e-3, "temperature": 0.07,
             "itm_aux": 1.0, "itm_lm_weight": 1.0,
             "opt_epochs": 4, "opt_batch": 64, "opt_lr": 5e-4, "opt_pairs_per_epoch": 3000,
             "max_new_tokens": 32,
         },
         "vision": {
-            "n_train": 6000, "epochs": 6, "batch": 64, "lr": 2e-3,
+            "n_train": 6000, "epochs": 3, "batch": 64, "lr": 2e-3,
             "sizes": {
-                "vit": {"s": {"hidden": 32, "layers": 2, "patch": 16},
-                        "m": {"hidden": 64, "layers": 3, "patch": 16},
-                        "l": {"hidden": 128, "layers": 4, "patch": 16}},
+                "vit": {"s": {"hidden": 32, "layers": 2, "patch": 8},
+                        "m": {"hidden": 64, "layers": 3, "patch": 8},
+                        "l": {"hidden": 128, "layers": 4, "patch": 8}},
                 "resnet": {"s": {"width": 8, "depths": [1, 1, 1, 1]},
                            "m": {"width": 16, "depths": [1, 1, 1, 1]},
-                           "l": {"width": 32, "depths": [1, 1, 1, 1]}},
+                           "l": {"width": 24, "depths": [1, 1, 1, 1]}},
             },
             "untrained": ["vit-l", "resnet-l"],
         },
         "language": {
-            "epochs": 2, "batch": 32, "lr": 2e-3, "captions_per_image": 5,
+            "n_train": 3000, "epochs": 2, "batch": 32, "lr": 2e-3, "captions_per_image": 5,
             "sizes": {"s": {"hidden": 16, "layers": 1}, "m": {"hidden": 32, "layers": 2},
                       "l": {"hidden": 64, "layers": 3}},
             "untrained": ["opt-l"],
@@ -71,7 +72,8 @@ PRESETS["micro"] = {
         **PRESETS["toy"]["blip2"],
         "vision_hidden": 32, "vision_layers": 1, "patch_size": 16, "qformer_hidden": 32,
         "qformer_layers": 1, "num_query_tokens": 4, "embed_dim": 16, "lm_hidden": 32,
-        "lm_layers": 1, "itm_epochs": 1, "itm_batch": 32, "opt_epochs": 1, "opt_batch": 32,
+        "lm_layers": 1, "vision_pretrain_epochs": 1, "itm_epochs": 1, "itm_batch": 32,
+        "opt_epochs": 1, "opt_batch": 32,
         "opt_pairs_per_epoch": 96, "max_new_tokens": 12,
     },
     "vision": {
@@ -256,7 +258,8 @@ def _train_language_part(models_dir, cfg, train, val, tok, seed, seconds, qualit
     from .language_zoo import encode_texts
 
     per_image = int(lspec.get("captions_per_image") or len(train.captions[0]))
-    ids, mask = encode_texts(tok, [c for caps in train.captions for c in caps[:per_image]])
+    n_images = min(int(lspec.get("n_train") or len(train)), len(train))
+    ids, mask = encode_texts(tok, [c for caps in train.captions[:n_images] for c in caps[:per_image]])
     val_ids, val_mask = encode_texts(tok, [c for caps in val.captions for c in caps])
     stream = 200
     for s, size_spec in tqdm(list(lspec["sizes"].items()), desc="language zoo", leave=False):

@@ -3,9 +3,10 @@
 Both are the standard Hugging Face classes, so every later stage loads them exactly like the
 real checkpoints (``Salesforce/blip2-itm-vit-g``, ``Salesforce/blip2-opt-2.7b``):
 
-- :func:`train_blip2` trains the image side of a :class:`~transformers.Blip2ForImageTextRetrieval`
-  (small ViT, Q-Former with a few query tokens and text input) with the image-text contrastive
-  loss (the maximum over query tokens of the cosine between projected query outputs and the
+- :func:`train_blip2` pre-trains a small ViT on the scene labels and freezes it (BLIP-2's
+  frozen image encoder), then trains the Q-Former side of a
+  :class:`~transformers.Blip2ForImageTextRetrieval` (a few query tokens, text input) with the
+  image-text contrastive loss (the maximum over query tokens of the cosine between projected query outputs and the
   projected text ``[BOS]`` token) plus a captioning loss through a small OPT, then builds the
   :class:`~transformers.Blip2ForConditionalGeneration` whose vision encoder, Q-Former and query
   tokens are frozen copies of the retrieval model's (as BLIP-2's stage 2 starts from stage 1)
@@ -143,44 +144,6 @@ def _trim(ids, mask):
 
 
 # --------------------------------------------------------------------------- stage 1
-def itc_loss(model, pixels, ids, mask, temperature: float, aux_head=None, aux_labels=None,
-             aux_weight: float = 1.0):
-    """Symmetric InfoNCE on the model's own image-text similarity.
-
-    Parameters
-    ----------
-    model : Blip2ForImageTextRetrieval
-    pixels : FloatTensor of shape (B, 3, S, S)
-    ids, mask : LongTensor of shape (B, L)
-        Processor layout (``num_query_tokens`` image tokens first); row i matches image i.
-    temperature : float
-    aux_head : torch.nn.Module or None
-        Optional probe from the flattened image embeddings (B, nq * embed_dim) to the
-        scene labels, trained jointly (see :func:`train_itm`); not part of the saved model.
-    aux_labels : FloatTensor of shape (B, n_labels) or None
-
-    Returns
-    -------
-    loss : scalar tensor
-    sim : FloatTensor of shape (B, B)
-        Cosine similarity (max over query tokens), images x texts.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    out = model(pixel_values=pixels, input_ids=ids, attention_mask=mask,
-                use_image_text_matching_head=False)
-    sim = out.logits_per_image  # (B_img, B_txt)
-    target = torch.arange(sim.shape[0])
-    logits = sim / temperature
-    loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
-    if aux_head is not None:
-        aux = aux_head(out.image_embeds.flatten(1))
-        loss = loss + aux_weight * F.binary_cross_entropy_with_logits(aux, aux_labels)
-    return loss, sim
-
-
-
 def itc_similarity(itm_model, queries, ids, mask):
     """The ITM model's contrastive similarity from precomputed Q-Former query outputs.
 
@@ -212,21 +175,95 @@ def itc_similarity(itm_model, queries, ids, mask):
     return sim, image_embeds
 
 
+def pretrain_vision(vision_model, pixels, labels, spec: dict, seed: int) -> dict:
+    """Supervised pre-training of the BLIP-2 image encoder on the scene labels.
+
+    BLIP-2 starts from an image encoder pre-trained elsewhere (EVA-CLIP's ViT-g) and keeps it
+    frozen; the toy analogue is a small ViT trained to tell which places, objects, colours and
+    object-colour pairs (and where) are in a scene. A linear head on the concatenated ``[CLS]``
+    output and the mean patch token is trained jointly with binary cross-entropy and discarded.
+
+    Parameters
+    ----------
+    vision_model : Blip2VisionModel
+        Trained in place.
+    pixels : FloatTensor of shape (n, 3, S, S)
+    labels : FloatTensor of shape (n, n_labels)
+        Multi-hot scene labels (:func:`lib.toyworld.models.data.scene_labels`).
+    spec : dict
+        ``vision_pretrain_epochs``, ``vision_pretrain_batch``, ``vision_pretrain_lr``.
+    seed : int
+
+    Returns
+    -------
+    history : dict
+        ``loss`` per step and ``seconds``.
+    """
+    import torch
+    import torch.nn.functional as F
+    from tqdm.auto import tqdm
+
+    epochs = int(spec.get("vision_pretrain_epochs") or 0)
+    history: dict = {"loss": [], "seconds": 0.0}
+    if epochs == 0:
+        return history
+    hidden = vision_model.config.hidden_size
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed) * 7919 + 23)
+        head = torch.nn.Linear(2 * hidden, labels.shape[1])
+    params = list(vision_model.parameters()) + list(head.parameters())
+    lr = float(spec["vision_pretrain_lr"])
+    optim = make_optimizer(params, lr, weight_decay=0.05)
+    rng = np.random.default_rng([int(seed), 2000])
+    bs = min(int(spec["vision_pretrain_batch"]), len(pixels))
+    total = (len(pixels) // bs) * epochs
+    vision_model.train()
+    with Timer() as timer, tqdm(total=total, desc="blip2 vision encoder", leave=False) as bar:
+        step = 0
+        for _ in range(epochs):
+            for idx in batches(len(pixels), bs, rng):
+                set_lr(optim, cosine_lr(step, total, lr, max(total // 20, 1)))
+                out = vision_model(pixel_values=pixels[idx])
+                tokens = out.last_hidden_state
+                pooled = torch.cat([out.pooler_output, tokens[:, 1:].mean(1)], dim=1)
+                loss = F.binary_cross_entropy_with_logits(head(pooled), labels[idx])
+                optimizer_step(optim, loss, params)
+                step += 1
+                history["loss"].append(round(float(loss.detach()), 4))
+                bar.update(1)
+                bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+    vision_model.eval()
+    history["seconds"] = timer.seconds
+    return history
+
+
+def image_encoder_outputs(vision_model, pixels, batch_size: int = 256):
+    """Last hidden states (n, 1 + n_patches, vision_hidden) of a frozen image encoder."""
+    import torch
+
+    with torch.inference_mode():
+        out = [vision_model(pixel_values=pixels[i : i + batch_size]).last_hidden_state
+               for i in range(0, len(pixels), batch_size)]
+    return torch.cat(out).clone()
+
+
 def train_blip2(corpus, processor, spec: dict, image_size: int, seed: int):
     """Train the toy BLIP-2 pair: a retrieval model and a captioner sharing one vision side.
 
-    Stage 1 trains the vision encoder, Q-Former and query tokens (held by the
-    ``Blip2ForImageTextRetrieval``) with the image-text contrastive loss (symmetric InfoNCE
-    on the model's own similarity) plus an image-grounded captioning loss through the
-    captioner's language projection and OPT (BLIP-2's stage 1 also trains with an
-    image-grounded generation loss; here the generator is the small OPT itself, which a
-    CPU budget of a minute needs to learn objects and colours at all). Optionally
-    (``spec["itm_aux"]`` > 0) a linear probe from the query embeddings to the scene labels
-    adds a supervised signal; the probe is discarded.
+    As BLIP-2, in three steps:
 
-    Stage 2 copies nothing: the captioner already holds the same vision encoder, Q-Former
-    and query tokens; they are frozen and only the language projection and OPT keep
-    training on cached query outputs (``opt_epochs``).
+    0. **Image encoder.** The ViT is pre-trained on the scene labels
+       (:func:`pretrain_vision`), then frozen.
+    1. **Q-Former.** The Q-Former, query tokens and projections (held by the
+       ``Blip2ForImageTextRetrieval``) learn from the frozen encoder's outputs with the
+       image-text contrastive loss (symmetric InfoNCE on the model's own similarity) plus an
+       image-grounded captioning loss through the captioner's language projection and OPT
+       (BLIP-2's stage 1 also trains an image-grounded generation loss). Optionally
+       (``spec["itm_aux"]`` > 0) a linear probe from the query embeddings to the scene labels
+       adds a supervised signal; the probe is discarded.
+    2. **Captioner.** The ``Blip2ForConditionalGeneration`` gets copies of the vision encoder,
+       Q-Former and query tokens, frozen; its language projection and OPT keep training on
+       cached query outputs (``opt_epochs``).
 
     Returns
     -------
@@ -235,8 +272,8 @@ def train_blip2(corpus, processor, spec: dict, image_size: int, seed: int):
         Separate models (no shared tensors) in eval mode; their vision encoders, Q-Formers
         and query tokens are equal.
     history : dict
-        ``itm_loss``, ``lm_loss`` (stage 1 per step), ``opt_loss`` (stage 2), ``seconds_stage1``,
-        ``seconds_stage2``.
+        ``vision_loss`` (step 0), ``itm_loss``, ``lm_loss`` (step 1 per step), ``opt_loss``
+        (step 2), ``seconds_vision``, ``seconds_stage1``, ``seconds_stage2``.
     """
     import torch
     import torch.nn.functional as F
@@ -249,16 +286,22 @@ def train_blip2(corpus, processor, spec: dict, image_size: int, seed: int):
     opt = seeded_init(Blip2ForConditionalGeneration, config, seed, _INIT_OPT)
     nq, image_token = config.num_query_tokens, config.image_token_index
     pixels = pixel_values(processor, corpus.images)
+    labels = torch.from_numpy(corpus.labels)
+
+    hist0 = pretrain_vision(itm.vision_model, pixels, labels, spec, seed)
+    itm.vision_model.requires_grad_(False)
+    encoded = image_encoder_outputs(itm.vision_model, pixels)
+    del pixels
+
     ids, mask = encode_captions(tok, corpus.captions, nq, image_token, add_eos=False)
     lm_ids, lm_mask = encode_captions(tok, corpus.captions, nq, image_token, add_eos=True)
     lm_labels = caption_labels(lm_ids, lm_mask, image_token, tok.bos_token_id)
     rng = np.random.default_rng([int(seed), 2001])
 
-    aux_head, labels = None, None
+    aux_head = None
     lm_parts = list(opt.language_projection.parameters()) + list(opt.language_model.parameters())
-    params = list(itm.parameters()) + lm_parts
+    params = [p for p in itm.parameters() if p.requires_grad] + lm_parts
     if spec.get("itm_aux"):
-        labels = torch.from_numpy(corpus.labels)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(seed) * 7919 + 17)
             aux_head = torch.nn.Linear(nq * config.image_text_hidden_size, labels.shape[1])
@@ -267,17 +310,19 @@ def train_blip2(corpus, processor, spec: dict, image_size: int, seed: int):
     total = (len(corpus) // bs) * int(spec["itm_epochs"])
     optim = make_optimizer(params, spec["itm_lr"])
     lm_weight = float(spec.get("itm_lm_weight", 1.0))
-    history = {"itm_loss": [], "lm_loss": []}
+    history = {"vision_loss": hist0["loss"], "itm_loss": [], "lm_loss": [],
+               "seconds_vision": hist0["seconds"]}
     itm.train()
+    itm.vision_model.eval()
     opt.train()
-    with Timer() as timer, tqdm(total=total, desc="blip2 stage 1", leave=False) as bar:
+    with Timer() as timer, tqdm(total=total, desc="blip2 Q-Former", leave=False) as bar:
         step = 0
         for _ in range(int(spec["itm_epochs"])):
             for idx in batches(len(corpus), bs, rng):
                 j = rng.integers(ids.shape[1], size=len(idx))
                 k = rng.integers(ids.shape[1], size=len(idx))
                 set_lr(optim, cosine_lr(step, total, spec["itm_lr"], max(total // 20, 1)))
-                emb = itm.vision_model(pixel_values=pixels[idx]).last_hidden_state
+                emb = encoded[idx]
                 att = torch.ones(emb.shape[:-1], dtype=torch.long)
                 q = itm.qformer(query_embeds=itm.query_tokens.expand(len(idx), -1, -1),
                                 encoder_hidden_states=emb, encoder_attention_mask=att
@@ -304,6 +349,7 @@ def train_blip2(corpus, processor, spec: dict, image_size: int, seed: int):
                 bar.update(1)
                 bar.set_postfix(itc=f"{float(itc.detach()):.3f}", lm=f"{float(lm.detach()):.3f}")
     history["seconds_stage1"] = timer.seconds
+    itm.requires_grad_(True)
     itm.eval()
     # the captioner gets its own copy of the (now trained) vision side
     opt.vision_model.load_state_dict(itm.vision_model.state_dict())
@@ -311,41 +357,25 @@ def train_blip2(corpus, processor, spec: dict, image_size: int, seed: int):
     if missing:
         raise RuntimeError(f"Q-Former weights missing when copying from the ITM model: {missing}")
     opt.query_tokens.data.copy_(itm.query_tokens.data)
-    opt, hist2 = _train_language_side(opt, pixels, corpus, processor, spec, seed)
+    opt, hist2 = _train_language_side(opt, encoded, corpus, processor, spec, seed)
     history["opt_loss"] = hist2["loss"]
     history["seconds_stage2"] = hist2["seconds"]
     return itm, opt, history
 
 
 # --------------------------------------------------------------------------- stage 2
-def captioner_from_itm(itm_model, seed: int):
-    """A ``Blip2ForConditionalGeneration`` with the ITM model's vision side copied in.
+def query_outputs(model, encoded, batch_size: int = 256):
+    """Q-Former outputs (n, num_query_tokens, qformer_hidden) of a BLIP-2 model, no grad.
 
-    The vision encoder, Q-Former (weights shared by name) and query tokens are copied
-    and frozen; the language projection and OPT are freshly initialised.
+    ``encoded`` holds the image encoder's last hidden states, (n, 1 + n_patches, hidden)
+    (:func:`image_encoder_outputs`).
     """
-    from transformers import Blip2ForConditionalGeneration
-
-    model = seeded_init(Blip2ForConditionalGeneration, itm_model.config, seed, _INIT_OPT)
-    model.vision_model.load_state_dict(itm_model.vision_model.state_dict())
-    missing, _ = model.qformer.load_state_dict(itm_model.qformer.state_dict(), strict=False)
-    if missing:
-        raise RuntimeError(f"Q-Former weights missing when copying from the ITM model: {missing}")
-    model.query_tokens.data.copy_(itm_model.query_tokens.data)
-    for module in (model.vision_model, model.qformer):
-        module.requires_grad_(False)
-    model.query_tokens.requires_grad_(False)
-    return model
-
-
-def query_outputs(model, pixels, batch_size: int = 256):
-    """Q-Former outputs (n, num_query_tokens, qformer_hidden) of a BLIP-2 model, no grad."""
     import torch
 
     out = []
     with torch.inference_mode():
-        for i in range(0, len(pixels), batch_size):
-            emb = model.vision_model(pixel_values=pixels[i : i + batch_size]).last_hidden_state
+        for i in range(0, len(encoded), batch_size):
+            emb = encoded[i : i + batch_size]
             att = torch.ones(emb.shape[:-1], dtype=torch.long)
             q = model.query_tokens.expand(emb.shape[0], -1, -1)
             out.append(model.qformer(query_embeds=q, encoder_hidden_states=emb,
@@ -384,8 +414,11 @@ def caption_labels(ids, mask, image_token_id: int, bos_token_id: int):
 
 
 
-def _train_language_side(model, pixels, corpus, processor, spec: dict, seed: int):
-    """Train only the language projection and OPT of a captioner on cached query outputs."""
+def _train_language_side(model, encoded, corpus, processor, spec: dict, seed: int):
+    """Train only the language projection and OPT of a captioner on cached query outputs.
+
+    ``encoded``: the frozen image encoder's outputs for ``corpus`` (n, 1 + n_patches, hidden).
+    """
     import torch.nn.functional as F
     from tqdm.auto import tqdm
 
@@ -395,7 +428,7 @@ def _train_language_side(model, pixels, corpus, processor, spec: dict, seed: int
         module.requires_grad_(False)
     model.query_tokens.requires_grad_(False)
     model.eval()
-    queries = query_outputs(model, pixels)
+    queries = query_outputs(model, encoded)
     ids, mask = encode_captions(tok, corpus.captions, cfg.num_query_tokens, cfg.image_token_id,
                                 add_eos=True)
     n_img, n_cap, length = ids.shape
