@@ -541,7 +541,7 @@ def fit(
         meta["step"] = step + 1
         rec = {"step": step + 1, "split": "train", "epoch": epoch, **logs,
                "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0],
-               "temperature": float(model.temperature)}
+               "temperature": float(model.temperature.detach())}
         meta["history"].append(rec)
         bar.update(1)
         bar.set_postfix(loss=f"{logs['loss']:.4f}")
