@@ -44,11 +44,11 @@ PRESETS: dict = {
             "max_new_tokens": 32,
         },
         "vision": {
-            "n_train": 6000, "epochs": 3, "batch": 64, "lr": 2e-3,
+            "n_train": 12000, "epochs": 4, "batch": 64, "lr": 2e-3,
             "sizes": {
                 "vit": {"s": {"hidden": 32, "layers": 2, "patch": 8},
                         "m": {"hidden": 64, "layers": 3, "patch": 8},
-                        "l": {"hidden": 128, "layers": 4, "patch": 8}},
+                        "l": {"hidden": 96, "layers": 4, "patch": 8}},
                 "resnet": {"s": {"width": 8, "depths": [1, 1, 1, 1]},
                            "m": {"width": 16, "depths": [1, 1, 1, 1]},
                            "l": {"width": 24, "depths": [1, 1, 1, 1]}},
