@@ -22,7 +22,7 @@ import numpy as np
 
 from .scenes import Scene, SceneObject
 
-#: Nouns for each kind (first = canonical).
+#: Nouns for each kind (first = canonical and most frequent, see :func:`_noun`).
 NOUNS = {
     "circle": ("circle", "ball", "disc", "round shape"),
     "square": ("square", "box", "block", "square shape"),
@@ -57,10 +57,21 @@ def _article(phrase: str) -> str:
     return ("an " if phrase[0] in "aeiou" else "a ") + phrase
 
 
+def _noun(kind: str, rng: np.random.Generator) -> str:
+    """A noun for an object kind; synonyms follow a Zipf law (weights 1, 1/4, 1/9, ...).
+
+    As in COCO, where "man" is far more common than "guy", the canonical noun dominates. With
+    uniform synonyms a captioner unsure between two kinds would favour the kind with the
+    fewest synonyms (its first word then carries all of that kind's probability).
+    """
+    nouns = NOUNS[kind]
+    weights = 1.0 / np.arange(1, len(nouns) + 1) ** 2
+    return nouns[int(rng.choice(len(nouns), p=weights / weights.sum()))]
+
+
 def _np(obj: SceneObject, rng: np.random.Generator, with_color: bool = True) -> str:
     """Noun phrase of an object, e.g. 'a red ball' or 'a blue sign that says AB'."""
-    nouns = NOUNS[obj.kind]
-    noun = nouns[int(rng.integers(len(nouns)))]
+    noun = _noun(obj.kind, rng)
     if obj.kind == "word" and noun in ("word", "sign") and rng.random() < 0.5:
         return f"the {obj.color} {noun} {obj.text}" if with_color else f"the {noun} {obj.text}"
     return _article(f"{obj.color} {noun}" if with_color else noun)
