@@ -259,7 +259,8 @@ def _train_language_part(models_dir, cfg, train, val, tok, seed, seconds, qualit
 
     per_image = int(lspec.get("captions_per_image") or len(train.captions[0]))
     n_images = min(int(lspec.get("n_train") or len(train)), len(train))
-    ids, mask = encode_texts(tok, [c for caps in train.captions[:n_images] for c in caps[:per_image]])
+    texts = [c for caps in train.captions[:n_images] for c in caps[:per_image]]
+    ids, mask = encode_texts(tok, texts)
     val_ids, val_mask = encode_texts(tok, [c for caps in val.captions for c in caps])
     stream = 200
     for s, size_spec in tqdm(list(lspec["sizes"].items()), desc="language zoo", leave=False):

@@ -74,6 +74,55 @@ def make_optimizer(model_or_params, lr: float, weight_decay: float = 0.01):
     )
 
 
+def train_epochs(step_loss, params, n: int, batch_size: int, epochs: int, lr: float,
+                 rng: np.random.Generator, desc: str, weight_decay: float = 0.01) -> dict:
+    """Shuffled mini-batch epochs: AdamW, linear warm-up then cosine decay, gradient clipping.
+
+    Parameters
+    ----------
+    step_loss : callable
+        ``step_loss(idx)`` returns the scalar loss of the items ``idx`` (an index array).
+    params : iterable of torch.nn.Parameter
+        What the optimizer updates (and whose gradient norm is clipped).
+    n : int
+        Number of training items.
+    batch_size, epochs, lr : int, int, float
+        Mini-batch size (capped at ``n``; the last partial batch is dropped), passes over the
+        data and peak learning rate (warm-up over the first 5% of steps).
+    rng : numpy.random.Generator
+        Shuffles every epoch.
+    desc : str
+        Progress-bar label.
+    weight_decay : float
+        AdamW decay of weight matrices (biases and norms are not decayed).
+
+    Returns
+    -------
+    history : dict
+        ``loss`` per step and ``seconds`` (wall time).
+    """
+    from tqdm.auto import tqdm
+
+    params = list(params)
+    bs = min(int(batch_size), n)
+    total = (n // bs) * int(epochs)
+    optimizer = make_optimizer(params, lr, weight_decay=weight_decay)
+    history: dict = {"loss": []}
+    with Timer() as timer, tqdm(total=total, desc=desc, leave=False) as bar:
+        step = 0
+        for _ in range(int(epochs)):
+            for idx in batches(n, bs, rng):
+                set_lr(optimizer, cosine_lr(step, total, lr, max(total // 20, 1)))
+                loss = step_loss(idx)
+                optimizer_step(optimizer, loss, params)
+                step += 1
+                history["loss"].append(round(float(loss.detach()), 4))
+                bar.update(1)
+                bar.set_postfix(loss=f"{history['loss'][-1]:.3f}")
+    history["seconds"] = timer.seconds
+    return history
+
+
 def set_lr(optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr

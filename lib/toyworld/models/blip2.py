@@ -6,8 +6,8 @@ real checkpoints (``Salesforce/blip2-itm-vit-g``, ``Salesforce/blip2-opt-2.7b``)
 - :func:`train_blip2` pre-trains a small ViT on the scene labels and freezes it (BLIP-2's
   frozen image encoder), then trains the Q-Former side of a
   :class:`~transformers.Blip2ForImageTextRetrieval` (a few query tokens, text input) with the
-  image-text contrastive loss (the maximum over query tokens of the cosine between projected query outputs and the
-  projected text ``[BOS]`` token) plus a captioning loss through a small OPT, then builds the
+  image-text contrastive loss (the maximum over query tokens of the cosine between projected
+  query outputs and the projected text ``[BOS]`` token) plus a captioning loss through a small OPT, then builds the
   :class:`~transformers.Blip2ForConditionalGeneration` whose vision encoder, Q-Former and query
   tokens are frozen copies of the retrieval model's (as BLIP-2's stage 2 starts from stage 1)
   and trains its language projection and OPT to caption the scenes.
@@ -19,7 +19,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._train import Timer, batches, cosine_lr, make_optimizer, optimizer_step, seeded_init, set_lr
+from ._train import (
+    Timer,
+    batches,
+    cosine_lr,
+    make_optimizer,
+    optimizer_step,
+    seeded_init,
+    set_lr,
+    train_epochs,
+)
 
 #: Seed streams for weight initialisation (distinct from the data streams).
 _INIT_ITM, _INIT_OPT = 11, 12
@@ -201,39 +210,27 @@ def pretrain_vision(vision_model, pixels, labels, spec: dict, seed: int) -> dict
     """
     import torch
     import torch.nn.functional as F
-    from tqdm.auto import tqdm
 
     epochs = int(spec.get("vision_pretrain_epochs") or 0)
-    history: dict = {"loss": [], "seconds": 0.0}
     if epochs == 0:
-        return history
+        return {"loss": [], "seconds": 0.0}
     hidden = vision_model.config.hidden_size
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed) * 7919 + 23)
         head = torch.nn.Linear(2 * hidden, labels.shape[1])
-    params = list(vision_model.parameters()) + list(head.parameters())
-    lr = float(spec["vision_pretrain_lr"])
-    optim = make_optimizer(params, lr, weight_decay=0.05)
+
+    def step_loss(idx):
+        out = vision_model(pixel_values=pixels[idx])
+        pooled = torch.cat([out.pooler_output, out.last_hidden_state[:, 1:].mean(1)], dim=1)
+        return F.binary_cross_entropy_with_logits(head(pooled), labels[idx])
+
     rng = np.random.default_rng([int(seed), 2000])
-    bs = min(int(spec["vision_pretrain_batch"]), len(pixels))
-    total = (len(pixels) // bs) * epochs
     vision_model.train()
-    with Timer() as timer, tqdm(total=total, desc="blip2 vision encoder", leave=False) as bar:
-        step = 0
-        for _ in range(epochs):
-            for idx in batches(len(pixels), bs, rng):
-                set_lr(optim, cosine_lr(step, total, lr, max(total // 20, 1)))
-                out = vision_model(pixel_values=pixels[idx])
-                tokens = out.last_hidden_state
-                pooled = torch.cat([out.pooler_output, tokens[:, 1:].mean(1)], dim=1)
-                loss = F.binary_cross_entropy_with_logits(head(pooled), labels[idx])
-                optimizer_step(optim, loss, params)
-                step += 1
-                history["loss"].append(round(float(loss.detach()), 4))
-                bar.update(1)
-                bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+    history = train_epochs(step_loss, [*vision_model.parameters(), *head.parameters()],
+                           len(pixels), spec["vision_pretrain_batch"], epochs,
+                           float(spec["vision_pretrain_lr"]), rng, "blip2 vision encoder",
+                           weight_decay=0.05)
     vision_model.eval()
-    history["seconds"] = timer.seconds
     return history
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._train import Timer, batches, cosine_lr, make_optimizer, optimizer_step, seeded_init, set_lr
+from ._train import seeded_init, train_epochs
 
 
 def build_language_model(tokenizer, size: dict, seed: int, stream: int):
@@ -57,25 +57,10 @@ def _loss(model, ids, mask):
 
 def train_language_model(model, ids, mask, spec: dict, seed: int, stream: int, desc: str):
     """Next-word training on caption ids (``epochs``, ``batch``, ``lr`` in ``spec``)."""
-    from tqdm.auto import tqdm
-
     rng = np.random.default_rng([int(seed), 4000 + int(stream)])
-    bs = min(int(spec["batch"]), len(ids))
-    total = (len(ids) // bs) * int(spec["epochs"])
-    opt = make_optimizer(model, spec["lr"])
-    history = {"loss": []}
     model.train()
-    with Timer() as timer, tqdm(total=total, desc=desc, leave=False) as bar:
-        step = 0
-        for _ in range(int(spec["epochs"])):
-            for idx in batches(len(ids), bs, rng):
-                set_lr(opt, cosine_lr(step, total, spec["lr"], max(total // 20, 1)))
-                loss = _loss(model, ids[idx], mask[idx])
-                optimizer_step(opt, loss, model.parameters())
-                step += 1
-                history["loss"].append(round(float(loss.detach()), 4))
-                bar.update(1)
-    history["seconds"] = timer.seconds
+    history = train_epochs(lambda idx: _loss(model, ids[idx], mask[idx]), model.parameters(),
+                           len(ids), spec["batch"], spec["epochs"], spec["lr"], rng, desc)
     model.eval()
     return history
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._train import Timer, batches, cosine_lr, make_optimizer, optimizer_step, seeded_init, set_lr
+from ._train import seeded_init, train_epochs
 
 
 def _vit(size: dict, image_size: int, n_labels: int, names: list[str]):
@@ -86,25 +86,12 @@ def train_vision_model(model, pixels, labels, spec: dict, seed: int, stream: int
     history : dict
         ``loss`` per step and ``seconds``.
     """
-    from tqdm.auto import tqdm
-
     rng = np.random.default_rng([int(seed), 3000 + int(stream)])
-    bs = min(int(spec["batch"]), len(pixels))
-    total = (len(pixels) // bs) * int(spec["epochs"])
-    opt = make_optimizer(model, spec["lr"], weight_decay=0.05)
-    history = {"loss": []}
     model.train()
-    with Timer() as timer, tqdm(total=total, desc=desc, leave=False) as bar:
-        step = 0
-        for _ in range(int(spec["epochs"])):
-            for idx in batches(len(pixels), bs, rng):
-                set_lr(opt, cosine_lr(step, total, spec["lr"], max(total // 20, 1)))
-                loss = model(pixel_values=pixels[idx], labels=labels[idx]).loss
-                optimizer_step(opt, loss, model.parameters())
-                step += 1
-                history["loss"].append(round(float(loss.detach()), 4))
-                bar.update(1)
-    history["seconds"] = timer.seconds
+    history = train_epochs(
+        lambda idx: model(pixel_values=pixels[idx], labels=labels[idx]).loss,
+        model.parameters(), len(pixels), spec["batch"], spec["epochs"], spec["lr"], rng, desc,
+        weight_decay=0.05)
     model.eval()
     return history
 
