@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lib.decoding.stage1 import lookup_features, cosine_matrix, read_predictions
+from lib.decoding.stage1 import cosine_matrix, lookup_features, read_predictions
 
 #: Caption metrics with per-caption scores used by the permutation test.
 PERMUTATION_METRICS = ("CIDEr", "METEOR")

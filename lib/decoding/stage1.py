@@ -300,7 +300,8 @@ def fit_stage1(subject, features: np.ndarray, feature_ids: np.ndarray, memory_si
     test_image_ids = np.asarray(subject.image_ids("test"))
     leaked = np.intersect1d(train_trial_ids, test_image_ids)
     assert leaked.size == 0, f"test images in the training set: {leaked[:5].tolist()}"
-    Y_train = lookup_features(features, feature_ids, train_trial_ids).reshape(len(train_trial_ids), -1)
+    Y_train = lookup_features(features, feature_ids, train_trial_ids)
+    Y_train = Y_train.reshape(len(train_trial_ids), -1)
 
     ridge = RidgeCV(alphas=alphas, alpha_per_target=True, cv=cv, device=device, verbose=True)
     ridge.fit(X_train if len(X_train) > 1 else X_train[0], Y_train)

@@ -221,7 +221,7 @@ def pool_hidden_state(h, config, pooling: str = "mean"):
     patches = h[:, _n_prefix_tokens(config, h.shape[1]) :]
     if kind == "mean":
         return patches.mean(dim=1)
-    side = int(round(patches.shape[1] ** 0.5))
+    side = round(patches.shape[1] ** 0.5)
     if side * side != patches.shape[1]:
         raise ValueError(f"pooling={pooling!r} needs a square patch grid; got "
                          f"{patches.shape[1]} patch tokens.")
