@@ -23,6 +23,7 @@ from lib.nsd import (
     PreparedSubject,
     prepare_subject,
 )
+from lib.nsd.layout import NSDLayout
 
 GRID = (5, 6, 4)
 AFFINE = np.array([[1.8, 0, 0, -4.0], [0, 1.8, 0, -5.0], [0, 0, 1.8, -3.0], [0, 0, 0, 1]])
@@ -569,3 +570,27 @@ def test_roi_affine_mismatch_warns(fresh):
         path = prepare_subject(root, 1, out, progress=False)
     with h5py.File(path, "r") as h5:
         np.testing.assert_allclose(h5.attrs["affine"], AFFINE)
+
+
+def test_input_fingerprint_follows_stimuli_and_captions(tmp_path):
+    """Feature caches are named by what the models see: new stimuli or captions, new name."""
+    import os
+
+    root = tmp_path / "nsd"
+    root.mkdir()
+    build_miniature(root)
+    subj = PreparedSubject(prepare_subject(root, 1, tmp_path / "derived", progress=False))
+    vision, language = subj.input_fingerprint("vision"), subj.input_fingerprint("language")
+    assert vision.startswith("_") and language.startswith("_") and vision != language
+    # re-preparing the same inputs keeps both, so cached features survive
+    again = PreparedSubject(prepare_subject(root, 1, tmp_path / "derived", progress=False))
+    assert again.input_fingerprint("vision") == vision
+    assert again.input_fingerprint("language") == language
+    captions = subj.path.parent / "captions.json"
+    captions.write_text(captions.read_text().replace("caption 0", "caption zero"))
+    assert subj.input_fingerprint("language") != language
+    stimuli = NSDLayout(root).stimuli
+    os.utime(stimuli, ns=(1, 1))
+    assert subj.input_fingerprint("vision") != vision
+    with pytest.raises(ValueError, match="modality"):
+        subj.input_fingerprint("audio")

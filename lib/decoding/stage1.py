@@ -456,12 +456,17 @@ def run_stage1(derived_root: str | os.PathLike, dataset: str, subject: int, blip
 def qformer_cache_path(derived_root, dataset, subject, blip2_model) -> Path:
     """Cache file of a checkpoint's Q-Former features for one subject.
 
-    For a local checkpoint folder the name carries a fingerprint of its files, so features of
-    a retrained model (e.g. a rebuilt toy world) are never confused with stale ones.
+    For a local checkpoint folder the name carries a fingerprint of its files, and once the
+    subject is prepared it carries one of its stimulus file
+    (:meth:`lib.nsd.PreparedSubject.input_fingerprint`), so features of a retrained model or
+    of rebuilt stimuli (e.g. a rebuilt toy world) are never confused with stale ones.
     """
-    from lib.config import stage_dir
+    from lib.config import stage_dir, subject_dir
     from lib.features.hidden import model_fingerprint
+    from lib.nsd import PreparedSubject
 
     slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(str(blip2_model)).name)
     slug += model_fingerprint(blip2_model)
+    if (subject_dir(derived_root, dataset, subject) / "prepared.h5").is_file():
+        slug += PreparedSubject.open(derived_root, dataset, subject).input_fingerprint("vision")
     return stage_dir(derived_root, dataset, subject, "features") / f"qformer_{slug}.h5"

@@ -417,9 +417,11 @@ def model_layer_features(entry: dict, subject, keys: Sequence[int], cache_dir,
         NSD image ids.
     cache_dir : path-like
         Folder of the caches:
-        ``<cache_dir>/<modality>_<name>[_<layers>][_<fingerprint>][_<pooling>].h5``; a layer
-        subset gets its own cache, and so does a local model folder whose weights changed
-        (the fingerprint hashes the names, sizes and modification times of its files).
+        ``<cache_dir>/<modality>_<name>[_<layers>][_<model>][_<input>][_<pooling>].h5``: a
+        layer subset gets its own cache, and so does a local model folder whose weights changed
+        (the fingerprint hashes the names, sizes and modification times of its files) or a
+        subject whose images or captions changed (``subject.input_fingerprint(modality)``,
+        where the subject has it).
     models_root : path-like or None
     layers, pooling, batch_size, device
         See :func:`vision_layer_features` / :func:`language_layer_features`.
@@ -433,6 +435,8 @@ def model_layer_features(entry: dict, subject, keys: Sequence[int], cache_dir,
         path = Path(models_root) / path
     modality = entry.get("modality", "vision")
     safe = str(entry["name"]).replace("/", "__") + _layers_tag(layers) + model_fingerprint(path)
+    if hasattr(subject, "input_fingerprint"):
+        safe += subject.input_fingerprint(modality)
     if modality == "vision":
         cache = Path(cache_dir) / f"vision_{safe}_{pooling}.h5"
         return vision_layer_features(path, subject.images, keys, cache, pooling=pooling,
@@ -449,17 +453,12 @@ def model_layer_features(entry: dict, subject, keys: Sequence[int], cache_dir,
 
 def model_fingerprint(path) -> str:
     """Short hash of a local model folder's files (name, size, mtime); "" for hub ids."""
-    import hashlib
+    from lib.io import stat_fingerprint
 
     folder = Path(str(path)).expanduser()
     if not folder.is_dir():
         return ""
-    h = hashlib.sha1()
-    for file in sorted(folder.iterdir()):
-        if file.is_file():
-            st = file.stat()
-            h.update(f"{file.name}:{st.st_size}:{st.st_mtime_ns};".encode())
-    return "_" + h.hexdigest()[:8]
+    return stat_fingerprint(sorted(folder.iterdir()))
 
 
 def _layers_tag(layers) -> str:

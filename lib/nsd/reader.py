@@ -313,6 +313,27 @@ class PreparedSubject:
             self._captions = json.loads(path.read_text()) if path.exists() else {}
         return [list(self._captions.get(str(int(i)), [])) for i in np.ravel(nsd_ids)]
 
+    def input_fingerprint(self, modality: str) -> str:
+        """Short tag of what a model sees of this subject, for the names of feature caches.
+
+        ``"vision"``: the stimulus file (``imgBrick``; name, size, modification time);
+        ``"language"``: the prepared ``captions.json`` (a hash of its content). ``""`` where the
+        input is missing. Rebuilt toy-world stimuli or changed captions thus never serve
+        features cached from the old ones, while re-preparing the betas keeps the caches.
+        """
+        import hashlib
+
+        from lib.io import stat_fingerprint
+
+        if modality == "vision":
+            return stat_fingerprint([NSDLayout(self.nsd_root).stimuli])
+        if modality == "language":
+            path = self.path.parent / "captions.json"
+            if not path.is_file():
+                return ""
+            return "_" + hashlib.sha1(path.read_bytes()).hexdigest()[:8]
+        raise ValueError(f"modality must be 'vision' or 'language', got {modality!r}.")
+
     def images(self, nsd_ids) -> np.ndarray:
         """Stimuli of the given images, read lazily from ``imgBrick``.
 
