@@ -18,13 +18,15 @@ import pytest
 
 from lib.toyworld import brain
 from lib.toyworld.build import build, build_world
-from lib.toyworld.captions import NOUNS, PLACE_NOUNS, PLACE_PHRASES, caption_scene
+from lib.toyworld.captions import COLOR_WORDS, NOUNS, PLACE_NOUNS, PLACE_PHRASES, caption_scene
 from lib.toyworld.presets import PRESETS, WorldPreset, get_preset
 from lib.toyworld.scenes import (
     COLOR_NAMES,
     COLORS,
     KINDS,
     PLACES,
+    TYPICAL_COLORS,
+    TYPICAL_KINDS,
     Scene,
     SceneObject,
     render_scene,
@@ -105,7 +107,8 @@ def test_captions_describe_the_scene():
             assert c[0].isupper() and c.endswith(".")
         # every object named (with its colour) somewhere; category objects by category words
         for o in s.objects:
-            assert any(_mentions(c, o) and o.color in c for c in caps), (s, caps)
+            assert any(_mentions(c, o) and any(w in c for w in COLOR_WORDS[o.color])
+                       for c in caps), (s, caps)
         # the place is said in most captions
         said = PLACE_PHRASES[s.place] + PLACE_NOUNS[s.place]
         assert sum(any(p.lower() in c.lower() for p in said) for c in caps) >= 2, caps
@@ -139,7 +142,56 @@ def test_category_objects_use_readable_words():
         assert sum(any(w in c for w in words) for c in caps) >= 3, caps
 
 
+def test_scenes_have_typical_places_and_colours():
+    scenes = sample_scenes(6000, np.random.default_rng(3))
+    kind_place = np.zeros((len(PLACES), len(KINDS)))
+    kind_color = np.zeros((len(KINDS), len(COLOR_NAMES)))
+    for s in scenes:
+        for o in s.objects:
+            kind_place[PLACES.index(s.place), KINDS.index(o.kind)] += 1
+            kind_color[KINDS.index(o.kind), COLOR_NAMES.index(o.color)] += 1
+    assert (kind_place > 0).all()  # every kind occurs in every place
+    share = kind_place / kind_place.sum(0)  # P(place | kind)
+    for place, kinds in TYPICAL_KINDS.items():
+        for kind in kinds:
+            p = share[PLACES.index(place), KINDS.index(kind)]
+            assert p > 0.4, (place, kind, p)  # uniform would be 0.25
+    for kind, colors in TYPICAL_COLORS.items():
+        row = kind_color[KINDS.index(kind)] / kind_color[KINDS.index(kind)].sum()
+        typical = [row[COLOR_NAMES.index(c)] for c in colors]
+        atypical = [row[i] for i, c in enumerate(COLOR_NAMES) if c not in colors]
+        assert min(typical) > 2 * max(atypical), (kind, row)
+
+
+def test_caption_words_follow_a_zipf_law():
+    scene = Scene("room", (SceneObject("circle", "red", 0.3, 0.5, 0.5),))
+    text = " ".join(c for k in range(300) for c in caption_scene(scene, np.random.default_rng(k)))
+    for words in (NOUNS["circle"], COLOR_WORDS["red"]):
+        counts = [len(re.findall(rf"\b{w}\b", text, flags=re.IGNORECASE)) for w in words]
+        assert counts[0] == max(counts) and counts[0] > 3 * counts[1] / 2, (words, counts)
+        assert min(counts) > 0, (words, counts)  # the long tail is there
+
+
 # --------------------------------------------------------------------------- brain
+def test_semantic_axes_are_the_worlds_principal_axes():
+    W = brain.semantic_axes(0, n_dims=6, n_scenes=3000)
+    assert W.shape == (len(PLACES) + len(KINDS) + len(COLOR_NAMES) + 1, 6)
+    np.testing.assert_array_equal(W, brain.semantic_axes(0, n_dims=6, n_scenes=3000))
+    # on fresh scenes of the same world: uncorrelated coordinates, variance decreasing, and
+    # the first axis explains more than a random direction does
+    scenes = sample_scenes(3000, np.random.default_rng(5))
+    concepts = brain.concept_vector([scene_latents(s) for s in scenes])
+    coords = concepts @ W
+    var = coords.var(0)
+    assert (np.diff(var) < 0).all()
+    corr = np.corrcoef(coords.T)
+    assert np.abs(corr[~np.eye(6, dtype=bool)]).max() < 0.1
+    z = (concepts - concepts.mean(0)) / concepts.std(0)
+    rand = np.random.default_rng(0).normal(size=(z.shape[1], 50))
+    rand /= np.linalg.norm(rand, axis=0)
+    assert var[0] > 2 * (z @ rand).var(0).mean()
+
+
 def test_split_half_reliability_matches_corrcoef():
     rng = np.random.default_rng(0)
     reps = rng.normal(size=(40, 3, 5)) + rng.normal(size=(40, 1, 5))

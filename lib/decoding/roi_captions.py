@@ -27,9 +27,11 @@ ROIS = ("V1", "V2", "V3", "hV4", "visualrois", "faces", "bodies", "places", "wor
 
 #: Words that name each category ROI's preferred content in a caption (toy-world ground truth).
 CATEGORY_WORDS = {
-    "faces": ("face", "faces", "smiley", "smiling"),
-    "bodies": ("person", "people", "body", "bodies", "figure", "figures", "man", "woman"),
-    "words": ("word", "words", "letter", "letters", "text", "sign", "signs", "written"),
+    "faces": ("face", "faces", "smiley", "smiling", "emoji", "grinning"),
+    "bodies": ("person", "people", "body", "bodies", "figure", "figures", "man", "woman",
+               "human", "child", "kid"),
+    "words": ("word", "words", "letter", "letters", "text", "sign", "signs", "written", "label",
+              "banner"),
     "places": ("sky", "grass", "grassy", "field", "water", "lake", "room", "indoors"),
 }
 

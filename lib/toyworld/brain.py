@@ -16,7 +16,8 @@ Voxel responses (percent signal change) follow the logic of visual cortex:
 - faces / bodies / words: the presence and size of their category (some cross-talk,
   a preference for the contralateral hemifield); places: the place, more so when
   less of it is hidden by objects;
-- a shared semantic component (what is in the scene, as a caption would say it);
+- a shared semantic component: what is in the scene, as a caption would say it, on the main
+  axes of the world's scene statistics (:func:`semantic_axes`);
 - trial noise, a global per-trial fluctuation, and session-specific offsets and gains.
 
 Everything is drawn from explicit generators, so a seed gives the same brain bit for bit.
@@ -366,15 +367,30 @@ def concept_vector(latents: list[dict]) -> np.ndarray:
     return np.array(rows)
 
 
-def semantic_axes(seed: int, n_dims: int = 6) -> np.ndarray:
-    """The shared semantic space: a fixed projection of concept vectors (same for all subjects).
+def semantic_axes(seed: int, n_dims: int = 6, n_scenes: int = 10000) -> np.ndarray:
+    """The shared semantic space (same for all subjects): the main axes of the world's scenes.
+
+    The brain's semantic code is taken to be adapted to the statistics of what it sees: its
+    axes are the first ``n_dims`` principal components of the (standardised) concept vectors
+    of ``n_scenes`` scenes drawn from the world, so concepts that occur together (stars and
+    the sky, faces and rooms) load on the same axes, as in cortical semantic maps.
 
     Returns
     -------
     W : ndarray of shape (n_concepts, n_dims)
+        ``concept_vector(latents) @ W`` gives the scenes' coordinates (up to a constant shift).
     """
-    rng = np.random.default_rng([seed, 7001])
-    return rng.normal(size=(len(PLACES) + len(KINDS) + len(COLOR_NAMES) + 1, n_dims))
+    from .scenes import sample_scenes, scene_latents
+
+    scenes = sample_scenes(n_scenes, np.random.default_rng([seed, 7001]))
+    concepts = concept_vector([scene_latents(s) for s in scenes])
+    sd = concepts.std(axis=0)
+    sd = np.where(sd > 0, sd, 1.0)
+    _, _, vt = np.linalg.svd((concepts - concepts.mean(axis=0)) / sd, full_matrices=False)
+    axes = vt[:n_dims].T
+    # fix the SVD's arbitrary signs: the largest loading of each axis is positive
+    axes *= np.sign(axes[np.abs(axes).argmax(axis=0), np.arange(n_dims)])
+    return axes / sd[:, None]
 
 
 def _z(a: np.ndarray, axis: int = 0) -> np.ndarray:

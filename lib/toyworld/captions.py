@@ -2,8 +2,10 @@
 
 Each scene gets several captions built from varied templates and paraphrases. They mention
 colours, shapes, counts, spatial relations ("above", "next to", "left of") and the place.
-Category objects are always named with words a reader of a decoded caption can map back to
-cortex: "face"/"smiley face", "person"/"stick figure", "word"/"letters"/"sign".
+Objects and colours are named with a basic word or, less often, one of its synonyms or shades
+("ball", "crimson"), Zipf-distributed as words are in real captions. Category objects are
+named with words a reader of a decoded caption can map back to cortex: "face"/"smiley face",
+"person"/"stick figure", "word"/"letters"/"sign" (:data:`lib.decoding.roi_captions.CATEGORY_WORDS`).
 
 Examples
 --------
@@ -22,16 +24,36 @@ import numpy as np
 
 from .scenes import Scene, SceneObject
 
-#: Nouns for each kind (first = canonical and most frequent, see :func:`_noun`).
+#: Nouns for each kind (first = canonical and most frequent, see :func:`_zipf_choice`). Every
+#: kind has as many, so no kind's canonical noun is favoured by having fewer rivals.
 NOUNS = {
-    "circle": ("circle", "ball", "disc", "round shape"),
-    "square": ("square", "box", "block", "square shape"),
-    "triangle": ("triangle", "triangle shape", "triangular shape"),
-    "star": ("star", "star shape"),
-    "face": ("smiley face", "face", "happy face", "smiling face"),
-    "body": ("stick figure", "person", "little person", "figure of a person"),
-    "word": ("word", "sign", "sign with letters", "written word"),
+    "circle": ("circle", "ball", "disc", "round shape", "dot", "ring", "orb", "sphere"),
+    "square": ("square", "box", "block", "square shape", "cube", "tile", "crate", "rectangle"),
+    "triangle": ("triangle", "triangle shape", "triangular shape", "wedge", "pyramid", "cone",
+                 "arrowhead", "pointed shape"),
+    "star": ("star", "star shape", "pointed star", "starfish", "sparkle", "asterisk",
+             "starburst", "twinkle"),
+    "face": ("smiley face", "face", "happy face", "smiling face", "smiley", "emoji",
+             "grinning face", "cartoon face"),
+    "body": ("stick figure", "person", "little person", "figure of a person", "man", "human",
+             "child", "kid"),
+    "word": ("word", "sign", "sign with letters", "written word", "label", "text", "letters",
+             "banner"),
 }
+#: Words for each colour: the basic term first, then shades (as "crimson" for red).
+COLOR_WORDS = {
+    "red": ("red", "crimson", "scarlet", "ruby", "cherry", "maroon", "vermilion", "brick red"),
+    "green": ("green", "emerald", "lime", "olive", "jade", "mint", "forest green", "leafy green"),
+    "blue": ("blue", "navy", "azure", "cobalt", "sapphire", "cyan", "royal blue", "indigo"),
+    "yellow": ("yellow", "golden", "lemon", "mustard", "gold", "canary", "sunny yellow",
+               "butter yellow"),
+    "purple": ("purple", "violet", "lavender", "lilac", "plum", "magenta", "mauve", "grape"),
+    "orange": ("orange", "tangerine", "amber", "apricot", "peach", "copper", "rust", "pumpkin"),
+    "white": ("white", "ivory", "snowy", "cream", "pearl", "milky", "chalk white", "off white"),
+    "black": ("black", "ebony", "jet black", "charcoal", "onyx", "dark", "pitch black", "inky"),
+}
+#: Exponent of the Zipf law over synonyms (weights 1, 2**-a, 3**-a, ...).
+ZIPF_EXPONENT = 1.5
 #: Plural nouns (canonical) for counts.
 PLURALS = {
     "circle": "circles", "square": "squares", "triangle": "triangles", "star": "stars",
@@ -57,24 +79,35 @@ def _article(phrase: str) -> str:
     return ("an " if phrase[0] in "aeiou" else "a ") + phrase
 
 
-def _noun(kind: str, rng: np.random.Generator) -> str:
-    """A noun for an object kind; synonyms follow a Zipf law (weights 1, 1/4, 1/9, ...).
+def _zipf_choice(words: tuple, rng: np.random.Generator) -> str:
+    """One of ``words``, the k-th with weight ``k ** -ZIPF_EXPONENT``.
 
-    As in COCO, where "man" is far more common than "guy", the canonical noun dominates. With
-    uniform synonyms a captioner unsure between two kinds would favour the kind with the
-    fewest synonyms (its first word then carries all of that kind's probability).
+    As in COCO, where "man" is far more common than "guy", the basic word dominates and the
+    synonyms form a long tail: a language model trained on much text learns what the rare
+    words mean, a regression fitted on the captions of a thousand images sees each of them
+    only a few times.
     """
-    nouns = NOUNS[kind]
-    weights = 1.0 / np.arange(1, len(nouns) + 1) ** 2
-    return nouns[int(rng.choice(len(nouns), p=weights / weights.sum()))]
+    weights = 1.0 / np.arange(1, len(words) + 1) ** ZIPF_EXPONENT
+    return words[int(rng.choice(len(words), p=weights / weights.sum()))]
+
+
+def _noun(kind: str, rng: np.random.Generator) -> str:
+    """A noun for an object kind (:data:`NOUNS`, Zipf-distributed)."""
+    return _zipf_choice(NOUNS[kind], rng)
+
+
+def _color(color: str, rng: np.random.Generator) -> str:
+    """A word for a colour (:data:`COLOR_WORDS`, Zipf-distributed)."""
+    return _zipf_choice(COLOR_WORDS[color], rng)
 
 
 def _np(obj: SceneObject, rng: np.random.Generator, with_color: bool = True) -> str:
     """Noun phrase of an object, e.g. 'a red ball' or 'a blue sign that says AB'."""
     noun = _noun(obj.kind, rng)
+    color = _color(obj.color, rng)
     if obj.kind == "word" and noun in ("word", "sign") and rng.random() < 0.5:
-        return f"the {obj.color} {noun} {obj.text}" if with_color else f"the {noun} {obj.text}"
-    return _article(f"{obj.color} {noun}" if with_color else noun)
+        return f"the {color} {noun} {obj.text}" if with_color else f"the {noun} {obj.text}"
+    return _article(f"{color} {noun}" if with_color else noun)
 
 
 def _relation(a: SceneObject, b: SceneObject, rng: np.random.Generator) -> str:
@@ -106,7 +139,7 @@ def _count_phrase(scene: Scene, rng: np.random.Generator) -> str:
     colors = {o.color for o in objs}
     if len(kinds) == 1 and n > 1:
         kind = objs[0].kind
-        color = (objs[0].color + " ") if len(colors) == 1 else ""
+        color = (_color(objs[0].color, rng) + " ") if len(colors) == 1 else ""
         return f"{_NUMBERS[n]} {color}{PLURALS[kind]}"
     group = ("shapes", "objects", "things")[int(rng.integers(3))]
     if n == 1:
@@ -149,7 +182,7 @@ def _one_caption(scene: Scene, rng: np.random.Generator) -> str:
         ]
     else:
         templates += [
-            lambda: f"a single {a.color} {NOUNS[a.kind][0]} {place}",
+            lambda: f"a single {_color(a.color, rng)} {NOUNS[a.kind][0]} {place}",
             lambda: f"{_np(a, rng)} alone {place}",
         ]
     text = templates[int(rng.integers(len(templates)))]()

@@ -56,7 +56,7 @@ PRESETS: dict = {
             "untrained": ["vit-l", "resnet-l"],
         },
         "language": {
-            "n_train": 3000, "epochs": 2, "batch": 32, "lr": 2e-3, "captions_per_image": 5,
+            "n_train": 12000, "epochs": 1, "batch": 32, "lr": 2e-3, "captions_per_image": 5,
             "sizes": {"s": {"hidden": 16, "layers": 1}, "m": {"hidden": 32, "layers": 2},
                       "l": {"hidden": 64, "layers": 3}},
             "untrained": ["opt-l"],
