@@ -171,7 +171,8 @@ def reduce_features(X_train: np.ndarray, X_test: np.ndarray, n_components: int,
 
 def fit_layer(X_train: np.ndarray, Y_train: np.ndarray, X_test: np.ndarray, Y_test: np.ndarray,
               alphas=None, device: str = "auto", max_features: int | None = None,
-              reduction: str = "pca", seed: int = 0) -> dict[str, np.ndarray]:
+              reduction: str = "pca", seed: int = 0,
+              return_prediction: bool = False) -> dict[str, np.ndarray]:
     """Fit a voxelwise ridge on training images and score it on test images.
 
     Parameters
@@ -188,13 +189,16 @@ def fit_layer(X_train: np.ndarray, Y_train: np.ndarray, X_test: np.ndarray, Y_te
         Reduce wider features to this many (see :func:`reduce_features`).
     reduction : {"pca", "random"}
     seed : int
+    return_prediction : bool
+        Also return the test predictions.
 
     Returns
     -------
     result : dict
         ``score`` (n_voxels,) test Pearson r; ``alpha`` (n_voxels,) chosen alphas;
         ``cv_score`` (n_voxels,) the training leave-one-out score at the chosen alpha
-        (cross-validated R^2 when the ridge provides it; higher is better).
+        (cross-validated R^2 when the ridge provides it; higher is better); with
+        ``return_prediction``, ``prediction`` (n_test, n_voxels).
     """
     from lib.ridge import RidgeCV
     from lib.scoring import pearson_r
@@ -209,9 +213,12 @@ def fit_layer(X_train: np.ndarray, Y_train: np.ndarray, X_test: np.ndarray, Y_te
     # cross-validated R^2 when available (comparable across voxels), else the raw CV score
     cv = np.asarray(getattr(model, "cv_r2_", model.cv_scores_))
     cv = cv.max(axis=0) if cv.ndim == 2 else cv
-    return {"score": np.asarray(pearson_r(np.asarray(Y_test), pred), dtype=np.float32),
-            "alpha": np.asarray(model.best_alphas_, dtype=np.float32),
-            "cv_score": np.asarray(cv, dtype=np.float32)}
+    out = {"score": np.asarray(pearson_r(np.asarray(Y_test), pred), dtype=np.float32),
+           "alpha": np.asarray(model.best_alphas_, dtype=np.float32),
+           "cv_score": np.asarray(cv, dtype=np.float32)}
+    if return_prediction:
+        out["prediction"] = pred
+    return out
 
 
 def encode_layers(features: dict[int, np.ndarray], feature_ids: np.ndarray,
@@ -555,6 +562,66 @@ def trained_vs_untrained(scores, roi: str = "nsdgeneral"):
     return pd.DataFrame(rows, columns=["family", "modality", "n_params", "trained", "untrained",
                                        "trained_score", "untrained_score", "difference",
                                        "trained_layer", "untrained_layer"])
+
+
+def bootstrap_trained_vs_untrained(table, subject, zoo: Sequence[dict], cache_dir,
+                                   roi: str = "nsdgeneral", n_boot: int = 1000,
+                                   alphas=None, layers=None, pooling: str = "mean",
+                                   batch_size: int = 32, device: str = "auto",
+                                   max_features: int | None = None, reduction: str = "pca",
+                                   seed: int = 0):
+    """Add a bootstrap interval over test images to :func:`trained_vs_untrained`.
+
+    The best layer of each model (chosen on training data) is refitted on the ROI's voxels
+    from the cached features, and both models' test predictions are scored on the same
+    resampled test images (:func:`lib.scoring.paired_bootstrap_mean_r`).
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        From :func:`trained_vs_untrained` for the same ``roi``.
+    subject, zoo, cache_dir
+        As given to :func:`run_convergence` (``cache_dir`` is its ``out_dir / "features"`` by
+        default), so the features come from the caches.
+    roi : str
+    n_boot : int
+    alphas, layers, pooling, batch_size, device, max_features, reduction, seed
+        As given to :func:`run_convergence`.
+
+    Returns
+    -------
+    table : pandas.DataFrame
+        ``table`` with ``ci_low``, ``ci_high`` (95% interval of the difference) and
+        ``p_value`` (share of resamples in which the trained model does not win).
+    """
+    from lib.features.hidden import model_layer_features
+    from lib.scoring import paired_bootstrap_mean_r
+
+    mask = roi_masks(subject, [roi])[roi]
+    Y_train, train_ids = subject.averaged_betas("train", roi=mask)
+    Y_test, test_ids = subject.averaged_betas("test", roi=mask)
+    all_ids = np.union1d(train_ids, test_ids)
+    entries = {e["name"]: e for e in zoo}
+
+    def predict(name, layer):
+        feats = model_layer_features(entries[name], subject, all_ids, cache_dir, layers=layers,
+                                     pooling=pooling, batch_size=batch_size, device=device)
+        result = encode_layers({layer: feats[layer]}, all_ids, Y_train, train_ids, Y_test,
+                               test_ids, alphas=alphas, device=device,
+                               max_features=max_features, reduction=reduction, seed=seed,
+                               return_prediction=True)
+        return result[layer]["prediction"]
+
+    table = table.copy()
+    for col in ("ci_low", "ci_high", "p_value"):
+        table[col] = np.nan
+    for i, row in table.iterrows():
+        boot = paired_bootstrap_mean_r(Y_test, predict(row["trained"], int(row["trained_layer"])),
+                                       predict(row["untrained"], int(row["untrained_layer"])),
+                                       n_boot=n_boot, seed=seed)
+        for col in ("ci_low", "ci_high", "p_value"):
+            table.loc[i, col] = boot[col]
+    return table
 
 
 def peak_depths(scores, early=EARLY_ROIS, category=CATEGORY_ROIS, modality: str = "vision",

@@ -75,6 +75,45 @@ def pearson_r(y_true, y_pred, chunk: int = _CHUNK) -> np.ndarray:
     return out
 
 
+def paired_bootstrap_mean_r(y_true, pred_a, pred_b, n_boot: int = 1000, seed: int = 0,
+                            ci: float = 0.95) -> dict:
+    """Bootstrap over samples (test images) of the difference in mean Pearson r of two models.
+
+    Both models are scored on the same resampled images (a paired comparison), so what the
+    interval measures is how much the difference depends on which test images were drawn.
+    Each resample's score is the mean over targets (voxels) of the per-target r.
+
+    Parameters
+    ----------
+    y_true, pred_a, pred_b : ndarray of shape (n_samples, n_targets)
+    n_boot : int
+        Resamples of the ``n_samples`` rows, with replacement.
+    seed : int
+    ci : float
+        Coverage of the percentile interval.
+
+    Returns
+    -------
+    result : dict
+        ``difference`` (mean r of a minus b on all samples), ``ci_low``, ``ci_high`` and
+        ``p_value``: the share of resamples in which a does not beat b (one-sided).
+    """
+    y, a = _pair(y_true, pred_a)
+    _, b = _pair(y_true, pred_b)
+    n = y.shape[0]
+
+    def mean_r(idx):
+        return float(np.nanmean(pearson_r(y[idx], a[idx])) - np.nanmean(pearson_r(y[idx], b[idx])))
+
+    rng = np.random.default_rng(seed)
+    boots = np.array([mean_r(rng.integers(0, n, n)) for _ in range(int(n_boot))])
+    tail = (1 - ci) / 2 * 100
+    return {"difference": mean_r(np.arange(n)),
+            "ci_low": float(np.percentile(boots, tail)),
+            "ci_high": float(np.percentile(boots, 100 - tail)),
+            "p_value": float(np.mean(boots <= 0))}
+
+
 def r2_score(y_true, y_pred, chunk: int = _CHUNK) -> np.ndarray:
     """Coefficient of determination of every target: ``1 - SS_res / SS_tot``.
 

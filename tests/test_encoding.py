@@ -178,7 +178,8 @@ class _SyntheticSubject:
 
     def averaged_betas(self, split, roi=None):
         reps, ids = self._select(split)
-        return reps.mean(axis=1).astype(np.float32), ids
+        betas = reps.mean(axis=1).astype(np.float32)
+        return (betas if roi is None else betas[:, roi]), ids
 
     def repeats(self, split, roi=None):
         return self._select(split)[0].astype(np.float32)
@@ -253,3 +254,13 @@ def test_run_convergence_end_to_end(tmp_path):
         assert f["noise_ceiling"].shape == (n_vox,)
     maps = encoding.read_voxel_scores(out / "voxel_scores.h5", "vit")
     assert maps["best_score"].shape == (n_vox,)
+    # the bootstrap refits from the caches: same difference, an interval around it
+    face = on_disk[on_disk["roi"] == "faces"].set_index(["model", "layer"])["score"]
+    table = pd.DataFrame([{"trained": "vit", "untrained": "gpt", "trained_layer": 3,
+                           "untrained_layer": 1}])
+    boot = encoding.bootstrap_trained_vs_untrained(
+        table, subject, zoo, out / "features", roi="faces", n_boot=200,
+        alphas=np.logspace(-2, 4, 7), device="cpu", batch_size=64).iloc[0]
+    expected = face[("vit", 3)] - face[("gpt", 1)]
+    assert boot["ci_low"] < expected < boot["ci_high"]
+    assert boot["ci_low"] > 0.2 and boot["p_value"] == 0.0
