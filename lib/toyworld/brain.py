@@ -372,8 +372,8 @@ def semantic_axes(seed: int, n_dims: int = 6, n_scenes: int = 10000) -> np.ndarr
 
     The brain's semantic code is taken to be adapted to the statistics of what it sees: its
     axes are the first ``n_dims`` principal components of the (standardised) concept vectors
-    of ``n_scenes`` scenes drawn from the world, so concepts that occur together (stars and
-    the sky, faces and rooms) load on the same axes, as in cortical semantic maps.
+    of ``n_scenes`` scenes drawn from the world, so concepts that occur together (a kind and
+    its typical colours) load on the same axes, as in cortical semantic maps.
 
     Returns
     -------

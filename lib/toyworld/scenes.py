@@ -8,7 +8,7 @@ JSON-serialisable description that the simulated brain and the captions are buil
 Objects are simple shapes (circle, square, triangle, star) plus three *category* objects
 that give category-selective cortex something to prefer: a ``face`` (smiley), a ``body``
 (stick figure) and a ``word`` (a few letters). As in natural images, objects have typical
-places and colours (:data:`TYPICAL_KINDS`, :data:`TYPICAL_COLORS`).
+colours (:data:`TYPICAL_COLORS`).
 
 Examples
 --------
@@ -52,24 +52,17 @@ _LETTERS = "ABCDEFGHKMNPRSTUVXYZ"
 #: Relative frequency of each kind (category objects a bit more often so their ROIs get data).
 _KIND_P = np.array([1.0, 1.0, 1.0, 1.0, 1.2, 1.2, 1.2])
 _KIND_P = _KIND_P / _KIND_P.sum()
-#: Scene statistics, as in natural images (stars in the sky, faces and words indoors, yellow
-#: smiley faces): the kinds typical of each place and the colours typical of each kind.
-TYPICAL_KINDS = {"sky": ("star", "circle"), "grass": ("body", "triangle"),
-                 "water": ("square", "circle"), "room": ("face", "word")}
+#: Scene statistics, as in natural images (yellow smiley faces, black stick figures): the
+#: colours typical of each kind. A typical colour is drawn ``1 + CONTEXT_BOOST`` times as often
+#: as an atypical one, and every combination still occurs. The statistics give words a
+#: distribution a language model can learn from: in uniformly random scenes every colour word
+#: shares the same contexts. (Kinds do not prefer places: category objects tied to a place
+#: would make category cortex and place cortex hard to tell apart.)
 TYPICAL_COLORS = {"circle": ("red", "orange"), "square": ("purple", "white"),
-                  "triangle": ("blue", "black"), "star": ("yellow", "red"),
+                  "triangle": ("green", "black"), "star": ("yellow", "red"),
                   "face": ("yellow", "orange"), "body": ("black", "red"),
-                  "word": ("black", "blue")}
-#: A typical kind (colour) is drawn ``1 + CONTEXT_BOOST`` times as often as an atypical one.
-#: Every combination still occurs; the statistics give words a distribution a language model
-#: can learn from (in uniformly random scenes all colour words share the same contexts).
+                  "word": ("black", "purple")}
 CONTEXT_BOOST = 4.0
-
-
-def kind_probabilities(place: str) -> np.ndarray:
-    """P(kind | place), shape (len(KINDS),), in :data:`KINDS` order."""
-    p = _KIND_P * np.array([1 + CONTEXT_BOOST * (k in TYPICAL_KINDS[place]) for k in KINDS])
-    return p / p.sum()
 
 
 def color_probabilities(kind: str, place: str) -> dict:
@@ -125,7 +118,7 @@ class Scene:
 
 # --------------------------------------------------------------------------- sampling
 def _sample_object(rng: np.random.Generator, place: str, n_objects: int, placed: list):
-    kind = KINDS[rng.choice(len(KINDS), p=kind_probabilities(place))]
+    kind = KINDS[rng.choice(len(KINDS), p=_KIND_P)]
     colors = color_probabilities(kind, place)
     color = list(colors)[rng.choice(len(colors), p=list(colors.values()))]
     hi = {1: 0.45, 2: 0.36, 3: 0.30}[n_objects]
@@ -165,8 +158,8 @@ def sample_scenes(n: int, rng: np.random.Generator) -> list[Scene]:
     Returns
     -------
     scenes : list of Scene
-        Places are uniform; 1, 2 or 3 objects with probabilities 0.4, 0.35, 0.25; kinds
-        and colours follow :func:`kind_probabilities` and :func:`color_probabilities`.
+        Places are uniform; 1, 2 or 3 objects with probabilities 0.4, 0.35, 0.25; colours
+        follow :func:`color_probabilities`.
     """
     scenes = []
     for _ in range(int(n)):
