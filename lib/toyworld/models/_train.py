@@ -75,7 +75,8 @@ def make_optimizer(model_or_params, lr: float, weight_decay: float = 0.01):
 
 
 def train_epochs(step_loss, params, n: int, batch_size: int, epochs: int, lr: float,
-                 rng: np.random.Generator, desc: str, weight_decay: float = 0.01) -> dict:
+                 rng: np.random.Generator, desc: str, weight_decay: float = 0.01,
+                 max_steps: int | None = None) -> dict:
     """Shuffled mini-batch epochs: AdamW, linear warm-up then cosine decay, gradient clipping.
 
     Parameters
@@ -95,6 +96,8 @@ def train_epochs(step_loss, params, n: int, batch_size: int, epochs: int, lr: fl
         Progress-bar label.
     weight_decay : float
         AdamW decay of weight matrices (biases and norms are not decayed).
+    max_steps : int or None
+        Stop after this many steps (the schedule spans them), mid-epoch if need be.
 
     Returns
     -------
@@ -106,12 +109,16 @@ def train_epochs(step_loss, params, n: int, batch_size: int, epochs: int, lr: fl
     params = list(params)
     bs = min(int(batch_size), n)
     total = (n // bs) * int(epochs)
+    if max_steps is not None:
+        total = min(total, int(max_steps))
     optimizer = make_optimizer(params, lr, weight_decay=weight_decay)
     history: dict = {"loss": []}
     with Timer() as timer, tqdm(total=total, desc=desc, leave=False) as bar:
         step = 0
         for _ in range(int(epochs)):
             for idx in batches(n, bs, rng):
+                if step >= total:
+                    break
                 set_lr(optimizer, cosine_lr(step, total, lr, max(total // 20, 1)))
                 loss = step_loss(idx)
                 optimizer_step(optimizer, loss, params)

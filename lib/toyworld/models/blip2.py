@@ -417,7 +417,6 @@ def _train_language_side(model, encoded, corpus, processor, spec: dict, seed: in
     ``encoded``: the frozen image encoder's outputs for ``corpus`` (n, 1 + n_patches, hidden).
     """
     import torch.nn.functional as F
-    from tqdm.auto import tqdm
 
     tok = processor.tokenizer
     cfg = model.config
@@ -433,33 +432,23 @@ def _train_language_side(model, encoded, corpus, processor, spec: dict, seed: in
     img_of = np.repeat(np.arange(n_img), n_cap)
     labels = caption_labels(ids, mask, cfg.image_token_id, tok.bos_token_id)
     rng = np.random.default_rng([int(seed), 2002])
-    bs = min(int(spec["opt_batch"]), len(ids))
     n_pairs = len(ids)
-    pairs_per_epoch = int(spec.get("opt_pairs_per_epoch") or n_pairs)
-    total = (pairs_per_epoch // bs) * int(spec["opt_epochs"])
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    opt = make_optimizer(trainable, spec["opt_lr"])
-    history = {"loss": []}
+    bs = min(int(spec["opt_batch"]), n_pairs)
+    # "epochs" of opt_pairs_per_epoch pairs each, drawn from reshuffled passes over all pairs
+    total = (int(spec.get("opt_pairs_per_epoch") or n_pairs) // bs) * int(spec["opt_epochs"])
+
+    def step_loss(idx):
+        b_ids, b_mask = _trim(ids[idx], mask[idx])
+        b_lab = labels[idx][:, : b_ids.shape[1]]
+        logits = lm_logits(model, queries[img_of[idx]], b_ids, b_mask)
+        return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
+                               b_lab[:, 1:].reshape(-1), ignore_index=-100)
+
     model.language_model.train()
     model.language_projection.train()
-    with Timer() as timer, tqdm(total=total, desc="blip2-toy-opt", leave=False) as bar:
-        step = 0
-        while step < total:
-            for idx in batches(n_pairs, bs, rng):
-                if step >= total:
-                    break
-                b_ids, b_mask = _trim(ids[idx], mask[idx])
-                b_lab = labels[idx][:, : b_ids.shape[1]]
-                set_lr(opt, cosine_lr(step, total, spec["opt_lr"], max(total // 20, 1)))
-                logits = lm_logits(model, queries[img_of[idx]], b_ids, b_mask)
-                loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
-                                       b_lab[:, 1:].reshape(-1), ignore_index=-100)
-                optimizer_step(opt, loss, trainable)
-                step += 1
-                history["loss"].append(round(float(loss.detach()), 4))
-                bar.update(1)
-                bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
-    history["seconds"] = timer.seconds
+    history = train_epochs(step_loss, [p for p in model.parameters() if p.requires_grad],
+                           n_pairs, bs, -(-total // (n_pairs // bs)), spec["opt_lr"],
+                           rng, "blip2-toy-opt", max_steps=total)
     model.requires_grad_(True)
     model.eval()
     gen = model.generation_config
