@@ -20,13 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._train import (
-    Timer,
-    batches,
-    cosine_lr,
-    make_optimizer,
-    optimizer_step,
     seeded_init,
-    set_lr,
     train_epochs,
 )
 
@@ -274,7 +268,6 @@ def train_blip2(corpus, processor, spec: dict, image_size: int, seed: int):
     """
     import torch
     import torch.nn.functional as F
-    from tqdm.auto import tqdm
     from transformers import Blip2ForConditionalGeneration, Blip2ForImageTextRetrieval
 
     tok = processor.tokenizer
@@ -303,49 +296,42 @@ def train_blip2(corpus, processor, spec: dict, image_size: int, seed: int):
             torch.manual_seed(int(seed) * 7919 + 17)
             aux_head = torch.nn.Linear(nq * config.image_text_hidden_size, labels.shape[1])
         params += list(aux_head.parameters())
-    bs = min(int(spec["itm_batch"]), len(corpus))
-    total = (len(corpus) // bs) * int(spec["itm_epochs"])
-    optim = make_optimizer(params, spec["itm_lr"])
     lm_weight = float(spec.get("itm_lm_weight", 1.0))
     history = {"vision_loss": hist0["loss"], "itm_loss": [], "lm_loss": [],
                "seconds_vision": hist0["seconds"]}
+
+    def step_loss(idx):
+        j = rng.integers(ids.shape[1], size=len(idx))
+        k = rng.integers(ids.shape[1], size=len(idx))
+        emb = encoded[idx]
+        att = torch.ones(emb.shape[:-1], dtype=torch.long)
+        q = itm.qformer(query_embeds=itm.query_tokens.expand(len(idx), -1, -1),
+                        encoder_hidden_states=emb, encoder_attention_mask=att).last_hidden_state
+        b_ids, b_mask = _trim(ids[idx, j], mask[idx, j])
+        sim, image_embeds = itc_similarity(itm, q, b_ids, b_mask)
+        target = torch.arange(len(idx))
+        logits = sim / spec["temperature"]
+        itc = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+        c_ids, c_mask = _trim(lm_ids[idx, k], lm_mask[idx, k])
+        c_lab = lm_labels[idx, k][:, : c_ids.shape[1]]
+        lm_out = lm_logits(opt, q, c_ids, c_mask)
+        lm = F.cross_entropy(lm_out[:, :-1].reshape(-1, lm_out.shape[-1]),
+                             c_lab[:, 1:].reshape(-1), ignore_index=-100)
+        loss = itc + lm_weight * lm
+        if aux_head is not None:
+            aux = aux_head(image_embeds.flatten(1))
+            loss = loss + float(spec["itm_aux"]) * F.binary_cross_entropy_with_logits(
+                aux, labels[idx])
+        history["itm_loss"].append(round(float(itc.detach()), 4))
+        history["lm_loss"].append(round(float(lm.detach()), 4))
+        return loss
+
     itm.train()
     itm.vision_model.eval()
     opt.train()
-    with Timer() as timer, tqdm(total=total, desc="blip2 Q-Former", leave=False) as bar:
-        step = 0
-        for _ in range(int(spec["itm_epochs"])):
-            for idx in batches(len(corpus), bs, rng):
-                j = rng.integers(ids.shape[1], size=len(idx))
-                k = rng.integers(ids.shape[1], size=len(idx))
-                set_lr(optim, cosine_lr(step, total, spec["itm_lr"], max(total // 20, 1)))
-                emb = encoded[idx]
-                att = torch.ones(emb.shape[:-1], dtype=torch.long)
-                q = itm.qformer(query_embeds=itm.query_tokens.expand(len(idx), -1, -1),
-                                encoder_hidden_states=emb, encoder_attention_mask=att
-                                ).last_hidden_state
-                b_ids, b_mask = _trim(ids[idx, j], mask[idx, j])
-                sim, image_embeds = itc_similarity(itm, q, b_ids, b_mask)
-                target = torch.arange(len(idx))
-                logits = sim / spec["temperature"]
-                itc = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
-                c_ids, c_mask = _trim(lm_ids[idx, k], lm_mask[idx, k])
-                c_lab = lm_labels[idx, k][:, : c_ids.shape[1]]
-                lm_out = lm_logits(opt, q, c_ids, c_mask)
-                lm = F.cross_entropy(lm_out[:, :-1].reshape(-1, lm_out.shape[-1]),
-                                     c_lab[:, 1:].reshape(-1), ignore_index=-100)
-                loss = itc + lm_weight * lm
-                if aux_head is not None:
-                    aux = aux_head(image_embeds.flatten(1))
-                    loss = loss + float(spec["itm_aux"]) * F.binary_cross_entropy_with_logits(
-                        aux, labels[idx])
-                optimizer_step(optim, loss, params)
-                step += 1
-                history["itm_loss"].append(round(float(itc.detach()), 4))
-                history["lm_loss"].append(round(float(lm.detach()), 4))
-                bar.update(1)
-                bar.set_postfix(itc=f"{float(itc.detach()):.3f}", lm=f"{float(lm.detach()):.3f}")
-    history["seconds_stage1"] = timer.seconds
+    hist1 = train_epochs(step_loss, params, len(corpus), spec["itm_batch"], spec["itm_epochs"],
+                         spec["itm_lr"], rng, "blip2 Q-Former")
+    history["seconds_stage1"] = hist1["seconds"]
     itm.requires_grad_(True)
     itm.eval()
     # the captioner gets its own copy of the (now trained) vision side
