@@ -1,24 +1,35 @@
-"""Per-target prediction scores and noise ceilings.
+"""Per-target prediction scores, noise ceilings and significance of per-voxel maps.
 
 All scores are vectorised over targets (voxels, feature dimensions) and computed in
 float64 over chunks of targets, so (n_samples, 100k targets) arrays never need a float64
 copy at once. Inputs may be NumPy arrays or torch tensors; outputs are NumPy arrays.
 
-Noise ceiling (NSD, Allen et al. 2022, "A massive 7T fMRI dataset...", Methods
-"Noise ceiling"): with betas of ``n_images`` images each seen ``n_reps`` times,
+Noise ceiling
+-------------
+One definition, :func:`noise_ceiling`. With single-trial responses of ``n_images`` images,
+image ``i`` seen ``k_i`` times, a one-way random-effects ANOVA splits each voxel's variance:
 
-- noise variance ``var_noise`` = mean over images of the variance across repeats
-  (ddof=1);
-- signal variance ``var_signal = var_total - var_noise`` where ``var_total`` is the
-  variance of all single-trial responses (NSD z-scores betas per session so that
-  ``var_total`` = 1 and writes ``1 - sd_noise^2``);
-- ``ncsnr = sqrt(max(var_signal, 0)) / sd_noise``;
-- noise ceiling for responses averaged over ``n_average`` trials:
-  ``NC = ncsnr^2 / (ncsnr^2 + 1 / n_average)``.
+- noise variance ``var_noise = MS_within`` (pooled variance across repeats of an image);
+- signal variance ``var_signal = (MS_between - MS_within) / k0`` (``k0`` the repeats per
+  image, its ANOVA average when they differ), an unbiased estimate that is **not** clipped at
+  zero: on responses without image information it scatters around zero;
+- the noise ceiling of responses averaged over ``n_average`` trials, the fraction of their
+  variance that the image explains:
+  ``NC = var_signal / (var_signal + var_noise / n_average)``.
 
-NSD reports ``100 * NC`` in percent of explainable variance; :func:`noise_ceiling`
-returns the fraction in [0, 1], which bounds the test-set R^2 of a model predicting
-responses averaged over ``n_average`` repeats (its square root bounds Pearson r).
+This is NSD's definition (Allen et al. 2022, Methods "Noise ceiling":
+``NC = ncsnr^2 / (ncsnr^2 + 1/n_average)`` with ``ncsnr^2 = var_signal / var_noise``) without
+NSD's clipping of ``var_signal`` at zero per voxel, which biases the ceiling upward where
+there is little or no signal. For an ROI, ``pooled=True`` forms the ratio from the voxels'
+mean ``var_signal`` and ``var_noise``. ``NC`` bounds the test R^2 of a model of the averaged
+responses; ``sqrt(NC)`` bounds its Pearson r. :func:`noise_ceiling_null` gives the level the
+estimate reaches by chance (image labels shuffled across repeats), :func:`noise_ceiling_pvalues`
+the ANOVA F-test of ``var_signal > 0`` per voxel.
+
+Significance of maps
+--------------------
+:func:`fdr_mask` (Benjamini-Hochberg) turns per-voxel p-values into the voxels a map may
+show; :func:`significant_r` does it for Pearson correlations over ``n`` samples.
 """
 
 from __future__ import annotations
@@ -153,105 +164,246 @@ def _check_repeats(repeats) -> np.ndarray:
     return R
 
 
-def ncsnr(repeats, total_var=None, chunk: int = _CHUNK) -> np.ndarray:
-    """NSD's noise-ceiling signal-to-noise ratio of every voxel.
+def _anova(R: np.ndarray, chunk: int = _CHUNK):
+    """One-way ANOVA of every voxel: images are the groups, repeats the observations.
 
-    Parameters
-    ----------
-    repeats : ndarray of shape (n_images, n_reps, n_voxels)
-        Single-trial responses; NaN marks a missing repeat (images with fewer than two
-        valid repeats are ignored for the noise variance).
-    total_var : float or None
-        Variance of single-trial responses. None estimates it from ``repeats`` (pooled
-        over all valid trials); NSD uses 1 because its betas are z-scored per session.
+    Images with fewer than two valid (finite) repeats are left out.
 
     Returns
     -------
-    ncsnr : ndarray of shape (n_voxels,)
+    ms_between, ms_within : ndarrays of shape (n_voxels,)
+    k0 : float
+        Repeats per image (the ANOVA's average ``(N - sum k_i^2 / N) / (I - 1)``).
+    df_between, df_within : int
     """
-    R = _check_repeats(repeats)
-    out = np.empty(R.shape[2], dtype=np.float64)
+    valid = np.isfinite(R[:, :, 0])
+    if np.isfinite(R).sum(2).ravel().tolist() != (valid.ravel() * R.shape[2]).tolist():
+        raise ValueError("repeats has NaN in some voxels of a trial but not in others; a missing "
+                         "repeat must be NaN in every voxel.")
+    counts = valid.sum(1)
+    keep = counts >= 2
+    R, valid, counts = R[keep], valid[keep], counts[keep]
+    n_img, n_all = int(keep.sum()), int(counts.sum())
+    if n_img < 3:
+        raise ValueError(f"only {n_img} images have two or more repeats; the noise ceiling needs "
+                         "at least 3.")
+    df_b, df_w = n_img - 1, n_all - n_img
+    k0 = (n_all - (counts**2).sum() / n_all) / df_b
+    ms_b = np.empty(R.shape[2])
+    ms_w = np.empty(R.shape[2])
     for j in range(0, R.shape[2], chunk):
-        x = R[:, :, j : j + chunk].astype(np.float64)
-        valid = np.isfinite(x)
-        n_valid = valid.sum(1)  # (n_images, v)
-        xz = np.where(valid, x, 0.0)
-        mean_i = xz.sum(1) / np.maximum(n_valid, 1)
-        ss = (np.where(valid, x - mean_i[:, None, :], 0.0) ** 2).sum(1)
-        use = n_valid >= 2
-        var_i = np.where(use, ss / np.maximum(n_valid - 1, 1), 0.0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            var_noise = var_i.sum(0) / use.sum(0)
-            if total_var is None:
-                n_all = valid.sum((0, 1))
-                mu = xz.sum((0, 1)) / n_all
-                tv = (np.where(valid, x - mu, 0.0) ** 2).sum((0, 1)) / (n_all - 1)
-            else:
-                tv = float(total_var)
-            var_signal = np.maximum(tv - var_noise, 0.0)
-            out[j : j + chunk] = np.sqrt(var_signal) / np.sqrt(var_noise)
-    return out
+        x = np.where(valid[:, :, None], R[:, :, j : j + chunk].astype(np.float64), 0.0)
+        mean_i = x.sum(1) / counts[:, None]
+        grand = x.sum((0, 1)) / n_all
+        ms_b[j : j + chunk] = (counts[:, None] * (mean_i - grand) ** 2).sum(0) / df_b
+        resid = np.where(valid[:, :, None], x - mean_i[:, None, :], 0.0)
+        ms_w[j : j + chunk] = (resid**2).sum((0, 1)) / df_w
+    return ms_b, ms_w, float(k0), df_b, df_w
 
 
-def noise_ceiling(repeats, n_average: int | None = None, total_var=None) -> np.ndarray:
-    """Noise ceiling (fraction of explainable variance) from repeated presentations.
+def noise_ceiling(repeats, n_average: int | None = None, pooled: bool = False):
+    """Noise ceiling: the share of the variance of ``n_average``-trial means due to the image.
 
-    ``NC = ncsnr^2 / (ncsnr^2 + 1/n_average)`` with NSD's ``ncsnr`` (see :func:`ncsnr`
-    and the module docstring). NSD reports ``100 * NC`` (percent); this returns the
-    fraction in [0, 1].
+    ``NC = var_signal / (var_signal + var_noise / n_average)`` with ``var_noise = MS_within``
+    and the unclipped ``var_signal = (MS_between - MS_within) / k0`` of a one-way ANOVA over
+    images (see the module docstring). NSD's formula without its per-voxel clipping, so that
+    responses that carry no image information give values scattered around zero.
 
     Parameters
     ----------
     repeats : ndarray of shape (n_images, n_reps, n_voxels)
+        Single-trial responses; NaN in every voxel marks a missing repeat (images with fewer
+        than two valid repeats are ignored).
     n_average : int or None
-        Number of trials averaged in the data the model is scored on (NSD's test-set
-        analyses average 3). None uses ``n_reps``.
-    total_var : float or None
-        Passed to :func:`ncsnr`.
+        Trials averaged in the responses a model is scored on (1: single trials; NSD's
+        test-set analyses average 3). None uses ``n_reps``.
+    pooled : bool
+        Return one value for all voxels (an ROI), from their mean ``var_signal`` and
+        ``var_noise``, instead of one per voxel.
 
     Returns
     -------
-    nc : ndarray of shape (n_voxels,)
+    nc : ndarray of shape (n_voxels,), or float when ``pooled``
+        At most 1; negative values are estimation noise around zero. NaN where the
+        denominator is not positive.
     """
     R = _check_repeats(repeats)
     n_avg = R.shape[1] if n_average is None else int(n_average)
     if n_avg < 1:
         raise ValueError(f"n_average must be a positive number of trials; got {n_average!r}.")
-    snr2 = ncsnr(R, total_var=total_var) ** 2
-    with np.errstate(invalid="ignore"):
-        return snr2 / (snr2 + 1.0 / n_avg)
+    ms_b, ms_w, k0, _, _ = _anova(R)
+    var_signal = (ms_b - ms_w) / k0
+    var_noise = ms_w
+    if pooled:
+        var_signal, var_noise = np.nanmean(var_signal), np.nanmean(var_noise)
+    den = var_signal + var_noise / n_avg
+    with np.errstate(invalid="ignore", divide="ignore"):
+        nc = np.where(den > 0, var_signal / np.where(den > 0, den, 1.0), np.nan)
+    return float(nc) if pooled else nc
 
 
-def split_half_reliability(repeats, n_splits: int = 20, spearman_brown: bool = True, seed: int = 0) -> np.ndarray:
-    """Split-half reliability of every voxel's image responses.
+def _shuffle_images(R: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Repeats with image labels shuffled independently in each repeat slot."""
+    return np.stack([R[rng.permutation(R.shape[0]), k] for k in range(R.shape[1])], axis=1)
 
-    The repeats of each image are split at random into two halves (the same split for
-    all images, ``n_splits`` times); the Pearson correlation across images between the
-    two halves' means is averaged over splits and, with ``spearman_brown``, stepped up to
-    the full number of repeats: ``2 r / (1 + r)``.
+
+def noise_ceiling_null(repeats, n_average: int | None = None, pooled: bool = True,
+                       n_permutations: int = 100, seed: int = 0) -> np.ndarray:
+    """:func:`noise_ceiling` of responses whose image labels are shuffled across repeats.
+
+    In each permutation every repeat slot gets its own random image order, so the "repeats"
+    of an image come from different images: no image information is left, the noise stays.
+    The distribution is the level the estimate reaches by chance.
 
     Parameters
     ----------
-    repeats : ndarray of shape (n_images, n_reps, n_voxels), n_reps >= 2
-    n_splits : int
-    spearman_brown : bool
+    repeats, n_average, pooled
+        As for :func:`noise_ceiling`.
+    n_permutations : int
     seed : int
 
     Returns
     -------
-    reliability : ndarray of shape (n_voxels,)
+    null : ndarray of shape (n_permutations,) when ``pooled``, else (n_permutations, n_voxels)
     """
-    R = _check_repeats(repeats).astype(np.float64)
+    R = _check_repeats(repeats)
     rng = np.random.default_rng(seed)
-    k = R.shape[1]
-    rs = []
-    for _ in range(n_splits):
-        perm = rng.permutation(k)
-        a = np.nanmean(R[:, perm[: k // 2]], axis=1)
-        b = np.nanmean(R[:, perm[k // 2 :]], axis=1)
-        rs.append(pearson_r(a, b))
-    r = np.mean(rs, axis=0)
-    if spearman_brown:
-        with np.errstate(invalid="ignore", divide="ignore"):
-            r = 2 * r / (1 + r)
-    return r
+    return np.array([noise_ceiling(_shuffle_images(R, rng), n_average, pooled)
+                     for _ in range(int(n_permutations))])
+
+
+def noise_ceiling_pvalues(repeats) -> np.ndarray:
+    """ANOVA F-test of ``var_signal > 0`` for every voxel (one-sided p-values).
+
+    ``F = MS_between / MS_within`` with ``(n_images - 1, n_trials - n_images)`` degrees of
+    freedom (exact for independent Gaussian noise).
+
+    Parameters
+    ----------
+    repeats : ndarray of shape (n_images, n_reps, n_voxels)
+
+    Returns
+    -------
+    p : ndarray of shape (n_voxels,)
+    """
+    from scipy.stats import f as f_dist
+
+    ms_b, ms_w, _, df_b, df_w = _anova(_check_repeats(repeats))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return f_dist.sf(ms_b / ms_w, df_b, df_w)
+
+
+def fdr_mask(p_values, q: float = 0.05) -> np.ndarray:
+    """Benjamini-Hochberg false-discovery-rate control over all tests.
+
+    Parameters
+    ----------
+    p_values : ndarray of shape (n_tests,)
+        NaN entries never pass.
+    q : float
+        False discovery rate.
+
+    Returns
+    -------
+    mask : ndarray of shape (n_tests,) bool
+        The tests whose p-value is at most the largest ``p_(k)`` with ``p_(k) <= q k / m``
+        (``m`` finite p-values).
+    """
+    p = np.asarray(p_values, dtype=np.float64)
+    finite = np.isfinite(p)
+    m = int(finite.sum())
+    mask = np.zeros(p.shape, dtype=bool)
+    if m == 0:
+        return mask
+    ps = np.sort(p[finite])
+    below = ps <= q * np.arange(1, m + 1) / m
+    if below.any():
+        cut = ps[np.flatnonzero(below).max()]
+        mask[finite] = p[finite] <= cut
+    return mask
+
+
+def pearson_pvalues(r, n: int) -> np.ndarray:
+    """One-sided p-values of Pearson correlations under the null of no correlation.
+
+    ``t = r sqrt((n - 2) / (1 - r^2))`` follows Student's t with ``n - 2`` degrees of freedom
+    (exact for Gaussian data); the alternative is ``r > 0`` (a model predicting the data).
+
+    Parameters
+    ----------
+    r : ndarray of shape (n_targets,)
+    n : int
+        Samples each correlation is computed over (test images).
+
+    Returns
+    -------
+    p : ndarray of shape (n_targets,)
+    """
+    from scipy.stats import t as t_dist
+
+    if n < 3:
+        raise ValueError(f"a correlation test needs at least 3 samples; got n={n}.")
+    r = np.clip(np.asarray(r, dtype=np.float64), -1 + 1e-12, 1 - 1e-12)
+    with np.errstate(invalid="ignore"):
+        return t_dist.sf(r * np.sqrt((n - 2) / (1 - r**2)), n - 2)
+
+
+def significant_r(r, n: int, q: float = 0.05) -> dict:
+    """Voxels whose Pearson r over ``n`` samples passes a one-sided test, FDR-corrected.
+
+    The analytic null of :func:`pearson_pvalues`, then Benjamini-Hochberg at ``q``
+    (:func:`fdr_mask`). Every map of correlations in the book shows only these voxels.
+
+    Parameters
+    ----------
+    r : ndarray of shape (n_voxels,)
+    n : int
+        Samples behind every correlation (test images).
+    q : float
+        False discovery rate.
+
+    Returns
+    -------
+    result : dict
+        ``mask`` (n_voxels,) bool, ``p_values`` (n_voxels,), ``threshold`` (the smallest r
+        that passes; NaN when none does), ``q``, ``n`` and ``test`` (a one-line description
+        for titles and text).
+    """
+    r = np.asarray(r, dtype=np.float64)
+    return _significance(r, pearson_pvalues(r, n), q, int(n),
+                         f"one-sided Pearson t-test over {n} images, Benjamini-Hochberg FDR "
+                         f"q < {q:g}")
+
+
+def significant_noise_ceiling(repeats, n_average: int | None = None, q: float = 0.05) -> dict:
+    """Per-voxel :func:`noise_ceiling` and the voxels whose ANOVA F-test passes, FDR-corrected.
+
+    Parameters
+    ----------
+    repeats : ndarray of shape (n_images, n_reps, n_voxels)
+    n_average : int or None
+        As for :func:`noise_ceiling`.
+    q : float
+        False discovery rate (Benjamini-Hochberg over voxels).
+
+    Returns
+    -------
+    result : dict
+        ``noise_ceiling`` (n_voxels,), then as :func:`significant_r`: ``mask``, ``p_values``,
+        ``threshold`` (the smallest noise ceiling that passes), ``q``, ``n`` (images) and
+        ``test``.
+    """
+    R = _check_repeats(repeats)
+    nc = noise_ceiling(R, n_average)
+    n_img = int((np.isfinite(R[:, :, 0]).sum(1) >= 2).sum())
+    out = _significance(nc, noise_ceiling_pvalues(R), q, n_img,
+                        f"ANOVA F-test of image variance over {n_img} images, "
+                        f"Benjamini-Hochberg FDR q < {q:g}")
+    out["noise_ceiling"] = nc
+    return out
+
+
+def _significance(values: np.ndarray, p: np.ndarray, q: float, n: int, test: str) -> dict:
+    mask = fdr_mask(p, q) & np.isfinite(values)
+    thr = float(values[mask].min()) if mask.any() else float("nan")
+    return {"mask": mask, "p_values": p, "threshold": thr, "q": q, "n": n, "test": test}

@@ -8,7 +8,17 @@ import torch
 from scipy import stats
 from sklearn.metrics import r2_score as sk_r2
 
-from lib.scoring import ncsnr, noise_ceiling, pearson_r, r2_score, split_half_reliability
+from lib.scoring import (
+    fdr_mask,
+    noise_ceiling,
+    noise_ceiling_null,
+    noise_ceiling_pvalues,
+    pearson_pvalues,
+    pearson_r,
+    r2_score,
+    significant_noise_ceiling,
+    significant_r,
+)
 
 
 def _pairs(seed=0, n=50, t=23):
@@ -42,53 +52,85 @@ def _simulate(n_images, n_reps, sd_signal, sd_noise, seed=0):
     return sig + rng.standard_normal((n_images, n_reps, len(sd_signal))) * sd_noise
 
 
-def test_noise_ceiling_equals_direct_computation():
+def test_noise_ceiling_equals_direct_anova():
     R = _simulate(40, 3, np.array([0.2, 1.0, 2.0]), np.array([1.0, 1.0, 0.5]), seed=1)
-    R[5, 2, 0] = np.nan  # a missing repeat
+    R[5, 2] = np.nan  # a missing repeat
     nc = noise_ceiling(R, n_average=3)
     for v in range(R.shape[2]):
-        x = R[:, :, v]
-        var_noise = np.mean([np.var(row[np.isfinite(row)], ddof=1) for row in x])
-        flat = x[np.isfinite(x)]
-        snr = np.sqrt(max(np.var(flat, ddof=1) - var_noise, 0)) / np.sqrt(var_noise)
-        assert np.isclose(ncsnr(R)[v], snr, rtol=1e-10)
-        assert np.isclose(nc[v], snr**2 / (snr**2 + 1 / 3), rtol=1e-10)
-    # NSD convention: z-scored betas, total variance fixed at 1
-    z = noise_ceiling(R, n_average=1, total_var=1.0)
-    var_noise0 = np.mean([np.var(row[np.isfinite(row)], ddof=1) for row in R[:, :, 0]])
-    s2 = max(1 - var_noise0, 0) / var_noise0
-    assert np.isclose(z[0], s2 / (s2 + 1))
+        rows = [row[np.isfinite(row)] for row in R[:, :, v]]
+        k = np.array([len(r) for r in rows])
+        n_all = k.sum()
+        grand = np.concatenate(rows).mean()
+        ms_b = sum(len(r) * (r.mean() - grand) ** 2 for r in rows) / (len(rows) - 1)
+        ms_w = sum(((r - r.mean()) ** 2).sum() for r in rows) / (n_all - len(rows))
+        k0 = (n_all - (k**2).sum() / n_all) / (len(rows) - 1)
+        var_signal = (ms_b - ms_w) / k0
+        assert np.isclose(nc[v], var_signal / (var_signal + ms_w / 3), rtol=1e-10)
+        # scipy's one-way ANOVA gives the same F test
+        assert np.isclose(noise_ceiling_pvalues(R)[v], stats.f_oneway(*rows).pvalue, rtol=1e-8)
 
 
-def test_noise_ceiling_recovers_known_snr():
-    sd_signal = np.array([0.0, 0.3, 1.0, 3.0])
-    sd_noise = np.ones(4)
-    R = _simulate(4000, 3, sd_signal, sd_noise, seed=2)
-    snr_true = sd_signal / sd_noise
-    np.testing.assert_allclose(ncsnr(R)[1:], snr_true[1:], rtol=0.05)
-    assert ncsnr(R)[0] < 0.1
+def test_noise_ceiling_recovers_known_signal():
+    sd_signal = np.array([0.3, 1.0, 3.0])
+    R = _simulate(4000, 3, sd_signal, np.ones(3), seed=2)
     for k in (1, 3):
-        nc_true = snr_true**2 / (snr_true**2 + 1 / k)
-        nc = noise_ceiling(R, n_average=k)
-        np.testing.assert_allclose(nc, nc_true, atol=0.02)
-        assert np.all((nc >= 0) & (nc <= 1))
+        nc_true = sd_signal**2 / (sd_signal**2 + 1 / k)  # analytic value
+        np.testing.assert_allclose(noise_ceiling(R, n_average=k), nc_true, atol=0.02)
     # the ceiling is the R^2 of the true signal predicting 3-trial averages
     rng = np.random.default_rng(3)
-    sig = rng.standard_normal((20000, 1)) * sd_signal[2]
+    sig = rng.standard_normal((20000, 1)) * sd_signal[1]
     avg = sig + rng.standard_normal((20000, 3)).mean(1, keepdims=True)
-    assert np.isclose(pearson_r(avg, sig)[0] ** 2, noise_ceiling(R, n_average=3)[2], atol=0.02)
+    assert np.isclose(pearson_r(avg, sig)[0] ** 2, noise_ceiling(R, n_average=3)[1], atol=0.02)
+    pooled = noise_ceiling(R, n_average=3, pooled=True)
+    s2 = (sd_signal**2).mean()
+    assert np.isclose(pooled, s2 / (s2 + 1 / 3), atol=0.02)
 
 
-def test_split_half_reliability():
-    sd_signal = np.array([0.5, 1.0, 2.0])
-    R = _simulate(3000, 4, sd_signal, np.ones(3), seed=4)
-    rel = split_half_reliability(R, n_splits=5)
-    expected = sd_signal**2 / (sd_signal**2 + 1 / 4)  # reliability of the 4-repeat mean
-    np.testing.assert_allclose(rel, expected, atol=0.03)
-    raw = split_half_reliability(R, n_splits=5, spearman_brown=False)
-    np.testing.assert_allclose(raw, sd_signal**2 / (sd_signal**2 + 1 / 2), atol=0.03)
+def test_noise_ceiling_is_unbiased_without_signal():
+    # 100 images x 3 repeats, like NSD's test set at small scale: no image information
+    R = _simulate(100, 3, np.zeros(2000), np.ones(2000), seed=5)
+    nc = noise_ceiling(R, n_average=3)
+    # a ratio of noisy variances: the per-voxel mean sits slightly below zero (about
+    # -2 / (n_images - 3)); the pooled (ROI) ceiling is the one to read
+    assert -0.04 < np.mean(nc) < 0.0
+    assert abs(noise_ceiling(R, n_average=3, pooled=True)) < 0.01
+    assert np.mean(np.sqrt(np.clip(nc, 0, None))) > 0.1  # what per-voxel clipping would report
+    null = noise_ceiling_null(R, n_average=3, n_permutations=20)
+    assert null.shape == (20,) and np.abs(null).max() < 0.02
+    sig = significant_noise_ceiling(R)
+    assert sig["mask"].mean() < 0.01 and "F-test" in sig["test"]
+    # with signal, shuffling image labels across repeats removes it
+    S = _simulate(100, 3, np.full(50, 1.0), np.ones(50), seed=6)
+    assert noise_ceiling(S, pooled=True) > 0.5
+    assert np.abs(noise_ceiling_null(S, n_permutations=20)).max() < 0.1
+    assert significant_noise_ceiling(S)["mask"].all()
     with pytest.raises(ValueError, match="repeat"):
-        split_half_reliability(R[:, :1])
+        noise_ceiling(R[:, :1])
+    R[0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="every voxel"):
+        noise_ceiling(R)
+
+
+def test_significant_r_null_and_signal():
+    rng = np.random.default_rng(7)
+    n = 100
+    y = rng.standard_normal((n, 3000))
+    null = pearson_r(y, rng.standard_normal((n, 3000)))
+    res = significant_r(null, n)
+    assert res["mask"].mean() < 0.002  # FDR over voxels: (almost) nothing survives
+    strong = pearson_r(y[:, :300], y[:, :300] + rng.standard_normal((n, 300)))
+    res = significant_r(np.concatenate([null, strong]), n)
+    assert res["mask"][3000:].all() and res["mask"][:3000].mean() < 0.01
+    assert 0.15 < res["threshold"] < 0.5 and "FDR q < 0.05" in res["test"]
+    # one test at p < 0.05 with 100 images needs r of about 0.17
+    assert np.isclose(pearson_pvalues(np.array([0.1654]), 100)[0], 0.05, atol=0.002)
+
+
+def test_fdr_mask_matches_benjamini_hochberg():
+    p = np.array([0.001, 0.008, 0.039, 0.041, 0.042, 0.06, 0.074, 0.205, np.nan])
+    # BH at q = 0.05 over the 8 finite values: p_(k) <= 0.05 k / 8 up to k = 2
+    np.testing.assert_array_equal(fdr_mask(p), [True, True] + [False] * 7)
+    assert not fdr_mask(np.array([0.5, 0.9])).any()
 
 
 def test_paired_bootstrap_mean_r_orders_models_and_covers_the_difference():
