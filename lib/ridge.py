@@ -59,8 +59,7 @@ turns it into a cross-validated R^2.
 
 from __future__ import annotations
 
-import math
-from typing import Iterable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -68,8 +67,18 @@ from sklearn.base import BaseEstimator, RegressorMixin
 
 from lib.config import resolve_device
 
-#: Default alpha grid (absolute ridge penalties, as in scikit-learn).
-DEFAULT_ALPHAS = tuple(float(a) for a in np.logspace(-2, 5, 8))
+#: The default alpha grid of the project (absolute ridge penalties, as in scikit-learn):
+#: 0.1 to 1e7 in half-decade steps. Penalties act against the eigenvalues of the Gram matrix,
+#: whose sum is n_samples x n_features for z-scored inputs: from hundreds of images x a few
+#: hundred features (toy encoding) to ~10k trials x ~15k voxels (NSD stage 1). 0.1 leaves
+#: any such fit practically unregularised; 1e7 shrinks the toy fits to the mean and reaches
+#: the regime of NSD's stage-1 optima (1e4-1e6 in published ridge decoders). A fit whose
+#: chosen alphas sit at an edge says so (:class:`AlphaGridWarning`).
+DEFAULT_ALPHAS = tuple(float(a) for a in np.logspace(-1, 7, 17))
+
+
+class AlphaGridWarning(UserWarning):
+    """Many targets chose the smallest or the largest alpha of the grid."""
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -317,7 +326,31 @@ def _targets_tensor(Y) -> torch.Tensor:
     return Yt
 
 
-def _kfold_splits(cv, n):
+def _kfold_splits(cv, n, groups=None):
+    """(train, validation) index pairs; folds never split a group when ``groups`` is given."""
+    if groups is not None:
+        groups = np.asarray(groups)
+        if groups.shape != (n,):
+            raise ValueError(f"groups has shape {groups.shape}; expected ({n},), one label per "
+                             "sample (e.g. the image id of every trial).")
+        if isinstance(cv, (int, np.integer)):
+            from sklearn.model_selection import GroupKFold
+
+            n_groups = np.unique(groups).size
+            if not 2 <= int(cv) <= n_groups:
+                raise ValueError(f"cv={cv} folds is invalid for {n_groups} groups; use "
+                                 "2 <= cv <= number of groups.")
+            cv = GroupKFold(n_splits=int(cv))
+        if not hasattr(cv, "split"):
+            raise ValueError("groups were given but cv is a list of splits; pass an int or a "
+                             "splitter with split(X, y, groups) (e.g. GroupKFold).")
+        splits = [(np.asarray(tr), np.asarray(va)) for tr, va in cv.split(np.zeros((n, 1)), None,
+                                                                          groups)]
+        for tr, va in splits:
+            if np.intersect1d(groups[tr], groups[va]).size:
+                raise ValueError(f"the splitter {cv!r} puts a group on both sides of a fold; use "
+                                 "a group-aware splitter such as GroupKFold.")
+        return splits
     if isinstance(cv, (int, np.integer)):
         k = int(cv)
         if not 2 <= k <= n:
@@ -339,15 +372,18 @@ class RidgeCV(RegressorMixin, BaseEstimator):
 
     Parameters
     ----------
-    alphas : sequence of float, default ``np.logspace(-2, 5, 8)``
+    alphas : sequence of float, default :data:`DEFAULT_ALPHAS` (``np.logspace(-1, 7, 17)``)
         Ridge penalties (absolute, as in scikit-learn: ``||y - Xw||^2 + alpha ||w||^2``).
     alpha_per_target : bool, default True
         Choose one alpha per target (minimum cross-validated MSE of that target). If False,
         one alpha for all targets, the one with the highest mean ``cv_scores_``.
     cv : "loo", int, iterable of (train, test) index pairs, or a splitter with ``split``
-        ``"loo"``: exact efficient leave-one-out from one eigendecomposition.
-        int ``k``: contiguous k-fold (no shuffling: neighbouring fMRI samples stay together);
-        one eigendecomposition per fold serves every alpha and target.
+        ``"loo"``: exact efficient leave-one-out from one eigendecomposition (grouped by
+        image when every row is one image, e.g. repetition-averaged betas).
+        int ``k``: contiguous k-fold (no shuffling: neighbouring fMRI samples stay together),
+        or, when ``fit`` gets ``groups``, scikit-learn's ``GroupKFold(k)`` on them;
+        a splitter is called as ``cv.split(X, y, groups)``.
+        One eigendecomposition per fold serves every alpha and target.
     fit_intercept : bool, default True
         Centre X and Y with their training means; the intercept is not penalised.
     device : {"auto", "cpu", "cuda", "cuda:N"}, default "auto"
@@ -369,6 +405,9 @@ class RidgeCV(RegressorMixin, BaseEstimator):
         Precision of the eigendecomposition; None uses ``dtype``.
     verbose : bool, default False
         Show a progress bar over target batches.
+    warn_edge : float or None, default 0.05
+        Warn (:class:`AlphaGridWarning`, once per fit) when more than this fraction of the
+        targets chose the smallest or the largest alpha of the grid; None never warns.
 
     Attributes
     ----------
@@ -384,6 +423,11 @@ class RidgeCV(RegressorMixin, BaseEstimator):
         Negative mean squared leave-one-out (or held-out) error: higher is better.
     cv_r2_ : ndarray of shape (n_alphas, n_targets)
         ``1 - MSE / Var(y)`` (cross-validated R^2), derived from ``cv_scores_``.
+    cv_r_ : ndarray of shape (n_alphas, n_targets)
+        Pearson correlation between the held-out (leave-one-out or out-of-fold) predictions
+        and the targets, over all training samples.
+    alpha_edge_fraction_ : tuple of float
+        Fractions of targets whose chosen alpha is the grid's smallest and its largest.
     n_features_in_ : int
     block_sizes_ : list of int
         Number of features of each block passed to ``fit``.
@@ -403,6 +447,7 @@ class RidgeCV(RegressorMixin, BaseEstimator):
         eigh_dtype: str | None = None,
         solver: str = "auto",
         verbose: bool = False,
+        warn_edge: float | None = 0.05,
     ):
         self.alphas = alphas
         self.alpha_per_target = alpha_per_target
@@ -414,6 +459,7 @@ class RidgeCV(RegressorMixin, BaseEstimator):
         self.eigh_dtype = eigh_dtype
         self.solver = solver
         self.verbose = verbose
+        self.warn_edge = warn_edge
 
     # ------------------------------------------------------------------ internals
     def _setup(self):
@@ -447,7 +493,7 @@ class RidgeCV(RegressorMixin, BaseEstimator):
         return yb
 
     # ------------------------------------------------------------------ fit
-    def fit(self, X, Y):
+    def fit(self, X, Y, groups=None):
         """Fit on training data.
 
         Parameters
@@ -455,6 +501,10 @@ class RidgeCV(RegressorMixin, BaseEstimator):
         X : ndarray or tensor of shape (n_samples, n_features), or a list of such blocks
             (n_samples, p_1), (n_samples, p_2), ... sharing their rows.
         Y : ndarray or tensor of shape (n_samples, n_targets) or (n_samples,)
+        groups : array-like of shape (n_samples,) or None
+            Group label of every sample (e.g. the image of every trial): alpha selection
+            then never has a group on both sides of a fold. Needs ``cv`` an int or a
+            splitter; with ``cv="loo"`` only when every group is one sample.
 
         Returns
         -------
@@ -484,6 +534,13 @@ class RidgeCV(RegressorMixin, BaseEstimator):
         dual = n <= p
         self._times = {}
 
+        if groups is not None and self.cv in ("loo", None):
+            if np.unique(np.asarray(groups)).size != n:
+                raise ValueError("cv='loo' leaves out single samples, but groups has samples "
+                                 "sharing a group (e.g. repeats of an image); pass cv=k for "
+                                 "GroupKFold(k) or average the repeats first.")
+            groups = None
+        self._groups = groups
         if self.cv == "loo" or self.cv is None:
             out = None
             if dual and self._use_cholesky(blocks, means, alphas, dt):
@@ -506,7 +563,9 @@ class RidgeCV(RegressorMixin, BaseEstimator):
         self.alpha_ = self.best_alphas_ if self.alpha_per_target else float(alphas[best[0]])
         self.alphas_ = alphas
         self.cv_scores_ = scores
+        self.cv_r_ = self.__dict__.pop("_cv_r")
         self._y_var = y_var
+        self._warn_edges(best, alphas)
         self.n_features_in_ = p
         self.block_sizes_ = sizes
         self.x_mean_ = x_mean.astype(np_dt)
@@ -526,6 +585,21 @@ class RidgeCV(RegressorMixin, BaseEstimator):
         del self._times
         self.__dict__.pop("_K", None)
         return self
+
+    def _warn_edges(self, best, alphas):
+        na = len(alphas)
+        lo = float(np.mean(best == 0)) if na > 1 else 0.0
+        hi = float(np.mean(best == na - 1)) if na > 1 else 0.0
+        self.alpha_edge_fraction_ = (lo, hi)
+        if self.warn_edge is not None and max(lo, hi) > self.warn_edge:
+            import warnings
+
+            warnings.warn(
+                f"RidgeCV: the chosen alpha is the grid's smallest ({alphas[0]:g}) for {lo:.0%} "
+                f"and its largest ({alphas[-1]:g}) for {hi:.0%} of {len(best)} targets. At the "
+                "smallest, extend the grid downwards; at the largest, the targets may carry no "
+                "predictable signal (their prediction is the mean) or need larger penalties.",
+                AlphaGridWarning, stacklevel=3)
 
     @property
     def cv_r2_(self):
@@ -576,14 +650,15 @@ class RidgeCV(RegressorMixin, BaseEstimator):
         if self.fit_intercept:
             nc = float(K.diagonal().sum()) / n
             K = K + nc / n
-            h1 = lambda a: 1.0 / (n * (a + nc))  # noqa: E731
+            h1 = lambda a: 1.0 / (n * (a + nc))
         else:
-            h1 = lambda a: 0.0  # noqa: E731
+            h1 = lambda a: 0.0
         np_dt = np.float64 if dt == torch.float64 else np.float32
         scores = np.empty((na, t), dtype=np.float64)
         best = np.zeros(t, dtype=np.int64)
         y_var = np.empty(t, dtype=np.float64)
         A_best = torch.empty(n, t, dtype=dt, device=dev)
+        acc = _HeldOutPearson(na, t)
         sl_list = self._batches(n, p, t, n)
         for k, a in enumerate(self._progress(alphas, na, "ridge LOO (Cholesky)")):
             G = K.clone()
@@ -605,6 +680,7 @@ class RidgeCV(RegressorMixin, BaseEstimator):
                 E = A * w
                 sc = (-(E.double() ** 2).mean(0)) if dt == torch.float64 else -(E * E).mean(0).double()
                 scores[k, sl] = sc.cpu().numpy()
+                acc.add(k, sl, Yc, E, targets=k == 0)
                 if k == 0:
                     A_best[:, sl] = A
                 else:
@@ -630,6 +706,7 @@ class RidgeCV(RegressorMixin, BaseEstimator):
         for sl in sl_list:
             coef[sl] = _centered_cross(blocks, means, A_best[:, sl]).T.cpu().numpy()
         clock("coef")
+        self._cv_r = acc.r()
         return scores, best, coef, y_var, None
 
     def _fit_loo(self, blocks, means, Y, y_mean, alphas, dual, dev, dt, edt):
@@ -659,6 +736,7 @@ class RidgeCV(RegressorMixin, BaseEstimator):
         coef = np.empty((t, p), dtype=np_dt)
         best = np.empty(t, dtype=np.int64)
         sl_list = self._batches(n, p, t, int(s.numel()))
+        acc = _HeldOutPearson(na, t)
         for sl in self._progress(sl_list, len(sl_list), "ridge LOO"):
             Yc = self._y_batch(Y, sl, dev, dt, y_mean)
             y_var[sl] = (Yc.double() ** 2).mean(0).cpu().numpy()
@@ -669,6 +747,7 @@ class RidgeCV(RegressorMixin, BaseEstimator):
                 R = torch.addmm(Yc, U, F[:, k : k + 1] * C, alpha=-1.0)  # Yc - U diag(f) C
                 R.mul_(inv_1mh[:, k : k + 1])
                 sc[k] = -(R.double() ** 2).mean(0) if dt == torch.float64 else -(R * R).mean(0).double()
+                acc.add(k, sl, Yc, R, targets=k == 0)
                 del R
             scores[:, sl] = sc.cpu().numpy()
             clock("loo")
@@ -684,6 +763,7 @@ class RidgeCV(RegressorMixin, BaseEstimator):
             best[:] = k
             self._coef_batches(spec, Y, y_mean, sl_list, alphas[best], dev, dt, coef)
             clock("coef")
+        self._cv_r = acc.r()
         return scores, best, coef, y_var, spec
 
     def _fit_kfold(self, blocks, means, Y, y_mean, alphas, dual, dev, dt, edt):
@@ -692,10 +772,11 @@ class RidgeCV(RegressorMixin, BaseEstimator):
         t = Y.shape[1]
         na = len(alphas)
         a_t = torch.as_tensor(alphas, dtype=dt, device=dev)
-        splits = _kfold_splits(self.cv, n)
+        splits = _kfold_splits(self.cv, n, self._groups)
         np_dt = np.float64 if dt == torch.float64 else np.float32
         sse = np.zeros((na, t), dtype=np.float64)
         count = np.zeros(t, dtype=np.float64)
+        acc = _HeldOutPearson(na, t)
         K = _centered_gram(blocks, means) if dual else None  # shift-invariant per fold
         for tr, va in self._progress(splits, len(splits), "ridge k-fold"):
             tr_t = torch.as_tensor(tr, device=dev)
@@ -725,11 +806,14 @@ class RidgeCV(RegressorMixin, BaseEstimator):
                     ytr = ytr - mu
                     yva = yva - mu
                 C = U.T @ ytr
+                y_raw = yva + mu if self.fit_intercept else yva
                 for k in range(na):
                     E = torch.addmm(yva, P, C / (s[:, None] + a_t[k]), alpha=-1.0)
                     sse[k, sl] += (E.double() ** 2).sum(0).cpu().numpy()
+                    acc.add(k, sl, y_raw, E, targets=k == 0)
             count += len(va)
         scores = -sse / count[None, :]
+        self._cv_r = acc.r()
         if self.alpha_per_target:
             best = np.argmax(scores, 0)
         else:
@@ -795,6 +879,41 @@ class RidgeCV(RegressorMixin, BaseEstimator):
         pred = self.predict(X)
         Y = np.asarray(Y)
         return float(np.nanmean(pearson_r(Y.reshape(len(Y), -1), pred.reshape(len(pred), -1))))
+
+
+class _HeldOutPearson:
+    """Pearson r of held-out predictions ``y - e`` with ``y``, from running sums per alpha.
+
+    With ``P = y - e``: ``sum P = Sy - Se``, ``sum P^2 = Syy - 2 Sey + See`` and
+    ``sum P y = Syy - Sey``; only ``Se``, ``See`` and ``Sey`` depend on alpha.
+    """
+
+    def __init__(self, n_alphas: int, n_targets: int):
+        self.n, self.sy, self.syy = (np.zeros(n_targets) for _ in range(3))
+        self.se, self.see, self.sey = (np.zeros((n_alphas, n_targets)) for _ in range(3))
+
+    def add(self, k, sl, y, e, targets: bool):
+        """Add rows: ``y`` targets and ``e`` held-out residuals (rows, batch) of alpha ``k``."""
+        yd, ed = y.double(), e.double()
+        if targets:
+            self.n[sl] += y.shape[0]
+            self.sy[sl] += yd.sum(0).cpu().numpy()
+            self.syy[sl] += (yd * yd).sum(0).cpu().numpy()
+        self.se[k, sl] += ed.sum(0).cpu().numpy()
+        self.see[k, sl] += (ed * ed).sum(0).cpu().numpy()
+        self.sey[k, sl] += (ed * yd).sum(0).cpu().numpy()
+
+    def r(self) -> np.ndarray:
+        n = self.n[None, :]
+        sp = self.sy - self.se
+        spp = self.syy - 2 * self.sey + self.see
+        spy = self.syy - self.sey
+        cov = spy / n - sp * self.sy / n**2
+        var_p = spp / n - (sp / n) ** 2
+        var_y = self.syy / n - (self.sy / n) ** 2
+        den = np.sqrt(np.clip(var_p, 0, None) * np.clip(var_y, 0, None))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(den > 0, cov / den, np.nan)
 
 
 def _kfold_target_batches(est, n, p, t, r):

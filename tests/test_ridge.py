@@ -213,3 +213,73 @@ def test_auto_solver_follows_conditioning():
     np.testing.assert_allclose(well.cv_scores_, ref.cv_scores_, rtol=1e-4)
     with pytest.raises(ValueError, match="solver"):
         RidgeCV(solver="qr").fit(X, Y)
+
+
+@pytest.mark.parametrize("cv,solver", [("loo", "eigen"), ("loo", "cholesky"), (4, "eigen")])
+def test_cv_r_is_pearson_of_held_out_predictions(cv, solver):
+    X, Y, _, _ = _problem(50, 90, 5, seed=8, offset=0.3)
+    ours = RidgeCV(alphas=ALPHAS, cv=cv, solver=solver, dtype="float64", warn_edge=None).fit(X, Y)
+    splits = [(np.delete(np.arange(50), i), np.array([i])) for i in range(50)] if cv == "loo" \
+        else list(KFold(4).split(X))
+    for k, a in enumerate(ALPHAS):
+        pred = np.zeros_like(Y)
+        for tr, va in splits:
+            pred[va] = Ridge(alpha=a).fit(X[tr], Y[tr]).predict(X[va])
+        np.testing.assert_allclose(ours.cv_r_[k], pearson_r(Y, pred), rtol=1e-6, atol=1e-9)
+
+
+def test_groups_keep_every_group_on_one_side_of_a_fold():
+    from sklearn.model_selection import GroupKFold
+
+    # 30 images x 3 repeats: the repeats of an image share most of their response
+    rng = np.random.default_rng(9)
+    X_img, Y_img, _, _ = _problem(30, 40, 4, seed=9, n_test=1)
+    groups = np.repeat(np.arange(30), 3)
+    X = X_img[groups]
+    Y = Y_img[groups] + 0.1 * rng.standard_normal((90, 4))
+    grouped = RidgeCV(alphas=ALPHAS, cv=5, dtype="float64", warn_edge=None).fit(X, Y, groups=groups)
+    sse = np.zeros((len(ALPHAS), 4))
+    for tr, va in GroupKFold(5).split(X, Y, groups):
+        assert not set(groups[tr]) & set(groups[va])
+        for k, a in enumerate(ALPHAS):
+            sse[k] += ((Y[va] - Ridge(alpha=a).fit(X[tr], Y[tr]).predict(X[va])) ** 2).sum(0)
+    np.testing.assert_allclose(grouped.cv_scores_, -sse / 90, rtol=1e-7)
+    same = RidgeCV(alphas=ALPHAS, cv=GroupKFold(5), dtype="float64", warn_edge=None).fit(
+        X, Y, groups=groups)
+    np.testing.assert_allclose(same.cv_scores_, grouped.cv_scores_, rtol=1e-10)
+    # ungrouped folds see an image's repeats on both sides: they look better than they are
+    leaky = RidgeCV(alphas=ALPHAS, cv=KFold(5, shuffle=True, random_state=0), dtype="float64",
+                    warn_edge=None).fit(X, Y)
+    assert leaky.cv_scores_.max(0).mean() > grouped.cv_scores_.max(0).mean()
+    with pytest.raises(ValueError, match="loo"):
+        RidgeCV(alphas=ALPHAS).fit(X, Y, groups=groups)
+    with pytest.raises(ValueError, match="both sides"):
+        RidgeCV(alphas=ALPHAS, cv=KFold(5, shuffle=True, random_state=0)).fit(X, Y, groups=groups)
+    with pytest.raises(ValueError, match="one label per"):
+        RidgeCV(alphas=ALPHAS, cv=3).fit(X, Y, groups=groups[:-1])
+
+
+def test_warns_when_chosen_alphas_sit_at_the_grid_edge():
+    import warnings
+
+    from lib.ridge import DEFAULT_ALPHAS, AlphaGridWarning
+
+    assert DEFAULT_ALPHAS[0] == pytest.approx(0.1) and DEFAULT_ALPHAS[-1] == pytest.approx(1e7)
+    X, Y, _, _ = _problem(100, 20, 6, seed=10, noise=1.0)
+    Y = Y[:, 3:]  # signal-to-noise 0.5 to 5
+    inside = RidgeCV(alphas=DEFAULT_ALPHAS, dtype="float64").fit(X, Y)  # optimum inside the grid
+    lo, hi = inside.alpha_edge_fraction_
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AlphaGridWarning)
+        RidgeCV(alphas=DEFAULT_ALPHAS, dtype="float64").fit(X, Y)
+    assert lo == hi == 0.0
+    # a grid of only large penalties: every target picks the smallest
+    with pytest.warns(AlphaGridWarning, match="smallest .* for 100%"):
+        RidgeCV(alphas=[1e5, 1e6, 1e7], dtype="float64").fit(X, Y)
+    # pure noise targets: the prediction is the mean, the largest alpha wins
+    noise = np.random.default_rng(11).standard_normal((100, 50))
+    with pytest.warns(AlphaGridWarning, match="largest"):
+        RidgeCV(alphas=[1e-3, 1e-2, 1e-1], dtype="float64").fit(X, noise)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AlphaGridWarning)
+        RidgeCV(alphas=[1e5, 1e6, 1e7], dtype="float64", warn_edge=None).fit(X, Y)
