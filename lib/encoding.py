@@ -2,9 +2,12 @@
 
 For every model of a zoo and every layer, features of the training images predict the
 repetition-averaged betas of every voxel (ridge regression, one alpha per voxel chosen by
-leave-one-out on the training images only); the fit is scored on the test images (shared1000)
-by the Pearson correlation per voxel, then summarised per ROI. The noise ceiling of each voxel
-(from the test images' repetitions) gives the context.
+leave-one-out on the training images only: one row per image, so the folds are grouped by
+image); the fit is scored on the test images (shared1000) by the Pearson correlation per voxel,
+then summarised per ROI. The Pearson r of the leave-one-out predictions on the training images
+(``val_score``) chooses the best layer of every model and ROI (``selected``): no choice sees
+the test images. The noise ceiling of each ROI (:func:`lib.scoring.noise_ceiling`, from the
+test images' repetitions) with its chance level gives the context.
 
 The analysis code is the same for the real NSD and the toy world: only the zoo and the
 paths differ.
@@ -28,8 +31,9 @@ DEFAULT_ROIS = ("V1", "V2", "V3", "hV4", "faces", "bodies", "places", "words", "
 EARLY_ROIS = ("V1", "V2", "V3", "hV4")
 CATEGORY_ROIS = ("faces", "bodies", "places", "words")
 #: Columns of ``convergence/scores.csv`` (DESIGN.md section 5), then the extra ones.
-SCORE_COLUMNS = ["model", "family", "modality", "n_params", "layer", "roi", "score", "n_voxels"]
-EXTRA_COLUMNS = ["trained", "n_layers", "depth", "cv_score", "noise_ceiling"]
+SCORE_COLUMNS = ["model", "family", "modality", "n_params", "layer", "roi", "score", "val_score",
+                 "selected", "n_voxels"]
+EXTRA_COLUMNS = ["trained", "n_layers", "depth", "noise_ceiling", "noise_ceiling_null"]
 
 
 # --------------------------------------------------------------------------------------
@@ -182,8 +186,9 @@ def fit_layer(X_train: np.ndarray, Y_train: np.ndarray, X_test: np.ndarray, Y_te
     X_test : ndarray of shape (n_test, n_features)
     Y_test : ndarray of shape (n_test, n_voxels)
     alphas : array-like or None
-        Ridge penalties; one is chosen per voxel by leave-one-out on the training images.
-        ``None`` uses ``np.logspace(-1, 6, 8)``.
+        Ridge penalties; one is chosen per voxel by leave-one-out on the training images
+        (one row per image, so leave-one-out is grouped by image). ``None`` uses
+        :data:`lib.ridge.DEFAULT_ALPHAS`.
     device : str
     max_features : int or None
         Reduce wider features to this many (see :func:`reduce_features`).
@@ -196,26 +201,25 @@ def fit_layer(X_train: np.ndarray, Y_train: np.ndarray, X_test: np.ndarray, Y_te
     -------
     result : dict
         ``score`` (n_voxels,) test Pearson r; ``alpha`` (n_voxels,) chosen alphas;
-        ``cv_score`` (n_voxels,) the training leave-one-out score at the chosen alpha
-        (cross-validated R^2 when the ridge provides it; higher is better); with
-        ``return_prediction``, ``prediction`` (n_test, n_voxels).
+        ``val_score`` (n_voxels,) Pearson r of the leave-one-out predictions of the training
+        images at the chosen alpha (the selection criterion); with ``return_prediction``,
+        ``prediction`` (n_test, n_voxels).
     """
-    from lib.ridge import RidgeCV
+    from lib.ridge import DEFAULT_ALPHAS, RidgeCV
     from lib.scoring import pearson_r
 
-    alphas = np.logspace(-1, 6, 8) if alphas is None else np.asarray(alphas, dtype=float)
+    alphas = np.asarray(DEFAULT_ALPHAS if alphas is None else alphas, dtype=float)
     X_train, X_test = standardize(np.asarray(X_train), np.asarray(X_test))
     if max_features is not None:
         X_train, X_test = reduce_features(X_train, X_test, max_features, reduction, seed)
     model = RidgeCV(alphas=alphas, alpha_per_target=True, device=device)
     model.fit(X_train, np.asarray(Y_train, dtype=np.float32))
     pred = np.asarray(model.predict(X_test))
-    # cross-validated R^2 when available (comparable across voxels), else the raw CV score
-    cv = np.asarray(getattr(model, "cv_r2_", model.cv_scores_))
-    cv = cv.max(axis=0) if cv.ndim == 2 else cv
+    best = np.searchsorted(model.alphas_, model.best_alphas_)
+    val = model.cv_r_[best, np.arange(model.cv_r_.shape[1])]
     out = {"score": np.asarray(pearson_r(np.asarray(Y_test), pred), dtype=np.float32),
            "alpha": np.asarray(model.best_alphas_, dtype=np.float32),
-           "cv_score": np.asarray(cv, dtype=np.float32)}
+           "val_score": np.asarray(val, dtype=np.float32)}
     if return_prediction:
         out["prediction"] = pred
     return out
@@ -298,23 +302,42 @@ def summarize_rois(values: np.ndarray, masks: dict[str, np.ndarray]) -> dict[str
     return out
 
 
-def voxel_noise_ceiling(subject, split: str = "test") -> np.ndarray:
-    """Noise ceiling of every voxel as a correlation, for repetition-averaged betas.
+def noise_ceilings(subject, masks: dict[str, np.ndarray], split: str = "test",
+                   n_permutations: int = 100, seed: int = 0) -> dict:
+    """Noise ceiling of every voxel and ROI for the repetition-averaged betas a model is scored on.
 
-    Uses :func:`lib.scoring.noise_ceiling` (NSD's ncsnr formula; the fraction of explainable
-    variance for the average of the typical number of repetitions) and returns ``sqrt(NC)``,
-    the highest Pearson r a perfect model could expect, on the scale of the scores.
+    :func:`lib.scoring.noise_ceiling` with ``n_average`` the typical number of repetitions of
+    the split's images. ROI values are pooled over the ROI's voxels (ratio of their mean
+    signal and noise variances, no clipping) and given on the scale of the scores,
+    ``sqrt(max(NC, 0))``: the Pearson r a perfect model could expect. Their chance level is the
+    95th percentile of the same number with image labels shuffled across repeats
+    (:func:`lib.scoring.noise_ceiling_null`).
 
     Returns
     -------
-    ceiling : ndarray of shape (n_voxels,)
+    result : dict
+        ``voxel`` (n_voxels,) noise ceiling of every voxel (fraction of variance, unclipped),
+        ``p_value`` (n_voxels,) its ANOVA F-test, ``roi`` {name: ceiling as r},
+        ``roi_null`` {name: chance level as r}, ``n_average`` and ``n_images``.
     """
-    from lib.scoring import noise_ceiling
+    from lib.scoring import noise_ceiling, noise_ceiling_null, noise_ceiling_pvalues
 
     reps = subject.repeats(split)
-    n_average = max(1, int(round(float(np.median(np.isfinite(reps[:, :, 0]).sum(axis=1))))))
-    nc = np.asarray(noise_ceiling(reps, n_average=n_average), dtype=np.float64)
-    return np.sqrt(np.clip(nc, 0.0, 1.0)).astype(np.float32)
+    counts = np.isfinite(reps[:, :, 0]).sum(axis=1)
+    n_average = max(1, int(round(float(np.median(counts)))))
+    def as_r(nc):
+        return np.sqrt(np.clip(nc, 0.0, 1.0))
+
+    roi, roi_null = {}, {}
+    for name, mask in masks.items():
+        sub = reps[:, :, mask]
+        roi[name] = float(as_r(noise_ceiling(sub, n_average, pooled=True)))
+        null = noise_ceiling_null(sub, n_average, pooled=True, n_permutations=n_permutations,
+                                  seed=seed)
+        roi_null[name] = float(as_r(np.percentile(null, 95)))
+    return {"voxel": noise_ceiling(reps, n_average).astype(np.float32),
+            "p_value": noise_ceiling_pvalues(reps), "roi": roi, "roi_null": roi_null,
+            "n_average": n_average, "n_images": int((counts >= 2).sum())}
 
 
 # --------------------------------------------------------------------------------------
@@ -365,8 +388,7 @@ def run_convergence(subject, zoo: Sequence[dict], out_dir, cache_dir=None,
     assert np.intersect1d(train_ids, test_ids).size == 0, "test images among training images"
     all_ids = np.union1d(train_ids, test_ids)
     masks = roi_masks(subject, rois)
-    ceiling = voxel_noise_ceiling(subject, "test")
-    ceiling_roi = summarize_rois(ceiling, masks)
+    ceiling = noise_ceilings(subject, masks, "test", seed=seed)
 
     rows, maps = [], {}
     for entry in zoo:
@@ -385,30 +407,53 @@ def run_convergence(subject, zoo: Sequence[dict], out_dir, cache_dir=None,
         n_layers = _n_hidden(entry, layer_ids)
         for layer in layer_ids:
             score = summarize_rois(results[layer]["score"], masks)
-            cv = summarize_rois(results[layer]["cv_score"], masks)
+            val = summarize_rois(results[layer]["val_score"], masks)
             for roi in masks:
                 rows.append({
                     "model": entry["name"], "family": entry["family"],
                     "modality": entry["modality"], "n_params": n_params, "layer": layer,
-                    "roi": roi, "score": score[roi][0], "n_voxels": score[roi][1],
+                    "roi": roi, "score": score[roi][0], "val_score": val[roi][0],
+                    "selected": False, "n_voxels": score[roi][1],
                     "trained": bool(entry.get("trained", True)), "n_layers": n_layers,
-                    "depth": layer / max(n_layers - 1, 1), "cv_score": cv[roi][0],
-                    "noise_ceiling": ceiling_roi[roi][0],
+                    "depth": layer / max(n_layers - 1, 1),
+                    "noise_ceiling": ceiling["roi"][roi],
+                    "noise_ceiling_null": ceiling["roi_null"][roi],
                 })
         maps[entry["name"]] = {
             "layers": np.asarray(layer_ids),
             "score": np.stack([results[i]["score"] for i in layer_ids]),
-            "cv_score": np.stack([results[i]["cv_score"] for i in layer_ids]),
+            "val_score": np.stack([results[i]["val_score"] for i in layer_ids]),
             "alpha": np.stack([results[i]["alpha"] for i in layer_ids]),
         }
         print(f"{entry['name']}: {len(layer_ids)} layers, features {t1 - t0:.1f} s, "
               f"ridge {t2 - t1:.1f} s")
-    scores = pd.DataFrame(rows, columns=SCORE_COLUMNS + EXTRA_COLUMNS)
+    scores = mark_selected(pd.DataFrame(rows, columns=SCORE_COLUMNS + EXTRA_COLUMNS))
     from lib.io import atomic_path
 
     with atomic_path(out_dir / "scores.csv") as tmp:
         scores.to_csv(tmp, index=False)
-    write_voxel_scores(out_dir / "voxel_scores.h5", subject, maps, ceiling, zoo)
+    write_voxel_scores(out_dir / "voxel_scores.h5", subject, maps, ceiling, zoo,
+                       n_test=len(test_ids))
+    return scores
+
+
+def mark_selected(scores):
+    """Set ``selected`` on the layer with the highest ``val_score`` of every (model, roi).
+
+    Parameters
+    ----------
+    scores : pandas.DataFrame
+        With ``model``, ``roi``, ``val_score``.
+
+    Returns
+    -------
+    scores : pandas.DataFrame
+        A copy with the boolean column ``selected`` (one true row per (model, roi) whose
+        ``val_score`` is not all NaN).
+    """
+    scores = scores.copy()
+    idx = scores.groupby(["model", "roi"])["val_score"].idxmax().dropna().astype(int)
+    scores["selected"] = scores.index.isin(idx)
     return scores
 
 
@@ -430,16 +475,19 @@ def _n_hidden(entry: dict, layer_ids: list[int]) -> int:
     return max(layer_ids) + 1
 
 
-def write_voxel_scores(path, subject, maps: dict, ceiling: np.ndarray, zoo=()) -> Path:
+def write_voxel_scores(path, subject, maps: dict, ceiling: dict, zoo=(), n_test: int = 0) -> Path:
     """Write per-voxel maps: every layer's test scores per model, the best layer's map.
 
-    The best layer of a model is the one with the highest mean training (leave-one-out)
-    score over all voxels, so the test set does not choose it.
+    The best layer of a model is the one with the highest mean ``val_score`` (leave-one-out on
+    the training images) over all voxels (nsdgeneral's selected layer), so the test set does
+    not choose it.
 
-    Layout: ``noise_ceiling`` (n_voxels,), ``voxel_ijk`` (n_voxels, 3), attrs ``affine`` and
-    ``grid_shape``; per model a group ``models/<name>`` with ``layers`` (n_layers,),
-    ``score``, ``cv_score``, ``alpha`` (n_layers, n_voxels), ``best_score`` (n_voxels,) and
-    attrs ``best_layer``, ``family``, ``modality``.
+    Layout: ``noise_ceiling`` and ``noise_ceiling_p`` (n_voxels,) from :func:`noise_ceilings`,
+    ``voxel_ijk`` (n_voxels, 3), attrs ``affine``, ``grid_shape``, ``n_test`` (test images
+    behind every score, for significance) and ``noise_ceiling_n_average``; per model a group
+    ``models/<name>`` with ``layers`` (n_layers,), ``score``, ``val_score``, ``alpha``
+    (n_layers, n_voxels), ``best_score`` (n_voxels,) and attrs ``best_layer``, ``family``,
+    ``modality``.
     """
     import h5py
 
@@ -448,15 +496,18 @@ def write_voxel_scores(path, subject, maps: dict, ceiling: np.ndarray, zoo=()) -
     info = {e["name"]: e for e in zoo}
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
-            f.create_dataset("noise_ceiling", data=ceiling)
+            f.create_dataset("noise_ceiling", data=ceiling["voxel"])
+            f.create_dataset("noise_ceiling_p", data=ceiling["p_value"])
             f.create_dataset("voxel_ijk", data=subject.voxel_ijk)
             f.attrs["affine"] = np.asarray(subject.affine)
             f.attrs["grid_shape"] = np.asarray(subject.grid_shape)
+            f.attrs["n_test"] = int(n_test)
+            f.attrs["noise_ceiling_n_average"] = int(ceiling["n_average"])
             for name, m in maps.items():
                 g = f.create_group(f"models/{name.replace('/', '__')}")
-                for key in ("layers", "score", "cv_score", "alpha"):
+                for key in ("layers", "score", "val_score", "alpha"):
                     g.create_dataset(key, data=m[key])
-                best = int(np.argmax(np.nanmean(m["cv_score"], axis=1)))
+                best = int(np.argmax(np.nanmean(m["val_score"], axis=1)))
                 g.create_dataset("best_score", data=m["score"][best])
                 g.attrs["best_layer"] = int(m["layers"][best])
                 g.attrs["name"] = name
@@ -477,6 +528,8 @@ def read_voxel_scores(path, model: str) -> dict:
         out = {k: g[k][()] for k in g}
         out.update({k: g.attrs[k] for k in g.attrs})
         out["noise_ceiling"] = f["noise_ceiling"][()]
+        out["noise_ceiling_p"] = f["noise_ceiling_p"][()]
+        out["n_test"] = int(f.attrs["n_test"])
     return out
 
 
@@ -484,24 +537,42 @@ def read_voxel_scores(path, model: str) -> dict:
 # Summaries and the checks of what the toy world built in
 # --------------------------------------------------------------------------------------
 
-def best_layers(scores, by: str = "cv_score"):
-    """Per (model, roi), the row of the best layer.
+def best_layers(scores):
+    """Per (model, roi), the row of the layer chosen on the training images (``selected``).
 
     Parameters
     ----------
     scores : pandas.DataFrame
-        ``scores.csv``.
-    by : {"cv_score", "score"}
-        ``"cv_score"`` picks the layer on the training data (leave-one-out), so the reported
-        test score is not selected on the test set; ``"score"`` takes the best test score.
+        ``scores.csv`` (:func:`run_convergence`).
 
     Returns
     -------
     best : pandas.DataFrame
-        One row per (model, roi), with the columns of ``scores``.
+        One row per (model, roi): the ``selected`` rows, whose ``score`` is the test score
+        of a layer the test images did not choose.
     """
-    idx = scores.groupby(["model", "roi"])[by].idxmax()
-    return scores.loc[idx.dropna().astype(int)].reset_index(drop=True)
+    if "selected" not in scores:
+        raise KeyError("scores has no 'selected' column; it comes from run_convergence (or "
+                       "mark_selected on a table with val_score).")
+    return scores[scores["selected"].astype(bool)].reset_index(drop=True)
+
+
+def fraction_of_ceiling(rows):
+    """Test score as a fraction of the ROI's noise ceiling, where the ceiling is real.
+
+    Parameters
+    ----------
+    rows : pandas.DataFrame
+        With ``score``, ``noise_ceiling`` and ``noise_ceiling_null`` (scores.csv rows).
+
+    Returns
+    -------
+    fraction : pandas.Series
+        ``score / noise_ceiling``; NaN where the ceiling does not exceed its chance level
+        (a ceiling at chance cannot scale anything).
+    """
+    real = rows["noise_ceiling"] > rows["noise_ceiling_null"]
+    return (rows["score"] / rows["noise_ceiling"]).where(real)
 
 
 def size_score_spearman(scores, roi: str = "nsdgeneral", trained_only: bool = True):

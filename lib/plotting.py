@@ -377,8 +377,8 @@ def plot_depth_profiles(scores, rois=("V1", "hV4", "faces", "places", "nsdgenera
     Returns
     -------
     fig : matplotlib.figure.Figure
-        Colour = family; darker/thicker = larger model; a dot marks each model's best
-        layer (by test score, for display).
+        Colour = family; darker/thicker = larger model; a dot marks each model's layer
+        chosen on the training images (``selected``).
     """
     import matplotlib.pyplot as plt
     import numpy as np
@@ -404,7 +404,7 @@ def plot_depth_profiles(scores, rois=("V1", "hV4", "faces", "places", "nsdgenera
                 rank = 0.5 if hi == lo else (np.log(float(m["n_params"].iloc[0])) - lo) / (hi - lo)
                 ax.plot(m["depth"], m["score"], color=colors[family], alpha=0.35 + 0.65 * rank,
                         lw=0.8 + 1.6 * rank, label=family)
-                top = m.loc[m["score"].idxmax()]
+                top = m[m["selected"].astype(bool)]
                 ax.plot(top["depth"], top["score"], "o", color=colors[family], ms=3)
         ax.set_title(roi)
         ax.grid(alpha=0.3)
@@ -425,28 +425,33 @@ def plot_depth_profiles(scores, rois=("V1", "hV4", "faces", "places", "nsdgenera
 
 def plot_roi_comparison(best, rois=("V1", "V2", "V3", "hV4", "faces", "bodies", "places",
                                     "words", "nsdgeneral"), trained_only: bool = True):
-    """Per ROI, each family's largest-scoring model, against the noise ceiling.
+    """Per ROI, each family's best model, against the noise ceiling.
 
     Parameters
     ----------
     best : pandas.DataFrame
-        One row per (model, roi) (``lib.encoding.best_layers(scores)``), with ``score`` and
-        ``noise_ceiling``.
+        One row per (model, roi) (``lib.encoding.best_layers(scores)``), with ``score``,
+        ``val_score``, ``noise_ceiling`` and ``noise_ceiling_null``.
     rois : sequence of str
     trained_only : bool
 
     Returns
     -------
     fig : matplotlib.figure.Figure
-        Top: best model per family (bars) and the ROI's noise ceiling (black tick);
-        bottom: the same as a fraction of the noise ceiling.
+        Top: the test score of each family's model with the highest ``val_score`` (chosen
+        on the training images; bars), the ROI's noise ceiling (black tick) and its chance
+        level (grey tick); bottom: the same as a fraction of the noise ceiling
+        (:func:`lib.encoding.fraction_of_ceiling`; no bar where the ceiling does not exceed
+        its chance level).
     """
+    from lib.encoding import fraction_of_ceiling
+
     import matplotlib.pyplot as plt
     import numpy as np
 
     d = best[best["trained"].astype(bool)] if trained_only else best
     rois = [r for r in rois if r in set(d["roi"])]
-    top = d.loc[d.groupby(["family", "roi"])["score"].idxmax()]
+    top = d.loc[d.groupby(["family", "roi"])["val_score"].idxmax().dropna().astype(int)]
     families = sorted(top["family"].unique())
     colors = _family_colors(families)
     width = 0.8 / max(len(families), 1)
@@ -456,10 +461,12 @@ def plot_roi_comparison(best, rois=("V1", "V2", "V3", "hV4", "faces", "bodies", 
         t = top[top["family"] == family].set_index("roi").reindex(rois)
         ax.bar(x + (i - (len(families) - 1) / 2) * width, t["score"], width,
                color=colors[family], label=family)
-        ax2.bar(x + (i - (len(families) - 1) / 2) * width, t["score"] / t["noise_ceiling"], width,
+        ax2.bar(x + (i - (len(families) - 1) / 2) * width, fraction_of_ceiling(t), width,
                 color=colors[family])
-    ceiling = d.groupby("roi")["noise_ceiling"].first().reindex(rois)
-    ax.plot(x, ceiling, "_", color="k", ms=22, mew=2, label="noise ceiling")
+    ceiling = d.groupby("roi")[["noise_ceiling", "noise_ceiling_null"]].first().reindex(rois)
+    ax.plot(x, ceiling["noise_ceiling"], "_", color="k", ms=22, mew=2, label="noise ceiling")
+    ax.plot(x, ceiling["noise_ceiling_null"], "_", color="0.6", ms=22, mew=2,
+            label="ceiling by chance (95%)")
     ax.set_ylabel("test Pearson r (best layer)")
     ax2.set_ylabel("fraction of noise ceiling")
     ax2.set_xticks(x, rois, rotation=30)

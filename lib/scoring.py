@@ -366,13 +366,13 @@ def significant_r(r, n: int, q: float = 0.05) -> dict:
     -------
     result : dict
         ``mask`` (n_voxels,) bool, ``p_values`` (n_voxels,), ``threshold`` (the smallest r
-        that passes; NaN when none does), ``q``, ``n`` and ``test`` (a one-line description
-        for titles and text).
+        that passes; NaN when none does), ``q``, ``n``, ``test`` (a one-line description of
+        the test for the text) and ``label`` (the threshold and count, for figure titles).
     """
     r = np.asarray(r, dtype=np.float64)
     return _significance(r, pearson_pvalues(r, n), q, int(n),
                          f"one-sided Pearson t-test over {n} images, Benjamini-Hochberg FDR "
-                         f"q < {q:g}")
+                         f"q < {q:g}", "r")
 
 
 def significant_noise_ceiling(repeats, n_average: int | None = None, q: float = 0.05) -> dict:
@@ -398,12 +398,16 @@ def significant_noise_ceiling(repeats, n_average: int | None = None, q: float = 
     n_img = int((np.isfinite(R[:, :, 0]).sum(1) >= 2).sum())
     out = _significance(nc, noise_ceiling_pvalues(R), q, n_img,
                         f"ANOVA F-test of image variance over {n_img} images, "
-                        f"Benjamini-Hochberg FDR q < {q:g}")
+                        f"Benjamini-Hochberg FDR q < {q:g}", "NC")
     out["noise_ceiling"] = nc
     return out
 
 
-def _significance(values: np.ndarray, p: np.ndarray, q: float, n: int, test: str) -> dict:
+def _significance(values: np.ndarray, p: np.ndarray, q: float, n: int, test: str,
+                  name: str) -> dict:
     mask = fdr_mask(p, q) & np.isfinite(values)
     thr = float(values[mask].min()) if mask.any() else float("nan")
-    return {"mask": mask, "p_values": p, "threshold": thr, "q": q, "n": n, "test": test}
+    label = (f"FDR q < {q:g}: {name} >= {thr:.3f}, {int(mask.sum())} voxels" if mask.any()
+             else f"FDR q < {q:g}: no voxel passes")
+    return {"mask": mask, "p_values": p, "threshold": thr, "q": q, "n": n, "test": test,
+            "label": label}

@@ -531,23 +531,17 @@ def test_session_value_table_recovers_raw_betas(reader, mini):
     np.testing.assert_array_equal(table["session"], exp["session"][rows])
 
 
-def test_split_half_reliability(reader):
-    from lib.nsd import split_half_reliability
+def test_noise_ceiling_of_prepared_repeats(reader):
+    from scipy.stats import f_oneway
+
+    from lib.scoring import noise_ceiling_pvalues
 
     subj, exp, _ = reader
-    r, null, n_images = split_half_reliability(subj, "train", n_shuffles=3)
     rows = ~exp["is_test"]
-    first, rest = [], []
-    for nsd_id in np.unique(exp["nsd_id"][rows]):
-        mine = exp["betas"][rows & (exp["nsd_id"] == nsd_id)]
-        if len(mine) >= 2:
-            first.append(mine[0])
-            rest.append(mine[1:].mean(0))
-    first, rest = np.array(first), np.array(rest)
-    want = [np.corrcoef(first[:, v], rest[:, v])[0, 1] for v in range(subj.n_voxels)]
-    assert n_images == len(first)
-    np.testing.assert_allclose(r, want, atol=1e-4)
-    assert null.shape == (3, subj.n_voxels)
+    groups = [exp["betas"][rows & (exp["nsd_id"] == i)] for i in np.unique(exp["nsd_id"][rows])]
+    groups = [g for g in groups if len(g) >= 2]
+    want = [f_oneway(*[g[:, v] for g in groups]).pvalue for v in range(subj.n_voxels)]
+    np.testing.assert_allclose(noise_ceiling_pvalues(subj.repeats("train")), want, rtol=1e-3)
 
 
 def test_roi_atlas(reader):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from lib.toyworld import brain, explore
+from lib.scoring import noise_ceiling
+from lib.toyworld import explore
 
 
 def test_summary_and_captions(micro_root):
@@ -38,7 +39,7 @@ def test_reverse_correlation_finds_the_true_receptive_field(micro_root):
     v1 = explore.roi_mask(micro_root, 1, "prf-visualrois", (1, 2))
     v1 &= explore.roi_mask(micro_root, 1, "nsdgeneral", (1,))
     reps, ids, _ = explore.repeat_averaged(micro_root, 1, v1)
-    vox = int(np.argmax(brain.split_half_reliability(reps)))
+    vox = int(np.argmax(noise_ceiling(reps)))
     scenes = explore.load_scenes(micro_root)
     places = np.array([scenes[i]["place"] for i in ids])
     est = explore.estimated_receptive_field(reps[:, :, vox].mean(1),

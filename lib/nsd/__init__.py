@@ -17,7 +17,7 @@ from lib.nsd.errors import (
 from lib.nsd.layout import ROI_FILES, ROI_LABELS, NSDLayout
 from lib.nsd.prepare import prepare_subject
 from lib.nsd.reader import ROI_GROUPS, PreparedSubject
-from lib.nsd.summary import roi_atlas, session_value_table, split_half_reliability, split_table
+from lib.nsd.summary import roi_atlas, session_value_table, split_table
 
 __all__ = [
     "ROI_FILES",
@@ -37,6 +37,5 @@ __all__ = [
     "prepare_subject",
     "roi_atlas",
     "session_value_table",
-    "split_half_reliability",
     "split_table",
 ]

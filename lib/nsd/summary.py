@@ -1,8 +1,8 @@
 """Descriptive summaries of prepared subjects for the data-preparation chapter.
 
 Counts of trials, images and repetitions; per-session value distributions before and after
-z-scoring; split-half reliability of voxel responses with a shuffled-image control; a label
-atlas of named ROIs for display.
+z-scoring; a label atlas of named ROIs for display. (The reliability of voxel responses is
+:func:`lib.scoring.noise_ceiling`.)
 """
 
 from __future__ import annotations
@@ -72,45 +72,6 @@ def session_value_table(subj: PreparedSubject, n_voxels: int = 300, seed: int = 
         "raw": raw.ravel(),
         "z": z.ravel(),
     })
-
-
-def _pearson_columns(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a - a.mean(0)
-    b = b - b.mean(0)
-    den = np.sqrt((a**2).sum(0) * (b**2).sum(0))
-    return np.divide((a * b).sum(0), den, out=np.zeros(a.shape[1]), where=den > 0)
-
-
-def split_half_reliability(subj: PreparedSubject, split: str = "train", roi=None,
-                           n_shuffles: int = 20, seed: int = 0):
-    """Per-voxel split-half reliability across images, with a shuffled-image control.
-
-    For every image shown at least twice, its first repetition and the mean of the others form
-    two halves; reliability is the Pearson correlation across images between the halves, per
-    voxel. The control correlates the halves after shuffling which image is which.
-
-    Returns
-    -------
-    r : ndarray of shape (n_vox,)
-    null : ndarray of shape (n_shuffles, n_vox)
-        Shuffled-image correlations (chance level).
-    n_images : int
-        Images used.
-    """
-    reps = subj.repeats(split, roi)
-    counts = (~np.isnan(reps[:, :, 0])).sum(1)
-    reps = reps[counts >= 2]
-    if reps.shape[0] < 3:
-        raise ValueError(f"Only {reps.shape[0]} images of split={split!r} were shown twice or more.")
-    first = reps[:, 0]
-    rest = np.nanmean(reps[:, 1:], axis=1)
-    r = _pearson_columns(first.astype(np.float64), rest.astype(np.float64))
-    rng = np.random.default_rng(seed)
-    null = np.stack([
-        _pearson_columns(first.astype(np.float64), rest[rng.permutation(len(rest))].astype(np.float64))
-        for _ in range(n_shuffles)
-    ])
-    return r, null, int(reps.shape[0])
 
 
 #: ROIs drawn by :func:`roi_atlas`, in drawing order (later ones win on overlap).

@@ -665,32 +665,3 @@ def simulate_session(signal: np.ndarray, tuning: Tuning, image_index: np.ndarray
     betas += offset
     betas += glob[:, None] * tuning.global_load.astype(np.float32)
     return betas, {"gain": gain, "offset": offset, "global": glob}
-
-
-def split_half_reliability(repeats: np.ndarray) -> np.ndarray:
-    """Split-half reliability of repeat-averaged responses, per voxel.
-
-    For each repeat k, the Pearson correlation over images between repeat k and the mean of
-    the other repeats; averaged over k.
-
-    Parameters
-    ----------
-    repeats : ndarray of shape (n_images, n_repeats, n_voxels)
-
-    Returns
-    -------
-    r : ndarray of shape (n_voxels,)
-    """
-    repeats = np.asarray(repeats, np.float64)
-    n_rep = repeats.shape[1]
-    if n_rep < 2:
-        raise ValueError("split-half reliability needs at least 2 repeats per image")
-    out = np.zeros(repeats.shape[2])
-    for k in range(n_rep):
-        a = repeats[:, k]
-        b = np.delete(repeats, k, axis=1).mean(1)
-        a = a - a.mean(0)
-        b = b - b.mean(0)
-        den = np.sqrt((a**2).sum(0) * (b**2).sum(0))
-        out += np.where(den > 0, (a * b).sum(0) / np.where(den > 0, den, 1), 0.0)
-    return out / n_rep

@@ -29,7 +29,7 @@ What the simulator knows and an analysis of NSD never could (see lib/toyworld/br
 - `scenes.json`: one record per stimulus (index = 0-based nsdId): `cocoId`, `captions`,
   `place`, `objects` (kind, color, size, x, y, text; x, y in 0-1 with y down),
   `has_<kind>`, `area_<kind>`.
-- `WORLD.json`: preset, seed, world code version, timings, split-half reliability per ROI.
+- `WORLD.json`: preset, seed, world code version, timings, noise ceiling per ROI.
 - `subjXX/tuning.h5`: every voxel of nsdgeneral and the ROIs: `voxel_ijk`, `area`
   (V1, V2, V3, hV4, face, body, word, place, general), receptive fields (`rf_x`, `rf_y`,
   `rf_sigma`, image units), weights (`w_contrast`, `w_color`, `w_kind`, `w_objcolor`,
@@ -41,8 +41,9 @@ What the simulator knows and an analysis of NSD never could (see lib/toyworld/br
   `gain_s * (baseline + noise_sd * sqrt(snr) * signal) + offset_s + noise + global`.
 - `subjXX/prf_eccentricity.nii.gz`, `prf_angle.nii.gz`: retinotopy of V1-V3 and hV4
   (eccentricity in image widths, polar angle in radians, 0 = right horizontal meridian).
-- `subjXX/reliability.nii.gz`, `reliability.json`: measured split-half reliability of
-  repeat-averaged responses (per-session z-scoring with training-trial statistics).
+- `subjXX/reliability.nii.gz`, `reliability.json`: measured noise ceiling
+  (`lib.scoring.noise_ceiling`) of three-repeat averages (per-session z-scoring with
+  training-trial statistics).
 """
 
 
@@ -127,9 +128,10 @@ def build_world(p: WorldPreset, seed: int, out: Path) -> dict:
     Returns
     -------
     summary : dict
-        Timings per step (s), voxel counts and split-half reliability per subject and ROI.
+        Timings per step (s), voxel counts and noise ceiling per subject and ROI.
     """
     from lib.nsd.layout import NSDLayout
+    from lib.scoring import noise_ceiling
 
     from . import brain, layout
     from .captions import caption_scene
@@ -231,7 +233,7 @@ def build_world(p: WorldPreset, seed: int, out: Path) -> dict:
                 seen[i] += 1
         tick(f"{subj}_betas")
 
-        rel = brain.split_half_reliability(reps)
+        rel = noise_ceiling(reps, n_average=reps.shape[1])
         summary["subjects"][subj] = _write_truth(truth / subj, grid, rois, tun, signal, ids,
                                                  model, gen_mask, rel, gains, offsets)
         tick(f"{subj}_truth")
