@@ -202,7 +202,8 @@ def fit_layer(X_train: np.ndarray, Y_train: np.ndarray, X_test: np.ndarray, Y_te
     result : dict
         ``score`` (n_voxels,) test Pearson r; ``alpha`` (n_voxels,) chosen alphas;
         ``val_score`` (n_voxels,) Pearson r of the leave-one-out predictions of the training
-        images at the chosen alpha (the selection criterion); with ``return_prediction``,
+        images at the chosen alpha (the selection criterion); ``alpha_edge`` (fractions of
+        voxels at the grid's smallest and largest alpha); with ``return_prediction``,
         ``prediction`` (n_test, n_voxels).
     """
     from lib.ridge import DEFAULT_ALPHAS, RidgeCV
@@ -212,14 +213,15 @@ def fit_layer(X_train: np.ndarray, Y_train: np.ndarray, X_test: np.ndarray, Y_te
     X_train, X_test = standardize(np.asarray(X_train), np.asarray(X_test))
     if max_features is not None:
         X_train, X_test = reduce_features(X_train, X_test, max_features, reduction, seed)
-    model = RidgeCV(alphas=alphas, alpha_per_target=True, device=device)
-    model.fit(X_train, np.asarray(Y_train, dtype=np.float32))
+    model = RidgeCV(alphas=alphas, alpha_per_target=True, device=device, warn_edge=None)
+    model.fit(X_train, np.asarray(Y_train, dtype=np.float32))  # edges: run_convergence reports
     pred = np.asarray(model.predict(X_test))
     best = np.searchsorted(model.alphas_, model.best_alphas_)
     val = model.cv_r_[best, np.arange(model.cv_r_.shape[1])]
     out = {"score": np.asarray(pearson_r(np.asarray(Y_test), pred), dtype=np.float32),
            "alpha": np.asarray(model.best_alphas_, dtype=np.float32),
-           "val_score": np.asarray(val, dtype=np.float32)}
+           "val_score": np.asarray(val, dtype=np.float32),
+           "alpha_edge": model.alpha_edge_fraction_}
     if return_prediction:
         out["prediction"] = pred
     return out
@@ -390,7 +392,7 @@ def run_convergence(subject, zoo: Sequence[dict], out_dir, cache_dir=None,
     masks = roi_masks(subject, rois)
     ceiling = noise_ceilings(subject, masks, "test", seed=seed)
 
-    rows, maps = [], {}
+    rows, maps, edges = [], {}, []
     for entry in zoo:
         t0 = time.perf_counter()
         feats = model_layer_features(entry, subject, all_ids, cache_dir, layers=layers,
@@ -425,8 +427,12 @@ def run_convergence(subject, zoo: Sequence[dict], out_dir, cache_dir=None,
             "val_score": np.stack([results[i]["val_score"] for i in layer_ids]),
             "alpha": np.stack([results[i]["alpha"] for i in layer_ids]),
         }
+        lo, hi = np.max([results[i]["alpha_edge"] for i in layer_ids], axis=0)
+        edges.append((entry["name"], lo))
         print(f"{entry['name']}: {len(layer_ids)} layers, features {t1 - t0:.1f} s, "
-              f"ridge {t2 - t1:.1f} s")
+              f"ridge {t2 - t1:.1f} s; voxels at the smallest / largest alpha: up to "
+              f"{lo:.0%} / {hi:.0%} per layer")
+    _warn_low_alphas(edges, alphas)
     scores = mark_selected(pd.DataFrame(rows, columns=SCORE_COLUMNS + EXTRA_COLUMNS))
     from lib.io import atomic_path
 
@@ -455,6 +461,24 @@ def mark_selected(scores):
     idx = scores.groupby(["model", "roi"])["val_score"].idxmax().dropna().astype(int)
     scores["selected"] = scores.index.isin(idx)
     return scores
+
+
+def _warn_low_alphas(edges, alphas, limit: float = 0.05) -> None:
+    """One :class:`lib.ridge.AlphaGridWarning` for the models whose voxels chose the smallest alpha.
+
+    The largest alpha is where voxels without predictable signal go (their prediction is the
+    mean), so only the lower edge says that the grid is too narrow.
+    """
+    import warnings
+
+    from lib.ridge import DEFAULT_ALPHAS, AlphaGridWarning
+
+    low = [f"{name} ({lo:.0%})" for name, lo in edges if lo > limit]
+    if low:
+        smallest = min(DEFAULT_ALPHAS if alphas is None else alphas)
+        warnings.warn(f"More than {limit:.0%} of the voxels chose the smallest alpha ({smallest:g}) "
+                      f"in some layer of: {', '.join(low)}; extend the grid downwards.",
+                      AlphaGridWarning, stacklevel=3)
 
 
 def _n_hidden(entry: dict, layer_ids: list[int]) -> int:

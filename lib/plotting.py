@@ -467,7 +467,7 @@ def plot_roi_comparison(best, rois=("V1", "V2", "V3", "hV4", "faces", "bodies", 
     ax.plot(x, ceiling["noise_ceiling"], "_", color="k", ms=22, mew=2, label="noise ceiling")
     ax.plot(x, ceiling["noise_ceiling_null"], "_", color="0.6", ms=22, mew=2,
             label="ceiling by chance (95%)")
-    ax.set_ylabel("test Pearson r (best layer)")
+    ax.set_ylabel("test Pearson r (selected layer)")
     ax2.set_ylabel("fraction of noise ceiling")
     ax2.set_xticks(x, rois, rotation=30)
     ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))

@@ -45,8 +45,9 @@ def test_voxels_peak_at_the_layer_that_drives_them():
     for s in (1, 2, 3):
         assert np.bincount(peak[source == s], minlength=5).argmax() == s
     # the training (leave-one-out) criterion finds the same layers
-    cv = np.stack([results[layer]["cv_score"] for layer in sorted(results)])
-    assert np.mean(cv.argmax(axis=0) == source) >= 0.9
+    val = np.stack([results[layer]["val_score"] for layer in sorted(results)])
+    assert np.mean(val.argmax(axis=0) == source) >= 0.9
+    assert np.abs(val.max(0) - scores.max(0)).mean() < 0.1  # held-out r on training images
 
 
 def test_test_images_never_choose_alphas_and_leaks_are_refused():
@@ -61,7 +62,7 @@ def test_test_images_never_choose_alphas_and_leaks_are_refused():
     X2[80:] *= 50  # and other test features
     b = encoding.encode_layers({0: X2}, ids, Y2[:80], ids[:80], Y2[80:], ids[80:], device="cpu")
     np.testing.assert_array_equal(a[0]["alpha"], b[0]["alpha"])
-    np.testing.assert_allclose(a[0]["cv_score"], b[0]["cv_score"], rtol=1e-5)
+    np.testing.assert_allclose(a[0]["val_score"], b[0]["val_score"], rtol=1e-5)
     with pytest.raises(AssertionError, match="test images"):
         encoding.encode_layers({0: X}, ids, Y[:80], ids[:80], Y[70:], ids[70:], device="cpu")
 
@@ -91,7 +92,10 @@ def test_reduce_features_fits_on_train():
 
 
 def _scores_table():
-    """A hand-made scores table: family A grows with size, B shrinks, one untrained A."""
+    """A hand-made scores table: family A grows with size, B shrinks, one untrained A.
+
+    Validation scores follow the test scores (plus 0.01), so the selected layers are the
+    ones a test-set choice would make."""
     rows = []
     models = [("a1", "A", 10, True, 0.2), ("a2", "A", 20, True, 0.3), ("a3", "A", 40, True, 0.5),
               ("a1u", "A", 10, False, 0.05), ("b1", "B", 5, True, 0.4), ("b2", "B", 9, True, 0.1)]
@@ -101,9 +105,54 @@ def _scores_table():
                 s = peak - 0.05 * abs(layer - best)
                 rows.append({"model": name, "family": fam, "modality": "vision",
                              "n_params": size, "layer": layer, "roi": roi, "score": s,
-                             "n_voxels": 10, "trained": trained, "n_layers": 5,
-                             "depth": layer / 4, "cv_score": s + 0.01, "noise_ceiling": 0.8})
-    return pd.DataFrame(rows)
+                             "val_score": s + 0.01, "n_voxels": 10, "trained": trained,
+                             "n_layers": 5, "depth": layer / 4, "noise_ceiling": 0.8,
+                             "noise_ceiling_null": 0.1})
+    return encoding.mark_selected(pd.DataFrame(rows))
+
+
+def test_selection_uses_val_score_not_the_test_score():
+    df = _scores_table()
+    assert df.groupby(["model", "roi"])["selected"].sum().eq(1).all()
+    # make the last layer the best on test images only: nothing selected may change
+    leak = df.copy()
+    leak.loc[leak["layer"] == 4, "score"] = 0.99
+    leak = encoding.mark_selected(leak)
+    np.testing.assert_array_equal(leak["selected"], df["selected"])
+    best = encoding.best_layers(leak)
+    assert (best["layer"] != 4).all() and len(best) == 6 * 3
+    # ... and moving the validation peak moves the selection
+    moved = df.copy()
+    moved.loc[moved["layer"] == 0, "val_score"] = 2.0
+    assert (encoding.best_layers(encoding.mark_selected(moved))["layer"] == 0).all()
+    with pytest.raises(KeyError, match="selected"):
+        encoding.best_layers(df.drop(columns="selected"))
+
+
+def test_fraction_of_ceiling_only_where_the_ceiling_beats_chance():
+    rows = pd.DataFrame({"score": [0.2, 0.2], "noise_ceiling": [0.4, 0.1],
+                         "noise_ceiling_null": [0.1, 0.15]})
+    frac = encoding.fraction_of_ceiling(rows)
+    assert frac[0] == pytest.approx(0.5) and np.isnan(frac[1])
+
+
+@pytest.mark.parametrize("signal_sd", [0.0, 1.0])
+def test_noise_ceilings_of_a_null_and_a_real_subject(signal_sd):
+    rng = np.random.default_rng(3)
+    ids = np.arange(500, 740)
+    signal = signal_sd * rng.standard_normal((len(ids), 40))
+    subject = _SyntheticSubject(None, None, ids[:140], ids[140:], signal, seed=4)
+    masks = encoding.roi_masks(subject, ("V1", "faces", "nsdgeneral"))
+    out = encoding.noise_ceilings(subject, masks, "test", n_permutations=50)
+    assert out["n_average"] == 3 and out["n_images"] == 100
+    for roi in masks:
+        if signal_sd == 0:  # pooled and unclipped: at chance, not above it
+            assert out["roi"][roi] <= out["roi_null"][roi] + 0.05
+            assert out["roi"][roi] < 0.2
+        else:  # NC of 3 repeats with SNR 1 / 0.8^2
+            expected = np.sqrt(1 / (1 + 0.64 / 3))
+            assert out["roi"][roi] == pytest.approx(expected, abs=0.05)
+            assert out["roi_null"][roi] < 0.3
 
 
 def test_summaries_match_hand_computation():
@@ -236,7 +285,8 @@ def test_run_convergence_end_to_end(tmp_path):
                                       alphas=np.logspace(-2, 4, 7), device="cpu",
                                       batch_size=64)
     on_disk = pd.read_csv(out / "scores.csv")
-    assert list(on_disk.columns[:8]) == encoding.SCORE_COLUMNS
+    assert list(on_disk.columns[:10]) == encoding.SCORE_COLUMNS
+    assert on_disk.groupby(["model", "roi"])["selected"].sum().eq(1).all()
     assert len(on_disk) == len(scores) == (4 + 3) * 3  # (ViT 4 + GPT 3 layers) x 3 ROIs
     assert set(on_disk["roi"]) == {"V1", "faces", "nsdgeneral"}  # no voxels: words skipped
     vit_rows = on_disk[on_disk["model"] == "vit"]
@@ -249,6 +299,10 @@ def test_run_convergence_end_to_end(tmp_path):
     # the random captions carry no information about these voxels
     assert on_disk[on_disk["model"] == "gpt"]["score"].max() < 0.4
     assert (on_disk["noise_ceiling"] > 0.5).all()
+    assert (on_disk["noise_ceiling"] > on_disk["noise_ceiling_null"]).all()
+    # the validation score ranks vit's layers like the test score does
+    v = vit_rows[vit_rows["roi"] == "V1"]
+    assert v.loc[v["val_score"].idxmax(), "layer"] == v.loc[v["score"].idxmax(), "layer"]
     with h5py.File(out / "voxel_scores.h5", "r") as f:
         assert f["models/vit/score"].shape == (4, n_vox)
         assert f["noise_ceiling"].shape == (n_vox,)

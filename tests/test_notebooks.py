@@ -59,9 +59,15 @@ def test_stage_outputs_follow_the_contracts(micro_book, micro_subject):
     assert json.loads((micro_subject / "captions.json").read_text())
 
     scores = pd.read_csv(micro_subject / "convergence" / "scores.csv")
-    assert list(scores.columns[:8]) == ["model", "family", "modality", "n_params", "layer", "roi",
-                                        "score", "n_voxels"]
+    assert list(scores.columns[:10]) == ["model", "family", "modality", "n_params", "layer",
+                                         "roi", "score", "val_score", "selected", "n_voxels"]
     assert set(scores["modality"]) == {"vision", "language"}
+    # one layer per (model, roi) is chosen, by the validation score on training images
+    assert scores.groupby(["model", "roi"])["selected"].sum().eq(1).all()
+    chosen = scores[scores["selected"]]
+    by_val = scores.loc[scores.groupby(["model", "roi"])["val_score"].idxmax()]
+    assert sorted(chosen.index) == sorted(by_val.index)
+    assert (scores["noise_ceiling"] > scores["noise_ceiling_null"]).all()
 
     metrics = json.loads((micro_subject / "decoding" / "metrics.json").read_text())
     assert "stage1" in metrics
