@@ -894,14 +894,16 @@ class _HeldOutPearson:
 
     def add(self, k, sl, y, e, targets: bool):
         """Add rows: ``y`` targets and ``e`` held-out residuals (rows, batch) of alpha ``k``."""
-        yd, ed = y.double(), e.double()
+        def total(a):  # column sums accumulated in float64, without a float64 copy
+            return a.sum(0, dtype=torch.float64).cpu().numpy()
+
         if targets:
             self.n[sl] += y.shape[0]
-            self.sy[sl] += yd.sum(0).cpu().numpy()
-            self.syy[sl] += (yd * yd).sum(0).cpu().numpy()
-        self.se[k, sl] += ed.sum(0).cpu().numpy()
-        self.see[k, sl] += (ed * ed).sum(0).cpu().numpy()
-        self.sey[k, sl] += (ed * yd).sum(0).cpu().numpy()
+            self.sy[sl] += total(y)
+            self.syy[sl] += total(y * y)
+        self.se[k, sl] += total(e)
+        self.see[k, sl] += total(e * e)
+        self.sey[k, sl] += total(e * y)
 
     def r(self) -> np.ndarray:
         n = self.n[None, :]
