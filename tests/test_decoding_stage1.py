@@ -179,7 +179,7 @@ def test_run_stage1_and_evaluate_end_to_end(micro_subject, tmp_path):
     from lib.decoding.evaluate import evaluate_run, write_run_outputs
     from lib.decoding.generate import caption_images, generate_captions, load_captioner
     from lib.decoding.stage1 import fit_stage1
-    from lib.decoding.testing import make_tiny_blip2
+    from tests.tiny_blip2 import make_tiny_blip2
     from lib.features.qformer import extract_qformer_features
 
     model_path = make_tiny_blip2(tmp_path / "blip2-opt", kind="opt")

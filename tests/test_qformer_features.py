@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from lib.decoding.testing import make_tiny_blip2
+from tests.tiny_blip2 import make_tiny_blip2
 from lib.features.qformer import extract_qformer_features, load_qformer_encoder, qformer_features
 
 

@@ -20,12 +20,18 @@ For one run (``decoding/<run>/predictions.h5``) :func:`evaluate_run`
 - runs a paired one-sided permutation test of brain vs shuffled brain on per-caption CIDEr
   and METEOR;
 - computes k-way top-1 retrieval (brain -> image and image -> brain) on the flattened Q-Former
-  embeddings with cosine similarity (:func:`lib.metrics.retrieval_topk`), 30 draws, and the
-  same for the shuffled predictions.
+  embeddings (:func:`lib.metrics.retrieval_topk`: cosine after subtracting the mean true
+  embedding of the test images, the candidate set; ``n_draws`` random draws of k test images,
+  or the single possible draw when k reaches the number of test images; the options and the
+  draws actually made are recorded with the numbers), and the same for the shuffled predictions;
+- with an ITM checkpoint, brain -> text retrieval with BLIP-2's image-text contrastive
+  similarity (:func:`lib.decoding.contrastive.brain_text_retrieval`), the criterion stage 2
+  trains for;
+- reports each caption metric of the brain captions as a fraction of the image upper bound.
 
 Q-Former outputs share a large image-independent component (raw cosines between different
-images are close to 1), so every similarity here (retrieval, nearest training image) is the
-cosine of embeddings centred on the mean true embedding of the TRAINING images.
+images are close to 1), so the nearest training image is found by the cosine of embeddings
+centred on the mean true embedding of the TRAINING images.
 """
 
 from __future__ import annotations
@@ -41,6 +47,12 @@ import numpy as np
 import pandas as pd
 
 from lib.decoding.stage1 import cosine_matrix, lookup_features, read_predictions
+
+#: Centring of every image retrieval of a decoding run (05 and the memory ablation alike).
+RETRIEVAL_CENTER = "candidates"
+
+#: Caption metrics reported as a fraction of the image upper bound.
+RATIO_METRICS = ("BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "ITC-S")
 
 #: Caption metrics with per-caption scores used by the permutation test.
 PERMUTATION_METRICS = ("CIDEr", "METEOR")
@@ -87,37 +99,6 @@ def nearest_train(pred_test: np.ndarray, true_train: np.ndarray) -> tuple[np.nda
     return idx, sim[np.arange(len(idx)), idx]
 
 
-def _flat_unit(x: np.ndarray) -> np.ndarray:
-    x = x.reshape(len(x), -1).astype(np.float64)
-    return (x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-12)).astype(np.float32)
-
-
-def retrieval(pred: np.ndarray, true: np.ndarray, k: int = 300, n_draws: int = 30,
-              seed: int = 0) -> dict:
-    """k-way top-1 retrieval on flattened, unit-normalised Q-Former embeddings (cosine).
-
-    ``k`` is capped at the number of test images.
-    """
-    from lib.metrics import retrieval_topk
-
-    k = int(min(k, len(pred)))
-    out = retrieval_topk(_flat_unit(pred), _flat_unit(true), k=k, n_draws=n_draws, seed=seed)
-    return {**_jsonable(out), "k": k, "n_draws": n_draws,
-            "similarity": "cosine of flattened embeddings centred on the training mean"}
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj
-
-
 def score_captions(hypotheses: Sequence[str], references: Sequence[Sequence[str]],
                    embeddings: bool = True, meteor=None) -> tuple[dict, dict]:
     """Corpus caption metrics plus per-caption scores.
@@ -140,7 +121,7 @@ def score_captions(hypotheses: Sequence[str], references: Sequence[Sequence[str]
         ``embeddings``, ``SentenceSim`` / ``CLIP-T`` (mean cosine or ``skipped``).
     per_item : dict of str to ndarray of shape (n,)
     """
-    from lib.metrics import caption_metrics
+    from lib.metrics import caption_metrics, jsonable
 
     hyps, refs = list(hypotheses), [list(r) for r in references]
     out = dict(caption_metrics(hyps, refs, per_item=True, meteor=meteor))
@@ -152,7 +133,7 @@ def score_captions(hypotheses: Sequence[str], references: Sequence[Sequence[str]
             if "per_item" in res:
                 per_item[name] = np.asarray(res["per_item"], float)
             out[name] = {k: v for k, v in res.items() if k != "per_item"}
-    return _jsonable(out), per_item
+    return jsonable(out), per_item
 
 
 def itc_image_caption_scores(images: np.ndarray, captions: Sequence[str], itm_model,
@@ -180,6 +161,7 @@ def itc_image_caption_scores(images: np.ndarray, captions: Sequence[str], itm_mo
     import torch.nn.functional as F
 
     from lib.decoding.contrastive import encode_texts
+    from lib.features.qformer import image_query_outputs
 
     device = itm_model.vision_projection.weight.device
     text = encode_texts(itm_model, itm_processor.tokenizer, list(captions)).to(device)
@@ -189,11 +171,7 @@ def itc_image_caption_scores(images: np.ndarray, captions: Sequence[str], itm_mo
             batch = [np.asarray(im) for im in images[s : s + batch_size]]
             pixels = itm_processor.image_processor(images=batch, return_tensors="pt")
             pixels = pixels["pixel_values"].to(device, itm_model.vision_model.dtype)
-            emb = itm_model.vision_model(pixels, return_dict=True).last_hidden_state
-            mask = torch.ones(emb.shape[:-1], dtype=torch.long, device=device)
-            q = itm_model.qformer(query_embeds=itm_model.query_tokens.expand(len(batch), -1, -1),
-                                  encoder_hidden_states=emb, encoder_attention_mask=mask,
-                                  return_dict=True).last_hidden_state
+            q = image_query_outputs(itm_model, pixels)
             img = F.normalize(itm_model.vision_projection(q.float()), dim=-1)
             t = text[s : s + len(batch)]
             scores.append(torch.einsum("nqd,nd->nq", img, t).amax(dim=1).float().cpu().numpy())
@@ -265,7 +243,7 @@ def evaluate_run(run_dir: str | os.PathLike, subject, model, processor, features
     evaluation : RunEvaluation
     """
     from lib.decoding.generate import generate_captions
-    from lib.metrics import permutation_test
+    from lib.metrics import jsonable, permutation_test, retrieval_topk
 
     preds = read_predictions(run_dir)
     test_pred, test_ids = preds["test_pred"], preds["test_ids"]
@@ -325,14 +303,18 @@ def evaluate_run(run_dir: str | os.PathLike, subject, model, processor, features
             metrics["captions"][name] = scores
 
     metrics["permutation_brain_vs_shuffled"] = {
-        m: _jsonable(permutation_test(per_item["brain"][m], per_item["shuffled_brain"][m],
+        m: jsonable(permutation_test(per_item["brain"][m], per_item["shuffled_brain"][m],
                                       n_permutations=n_permutations, seed=seed))
         for m in (*PERMUTATION_METRICS, "ITC-S") if m in per_item["brain"]
     }
+    # predictions.h5 holds one prediction per test image: from its repetition-averaged betas
+    # (memory 1) or averaged over its trials' predictions (memory > 1)
+    ret = {"k": k, "n_draws": n_draws, "seed": seed, "repeat_averaged": True, "center": RETRIEVAL_CENTER}
     metrics["retrieval"] = {
-        "brain": retrieval(test_pred - mean, test_true - mean, k, n_draws, seed),
-        "shuffled_brain": retrieval(test_pred[perm] - mean, test_true - mean, k, n_draws, seed),
+        "brain": jsonable(retrieval_topk(test_pred, test_true, **ret)),
+        "shuffled_brain": jsonable(retrieval_topk(test_pred[perm], test_true, **ret)),
     }
+    metrics["ratio_to_image_upper_bound"] = ratio_to_upper_bound(metrics["captions"])
     metrics["nearest_train_cosine_mean"] = float(near_sim.mean())
 
     frame = pd.DataFrame({
@@ -387,14 +369,40 @@ def metrics_table(metrics: dict, keys: Sequence[str] = ("BLEU-1", "BLEU-4", "MET
     return pd.DataFrame(rows)
 
 
-def retrieval_table(metrics: dict) -> pd.DataFrame:
-    """One row per (run, condition, direction): top-1 accuracy, 95% interval and chance."""
-    rows = []
-    for run, m in metrics.items():
-        for cond, r in m["retrieval"].items():
-            row = {"run": run, "condition": cond, "k": r.get("k")}
-            for key, val in r.items():
-                if key not in ("k", "n_draws", "similarity"):
-                    row[key] = val
-            rows.append(row)
-    return pd.DataFrame(rows)
+def retrieval_table(metrics: dict, key: str = "retrieval") -> pd.DataFrame:
+    """One row per (run, condition, direction): top-1, both 95% intervals, chance and options.
+
+    Parameters
+    ----------
+    metrics : dict
+        Contents of ``metrics.json`` (keyed by run).
+    key : {"retrieval", "text_retrieval"}
+        Image retrieval from query tokens, or brain -> text retrieval (ITC).
+    """
+    from lib.metrics import retrieval_table as flat
+
+    results = {(run, cond): r for run, m in metrics.items()
+               for cond, r in m.get(key, {}).items()}
+    return flat(results, key_names=("run", "condition"))
+
+
+def ratio_to_upper_bound(captions: dict, metrics: Sequence[str] = RATIO_METRICS) -> dict:
+    """Each caption metric of the brain captions divided by that of the image upper bound.
+
+    Parameters
+    ----------
+    captions : dict
+        ``metrics["captions"]`` of :func:`evaluate_run`: condition -> metric -> value, with
+        ``brain`` and ``image_upper_bound``.
+
+    Returns
+    -------
+    ratios : dict of str to float
+        ``metric -> brain / image_upper_bound`` (NaN when the upper bound is 0).
+    """
+    brain, upper = captions["brain"], captions["image_upper_bound"]
+    out = {}
+    for m in metrics:
+        if isinstance(brain.get(m), (int, float)) and isinstance(upper.get(m), (int, float)):
+            out[m] = float(brain[m] / upper[m]) if upper[m] else float("nan")
+    return out
