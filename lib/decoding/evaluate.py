@@ -178,6 +178,108 @@ def itc_image_caption_scores(images: np.ndarray, captions: Sequence[str], itm_mo
     return np.concatenate(scores) if scores else np.zeros(0)
 
 
+def text_retrieval(run_dir: str | os.PathLike, test_pred: np.ndarray,
+                   references: Sequence[Sequence[str]], perm: np.ndarray, itm_model,
+                   itm_processor, k: int = 300, n_draws: int = 30, seed: int = 0,
+                   max_length: int = 32) -> dict:
+    """Brain -> text retrieval with BLIP-2's ITC similarity: the criterion stage 2 trains for.
+
+    One reference caption per test image is drawn (:func:`lib.decoding.contrastive.pick_captions`,
+    seeded: the same captions for every run) and embedded by the ITM text path. The predicted
+    query tokens are scored through the ITM ``vision_projection`` (the image head: the same for
+    every run, so stage 1 and stage 2 are compared in one space) and, for a stage-2 run, also
+    through its own trained brain projection (``heads.safetensors``).
+
+    Parameters
+    ----------
+    run_dir : path-like
+        The run's folder (a stage-2 run holds ``heads.safetensors``).
+    test_pred : ndarray of shape (n_test, n_query, hidden)
+    references : sequence of sequences of str, length n_test
+    perm : ndarray of shape (n_test,)
+        The shuffled-brain derangement.
+    itm_model, itm_processor
+        From :func:`lib.decoding.contrastive.load_itm`.
+    k, n_draws, seed, max_length
+        Retrieval settings and caption length.
+
+    Returns
+    -------
+    results : dict
+        ``brain`` and ``shuffled_brain`` through the ITM head, and with a trained head
+        ``brain_own_head`` and ``shuffled_brain_own_head``; each a
+        :func:`lib.metrics.retrieval_from_similarity` result (directions ``brain_to_text`` and
+        ``text_to_brain``, per-item scores included).
+    """
+    from lib.decoding.contrastive import (
+        brain_text_retrieval,
+        encode_texts,
+        load_heads,
+        pick_captions,
+    )
+
+    captions = pick_captions(references, seed=seed)
+    text = encode_texts(itm_model, itm_processor.tokenizer, captions, max_length)
+    kw = {"k": k, "n_draws": n_draws, "seed": seed, "repeat_averaged": True}
+    heads = {"": itm_model.vision_projection}
+    head_file = Path(run_dir) / "heads.safetensors"
+    if head_file.exists():
+        proj, _ = load_heads(head_file)
+        heads["_own_head"] = proj.to(itm_model.vision_projection.weight.device)
+    out = {}
+    for suffix, head in heads.items():
+        out[f"brain{suffix}"] = brain_text_retrieval(test_pred, text, head, **kw)
+        out[f"shuffled_brain{suffix}"] = brain_text_retrieval(test_pred[perm], text, head, **kw)
+    return out
+
+
+def compare_runs(metrics_a: dict, metrics_b: dict, condition_a: str = "brain",
+                 condition_b: str = "brain", key: str = "text_retrieval",
+                 direction: str = "brain_to_text", n_boot: int = 10000,
+                 n_permutations: int = 10000, seed: int = 0) -> dict:
+    """Paired comparison of two runs' retrieval on the same test images (a better than b?).
+
+    Each test image's retrieval score (its hit rate over the draws that held it) in run a
+    minus that in run b: mean difference with a percentile bootstrap 95% interval over test
+    images, and the one-sided paired permutation p-value of a > b.
+
+    Parameters
+    ----------
+    metrics_a, metrics_b : dict
+        :attr:`RunEvaluation.metrics` of the two runs (same test images).
+    condition_a, condition_b : str
+        Entries of ``metrics[key]`` to compare (e.g. ``"brain_own_head"`` vs ``"brain"``).
+    key : {"text_retrieval", "retrieval"}
+    direction : str
+        ``"brain_to_text"`` (``text_retrieval``) or ``"brain_to_image"`` (``retrieval``).
+    n_boot, n_permutations, seed : int
+
+    Returns
+    -------
+    comparison : dict
+        ``criterion`` (a sentence), ``top1_a``, ``top1_b``, ``difference`` (mean over test
+        images of a - b), ``ci95`` ([low, high], bootstrap), ``p_value`` (a > b), ``k``,
+        ``n_items``, ``n_draws``.
+    """
+    from lib.metrics import bootstrap_ci, permutation_test
+
+    ra, rb = metrics_a[key][condition_a], metrics_b[key][condition_b]
+    if ra["n_items"] != rb["n_items"] or ra["k"] != rb["k"]:
+        raise ValueError("the two runs were not scored on the same test images with the same k")
+    a = np.array([np.nan if v is None else v for v in ra[direction]["per_item"]], float)
+    b = np.array([np.nan if v is None else v for v in rb[direction]["per_item"]], float)
+    ok = np.isfinite(a) & np.isfinite(b)
+    d = a[ok] - b[ok]
+    boot = bootstrap_ci(d, n_boot=n_boot, seed=seed)
+    perm = permutation_test(a[ok], b[ok], n_permutations=n_permutations, seed=seed)
+    return {"criterion": f"{key} {direction} top-1 ({condition_a} vs {condition_b}), paired "
+                         "over test images",
+            "top1_a": ra[direction]["mean"], "top1_b": rb[direction]["mean"],
+            "difference": float(d.mean()), "ci95": [boot["low"], boot["high"]],
+            "p_value": perm["p_value"], "k": ra["k"], "n_items": int(ok.sum()),
+            "n_draws": ra["n_draws"]}
+
+
 @dataclass
 class RunEvaluation:
     """What :func:`evaluate_run` returns.
@@ -203,7 +305,8 @@ def evaluate_run(run_dir: str | os.PathLike, subject, model, processor, features
                  prompt: str | None = None, num_beams: int = 1, batch_size: int = 16,
                  max_new_tokens: int = 30, k: int = 300, n_draws: int = 30, seed: int = 0,
                  n_permutations: int = 10000, embeddings: bool = True,
-                 meteor=None, itm=None) -> RunEvaluation:
+                 meteor=None, itm=None, text_k: int | None = None,
+                 text_n_draws: int | None = None, text_max_length: int = 32) -> RunEvaluation:
     """Captions, metrics, retrieval and controls for one decoding run.
 
     Parameters
@@ -236,7 +339,12 @@ def evaluate_run(run_dir: str | os.PathLike, subject, model, processor, features
     itm : tuple (Blip2ForImageTextRetrieval, Blip2Processor) or None
         When given, every condition also gets ``ITC-S``, the BLIP-2 image-text contrastive
         similarity of the test image with the caption (:func:`itc_image_caption_scores`),
-        and the permutation test covers it too.
+        and the permutation test covers it too; and ``text_retrieval`` is computed
+        (:func:`text_retrieval`).
+    text_k, text_n_draws : int or None
+        k and draws of the brain -> text retrieval (default: ``k`` and ``n_draws``).
+    text_max_length : int
+        Caption tokens for the ITM text embeddings (as in stage 2's training).
 
     Returns
     -------
@@ -315,6 +423,11 @@ def evaluate_run(run_dir: str | os.PathLike, subject, model, processor, features
         "shuffled_brain": jsonable(retrieval_topk(test_pred[perm], test_true, **ret)),
     }
     metrics["ratio_to_image_upper_bound"] = ratio_to_upper_bound(metrics["captions"])
+    if itm is not None:
+        metrics["text_retrieval"] = jsonable(text_retrieval(
+            run_dir, test_pred, references, perm, *itm, k=k if text_k is None else text_k,
+            n_draws=n_draws if text_n_draws is None else text_n_draws, seed=seed,
+            max_length=text_max_length))
     metrics["nearest_train_cosine_mean"] = float(near_sim.mean())
 
     frame = pd.DataFrame({
