@@ -1,8 +1,7 @@
 """Stage 2: contrastive fine-tuning of the brain map against BLIP-2's image-text-matching Q-Former.
 
 The stage-1 map (fMRI -> Q-Former query tokens, a ridge solution) becomes trainable and is
-tuned with two objectives, as in the original study (``BrainTextRetrieval`` in its
-``nlm_modeling.py``):
+tuned with two objectives, as in the original study:
 
 * **MSE** between the predicted and the true query tokens (keeps the prediction decodable by
   the captioning model);
