@@ -65,7 +65,7 @@ def test_stage_outputs_follow_the_contracts(micro_book, micro_subject):
 
     metrics = json.loads((micro_subject / "decoding" / "metrics.json").read_text())
     assert "stage1" in metrics
-    for run, m in metrics.items():
+    for m in metrics.values():
         assert set(m["captions"]) == {"brain", "shuffled_brain", "nearest_train",
                                       "image_upper_bound"}
         assert set(m["ratio_to_image_upper_bound"]) >= {"BLEU-1", "CIDEr"}
