@@ -315,3 +315,29 @@ def test_excluded_images_stay_out_of_the_fit(micro_subject):
     sk = Ridge(alpha=10.0).fit(X[keep], Y)
     np.testing.assert_allclose(res.decoder.weight.detach().numpy(), sk.coef_, rtol=1e-3,
                                atol=1e-4)
+
+
+def test_compare_runs_is_paired_over_test_images():
+    from lib.decoding.evaluate import compare_runs, ratio_to_upper_bound
+    from lib.metrics import retrieval_topk
+
+    rng = np.random.default_rng(0)
+    true = rng.normal(size=(40, 8))
+    good = retrieval_topk(true + 0.3 * rng.normal(size=true.shape), true, k=40,
+                          repeat_averaged=True)
+    bad = retrieval_topk(true + 3.0 * rng.normal(size=true.shape), true, k=40,
+                         repeat_averaged=True)
+    a, b = {"retrieval": {"brain": good}}, {"retrieval": {"brain": bad}}
+    out = compare_runs(a, b, key="retrieval", direction="brain_to_image", n_boot=2000,
+                       n_permutations=2000)
+    hits_a = np.array(good["brain_to_image"]["per_item"])
+    hits_b = np.array(bad["brain_to_image"]["per_item"])
+    assert out["difference"] == pytest.approx((hits_a - hits_b).mean())
+    assert out["top1_a"] > out["top1_b"] and out["ci95"][0] > 0 and out["p_value"] < 0.01
+    assert out["n_items"] == 40 and out["n_draws"] == 1
+    reverse = compare_runs(b, a, key="retrieval", direction="brain_to_image", n_boot=2000,
+                           n_permutations=2000)
+    assert reverse["p_value"] > 0.5 and reverse["ci95"][1] < 0
+    ratios = ratio_to_upper_bound({"brain": {"CIDEr": 0.5, "BLEU-1": 0.2},
+                                   "image_upper_bound": {"CIDEr": 1.0, "BLEU-1": 0.0}})
+    assert ratios["CIDEr"] == 0.5 and np.isnan(ratios["BLEU-1"])
