@@ -422,7 +422,7 @@ def evaluate_run(run_dir: str | os.PathLike, subject, model, processor, features
         "brain": jsonable(retrieval_topk(test_pred, test_true, **ret)),
         "shuffled_brain": jsonable(retrieval_topk(test_pred[perm], test_true, **ret)),
     }
-    metrics["ratio_to_image_upper_bound"] = ratio_to_upper_bound(metrics["captions"])
+    metrics["ratio_to_image_upper_bound"] = jsonable(ratio_to_upper_bound(metrics["captions"]))
     if itm is not None:
         metrics["text_retrieval"] = jsonable(text_retrieval(
             run_dir, test_pred, references, perm, *itm, k=k if text_k is None else text_k,
@@ -511,7 +511,8 @@ def ratio_to_upper_bound(captions: dict, metrics: Sequence[str] = RATIO_METRICS)
     Returns
     -------
     ratios : dict of str to float
-        ``metric -> brain / image_upper_bound`` (NaN when the upper bound is 0).
+        ``metric -> brain / image_upper_bound`` (NaN when the upper bound is 0; None once
+        written to JSON).
     """
     brain, upper = captions["brain"], captions["image_upper_bound"]
     out = {}
