@@ -148,6 +148,63 @@ def test_memory_window_fit_and_repeat_averaging(micro_subject):
                                expected.to_numpy(), rtol=1e-3, atol=1e-4)
 
 
+def test_image_folds_keep_repeats_together():
+    from lib.decoding.stage1 import image_folds
+
+    ids = np.repeat(np.arange(12), 3)[np.random.default_rng(0).permutation(36)]
+    folds = image_folds(ids, 4)
+    assert len(folds) == 4
+    assert np.array_equal(np.sort(np.concatenate([va for _, va in folds])), np.arange(36))
+    for tr, va in folds:
+        assert not np.intersect1d(ids[tr], ids[va]).size
+    with pytest.raises(ValueError, match="image-grouped folds"):
+        image_folds(ids, 13)
+
+
+def test_alphas_chosen_by_image_grouped_folds(micro_subject):
+    """With single trials (memory 2) the chosen alphas are those of a by-hand CV over folds
+    that keep every image's repeats on one side, on training images only; LOO is refused."""
+    from sklearn.linear_model import Ridge
+
+    from lib.decoding.stage1 import fit_stage1, image_folds
+
+    feats, ids = _targets(micro_subject, seed=3)
+    blocks, trial_ids = micro_subject.memory_windows("train", 2, "past")
+    assert len(np.unique(trial_ids)) < len(trial_ids)  # repeats exist: grouping matters
+    alphas = [0.1, 10.0, 1e3, 1e5]
+    res = fit_stage1(micro_subject, feats, ids, memory_size=2, alphas=alphas, cv=3,
+                     device="cpu")
+    assert res.settings["cv"] == 3 and "grouped by image" in res.settings["cv_folds"]
+    X = np.hstack(blocks).astype(np.float64)
+    Y = feats[np.searchsorted(ids, trial_ids)].reshape(len(trial_ids), -1)
+    sse = np.zeros((len(alphas), Y.shape[1]))
+    for tr, va in image_folds(trial_ids, 3):
+        for a, alpha in enumerate(alphas):
+            pred = Ridge(alpha=alpha).fit(X[tr], Y[tr]).predict(X[va])
+            sse[a] += ((pred - Y[va]) ** 2).sum(0)
+    np.testing.assert_array_equal(res.best_alphas, np.asarray(alphas)[sse.argmin(0)])
+    with pytest.raises(TypeError, match="image-grouped folds"):
+        fit_stage1(micro_subject, feats, ids, alphas=alphas, cv="loo", device="cpu")
+
+
+def test_default_alphas_are_the_ridge_grid(micro_subject):
+    from lib.decoding.stage1 import fit_stage1
+    from lib.ridge import DEFAULT_ALPHAS
+
+    feats, ids = _targets(micro_subject, seed=4)
+    res = fit_stage1(micro_subject, feats, ids, device="cpu")
+    assert res.settings["alphas"] == list(DEFAULT_ALPHAS)
+    assert 0.0 <= res.settings["alpha_at_grid_edge_fraction"] <= 1.0
+
+
+def test_leakage_check_names_the_place():
+    from lib.decoding.stage1 import LeakageError, assert_no_test_ids
+
+    assert_no_test_ids([1, 2], [3], "here")
+    with pytest.raises(LeakageError, match="alpha selection"):
+        assert_no_test_ids([1, 3], [3], "the alpha selection")
+
+
 # --- evaluation helpers --------------------------------------------------------------------
 
 def test_derangement_has_no_fixed_point():
@@ -174,13 +231,13 @@ def test_nearest_train_matches_sklearn_neighbors():
     np.testing.assert_allclose(sim, 1 - dist[:, 0], atol=1e-10)
 
 
-def test_run_stage1_and_evaluate_end_to_end(micro_subject, tmp_path):
+def test_fit_stage1_and_evaluate_end_to_end(micro_subject, tmp_path):
     """Real-architecture tiny BLIP-2 loaded by path, as nsd.yaml's checkpoints are."""
     from lib.decoding.evaluate import evaluate_run, write_run_outputs
     from lib.decoding.generate import caption_images, generate_captions, load_captioner
     from lib.decoding.stage1 import fit_stage1
-    from lib.decoding.testing import make_tiny_blip2
     from lib.features.qformer import extract_qformer_features
+    from tests.tiny_blip2 import make_tiny_blip2
 
     model_path = make_tiny_blip2(tmp_path / "blip2-opt", kind="opt")
     feats, ids = extract_qformer_features(micro_subject, model_path, tmp_path / "q.h5",
@@ -207,7 +264,16 @@ def test_run_stage1_and_evaluate_end_to_end(micro_subject, tmp_path):
                                                              max_new_tokens=8)
     # nearest-train control uses training images only
     assert set(caps.nearest_train_id) <= set(micro_subject.image_ids("train").tolist())
-    assert ev.metrics["retrieval"]["brain"]["k"] == n  # k capped at the number of test images
+    ret = ev.metrics["retrieval"]["brain"]
+    assert ret["k"] == n  # k capped at the number of test images: one draw, and it says so
+    assert ret["n_draws"] == 1 and ret["options"]["n_draws"] == 1
+    assert ret["options"]["n_draws_requested"] == 5 and ret["options"]["repeat_averaged"] is True
+    assert ret["options"]["centring"].startswith("mean true embedding")
+    ratio = ev.metrics["ratio_to_image_upper_bound"]
+    caps_m = ev.metrics["captions"]
+    for m, r in ratio.items():
+        if caps_m["image_upper_bound"][m]:
+            assert r == pytest.approx(caps_m["brain"][m] / caps_m["image_upper_bound"][m])
     assert set(ev.metrics["captions"]) == {"brain", "shuffled_brain", "nearest_train",
                                            "image_upper_bound"}
     assert set(ev.metrics["permutation_brain_vs_shuffled"]) == {"CIDEr", "METEOR"}
@@ -249,3 +315,29 @@ def test_excluded_images_stay_out_of_the_fit(micro_subject):
     sk = Ridge(alpha=10.0).fit(X[keep], Y)
     np.testing.assert_allclose(res.decoder.weight.detach().numpy(), sk.coef_, rtol=1e-3,
                                atol=1e-4)
+
+
+def test_compare_runs_is_paired_over_test_images():
+    from lib.decoding.evaluate import compare_runs, ratio_to_upper_bound
+    from lib.metrics import retrieval_topk
+
+    rng = np.random.default_rng(0)
+    true = rng.normal(size=(40, 8))
+    good = retrieval_topk(true + 0.3 * rng.normal(size=true.shape), true, k=40,
+                          repeat_averaged=True)
+    bad = retrieval_topk(true + 3.0 * rng.normal(size=true.shape), true, k=40,
+                         repeat_averaged=True)
+    a, b = {"retrieval": {"brain": good}}, {"retrieval": {"brain": bad}}
+    out = compare_runs(a, b, key="retrieval", direction="brain_to_image", n_boot=2000,
+                       n_permutations=2000)
+    hits_a = np.array(good["brain_to_image"]["per_item"])
+    hits_b = np.array(bad["brain_to_image"]["per_item"])
+    assert out["difference"] == pytest.approx((hits_a - hits_b).mean())
+    assert out["top1_a"] > out["top1_b"] and out["ci95"][0] > 0 and out["p_value"] < 0.01
+    assert out["n_items"] == 40 and out["n_draws"] == 1
+    reverse = compare_runs(b, a, key="retrieval", direction="brain_to_image", n_boot=2000,
+                           n_permutations=2000)
+    assert reverse["p_value"] > 0.5 and reverse["ci95"][1] < 0
+    ratios = ratio_to_upper_bound({"brain": {"CIDEr": 0.5, "BLEU-1": 0.2},
+                                   "image_upper_bound": {"CIDEr": 1.0, "BLEU-1": 0.0}})
+    assert ratios["CIDEr"] == 0.5 and np.isnan(ratios["BLEU-1"])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from lib.decoding.generate import caption_images, generate_captions, load_captioner, prompt_ids
-from lib.decoding.testing import make_tiny_blip2
+from tests.tiny_blip2 import make_tiny_blip2
 from lib.features.qformer import load_qformer_encoder, qformer_features
 
 

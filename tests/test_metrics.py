@@ -154,7 +154,7 @@ def test_results_are_json_serializable(meteor):
     assert full["per_item"]["CIDEr"] == pytest.approx(list(out["per_item"]["CIDEr"]))
     small = M.jsonable(out, drop_per_item=True)
     assert "per_item" not in small and small["BLEU-1"] == out["BLEU-1"]
-    ret = M.retrieval_topk(np.eye(5), np.eye(5))
+    ret = M.retrieval_topk(np.eye(5), np.eye(5), repeat_averaged=None)
     assert json.loads(json.dumps(M.jsonable(ret)))["k"] == 5
     assert M.jsonable({"x": np.float32("nan"), "y": np.int64(3)}) == {"x": None, "y": 3}
 
@@ -206,14 +206,20 @@ def _loop_top1(pred, true):
     return b2i, i2b
 
 
-def test_retrieval_perfect_and_k_larger_than_n():
+def test_retrieval_perfect_and_k_larger_than_n_makes_one_draw():
     rng = np.random.default_rng(0)
     true = rng.standard_normal((40, 4, 8))
-    out = M.retrieval_topk(true * 3.0, true, k=300)
+    out = M.retrieval_topk(true * 3.0, true, k=300, n_draws=30, repeat_averaged=True)
     assert out["k"] == 40 and out["n_items"] == 40 and out["n_draws"] == 1
+    opts = out["options"]
+    assert opts["n_draws"] == 1 and opts["n_draws_requested"] == 30 and opts["k_requested"] == 300
+    assert "one draw" in opts["draws"] and "30" not in opts["draws"]
+    assert opts["repeat_averaged"] is True and opts["tie"] == "strict"
+    assert opts["centring"].startswith("mean true embedding")
     assert out["chance"] == pytest.approx(1 / 40)
     for d in ("brain_to_image", "image_to_brain"):
         assert out[d]["mean"] == 1.0 and out[d]["ci95"] == [1.0, 1.0]
+        assert out[d]["per_item"] == [1.0] * 40
 
 
 def test_retrieval_matches_loop_computation():
@@ -222,18 +228,66 @@ def test_retrieval_matches_loop_computation():
     rng = np.random.default_rng(1)
     true = rng.standard_normal((60, 16))
     pred = true + 1.5 * rng.standard_normal((60, 16))
-    out = M.retrieval_topk(torch.from_numpy(pred), true, k=100)  # torch input accepted
+    out = M.retrieval_topk(torch.from_numpy(pred), true, k=100, center="none",
+                           repeat_averaged=False)  # torch input accepted
     b2i, i2b = _loop_top1(pred, true)
     assert out["brain_to_image"]["mean"] == pytest.approx(b2i)
     assert out["image_to_brain"]["mean"] == pytest.approx(i2b)
+    assert out["options"]["centring"] == "none"
     assert 1 / 60 < b2i < 1
+    # centring on the candidates' mean = the loop on centred embeddings
+    centred = M.retrieval_topk(pred, true, k=100, repeat_averaged=False)
+    b2i_c, _ = _loop_top1(pred - true.mean(0), true - true.mean(0))
+    assert centred["brain_to_image"]["mean"] == pytest.approx(b2i_c)
+
+
+def test_retrieval_from_similarity_equals_embedding_front_end():
+    rng = np.random.default_rng(0)
+    for n, k in ((40, 10), (12, 300)):
+        true = rng.normal(size=(n, 6))
+        pred = true + 1.5 * rng.normal(size=(n, 6))
+        ref = M.retrieval_topk(pred, true, k=k, n_draws=7, seed=3, center="none",
+                               repeat_averaged=True)
+        a = pred / np.linalg.norm(pred, axis=1, keepdims=True)
+        b = true / np.linalg.norm(true, axis=1, keepdims=True)
+        got = M.retrieval_from_similarity(a @ b.T, k=k, n_draws=7, seed=3, repeat_averaged=True)
+        assert got["forward"]["draws"] == ref["brain_to_image"]["draws"]
+        assert got["backward"]["draws"] == ref["image_to_brain"]["draws"]
+        assert got["forward"]["ci95"] == ref["brain_to_image"]["ci95"]
+        assert got["chance"] == ref["chance"] and got["k"] == ref["k"]
+        assert got["n_draws"] == (1 if k >= n else 7)
+
+
+def test_retrieval_tie_rules():
+    sim = np.ones((4, 4))  # every candidate ties with the right one
+    strict = M.retrieval_from_similarity(sim, k=4, repeat_averaged=None)
+    frac = M.retrieval_from_similarity(sim, k=4, repeat_averaged=None, tie="fractional")
+    assert strict["forward"]["mean"] == 0.0 and strict["options"]["tie"] == "strict"
+    assert frac["forward"]["mean"] == pytest.approx(0.25)  # chance, as a random tie-break
+    sim = np.eye(3) + np.array([[0, 1, 0], [0, 0, 0], [0, 0, 0]])  # row 0: tie with column 1
+    frac = M.retrieval_from_similarity(sim, k=3, repeat_averaged=None, tie="fractional")
+    assert frac["forward"]["per_item"] == [0.5, 1.0, 1.0]
+    with pytest.raises(ValueError, match="tie"):
+        M.retrieval_from_similarity(sim, k=3, repeat_averaged=None, tie="random")
+
+
+def test_retrieval_per_item_averages_over_draws():
+    rng = np.random.default_rng(5)
+    true = rng.standard_normal((30, 8))
+    pred = true + rng.standard_normal((30, 8))
+    out = M.retrieval_topk(pred, true, k=10, n_draws=50, repeat_averaged=True)
+    per_item = np.array([np.nan if v is None else v for v in out["brain_to_image"]["per_item"]])
+    assert np.all((per_item >= 0) & (per_item <= 1) | np.isnan(per_item))
+    # the draw means weight items by how often they were drawn; close to the per-item mean
+    assert np.nanmean(per_item) == pytest.approx(out["brain_to_image"]["mean"], abs=0.08)
 
 
 def test_retrieval_random_is_near_chance():
     rng = np.random.default_rng(2)
     pred, true = rng.standard_normal((600, 32)), rng.standard_normal((600, 32))
-    out = M.retrieval_topk(pred, true, k=300, n_draws=30, seed=0)
+    out = M.retrieval_topk(pred, true, k=300, n_draws=30, seed=0, repeat_averaged=True)
     assert out["k"] == 300 and out["n_draws"] == 30 and len(out["brain_to_image"]["draws"]) == 30
+    assert out["options"]["draws"].startswith("30 random draws")
     for d in ("brain_to_image", "image_to_brain"):
         # 600 items each with success probability 1/300: the pooled mean stays far below
         # 10/300 with overwhelming probability (binomial tail < 1e-6)
@@ -242,11 +296,26 @@ def test_retrieval_random_is_near_chance():
         assert lo <= out[d]["mean"] <= hi
         blo, bhi = out[d]["ci95_binomial"]
         assert blo <= out[d]["mean"] <= bhi < 0.05
+        assert blo <= out["chance"]  # the interval includes chance
 
 
 def test_retrieval_validation():
     with pytest.raises(ValueError, match="same shape"):
-        M.retrieval_topk(np.zeros((5, 3)), np.zeros((6, 3)))
+        M.retrieval_topk(np.zeros((5, 3)), np.zeros((6, 3)), repeat_averaged=True)
+    with pytest.raises(TypeError, match="repeat_averaged"):
+        M.retrieval_topk(np.zeros((5, 3)), np.zeros((5, 3)))  # must be stated
+    with pytest.raises(ValueError, match="center"):
+        M.retrieval_topk(np.eye(5), np.eye(5), center="train", repeat_averaged=True)
+    with pytest.raises(ValueError, match="square"):
+        M.retrieval_from_similarity(np.zeros((5, 4)), repeat_averaged=None)
+
+
+def test_retrieval_table_lists_options():
+    out = M.retrieval_topk(np.eye(6), np.eye(6), k=4, n_draws=3, repeat_averaged=True)
+    table = M.retrieval_table({("run", "brain"): out}, key_names=("run", "condition"))
+    assert list(table.direction) == ["brain to image", "image to brain"]
+    assert (table.n_draws == 3).all() and table.repeat_averaged.all()
+    assert {"run", "condition", "binom_low", "centring", "tie"} <= set(table.columns)
 
 
 # ------------------------------------------------------------------------------ stats
@@ -422,13 +491,15 @@ def test_embedding_similarity_skipped_offline(monkeypatch):
 
 
 # ----------------------------------------------------------------- published captions
-needs_reference = pytest.mark.skipif(
-    not M.REFERENCE_RUNS.is_dir(),
-    reason=f"shared reference material not found at {M.REFERENCE_RUNS}",
-)
+def test_reference_data_is_inside_the_repository():
+    from lib.config import REPO_ROOT
+
+    assert M.REFERENCE_ROOT == REPO_ROOT / "reference"
+    assert (M.REFERENCE_RUNS / "LICENSE").read_text().startswith("MIT License")
+    assert len(sorted(M.REFERENCE_RUNS.glob("pt_type*_mem*_captions.csv"))) == 6
+    assert (M.REFERENCE_ROOT / "README.md").is_file()
 
 
-@needs_reference
 def test_read_reference_captions_deduplicates():
     frame = M.read_reference_captions(M.REFERENCE_RUNS / "pt_type1_mem1_captions.csv")
     assert len(frame) == 982 and frame["nsd_id"].is_unique
@@ -436,7 +507,6 @@ def test_read_reference_captions_deduplicates():
     assert frame["references"].map(len).median() == 5
 
 
-@needs_reference
 def test_score_reference_runs_subset(tmp_path, meteor):
     shutil.copy(M.REFERENCE_RUNS / "pt_type1_mem1_captions.csv", tmp_path)
     cache = tmp_path / "scores.csv"
@@ -459,7 +529,6 @@ def test_score_reference_runs_subset(tmp_path, meteor):
     pd.testing.assert_frame_equal(again, table, check_dtype=False)
 
 
-@needs_reference
 def test_published_table_and_scale():
     pub = M.load_published(M.REFERENCE_ROOT / "published_nsd_captioning.csv")
     assert {"method", "source", "BLEU-1", "CIDEr"} <= set(pub.columns)

@@ -71,6 +71,20 @@ def test_stage_outputs_follow_the_contracts(micro_book, micro_subject):
 
     metrics = json.loads((micro_subject / "decoding" / "metrics.json").read_text())
     assert "stage1" in metrics
+    for m in metrics.values():
+        assert set(m["captions"]) == {"brain", "shuffled_brain", "nearest_train",
+                                      "image_upper_bound"}
+        assert set(m["ratio_to_image_upper_bound"]) >= {"BLEU-1", "CIDEr"}
+        for key in ("retrieval", "text_retrieval"):
+            r = m[key]["brain"]
+            # the draws actually made: one when k reaches the number of test images
+            assert r["n_draws"] == r["options"]["n_draws"] == len(next(
+                v for v in r.values() if isinstance(v, dict) and "draws" in v)["draws"])
+            assert r["n_draws"] == 1 or r["k"] < r["n_items"]
+            assert {"centring", "repeat_averaged", "tie", "k_requested"} <= set(r["options"])
+    versus = metrics["stage2"]["stage2_vs_stage1"]
+    assert versus["stage1_run"] == "stage1"
+    assert {"difference", "ci95", "p_value"} <= set(versus["text_same_head"])
     captions = pd.read_csv(micro_subject / "decoding" / "captions_stage1.csv")
     assert list(captions.columns[:3]) == ["nsd_id", "caption", "references"]
     assert all(isinstance(json.loads(r), list) for r in captions["references"])

@@ -6,8 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from lib.decoding.testing import make_tiny_blip2
-from lib.features.qformer import extract_qformer_features, load_qformer_encoder, qformer_features
+from lib.features.qformer import (
+    extract_qformer_features,
+    image_query_outputs,
+    load_qformer_encoder,
+    qformer_features,
+)
+from tests.tiny_blip2 import make_tiny_blip2
 
 
 class _Images:
@@ -51,6 +56,20 @@ def test_matches_full_model(tiny):
         out = full.get_image_features(pixels, return_dict=True).qformer_outputs.last_hidden_state
     assert ours.shape == (5, full.config.num_query_tokens, full.config.qformer_config.hidden_size)
     np.testing.assert_allclose(ours, out.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_one_query_path_for_every_blip2_class(tiny):
+    """image_query_outputs on the full captioner equals the library's own image features."""
+    from transformers import Blip2ForConditionalGeneration, Blip2Processor
+
+    images = _Images().brick[:3]
+    full = Blip2ForConditionalGeneration.from_pretrained(tiny).eval()
+    proc = Blip2Processor.from_pretrained(tiny)
+    pixels = proc.image_processor(images=list(images), return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        ref = full.get_image_features(pixels, return_dict=True).qformer_outputs.last_hidden_state
+        ours = image_query_outputs(full, pixels)
+    torch.testing.assert_close(ours, ref)
 
 
 def test_batching_does_not_change_values(tiny):

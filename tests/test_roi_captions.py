@@ -106,7 +106,8 @@ def test_memory_ablation_reads_runs_and_metrics(tmp_path):
 
     p = read_predictions(tmp_path / "stage1_mem3")
     flat = lambda x: x.reshape(len(x), -1)
-    ref = retrieval_topk(flat(p["test_pred"]), flat(true), k=10, n_draws=5, seed=0)
+    ref = retrieval_topk(flat(p["test_pred"]), flat(true), k=10, n_draws=5, seed=0,
+                         repeat_averaged=True, center="candidates")  # 05's options
     assert table.set_index("run").loc["stage1_mem3", "top1"] == pytest.approx(
         ref["brain_to_image"]["mean"])
     assert table.set_index("run").loc["stage1_mem3", "memory_size"] == 3

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -56,12 +56,16 @@ def memory_ablation(
     -------
     table : pandas.DataFrame
         Columns ``stage``, ``memory_size``, ``run``, ``source`` of the retrieval
-        ("predictions.h5" or "metrics.json"), ``top1`` (brain -> image), ``ci95_low``, ``ci95_high``, ``chance``,
-        ``top1_shuffled`` (when known), ``CIDEr``, ``CIDEr_shuffled`` (NaN when the run was not
+        ("predictions.h5" or "metrics.json"), ``top1`` (brain -> image k-way top-1,
+        :func:`lib.metrics.retrieval_topk` with notebook 05's options: centred on the
+        candidates' mean, one prediction per image averaged over its repeats, strict ties),
+        ``ci95_low``, ``ci95_high`` (Wilson interval of one k-way test), ``chance``, ``k``,
+        ``n_draws`` (draws actually made), ``centring``, ``top1_shuffled`` (when known), ``CIDEr``, ``CIDEr_shuffled`` (NaN when the run was not
         captioned).
     """
-    from lib.decoding.evaluate import derangement, retrieval
+    from lib.decoding.evaluate import RETRIEVAL_CENTER, derangement
     from lib.decoding.stage1 import PREDICTIONS_FILE, lookup_features, read_predictions
+    from lib.metrics import retrieval_topk
 
     decoding_dir = Path(decoding_dir)
     mpath = decoding_dir / "metrics.json"
@@ -72,41 +76,45 @@ def memory_ablation(
             name = run_name(stage, size)
             row = {"stage": stage, "memory_size": int(size), "run": name, "source": None,
                    "top1": np.nan, "ci95_low": np.nan, "ci95_high": np.nan, "chance": np.nan,
+                   "k": np.nan, "n_draws": np.nan, "centring": None,
                    "top1_shuffled": np.nan, "CIDEr": np.nan, "CIDEr_shuffled": np.nan}
             pred_path = decoding_dir / name / PREDICTIONS_FILE
             if features is not None and pred_path.exists():
                 pred = read_predictions(decoding_dir / name)
-                true = lookup_features(np.asarray(features), np.asarray(feature_ids), pred["test_ids"])
-                r = retrieval(pred["test_pred"], true, k, n_draws, seed)
-                rs = retrieval(pred["test_pred"][derangement(len(true), seed)], true, k,
-                               n_draws, seed)
-                row.update(source="predictions.h5", top1=r["brain_to_image"]["mean"],
-                           ci95_low=r["brain_to_image"]["ci95"][0],
-                           ci95_high=r["brain_to_image"]["ci95"][1], chance=r["chance"],
-                           top1_shuffled=rs["brain_to_image"]["mean"])
+                true = lookup_features(np.asarray(features), np.asarray(feature_ids),
+                                       pred["test_ids"])
+                # the same options as notebook 05 (evaluate_run): one prediction per image,
+                # averaged over its repeats; centred on the candidates' mean
+                kw = {"k": k, "n_draws": n_draws, "seed": seed, "repeat_averaged": True,
+                          "center": RETRIEVAL_CENTER}
+                r = retrieval_topk(pred["test_pred"], true, **kw)
+                rs = retrieval_topk(pred["test_pred"][derangement(len(true), seed)], true, **kw)
+                source, shuffled = "predictions.h5", rs["brain_to_image"]["mean"]
             elif name in metrics:
-                m = metrics[name]
-                r = m["retrieval"]["brain"]
-                row.update(source="metrics.json", top1=r["brain_to_image"]["mean"],
-                           ci95_low=r["brain_to_image"]["ci95"][0],
-                           ci95_high=r["brain_to_image"]["ci95"][1], chance=r["chance"])
-                if "shuffled_brain" in m["retrieval"]:
-                    row["top1_shuffled"] = m["retrieval"]["shuffled_brain"]["brain_to_image"]["mean"]
+                r = metrics[name]["retrieval"]["brain"]
+                shuffled = metrics[name]["retrieval"].get("shuffled_brain", {}).get(
+                    "brain_to_image", {}).get("mean", np.nan)
+                source = "metrics.json"
             else:
                 continue
+            b2i = r["brain_to_image"]
+            row.update(source=source, top1=b2i["mean"], ci95_low=b2i["ci95_binomial"][0],
+                       ci95_high=b2i["ci95_binomial"][1], chance=r["chance"], k=r["k"],
+                       n_draws=r["n_draws"], centring=r.get("options", {}).get("centring"),
+                       top1_shuffled=shuffled)
             caps = metrics.get(name, {}).get("captions", {})
             row["CIDEr"] = caps.get("brain", {}).get("CIDEr", np.nan)
             row["CIDEr_shuffled"] = caps.get("shuffled_brain", {}).get("CIDEr", np.nan)
             rows.append(row)
     cols = ["stage", "memory_size", "run", "source", "top1", "ci95_low", "ci95_high", "chance",
-            "top1_shuffled", "CIDEr", "CIDEr_shuffled"]
+            "k", "n_draws", "centring", "top1_shuffled", "CIDEr", "CIDEr_shuffled"]
     return pd.DataFrame(rows, columns=cols)
 
 
 def ablation_figure(table: pd.DataFrame):
     """Plotly figure: brain -> image top-1 and CIDEr against memory size, per stage.
 
-    Error bars are the 95% intervals over retrieval draws; dashed lines the chance level
+    Error bars are the binomial (Wilson) 95% intervals of the k-way retrieval; dashed lines the chance level
     (retrieval) and the shuffled-brain control (CIDEr).
     """
     import plotly.graph_objects as go

@@ -1,8 +1,7 @@
 """Stage 2: contrastive fine-tuning of the brain map against BLIP-2's image-text-matching Q-Former.
 
 The stage-1 map (fMRI -> Q-Former query tokens, a ridge solution) becomes trainable and is
-tuned with two objectives, as in the original study (``BrainTextRetrieval`` in its
-``nlm_modeling.py``):
+tuned with two objectives, as in the original study:
 
 * **MSE** between the predicted and the true query tokens (keeps the prediction decodable by
   the captioning model);
@@ -37,8 +36,8 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -453,57 +452,6 @@ def load_heads(path: str | os.PathLike) -> tuple[nn.Linear, float]:
 # ----------------------------------------------------------------------------- retrieval
 
 
-def topk_from_similarity(sim: np.ndarray, k: int = 300, n_draws: int = 30, seed: int = 0) -> dict:
-    """k-way top-1 accuracy in both directions from a similarity matrix.
-
-    The same draws, tie rule and summaries as :func:`lib.metrics.retrieval_topk` (which works on
-    flattened cosine), for similarities it cannot express, such as BLIP-2's max over query
-    tokens (tested: equal to ``retrieval_topk`` when ``sim`` is the flattened cosine).
-
-    Parameters
-    ----------
-    sim : ndarray of shape (n, n)
-        ``sim[i, j]``: similarity of query item i (e.g. brain) to candidate j (e.g. caption);
-        the match of i is j = i.
-    k, n_draws, seed
-        As in :func:`lib.metrics.retrieval_topk`.
-
-    Returns
-    -------
-    result : dict
-        ``"forward"`` (rows retrieve columns) and ``"backward"`` (columns retrieve rows), each
-        with ``mean``, ``ci95``, ``ci95_binomial``, ``draws``; plus ``chance``, ``k``,
-        ``n_items``, ``n_draws``, ``seed``.
-    """
-    from lib.metrics.stats import wilson_interval
-
-    sim = np.asarray(sim, dtype=np.float64)
-    n = sim.shape[0]
-    if sim.shape != (n, n) or n < 2:
-        raise ValueError(f"sim must be a square (n, n) matrix with n >= 2, got {sim.shape}")
-    k_used = min(int(k), n)
-    if k_used == n:
-        idx = np.arange(n)[None, :]
-    else:
-        rng = np.random.default_rng(seed)
-        idx = np.stack([rng.choice(n, size=k_used, replace=False) for _ in range(n_draws)])
-    sub = sim[idx[:, :, None], idx[:, None, :]]
-    diag = np.diagonal(sub, axis1=1, axis2=2)
-    others = np.where(np.eye(k_used, dtype=bool)[None], -np.inf, sub)
-    fwd = (diag > others.max(axis=2)).mean(axis=1)
-    bwd = (diag > others.max(axis=1)).mean(axis=1)
-
-    def summary(acc):
-        mean = float(acc.mean())
-        lo, hi = np.percentile(acc, [2.5, 97.5])
-        return {"mean": mean, "ci95": [float(lo), float(hi)],
-                "ci95_binomial": [float(v) for v in wilson_interval(mean * k_used, k_used)],
-                "draws": [float(a) for a in acc]}
-
-    return {"forward": summary(fwd), "backward": summary(bwd), "chance": 1.0 / k_used,
-            "k": k_used, "n_items": n, "n_draws": int(idx.shape[0]), "seed": seed}
-
-
 def pick_captions(captions: Sequence[Sequence[str]], seed: int = 0) -> list[str]:
     """One caption per image, drawn at random (seeded) among its captions."""
     rng = np.random.default_rng(seed)
@@ -523,6 +471,9 @@ def brain_text_retrieval(
     k: int = 300,
     n_draws: int = 30,
     seed: int = 0,
+    *,
+    repeat_averaged: bool | None,
+    tie: str = "strict",
 ) -> dict:
     """Brain<->text k-way top-1 in the ITM embedding space (BLIP-2 ITC similarity).
 
@@ -535,54 +486,24 @@ def brain_text_retrieval(
     projection : torch.nn.Linear
         Maps query tokens into the ITM space: the ITM ``vision_projection`` (the image head, the
         same for every stage) or a stage-2 ``brain_projection``.
-    k, n_draws, seed
-        As in :func:`lib.metrics.retrieval_topk` (k capped at n_images).
+    k, n_draws, seed, repeat_averaged, tie
+        As in :func:`lib.metrics.retrieval_from_similarity` (k capped at n_images).
 
     Returns
     -------
     result : dict
-        ``brain_to_text`` and ``text_to_brain`` (``mean``, ``ci95``, ``ci95_binomial``,
-        ``draws``), ``chance``, ``k``, ``n_items``, ``n_draws``, ``seed``, ``similarity``.
+        :func:`lib.metrics.retrieval_from_similarity`'s result with directions
+        ``brain_to_text`` and ``text_to_brain``.
     """
+    from lib.metrics import retrieval_from_similarity
+
     dev = projection.weight.device
     tokens = torch.as_tensor(np.asarray(pred_tokens, np.float32), device=dev)
     brain = F.normalize(projection(tokens).float(), dim=-1)
     text = torch.as_tensor(np.asarray(text_feats, np.float32), device=dev)
     sim = itc_similarity(brain, text).cpu().numpy()
-    out = topk_from_similarity(sim, k=k, n_draws=n_draws, seed=seed)
-    out["brain_to_text"] = out.pop("forward")
-    out["text_to_brain"] = out.pop("backward")
-    out["similarity"] = "max over query tokens of cosine (BLIP-2 ITC)"
-    return out
-
-
-def retrieval_table(results: dict) -> "pandas.DataFrame":
-    """Flatten retrieval results into a table.
-
-    Parameters
-    ----------
-    results : dict
-        ``(run, head) -> result`` of :func:`brain_text_retrieval` (or ``lib.metrics.retrieval_topk``:
-        its ``brain_to_image`` / ``image_to_brain`` keys are recognised too).
-
-    Returns
-    -------
-    table : pandas.DataFrame
-        Columns ``run``, ``head``, ``direction``, ``top1``, ``ci95_low``, ``ci95_high`` (over
-        draws; a point when one draw holds every item), ``binom_low``, ``binom_high`` (Wilson
-        interval of one k-way test), ``chance``, ``k``, ``n_draws``.
-    """
-    import pandas as pd
-
-    rows = []
-    for (run, head), res in results.items():
-        for direction in ("brain_to_text", "text_to_brain", "brain_to_image", "image_to_brain"):
-            if direction in res:
-                r = res[direction]
-                rows.append({"run": run, "head": head, "direction": direction.replace("_", " "),
-                             "top1": r["mean"], "ci95_low": r["ci95"][0],
-                             "ci95_high": r["ci95"][1], "binom_low": r["ci95_binomial"][0],
-                             "binom_high": r["ci95_binomial"][1], "chance": res["chance"],
-                             "k": res["k"],
-                             "n_draws": res["n_draws"]})
-    return pd.DataFrame(rows)
+    return retrieval_from_similarity(
+        sim, k, n_draws, seed, repeat_averaged=repeat_averaged, tie=tie,
+        directions=("brain_to_text", "text_to_brain"),
+        similarity="max over query tokens of the cosine (BLIP-2 ITC)",
+        centring="none (unit-normalised ITM embeddings)")

@@ -20,12 +20,18 @@ For one run (``decoding/<run>/predictions.h5``) :func:`evaluate_run`
 - runs a paired one-sided permutation test of brain vs shuffled brain on per-caption CIDEr
   and METEOR;
 - computes k-way top-1 retrieval (brain -> image and image -> brain) on the flattened Q-Former
-  embeddings with cosine similarity (:func:`lib.metrics.retrieval_topk`), 30 draws, and the
-  same for the shuffled predictions.
+  embeddings (:func:`lib.metrics.retrieval_topk`: cosine after subtracting the mean true
+  embedding of the test images, the candidate set; ``n_draws`` random draws of k test images,
+  or the single possible draw when k reaches the number of test images; the options and the
+  draws actually made are recorded with the numbers), and the same for the shuffled predictions;
+- with an ITM checkpoint, brain -> text retrieval with BLIP-2's image-text contrastive
+  similarity (:func:`lib.decoding.contrastive.brain_text_retrieval`), the criterion stage 2
+  trains for;
+- reports each caption metric of the brain captions as a fraction of the image upper bound.
 
 Q-Former outputs share a large image-independent component (raw cosines between different
-images are close to 1), so every similarity here (retrieval, nearest training image) is the
-cosine of embeddings centred on the mean true embedding of the TRAINING images.
+images are close to 1), so the nearest training image is found by the cosine of embeddings
+centred on the mean true embedding of the TRAINING images.
 """
 
 from __future__ import annotations
@@ -41,6 +47,12 @@ import numpy as np
 import pandas as pd
 
 from lib.decoding.stage1 import cosine_matrix, lookup_features, read_predictions
+
+#: Centring of every image retrieval of a decoding run (05 and the memory ablation alike).
+RETRIEVAL_CENTER = "candidates"
+
+#: Caption metrics reported as a fraction of the image upper bound.
+RATIO_METRICS = ("BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "ITC-S")
 
 #: Caption metrics with per-caption scores used by the permutation test.
 PERMUTATION_METRICS = ("CIDEr", "METEOR")
@@ -87,37 +99,6 @@ def nearest_train(pred_test: np.ndarray, true_train: np.ndarray) -> tuple[np.nda
     return idx, sim[np.arange(len(idx)), idx]
 
 
-def _flat_unit(x: np.ndarray) -> np.ndarray:
-    x = x.reshape(len(x), -1).astype(np.float64)
-    return (x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-12)).astype(np.float32)
-
-
-def retrieval(pred: np.ndarray, true: np.ndarray, k: int = 300, n_draws: int = 30,
-              seed: int = 0) -> dict:
-    """k-way top-1 retrieval on flattened, unit-normalised Q-Former embeddings (cosine).
-
-    ``k`` is capped at the number of test images.
-    """
-    from lib.metrics import retrieval_topk
-
-    k = int(min(k, len(pred)))
-    out = retrieval_topk(_flat_unit(pred), _flat_unit(true), k=k, n_draws=n_draws, seed=seed)
-    return {**_jsonable(out), "k": k, "n_draws": n_draws,
-            "similarity": "cosine of flattened embeddings centred on the training mean"}
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj
-
-
 def score_captions(hypotheses: Sequence[str], references: Sequence[Sequence[str]],
                    embeddings: bool = True, meteor=None) -> tuple[dict, dict]:
     """Corpus caption metrics plus per-caption scores.
@@ -140,7 +121,7 @@ def score_captions(hypotheses: Sequence[str], references: Sequence[Sequence[str]
         ``embeddings``, ``SentenceSim`` / ``CLIP-T`` (mean cosine or ``skipped``).
     per_item : dict of str to ndarray of shape (n,)
     """
-    from lib.metrics import caption_metrics
+    from lib.metrics import caption_metrics, jsonable
 
     hyps, refs = list(hypotheses), [list(r) for r in references]
     out = dict(caption_metrics(hyps, refs, per_item=True, meteor=meteor))
@@ -152,7 +133,7 @@ def score_captions(hypotheses: Sequence[str], references: Sequence[Sequence[str]
             if "per_item" in res:
                 per_item[name] = np.asarray(res["per_item"], float)
             out[name] = {k: v for k, v in res.items() if k != "per_item"}
-    return _jsonable(out), per_item
+    return jsonable(out), per_item
 
 
 def itc_image_caption_scores(images: np.ndarray, captions: Sequence[str], itm_model,
@@ -180,6 +161,7 @@ def itc_image_caption_scores(images: np.ndarray, captions: Sequence[str], itm_mo
     import torch.nn.functional as F
 
     from lib.decoding.contrastive import encode_texts
+    from lib.features.qformer import image_query_outputs
 
     device = itm_model.vision_projection.weight.device
     text = encode_texts(itm_model, itm_processor.tokenizer, list(captions)).to(device)
@@ -189,15 +171,113 @@ def itc_image_caption_scores(images: np.ndarray, captions: Sequence[str], itm_mo
             batch = [np.asarray(im) for im in images[s : s + batch_size]]
             pixels = itm_processor.image_processor(images=batch, return_tensors="pt")
             pixels = pixels["pixel_values"].to(device, itm_model.vision_model.dtype)
-            emb = itm_model.vision_model(pixels, return_dict=True).last_hidden_state
-            mask = torch.ones(emb.shape[:-1], dtype=torch.long, device=device)
-            q = itm_model.qformer(query_embeds=itm_model.query_tokens.expand(len(batch), -1, -1),
-                                  encoder_hidden_states=emb, encoder_attention_mask=mask,
-                                  return_dict=True).last_hidden_state
+            q = image_query_outputs(itm_model, pixels)
             img = F.normalize(itm_model.vision_projection(q.float()), dim=-1)
             t = text[s : s + len(batch)]
             scores.append(torch.einsum("nqd,nd->nq", img, t).amax(dim=1).float().cpu().numpy())
     return np.concatenate(scores) if scores else np.zeros(0)
+
+
+def text_retrieval(run_dir: str | os.PathLike, test_pred: np.ndarray,
+                   references: Sequence[Sequence[str]], perm: np.ndarray, itm_model,
+                   itm_processor, k: int = 300, n_draws: int = 30, seed: int = 0,
+                   max_length: int = 32) -> dict:
+    """Brain -> text retrieval with BLIP-2's ITC similarity: the criterion stage 2 trains for.
+
+    One reference caption per test image is drawn (:func:`lib.decoding.contrastive.pick_captions`,
+    seeded: the same captions for every run) and embedded by the ITM text path. The predicted
+    query tokens are scored through the ITM ``vision_projection`` (the image head: the same for
+    every run, so stage 1 and stage 2 are compared in one space) and, for a stage-2 run, also
+    through its own trained brain projection (``heads.safetensors``).
+
+    Parameters
+    ----------
+    run_dir : path-like
+        The run's folder (a stage-2 run holds ``heads.safetensors``).
+    test_pred : ndarray of shape (n_test, n_query, hidden)
+    references : sequence of sequences of str, length n_test
+    perm : ndarray of shape (n_test,)
+        The shuffled-brain derangement.
+    itm_model, itm_processor
+        From :func:`lib.decoding.contrastive.load_itm`.
+    k, n_draws, seed, max_length
+        Retrieval settings and caption length.
+
+    Returns
+    -------
+    results : dict
+        ``brain`` and ``shuffled_brain`` through the ITM head, and with a trained head
+        ``brain_own_head`` and ``shuffled_brain_own_head``; each a
+        :func:`lib.metrics.retrieval_from_similarity` result (directions ``brain_to_text`` and
+        ``text_to_brain``, per-item scores included).
+    """
+    from lib.decoding.contrastive import (
+        brain_text_retrieval,
+        encode_texts,
+        load_heads,
+        pick_captions,
+    )
+
+    captions = pick_captions(references, seed=seed)
+    text = encode_texts(itm_model, itm_processor.tokenizer, captions, max_length)
+    kw = {"k": k, "n_draws": n_draws, "seed": seed, "repeat_averaged": True}
+    heads = {"": itm_model.vision_projection}
+    head_file = Path(run_dir) / "heads.safetensors"
+    if head_file.exists():
+        proj, _ = load_heads(head_file)
+        heads["_own_head"] = proj.to(itm_model.vision_projection.weight.device)
+    out = {}
+    for suffix, head in heads.items():
+        out[f"brain{suffix}"] = brain_text_retrieval(test_pred, text, head, **kw)
+        out[f"shuffled_brain{suffix}"] = brain_text_retrieval(test_pred[perm], text, head, **kw)
+    return out
+
+
+def compare_runs(metrics_a: dict, metrics_b: dict, condition_a: str = "brain",
+                 condition_b: str = "brain", key: str = "text_retrieval",
+                 direction: str = "brain_to_text", n_boot: int = 10000,
+                 n_permutations: int = 10000, seed: int = 0) -> dict:
+    """Paired comparison of two runs' retrieval on the same test images (a better than b?).
+
+    Each test image's retrieval score (its hit rate over the draws that held it) in run a
+    minus that in run b: mean difference with a percentile bootstrap 95% interval over test
+    images, and the one-sided paired permutation p-value of a > b.
+
+    Parameters
+    ----------
+    metrics_a, metrics_b : dict
+        :attr:`RunEvaluation.metrics` of the two runs (same test images).
+    condition_a, condition_b : str
+        Entries of ``metrics[key]`` to compare (e.g. ``"brain_own_head"`` vs ``"brain"``).
+    key : {"text_retrieval", "retrieval"}
+    direction : str
+        ``"brain_to_text"`` (``text_retrieval``) or ``"brain_to_image"`` (``retrieval``).
+    n_boot, n_permutations, seed : int
+
+    Returns
+    -------
+    comparison : dict
+        ``criterion`` (a sentence), ``top1_a``, ``top1_b``, ``difference`` (mean over test
+        images of a - b), ``ci95`` ([low, high], bootstrap), ``p_value`` (a > b), ``k``,
+        ``n_items``, ``n_draws``.
+    """
+    from lib.metrics import bootstrap_ci, permutation_test
+
+    ra, rb = metrics_a[key][condition_a], metrics_b[key][condition_b]
+    if ra["n_items"] != rb["n_items"] or ra["k"] != rb["k"]:
+        raise ValueError("the two runs were not scored on the same test images with the same k")
+    a = np.array([np.nan if v is None else v for v in ra[direction]["per_item"]], float)
+    b = np.array([np.nan if v is None else v for v in rb[direction]["per_item"]], float)
+    ok = np.isfinite(a) & np.isfinite(b)
+    d = a[ok] - b[ok]
+    boot = bootstrap_ci(d, n_boot=n_boot, seed=seed)
+    perm = permutation_test(a[ok], b[ok], n_permutations=n_permutations, seed=seed)
+    return {"criterion": f"{key} {direction} top-1 ({condition_a} vs {condition_b}), paired "
+                         "over test images",
+            "top1_a": ra[direction]["mean"], "top1_b": rb[direction]["mean"],
+            "difference": float(d.mean()), "ci95": [boot["low"], boot["high"]],
+            "p_value": perm["p_value"], "k": ra["k"], "n_items": int(ok.sum()),
+            "n_draws": ra["n_draws"]}
 
 
 @dataclass
@@ -225,7 +305,8 @@ def evaluate_run(run_dir: str | os.PathLike, subject, model, processor, features
                  prompt: str | None = None, num_beams: int = 1, batch_size: int = 16,
                  max_new_tokens: int = 30, k: int = 300, n_draws: int = 30, seed: int = 0,
                  n_permutations: int = 10000, embeddings: bool = True,
-                 meteor=None, itm=None) -> RunEvaluation:
+                 meteor=None, itm=None, text_k: int | None = None,
+                 text_n_draws: int | None = None, text_max_length: int = 32) -> RunEvaluation:
     """Captions, metrics, retrieval and controls for one decoding run.
 
     Parameters
@@ -258,14 +339,19 @@ def evaluate_run(run_dir: str | os.PathLike, subject, model, processor, features
     itm : tuple (Blip2ForImageTextRetrieval, Blip2Processor) or None
         When given, every condition also gets ``ITC-S``, the BLIP-2 image-text contrastive
         similarity of the test image with the caption (:func:`itc_image_caption_scores`),
-        and the permutation test covers it too.
+        and the permutation test covers it too; and ``text_retrieval`` is computed
+        (:func:`text_retrieval`).
+    text_k, text_n_draws : int or None
+        k and draws of the brain -> text retrieval (default: ``k`` and ``n_draws``).
+    text_max_length : int
+        Caption tokens for the ITM text embeddings (as in stage 2's training).
 
     Returns
     -------
     evaluation : RunEvaluation
     """
     from lib.decoding.generate import generate_captions
-    from lib.metrics import permutation_test
+    from lib.metrics import jsonable, permutation_test, retrieval_topk
 
     preds = read_predictions(run_dir)
     test_pred, test_ids = preds["test_pred"], preds["test_ids"]
@@ -325,14 +411,23 @@ def evaluate_run(run_dir: str | os.PathLike, subject, model, processor, features
             metrics["captions"][name] = scores
 
     metrics["permutation_brain_vs_shuffled"] = {
-        m: _jsonable(permutation_test(per_item["brain"][m], per_item["shuffled_brain"][m],
+        m: jsonable(permutation_test(per_item["brain"][m], per_item["shuffled_brain"][m],
                                       n_permutations=n_permutations, seed=seed))
         for m in (*PERMUTATION_METRICS, "ITC-S") if m in per_item["brain"]
     }
+    # predictions.h5 holds one prediction per test image: from its repetition-averaged betas
+    # (memory 1) or averaged over its trials' predictions (memory > 1)
+    ret = {"k": k, "n_draws": n_draws, "seed": seed, "repeat_averaged": True, "center": RETRIEVAL_CENTER}
     metrics["retrieval"] = {
-        "brain": retrieval(test_pred - mean, test_true - mean, k, n_draws, seed),
-        "shuffled_brain": retrieval(test_pred[perm] - mean, test_true - mean, k, n_draws, seed),
+        "brain": jsonable(retrieval_topk(test_pred, test_true, **ret)),
+        "shuffled_brain": jsonable(retrieval_topk(test_pred[perm], test_true, **ret)),
     }
+    metrics["ratio_to_image_upper_bound"] = jsonable(ratio_to_upper_bound(metrics["captions"]))
+    if itm is not None:
+        metrics["text_retrieval"] = jsonable(text_retrieval(
+            run_dir, test_pred, references, perm, *itm, k=k if text_k is None else text_k,
+            n_draws=n_draws if text_n_draws is None else text_n_draws, seed=seed,
+            max_length=text_max_length))
     metrics["nearest_train_cosine_mean"] = float(near_sim.mean())
 
     frame = pd.DataFrame({
@@ -387,14 +482,41 @@ def metrics_table(metrics: dict, keys: Sequence[str] = ("BLEU-1", "BLEU-4", "MET
     return pd.DataFrame(rows)
 
 
-def retrieval_table(metrics: dict) -> pd.DataFrame:
-    """One row per (run, condition, direction): top-1 accuracy, 95% interval and chance."""
-    rows = []
-    for run, m in metrics.items():
-        for cond, r in m["retrieval"].items():
-            row = {"run": run, "condition": cond, "k": r.get("k")}
-            for key, val in r.items():
-                if key not in ("k", "n_draws", "similarity"):
-                    row[key] = val
-            rows.append(row)
-    return pd.DataFrame(rows)
+def retrieval_table(metrics: dict, key: str = "retrieval") -> pd.DataFrame:
+    """One row per (run, condition, direction): top-1, both 95% intervals, chance and options.
+
+    Parameters
+    ----------
+    metrics : dict
+        Contents of ``metrics.json`` (keyed by run).
+    key : {"retrieval", "text_retrieval"}
+        Image retrieval from query tokens, or brain -> text retrieval (ITC).
+    """
+    from lib.metrics import retrieval_table as flat
+
+    results = {(run, cond): r for run, m in metrics.items()
+               for cond, r in m.get(key, {}).items()}
+    return flat(results, key_names=("run", "condition"))
+
+
+def ratio_to_upper_bound(captions: dict, metrics: Sequence[str] = RATIO_METRICS) -> dict:
+    """Each caption metric of the brain captions divided by that of the image upper bound.
+
+    Parameters
+    ----------
+    captions : dict
+        ``metrics["captions"]`` of :func:`evaluate_run`: condition -> metric -> value, with
+        ``brain`` and ``image_upper_bound``.
+
+    Returns
+    -------
+    ratios : dict of str to float
+        ``metric -> brain / image_upper_bound`` (NaN when the upper bound is 0; None once
+        written to JSON).
+    """
+    brain, upper = captions["brain"], captions["image_upper_bound"]
+    out = {}
+    for m in metrics:
+        if isinstance(brain.get(m), (int, float)) and isinstance(upper.get(m), (int, float)):
+            out[m] = float(brain[m] / upper[m]) if upper[m] else float("nan")
+    return out

@@ -2,7 +2,8 @@
 
 All ``n_query x hidden`` values (32 x 768 = 24,576 targets on the real model) are predicted by
 one multi-target ridge solve (:class:`lib.ridge.RidgeCV`), each with its own penalty chosen by
-cross-validation on the training images only. Inputs are either repetition-averaged betas of
+k-fold cross-validation on the training images only, with folds grouped by image (an image's
+repeated trials never sit on both sides of a fold). Inputs are either repetition-averaged betas of
 each image (``memory_size=1``, the default) or single trials together with the betas of their
 ``memory_size - 1`` neighbouring trials in the same run (``memory_direction`` "past", "future"
 or "both"), as in the original study; the neighbours enter as extra blocks of the multi-block
@@ -11,7 +12,7 @@ predictions for an image are averaged over its repetitions.
 
 The fitted map is a :class:`QueryTokenDecoder` (a ``torch.nn.Module``), saved as
 ``decoder.safetensors`` with ``settings.json`` beside it, and predictions go to
-``predictions.h5`` (contract in ``DESIGN.md`` §5): ``test/pred`` (n_test, n_query, hidden),
+``predictions.h5`` (described in ``book/reference/files.md``): ``test/pred`` (n_test, n_query, hidden),
 ``test/nsd_id``, ``train/pred``, ``train/nsd_id``.
 """
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +35,64 @@ DECODER_FILE = "decoder.safetensors"
 SETTINGS_FILE = "settings.json"
 PREDICTIONS_FILE = "predictions.h5"
 DIRECTIONS = ("past", "future", "both")
+
+#: Number of image-grouped cross-validation folds for the ridge penalties.
+DEFAULT_CV_FOLDS = 5
+
+
+class LeakageError(AssertionError):
+    """A test image reached training, alpha selection, validation or early stopping."""
+
+
+def assert_no_test_ids(ids, test_ids, where: str) -> None:
+    """Raise :class:`LeakageError` if any id of ``ids`` is a test image.
+
+    Parameters
+    ----------
+    ids : array-like of int
+        Image ids used by some training step (training samples, alpha selection, validation,
+        early stopping).
+    test_ids : array-like of int
+        The held-out test images (NSD shared images).
+    where : str
+        Name of the place being checked, for the message.
+    """
+    leaked = np.intersect1d(np.asarray(ids).ravel(), np.asarray(test_ids).ravel())
+    if leaked.size:
+        raise LeakageError(
+            f"{leaked.size} test image(s) found in {where} (e.g. nsd ids {leaked[:5].tolist()}); "
+            "test images must never touch training, alpha selection, validation or early "
+            "stopping."
+        )
+
+
+def image_folds(ids, n_folds: int = DEFAULT_CV_FOLDS) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Cross-validation folds grouped by image: an image's samples all fall in one fold.
+
+    Parameters
+    ----------
+    ids : array-like of shape (n_samples,)
+        nsd id of every training sample (repeated trials of an image share one id).
+    n_folds : int
+        Number of folds (at least 2, at most the number of distinct images).
+
+    Returns
+    -------
+    folds : list of (train_index, test_index) pairs
+        Indices into ``ids`` (:class:`sklearn.model_selection.GroupKFold`), for
+        :class:`lib.ridge.RidgeCV`'s ``cv``.
+    """
+    from sklearn.model_selection import GroupKFold
+
+    ids = np.asarray(ids)
+    n_images = np.unique(ids).size
+    if not 2 <= int(n_folds) <= n_images:
+        raise ValueError(f"cv={n_folds} image-grouped folds is invalid for {n_images} training "
+                         f"images; use 2 <= cv <= {n_images}.")
+    folds = list(GroupKFold(n_splits=int(n_folds)).split(np.zeros((ids.size, 1)), groups=ids))
+    for tr, va in folds:
+        assert np.intersect1d(ids[tr], ids[va]).size == 0, "an image on both sides of a fold"
+    return folds
 
 
 class QueryTokenDecoder(nn.Module):
@@ -148,7 +208,7 @@ def load_decoder(folder: str | os.PathLike, device: str = "cpu"):
     if not (folder / DECODER_FILE).exists() or not (folder / SETTINGS_FILE).exists():
         raise FileNotFoundError(
             f"{folder} has no {DECODER_FILE} + {SETTINGS_FILE}: run notebooks/03_alignment_ridge "
-            "(or lib.decoding.stage1.run_stage1) for this run first."
+            "for this run first."
         )
     settings = json.loads((folder / SETTINGS_FILE).read_text())
     block_sizes = settings.pop("block_sizes")
@@ -253,7 +313,8 @@ class Stage1Result:
 
 def fit_stage1(subject, features: np.ndarray, feature_ids: np.ndarray, memory_size: int = 1,
                memory_direction: str = "past", roi: str | None = None,
-               alphas: Sequence[float] | None = None, cv="loo", device: str = "auto",
+               alphas: Sequence[float] | None = None, cv: int = DEFAULT_CV_FOLDS,
+               device: str = "auto",
                trials: bool | None = None, settings: dict | None = None,
                exclude_ids: Sequence[int] | None = None) -> Stage1Result:
     """Fit the ridge map fMRI -> query tokens on training images; predict the test images.
@@ -268,10 +329,11 @@ def fit_stage1(subject, features: np.ndarray, feature_ids: np.ndarray, memory_si
     memory_size, memory_direction, roi, trials
         See :func:`stage1_inputs`.
     alphas : sequence of float or None
-        Candidate penalties (default: ``np.logspace(-1, 6, 15)``), chosen per target by
-        ``cv`` on the training samples only.
-    cv : "loo" or int
-        Passed to :class:`lib.ridge.RidgeCV`.
+        Candidate penalties (default: :data:`lib.ridge.DEFAULT_ALPHAS`), chosen per target by
+        cross-validation on the training samples only.
+    cv : int
+        Number of cross-validation folds, grouped by image (:func:`image_folds`): the repeated
+        trials of an image, and with memory windows all its samples, fall in one fold.
     device : str
         Where the ridge solve runs.
     settings : dict or None
@@ -284,12 +346,15 @@ def fit_stage1(subject, features: np.ndarray, feature_ids: np.ndarray, memory_si
     -------
     result : Stage1Result
     """
-    from lib.ridge import RidgeCV
+    from lib.ridge import DEFAULT_ALPHAS, RidgeCV
 
+    if isinstance(cv, str) or not isinstance(cv, (int, np.integer)):
+        raise TypeError(f"cv={cv!r}: stage 1 takes a number of image-grouped folds (e.g. 5); "
+                         "leave-one-trial-out would put an image's repeats on both sides.")
     features = np.asarray(features, np.float32)
     feature_ids = np.asarray(feature_ids)
     n_query, hidden = features.shape[1:]
-    alphas = np.logspace(-1, 6, 15) if alphas is None else np.asarray(alphas, float)
+    alphas = np.asarray(DEFAULT_ALPHAS if alphas is None else alphas, float)
 
     X_train, train_trial_ids = stage1_inputs(subject, "train", memory_size, memory_direction, roi,
                                              trials)
@@ -298,18 +363,29 @@ def fit_stage1(subject, features: np.ndarray, feature_ids: np.ndarray, memory_si
         X_train = [block[keep] for block in X_train]
         train_trial_ids = train_trial_ids[keep]
     test_image_ids = np.asarray(subject.image_ids("test"))
-    leaked = np.intersect1d(train_trial_ids, test_image_ids)
-    assert leaked.size == 0, f"test images in the training set: {leaked[:5].tolist()}"
+    assert_no_test_ids(train_trial_ids, test_image_ids, "the stage-1 training samples")
+    folds = image_folds(train_trial_ids, cv)
+    for tr, va in folds:  # alpha selection sees training images only
+        assert_no_test_ids(train_trial_ids[np.concatenate([tr, va])], test_image_ids,
+                           "the stage-1 alpha-selection folds")
     Y_train = lookup_features(features, feature_ids, train_trial_ids)
     Y_train = Y_train.reshape(len(train_trial_ids), -1)
 
-    ridge = RidgeCV(alphas=alphas, alpha_per_target=True, cv=cv, device=device, verbose=True)
+    ridge = RidgeCV(alphas=alphas, alpha_per_target=True, cv=folds, device=device, verbose=True)
     ridge.fit(X_train if len(X_train) > 1 else X_train[0], Y_train)
+    best = np.asarray(ridge.best_alphas_, float)
+    at_edge = float(np.mean((best == alphas.min()) | (best == alphas.max())))
+    if len(alphas) > 2 and at_edge > 0.05:
+        warnings.warn(f"stage 1: {100 * at_edge:.0f}% of the targets chose an alpha at the edge "
+                      f"of the grid [{alphas.min():g}, {alphas.max():g}]; widen `alphas`.",
+                      stacklevel=2)
 
     all_settings = {
         "memory_size": int(memory_size), "memory_direction": memory_direction, "roi": roi,
         "trials": bool(memory_size > 1 if trials is None else trials),
-        "alphas": [float(a) for a in alphas], "cv": cv, "n_train_samples": len(train_trial_ids),
+        "alphas": [float(a) for a in alphas], "cv": int(cv),
+        "cv_folds": f"{int(cv)} folds grouped by image (GroupKFold over nsd ids)",
+        "alpha_at_grid_edge_fraction": at_edge, "n_train_samples": len(train_trial_ids),
         "n_excluded_images": 0 if exclude_ids is None else len(np.unique(exclude_ids)),
         **(settings or {}),
     }
@@ -323,7 +399,6 @@ def fit_stage1(subject, features: np.ndarray, feature_ids: np.ndarray, memory_si
                                            trials)
     test_pred, test_ids = average_by_id(decoder.predict(X_test), test_trial_ids)
     train_pred, train_ids = average_by_id(decoder.predict(X_train), train_trial_ids)
-    best = np.asarray(ridge.best_alphas_, float)
     decoder.settings["best_alpha_median"] = float(np.median(best))
     return Stage1Result(
         decoder=decoder, test_pred=test_pred,
@@ -416,41 +491,6 @@ def cosine_matrix(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
     a /= np.linalg.norm(a, axis=1, keepdims=True) + 1e-12
     b /= np.linalg.norm(b, axis=1, keepdims=True) + 1e-12
     return a @ b.T
-
-
-def run_stage1(derived_root: str | os.PathLike, dataset: str, subject: int, blip2_model: str,
-               memory_size: int = 1, memory_direction: str = "past", roi: str | None = None,
-               run_name: str = "stage1", alphas: Sequence[float] | None = None, cv="loo",
-               device: str = "auto", feature_batch_size: int = 32,
-               trials: bool | None = None) -> tuple[Path, Stage1Result]:
-    """Features, fit, predictions and saved decoder for one subject: the whole stage.
-
-    Writes ``<derived_root>/<dataset>/subjXX/decoding/<run_name>/`` (``decoder.safetensors``,
-    ``settings.json``, ``predictions.h5``) and caches the Q-Former features under
-    ``subjXX/features/``.
-
-    Returns
-    -------
-    run_dir : Path
-    result : Stage1Result
-    """
-    from lib.config import stage_dir
-    from lib.features.qformer import extract_qformer_features
-    from lib.nsd import PreparedSubject
-
-    subj = PreparedSubject.open(derived_root, dataset, subject)
-    feats, ids = extract_qformer_features(
-        subj, blip2_model, qformer_cache_path(derived_root, dataset, subject, blip2_model),
-        batch_size=feature_batch_size, device=device,
-    )
-    result = fit_stage1(subj, feats, ids, memory_size, memory_direction, roi, alphas, cv, device,
-                        trials, settings={"blip2_model": str(blip2_model), "dataset": dataset,
-                                          "subject": int(subject), "run_name": run_name})
-    run_dir = stage_dir(derived_root, dataset, subject, "decoding", run_name)
-    result.decoder.save(run_dir)
-    write_predictions(run_dir / PREDICTIONS_FILE, result.test_pred, result.test_ids,
-                      result.train_pred, result.train_ids)
-    return run_dir, result
 
 
 def qformer_cache_path(derived_root, dataset, subject, blip2_model) -> Path:

@@ -21,43 +21,20 @@ import math
 import os
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from lib.config import show_progress
+from lib.decoding.stage1 import LeakageError, assert_no_test_ids
 from lib.io import atomic_path, write_json
 
 CHECKPOINT = "checkpoint"
 BEST = "best"
-
-
-class LeakageError(AssertionError):
-    """A test image reached training, validation or early stopping."""
-
-
-def assert_no_test_ids(ids, test_ids, where: str) -> None:
-    """Raise :class:`LeakageError` if any id of ``ids`` is a test image.
-
-    Parameters
-    ----------
-    ids : array-like of int
-        Image ids used by some training step (training pairs, validation, early stopping).
-    test_ids : array-like of int
-        The held-out test images (NSD shared images).
-    where : str
-        Name of the place being checked, for the message.
-    """
-    leaked = np.intersect1d(np.asarray(ids).ravel(), np.asarray(test_ids).ravel())
-    if leaked.size:
-        raise LeakageError(
-            f"{leaked.size} test image(s) found in {where} (e.g. nsd ids {leaked[:5].tolist()}); "
-            "test images must never touch training, validation or early stopping."
-        )
 
 
 def split_train_val(image_ids, val_fraction: float = 0.1, seed: int = 0):
@@ -79,7 +56,7 @@ def split_train_val(image_ids, val_fraction: float = 0.1, seed: int = 0):
     ids = np.unique(np.asarray(image_ids))
     if ids.size < 2:
         raise ValueError("need at least two training images to carve out a validation set")
-    n_val = min(max(1, int(round(val_fraction * ids.size))), ids.size - 1)
+    n_val = min(max(1, round(val_fraction * ids.size)), ids.size - 1)
     perm = np.random.default_rng(seed).permutation(ids.size)
     val = np.sort(ids[perm[:n_val]])
     train = np.sort(ids[perm[n_val:]])
@@ -116,7 +93,7 @@ class PairData:
     text_feats: torch.Tensor | None = None
 
     @classmethod
-    def build(cls, X, tokens, image_ids, captions_by_image: dict) -> "PairData":
+    def build(cls, X, tokens, image_ids, captions_by_image: dict) -> PairData:
         """Pair every sample with every caption of its image.
 
         Parameters
@@ -333,8 +310,10 @@ def evaluate(model, data: PairData, batch_size: int = 32, device="cpu", tokenize
     like training batches, so that the contrastive loss (which depends on the batch size and on
     how many same-image pairs share a batch) is on the training scale.
 
-    Retrieval: one caption per image (its first), candidates = all validation images (chance
-    = 1 / n_images); similarity = max over query tokens of the cosine (BLIP-2 ITC).
+    Retrieval (:func:`lib.metrics.retrieval_from_similarity`, strict ties): one brain sample
+    (not averaged over repeats) and one caption (its first) per image, candidates = all
+    validation images in one draw (chance = 1 / n_images); similarity = max over query tokens
+    of the cosine (BLIP-2 ITC).
 
     Returns
     -------
@@ -342,6 +321,7 @@ def evaluate(model, data: PairData, batch_size: int = 32, device="cpu", tokenize
         ``loss``, ``mse``, ``contrastive``, ``brain_text``, ``top1`` (brain->text), ``chance``.
     """
     from lib.decoding.contrastive import itc_similarity
+    from lib.metrics import retrieval_from_similarity
 
     was_training = model.training
     model.eval()
@@ -364,9 +344,11 @@ def evaluate(model, data: PairData, batch_size: int = 32, device="cpu", tokenize
     brain = model.brain_features(model.predict_tokens(X).float())
     cidx = torch.as_tensor([first_caption[int(u)] for u in uniq])
     text = _text_feats(model, data, cidx, device, tokenizer, max_length)
-    sim = itc_similarity(brain.float(), text.float())
-    top1 = float((sim.argmax(dim=1).cpu() == torch.arange(len(uniq))).float().mean())
-    sums.update(top1=top1, chance=1.0 / len(uniq))
+    sim = itc_similarity(brain.float(), text.float()).cpu().numpy()
+    ret = retrieval_from_similarity(sim, k=len(uniq), n_draws=1, seed=seed,
+                                    repeat_averaged=False,
+                                    directions=("brain_to_text", "text_to_brain"))
+    sums.update(top1=ret["brain_to_text"]["mean"], chance=ret["chance"])
     model.train(was_training)
     return sums
 

@@ -28,6 +28,55 @@ FEATURE_NAME = "qformer"
 _PREFIXES = ("vision_model.", "qformer.", "query_tokens")
 
 
+def query_outputs(model, image_embeds):
+    """The Q-Former's last hidden state at the query tokens, from vision-encoder states.
+
+    The one image -> query-token path of the project: feature extraction, the toy BLIP-2's
+    training and the ITC image-caption score all call it (gradients flow when the caller
+    does not disable them).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Anything with BLIP-2's ``query_tokens`` (1, n_query, hidden) and ``qformer``
+        (:class:`transformers.Blip2ForConditionalGeneration`,
+        :class:`transformers.Blip2ForImageTextRetrieval`, or the encoder of
+        :func:`load_qformer_encoder`).
+    image_embeds : Tensor of shape (n_images, n_patches + 1, vision_hidden)
+        Last hidden state of the vision encoder.
+
+    Returns
+    -------
+    query_output : Tensor of shape (n_images, n_query, hidden)
+        In the Q-Former's dtype.
+    """
+    import torch
+
+    mask = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=image_embeds.device)
+    query = model.query_tokens.expand(image_embeds.shape[0], -1, -1)
+    out = model.qformer(query_embeds=query, encoder_hidden_states=image_embeds,
+                        encoder_attention_mask=mask, return_dict=True)
+    return out.last_hidden_state
+
+
+def image_query_outputs(model, pixel_values):
+    """Pixels -> vision encoder -> Q-Former query outputs (:func:`query_outputs`).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        As in :func:`query_outputs`, with a ``vision_model`` too.
+    pixel_values : Tensor of shape (n_images, 3, H, W)
+        From the checkpoint's image processor.
+
+    Returns
+    -------
+    query_output : Tensor of shape (n_images, n_query, hidden)
+    """
+    image_embeds = model.vision_model(pixel_values, return_dict=True).last_hidden_state
+    return query_outputs(model, image_embeds)
+
+
 def _torch_module():
     import torch
     from torch import nn
@@ -62,16 +111,7 @@ def _torch_module():
             -------
             query_output : Tensor of shape (n_images, n_query, hidden), float32
             """
-            image_embeds = self.vision_model(pixel_values, return_dict=True).last_hidden_state
-            mask = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=image_embeds.device)
-            query = self.query_tokens.expand(image_embeds.shape[0], -1, -1)
-            out = self.qformer(
-                query_embeds=query,
-                encoder_hidden_states=image_embeds,
-                encoder_attention_mask=mask,
-                return_dict=True,
-            )
-            return out.last_hidden_state.float()
+            return image_query_outputs(self, pixel_values).float()
 
     return QFormerEncoder
 

@@ -1,7 +1,8 @@
 """Evaluation of decoded captions and embeddings.
 
 - :func:`caption_metrics`: BLEU-1..4, METEOR, ROUGE-L, CIDEr with pycocoevalcap.
-- :func:`retrieval_topk`: k-way top-1 retrieval, both directions, with 95% intervals.
+- :func:`retrieval_from_similarity`, :func:`retrieval_topk`: k-way top-1 retrieval (from a
+  similarity matrix, or from embeddings), both directions, 95% intervals, options recorded.
 - :func:`permutation_test`, :func:`bootstrap_ci`: paired tests and intervals on per-item scores.
 - :func:`embedding_similarity`, :func:`embedding_metrics`: sentence-encoder and CLIP text cosine.
 - :func:`score_reference_runs`, :func:`load_published`, :func:`read_roi_reference`,
@@ -20,7 +21,7 @@ from .reference import (
     score_reference_runs,
     to_published_scale,
 )
-from .retrieval import retrieval_topk
+from .retrieval import retrieval_from_similarity, retrieval_table, retrieval_topk
 from .serialize import jsonable
 from .stats import bootstrap_ci, permutation_test, wilson_interval
 
@@ -41,6 +42,8 @@ __all__ = [
     "ptb_tokenize",
     "read_reference_captions",
     "read_roi_reference",
+    "retrieval_from_similarity",
+    "retrieval_table",
     "retrieval_topk",
     "sanitize_caption",
     "score_reference_runs",

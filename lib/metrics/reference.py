@@ -1,7 +1,7 @@
 """Scoring of the original study's released captions and published NSD captioning results.
 
-The reference material lives in ``shared/reference/`` beside the repository
-(:data:`REFERENCE_ROOT`):
+The reference material lives in the repository's ``reference/`` folder
+(:data:`REFERENCE_ROOT`, described by its ``README.md``):
 
 - ``brain-decoding-with-blip2/pt_type{T}_mem{K}_captions.csv`` (subject 1, 982 shared test
   images): ``nsd_id``, ``caption`` (decoded), ``true_captions`` (Python-literal list of the
@@ -33,8 +33,8 @@ from lib.io import atomic_path
 from .captions import CAPTION_METRICS, MeteorScorer, caption_metrics
 from .stats import permutation_test
 
-#: Folder of the shared reference material (``shared/`` beside the repository).
-REFERENCE_ROOT = REPO_ROOT.parent / "shared" / "reference"
+#: Folder of the reference material inside the repository (``reference/``).
+REFERENCE_ROOT = REPO_ROOT / "reference"
 #: Folder of the reference implementation's released result tables.
 REFERENCE_RUNS = REFERENCE_ROOT / "brain-decoding-with-blip2"
 #: Metrics that published tables print x100.
@@ -137,7 +137,7 @@ def score_reference_runs(
     if not runs:
         raise FileNotFoundError(
             f"No pt_type*_mem*_captions.csv files in {reference_dir}; expected the released "
-            "tables of brain-decoding-with-blip2 (see shared/reference/README.md)."
+            "tables of brain-decoding-with-blip2 (see reference/README.md in the repository)."
         )
     key = _cache_key(runs, n_items, seed, f"{shuffled_control}:{n_permutations}")
     if cache_path is not None and Path(cache_path).exists():

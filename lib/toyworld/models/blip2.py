@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from lib.features.qformer import query_outputs as qformer_query_outputs
+
 from ._train import (
     seeded_init,
     train_epochs,
@@ -304,9 +306,7 @@ def train_blip2(corpus, processor, spec: dict, image_size: int, seed: int):
         j = rng.integers(ids.shape[1], size=len(idx))
         k = rng.integers(ids.shape[1], size=len(idx))
         emb = encoded[idx]
-        att = torch.ones(emb.shape[:-1], dtype=torch.long)
-        q = itm.qformer(query_embeds=itm.query_tokens.expand(len(idx), -1, -1),
-                        encoder_hidden_states=emb, encoder_attention_mask=att).last_hidden_state
+        q = qformer_query_outputs(itm, emb)
         b_ids, b_mask = _trim(ids[idx, j], mask[idx, j])
         sim, image_embeds = itc_similarity(itm, q, b_ids, b_mask)
         target = torch.arange(len(idx))
@@ -358,11 +358,7 @@ def query_outputs(model, encoded, batch_size: int = 256):
     out = []
     with torch.inference_mode():
         for i in range(0, len(encoded), batch_size):
-            emb = encoded[i : i + batch_size]
-            att = torch.ones(emb.shape[:-1], dtype=torch.long)
-            q = model.query_tokens.expand(emb.shape[0], -1, -1)
-            out.append(model.qformer(query_embeds=q, encoder_hidden_states=emb,
-                                     encoder_attention_mask=att).last_hidden_state)
+            out.append(qformer_query_outputs(model, encoded[i : i + batch_size]))
     return torch.cat(out).clone()
 
 
@@ -488,20 +484,25 @@ def bleu_cider(hypotheses: list[str], references: list[list[str]]) -> dict:
 def retrieval_top1(itm_model, processor, images: np.ndarray, texts: list[str]) -> dict:
     """Image -> text and text -> image top-1 accuracy with the ITM model's ITC similarity.
 
-    ``texts[i]`` is the caption of ``images[i]``; chance is ``1 / len(images)``.
+    ``texts[i]`` is the caption of ``images[i]``; all images in one draw
+    (:func:`lib.metrics.retrieval_from_similarity`, strict ties), chance ``1 / len(images)``.
     """
     import torch
+
+    from lib.metrics import retrieval_from_similarity
 
     with torch.inference_mode():
         inputs = processor(images=list(images), text=list(texts), padding=True,
                            return_tensors="pt")
         sim = itm_model(**inputs, use_image_text_matching_head=False).logits_per_image
-    sim = sim.numpy()
     n = len(images)
+    ret = retrieval_from_similarity(sim.numpy(), k=n, n_draws=1, repeat_averaged=None,
+                                    directions=("image_to_text", "text_to_image"),
+                                    similarity="BLIP-2 ITC logits")
     return {
-        "image_to_text_top1": float(np.mean(sim.argmax(1) == np.arange(n))),
-        "text_to_image_top1": float(np.mean(sim.argmax(0) == np.arange(n))),
-        "chance": 1.0 / n,
+        "image_to_text_top1": ret["image_to_text"]["mean"],
+        "text_to_image_top1": ret["text_to_image"]["mean"],
+        "chance": ret["chance"],
         "n": n,
     }
 
@@ -515,14 +516,20 @@ def evaluate(itm_model, opt_model, processor, corpus, n_examples: int = 8) -> di
     # image -> caption among all captions of the held-out images (any of its own counts)
     import torch
 
+    from lib.metrics import retrieval_from_similarity
+
     flat = [c for caps in corpus.captions for c in caps]
     owner = np.repeat(np.arange(len(corpus)), [len(c) for c in corpus.captions])
     with torch.inference_mode():
         inputs = processor(images=list(corpus.images), text=flat, padding=True,
                            return_tensors="pt")
         sim = itm_model(**inputs, use_image_text_matching_head=False).logits_per_image.numpy()
-    scores["image_to_any_caption_top1"] = float(np.mean(owner[sim.argmax(1)] == np.arange(len(corpus))))
-    scores["image_to_any_caption_chance"] = 1.0 / len(corpus)
+    # an image's best caption against every other image's best: one k-way retrieval, all images
+    best = np.stack([sim[:, owner == j].max(axis=1) for j in range(len(corpus))], axis=1)
+    ret = retrieval_from_similarity(best, k=len(corpus), n_draws=1, repeat_averaged=None,
+                                    similarity="BLIP-2 ITC logits, max over each image's captions")
+    scores["image_to_any_caption_top1"] = ret["forward"]["mean"]
+    scores["image_to_any_caption_chance"] = ret["chance"]
     scores["examples"] = [
         {"caption": h, "references": r} for h, r in zip(hyps[:n_examples], corpus.captions)
     ]

@@ -1,4 +1,4 @@
-"""Tiny random-weight BLIP-2 checkpoints of the real architecture, for tests and benchmarks.
+"""Tiny random-weight BLIP-2 checkpoints of the real architecture, for the tests.
 
 They use the same classes and file layout as ``Salesforce/blip2-opt-2.7b`` (OPT language model)
 and ``Salesforce/blip2-flan-t5-xl`` (encoder-decoder T5 language model), with a small
