@@ -1,17 +1,23 @@
-"""What does one brain region "say"? Captions from ROI indicator patterns.
+"""What does one brain region "say"? Captions from ROI indicator patterns, against a base rate.
 
-Following the original study (``roi_optimal_inference.py`` and ``get_roi`` in its
-``data_utils.py``): an ROI's indicator pattern (1 in the ROI's voxels, 0 elsewhere) is pushed
-through the linear part of the brain map, ``d_q = W_q x`` for every query token q; each token's
-direction is normalised to unit L2 norm over the hidden dimension and scaled by a constant
-(``const = 11`` for real BLIP-2 in the original), and the map's intercept is added back:
-``t_q = scale * d_q / ||d_q|| + b_q``. The resulting query tokens are captioned like any
+Following the original study: an ROI's indicator pattern (1 in the ROI's voxels, 0 elsewhere)
+is pushed through the linear part of the brain map, ``d_q = W_q x`` for every query token q;
+each token's direction is normalised to unit L2 norm over the hidden dimension and scaled by a
+constant (``const = 11`` for real BLIP-2 in the original), and the map's intercept is added
+back: ``t_q = scale * d_q / ||d_q|| + b_q``. The resulting query tokens are captioned like any
 prediction (:func:`lib.decoding.generate.generate_captions`).
 
 For a map with a memory window the pattern fills block 0 (the trial itself) and the other
 blocks stay zero. ``scale="auto"`` replaces the original's hand-set 11 by the typical size of a
 real image's deviation from the mean tokens: the median over training images and tokens of
 ``||true_q - mean_q||`` (so the ROI pattern is "as strong as a typical image").
+
+Whether a category ROI "names its category" is a test, not a word count
+(:func:`category_test`): the share of the ROI's captions holding one of the category's words
+(read from a vocabulary file, :func:`load_lexicon`) is compared with the shares of random voxel
+sets of the same size drawn from nsdgeneral outside the ROI (:func:`null_patterns`), captioned
+the same way; the base rate is their mean and the p-value
+``(1 + #(null rates >= ROI rate)) / (1 + n_null)`` (:func:`permutation_p`).
 """
 
 from __future__ import annotations
@@ -302,18 +308,15 @@ def blip2_captioner(model, processor, **generate_kwargs):
     return captioner
 
 
-def mention_rates(decoder, patterns: np.ndarray, words: Sequence[str], captioner,
-                  scale: float, n_captions: int = 1,
-                  seed: int = 0) -> tuple[np.ndarray, list[list[str]]]:
-    """Share of a pattern's captions that name a category.
+def pattern_captions(decoder, patterns: np.ndarray, captioner, scale: float,
+                     n_captions: int = 1, seed: int = 0) -> list[list[str]]:
+    """Captions of voxel patterns through a brain map, ``n_captions`` per pattern.
 
     Parameters
     ----------
     decoder : torch.nn.Module
         Brain map (see :func:`indicator_tokens`).
     patterns : ndarray of shape (n_patterns, n_voxels)
-    words : sequence of str
-        The category's words (:func:`mentions`).
     captioner : callable
         ``captioner(tokens, sample) -> list of str`` (:func:`blip2_captioner`).
     scale : float
@@ -324,16 +327,29 @@ def mention_rates(decoder, patterns: np.ndarray, words: Sequence[str], captioner
 
     Returns
     -------
-    rates : ndarray of shape (n_patterns,)
-        Share of each pattern's ``n_captions`` captions that name the category.
-    captions : list of list of str
-        The captions, ``n_captions`` per pattern.
+    captions : list (n_patterns) of list (n_captions) of str
     """
     tokens = np.repeat(indicator_tokens(decoder, patterns, scale), n_captions, axis=0)
     torch.manual_seed(seed)
     caps = list(captioner(tokens, n_captions > 1))
-    per = [caps[i:i + n_captions] for i in range(0, len(caps), n_captions)]
-    return np.array([np.mean([mentions(c, words) for c in p]) for p in per]), per
+    return [caps[i:i + n_captions] for i in range(0, len(caps), n_captions)]
+
+
+def mention_rates(captions: Sequence[Sequence[str]], words: Sequence[str]) -> np.ndarray:
+    """Share of each pattern's captions that name a category.
+
+    Parameters
+    ----------
+    captions : list (n_patterns) of list of str
+        :func:`pattern_captions` output.
+    words : sequence of str
+        The category's words (:func:`mentions`).
+
+    Returns
+    -------
+    rates : ndarray of shape (n_patterns,)
+    """
+    return np.array([np.mean([mentions(c, words) for c in caps]) for caps in captions])
 
 
 def permutation_p(observed: float, null: np.ndarray) -> float:
@@ -350,8 +366,9 @@ def category_test(decoders: dict, subject, captioner, scale: float, lexicon: dic
 
     For each ROI with a vocabulary and each brain map, the ROI's pattern and ``n_null`` null
     patterns (:func:`null_patterns`: random voxel sets of the ROI's size drawn from nsdgeneral
-    outside the ROI) are captioned the same way (:func:`mention_rates`). The base rate is the
-    mean null mention rate; the p-value is :func:`permutation_p` of the ROI's rate against the
+    outside the ROI) are captioned the same way (:func:`pattern_captions`: all patterns of a
+    brain map in one call) and scored by :func:`mention_rates`. The base rate is the mean null
+    mention rate; the p-value is :func:`permutation_p` of the ROI's rate against the
     null rates.
 
     Parameters
@@ -379,34 +396,94 @@ def category_test(decoders: dict, subject, captioner, scale: float, lexicon: dic
         One row per (roi, stage) for the ROIs that have a vocabulary or are listed as missing:
         ``roi``, ``stage``, ``n_voxels``, ``n_captions``, ``mention_rate``, ``n_null``,
         ``base_rate``, ``null_q95`` (95th percentile of the null rates), ``p_value``,
-        ``null_kind``, ``vocabulary`` ("available" or the reason it is missing).
+        ``null_kind``, ``null_rates`` (JSON list of the null patterns' rates), ``vocabulary``
+        ("available" or the reason it is missing).
     """
     import pandas as pd
 
     vocab, missing = lexicon["vocabulary"], lexicon.get("missing", {})
     rows = []
     for stage, decoder in decoders.items():
+        tested = []  # (row, roi patterns + null patterns), captioned together below
         for k, roi in enumerate(rois):
             if roi not in vocab and roi not in missing:
                 continue
             row = {"roi": roi, "stage": stage, "n_voxels": 0, "n_captions": n_captions,
                    "mention_rate": np.nan, "n_null": n_null, "base_rate": np.nan,
                    "null_q95": np.nan, "p_value": np.nan, "null_kind": null_kind,
+                   "null_rates": "[]",
                    "vocabulary": "available" if roi in vocab else
                    f"no category vocabulary available: {missing[roi]}"}
+            rows.append(row)
             if roi in vocab and _has_roi(subject, roi):
                 mask = np.asarray(subject.roi_mask(roi), bool)
-                patterns = np.vstack([mask[None].astype(np.float32),
-                                      null_patterns(subject.voxel_ijk, mask, n_null,
-                                                    seed + 1000 * k, null_kind)])
-                rates, _ = mention_rates(decoder, patterns, vocab[roi], captioner, scale,
-                                         n_captions, seed)
-                row.update(n_voxels=int(mask.sum()), mention_rate=float(rates[0]),
-                           base_rate=float(rates[1:].mean()),
-                           null_q95=float(np.quantile(rates[1:], 0.95)),
-                           p_value=permutation_p(rates[0], rates[1:]))
-            rows.append(row)
+                row["n_voxels"] = int(mask.sum())
+                tested.append((row, np.vstack([
+                    mask[None].astype(np.float32),
+                    null_patterns(subject.voxel_ijk, mask, n_null, seed + 1000 * k, null_kind)])))
+        if not tested:
+            continue
+        caps = pattern_captions(decoder, np.vstack([p for _, p in tested]), captioner, scale,
+                                n_captions, seed)
+        for i, (row, _) in enumerate(tested):
+            rates = mention_rates(caps[i * (n_null + 1):(i + 1) * (n_null + 1)],
+                                  vocab[row["roi"]])
+            row.update(mention_rate=float(rates[0]), base_rate=float(rates[1:].mean()),
+                       null_q95=float(np.quantile(rates[1:], 0.95)),
+                       p_value=permutation_p(rates[0], rates[1:]),
+                       null_rates=json.dumps([round(float(r), 4) for r in rates[1:]]))
     return pd.DataFrame(rows)
+
+
+def category_test_figure(table):
+    """Each category ROI's mention rate against its null rates, one panel per stage.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        :func:`category_test` output.
+
+    Returns
+    -------
+    fig : matplotlib.figure.Figure
+        Null rates as grey dots (jittered), their mean (the base rate) as a black bar, the
+        ROI's rate as a red diamond, ``p`` above each ROI; the test is stated in the title.
+    """
+    import matplotlib.pyplot as plt
+
+    stages = list(dict.fromkeys(table.stage))
+    rois = list(dict.fromkeys(table.roi))
+    fig, axes = plt.subplots(1, len(stages), figsize=(3.2 + 1.2 * len(rois) * len(stages), 3.6),
+                             sharey=True, squeeze=False)
+    rng = np.random.default_rng(0)
+    for ax, stage in zip(axes[0], stages):
+        for x, roi in enumerate(rois):
+            row = table[(table.stage == stage) & (table.roi == roi)].iloc[0]
+            null = np.asarray(json.loads(row.null_rates), float)
+            if not null.size:
+                ax.text(x, 0.5, "no\nvocabulary", ha="center", va="center", fontsize=8,
+                        color="0.4")
+                continue
+            ax.scatter(x + rng.uniform(-0.2, 0.2, null.size), null, s=8, color="0.6",
+                       label="random regions" if x == 0 else None)
+            ax.hlines(row.base_rate, x - 0.3, x + 0.3, color="k",
+                      label="base rate" if x == 0 else None)
+            ax.scatter([x], [row.mention_rate], marker="D", s=50, color="tab:red", zorder=3,
+                       label="ROI" if x == 0 else None)
+            ax.text(x, 1.04, f"p={row.p_value:.3g}", ha="center", fontsize=8)
+        ax.set_xticks(range(len(rois)), rois)
+        ax.set_ylim(-0.05, 1.12)
+        ax.set_title(stage, fontsize=10)
+    axes[0, 0].set_ylabel("share of captions naming\nthe ROI's category")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=3, frameon=False)
+    r = table.iloc[0]
+    kind = {"blob": "compact", "scatter": "scattered"}.get(r.null_kind, r.null_kind)
+    fig.suptitle(f"ROI vs {int(r.n_null)} random {kind} voxel sets of its size outside it "
+                 f"({int(r.n_captions)} caption(s) each); p = (1 + #null >= ROI) / "
+                 f"(1 + {int(r.n_null)})", fontsize=9)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    return fig
 
 
 def roi_sizes(subject, rois: Sequence[str] = ROIS) -> dict:
