@@ -10,10 +10,11 @@ the category annotations of the COCO images NSD shows:
   ``person`` category (COCO has no separate face category), so both ROIs get the names of the
   categories in :data:`ROI_COCO_CATEGORIES` and their plurals ("person", "people").
 - ``annotations/stuff_{val,train}2017.json`` (COCO-stuff, in
-  ``stuff_annotations_trainval2017.zip``), if present: the places ROI gets the names of COCO's
-  91 "stuff" categories (sky, grass, sea, wall, floor, road, ...: the background and layout
-  of a scene, what scene-selective cortex responds to). Without it the places ROI has no
-  vocabulary.
+  ``stuff_annotations_trainval2017.zip``), if present: the places ROI gets the names of the
+  COCO-stuff categories whose supercategory is part of a scene's layout
+  (:data:`PLACE_STUFF_SUPERCATEGORIES`: sky, ground, water, plants, rock, buildings, walls,
+  floors, ceilings, windows: what scene-selective cortex responds to), not the textiles, food
+  or materials. Without the file the places ROI has no vocabulary.
 - Written words: COCO annotates no text, so the words ROI has no vocabulary.
 
 An ROI without vocabulary is listed under ``missing`` with the reason, and notebook 06 reports
@@ -34,6 +35,9 @@ from lib.nsd.layout import NSDLayout
 ROI_COCO_CATEGORIES = {"faces": ("person",), "bodies": ("person",)}
 #: ROIs whose vocabulary is COCO-stuff's category names.
 STUFF_ROIS = ("places",)
+#: COCO-stuff supercategories that describe the layout of a scene (the places ROI's vocabulary).
+PLACE_STUFF_SUPERCATEGORIES = ("sky", "ground", "water", "plant", "solid", "building",
+                               "structural", "floor", "ceiling", "wall", "window")
 #: Category ROIs of the analysis (NSD's floc localiser files).
 CATEGORY_ROIS = ("faces", "bodies", "places", "words")
 INSTANCE_FILES = ("instances_val2017.json", "instances_train2017.json")
@@ -87,6 +91,8 @@ def _plural(name: str) -> str:
         return _IRREGULAR[name]
     if name.endswith(("s", "x", "ch", "sh")):
         return name + "es"
+    if name.endswith("y") and name[-2:-1] not in tuple("aeiou"):
+        return name[:-1] + "ies"
     return name + "s"
 
 
@@ -126,8 +132,14 @@ def coco_lexicon(nsd_root: str | os.PathLike) -> dict:
         except FileNotFoundError as err:
             missing[roi] = f"no COCO-stuff annotations ({err})"
             continue
-        vocab[roi] = sorted({w for c in stuff for w in _stuff_words(c["name"])})
-        sources.append(f"COCO-stuff category names ({roi})")
+        words = sorted({w for c in stuff if c["supercategory"] in PLACE_STUFF_SUPERCATEGORIES
+                        for w in _stuff_words(c["name"])})
+        if not words:
+            missing[roi] = ("the COCO-stuff file has no category of the supercategories "
+                            f"{PLACE_STUFF_SUPERCATEGORIES}")
+            continue
+        vocab[roi] = words
+        sources.append(f"COCO-stuff scene-layout category names ({roi})")
     for roi in CATEGORY_ROIS:
         if roi not in vocab and roi not in missing:
             missing[roi] = "COCO annotates no category for this ROI's preference"
