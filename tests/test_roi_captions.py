@@ -311,3 +311,11 @@ def test_memory_ablation_reads_runs_and_metrics(tmp_path):
         ref["brain_to_image"]["mean"])
     assert table.set_index("run").loc["stage1_mem3", "memory_size"] == 3
     assert len(ablation_figure(table).data) >= 3
+
+
+def test_the_toy_build_writes_its_lexicon(micro_root):
+    from lib.toyworld.captions import category_lexicon
+
+    lex = load_lexicon(micro_root / "truth" / "lexicon.json")
+    assert lex["vocabulary"] == {k: tuple(v) for k, v in category_lexicon().items()}
+    assert lex["missing"] == {}
