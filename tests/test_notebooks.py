@@ -89,6 +89,11 @@ def test_stage_outputs_follow_the_contracts(micro_book, micro_subject):
     assert list(captions.columns[:3]) == ["nsd_id", "caption", "references"]
     assert all(isinstance(json.loads(r), list) for r in captions["references"])
 
+    roi = pd.read_csv(micro_subject / "decoding" / "roi_captions.csv")
+    assert {"roi", "stage", "caption", "mention_rate", "base_rate", "p_value"} <= set(roi.columns)
+    tested = roi.dropna(subset=["p_value"])
+    assert len(tested) and tested.p_value.between(1 / (1 + tested.n_null), 1).all()
+
 
 @pytest.mark.browser
 @requires_chromium

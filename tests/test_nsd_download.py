@@ -172,6 +172,9 @@ def test_coco_captions_from_zip(server, tmp_path):
     assert [p.name for p in paths] == ["captions_train2017.json", "captions_val2017.json"]
     assert json.loads(paths[1].read_text())["annotations"][0]["caption"] == "val2017"
     assert not (tmp_path / "annotations" / "instances_val2017.json").exists()
+    paths = download_coco_captions(tmp_path, url=f"{base}/annotations_trainval2017.zip",
+                                   progress=False, instances=True)
+    assert paths[-1] == tmp_path / "annotations" / "instances_val2017.json" and paths[-1].exists()
 
 
 def test_unreachable_server_is_a_clear_error(tmp_path, capsys):

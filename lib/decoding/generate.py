@@ -102,6 +102,7 @@ def generate_captions(
     num_beams: int = 1,
     max_new_tokens: int = 30,
     progress: bool = True,
+    do_sample: bool = False,
     **generate_kwargs,
 ) -> list[str]:
     """Captions written by the language model from (predicted) Q-Former query tokens.
@@ -122,6 +123,8 @@ def generate_captions(
         Longest caption, in tokens.
     progress : bool
         Show a progress bar.
+    do_sample : bool
+        Sample each next token instead of taking the most likely (seed torch first).
     **generate_kwargs
         Passed to the language model's ``generate`` (e.g. ``length_penalty``).
 
@@ -164,7 +167,7 @@ def generate_captions(
             out = model.language_model.generate(
                 **inputs,
                 num_beams=num_beams,
-                do_sample=False,
+                do_sample=do_sample,
                 max_new_tokens=max_new_tokens,
                 pad_token_id=pad,
                 **generate_kwargs,

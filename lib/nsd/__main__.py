@@ -1,5 +1,6 @@
-"""Command line: ``python -m lib.nsd download --subject 1 --sessions 1-37 --dest DIR [--dry-run]``
-and ``python -m lib.nsd prepare --nsd-root DIR --subject 1 --out DIR``."""
+"""Command line: ``python -m lib.nsd download --subject 1 --sessions 1-37 --dest DIR [--dry-run]``,
+``python -m lib.nsd prepare --nsd-root DIR --subject 1 --out DIR`` and
+``python -m lib.nsd lexicon --nsd-root DIR --out FILE`` (notebook 06's category vocabulary)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,9 @@ def main(argv=None) -> int:
                     help="skip nsd_stimuli.hdf5 (39 GB; needed only to look at images)")
     dl.add_argument("--coco", action="store_true",
                     help="also fetch COCO caption annotations into DEST/annotations")
+    dl.add_argument("--coco-instances", action="store_true",
+                    help="with --coco, also extract instances_val2017.json (COCO categories, "
+                         "for the category vocabulary of notebook 06)")
     dl.add_argument("--base-url", default=NSD_BASE_URL)
     dl.add_argument("--coco-url", default=COCO_ANNOTATIONS_URL)
     pr = sub.add_parser("prepare", help="write derived/subjXX/prepared.h5")
@@ -38,6 +42,10 @@ def main(argv=None) -> int:
     pr.add_argument("--out", required=True, help="output root (files go to OUT/subjXX/)")
     pr.add_argument("--zscore", default="session", choices=["session", "global", "none"])
     pr.add_argument("--dtype", default="float32", choices=["float32", "float16"])
+    lx = sub.add_parser("lexicon", help="write the category vocabulary of notebook 06 from "
+                                        "COCO's category annotations")
+    lx.add_argument("--nsd-root", required=True)
+    lx.add_argument("--out", required=True, help="JSON file to write (06's category_lexicon)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -46,6 +54,16 @@ def main(argv=None) -> int:
 
         print(prepare_subject(args.nsd_root, args.subject, args.out, zscore=args.zscore,
                               dtype=args.dtype))
+        return 0
+
+    if args.command == "lexicon":
+        from lib.nsd.coco import write_coco_lexicon
+
+        try:
+            print(write_coco_lexicon(args.nsd_root, args.out))
+        except (FileNotFoundError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         return 0
 
     try:
@@ -64,7 +82,8 @@ def main(argv=None) -> int:
     for f in failed:
         print(f"  {f.status}", file=sys.stderr)
     if args.coco and not args.dry_run:
-        for path in download_coco_captions(args.dest, url=args.coco_url):
+        for path in download_coco_captions(args.dest, url=args.coco_url,
+                                           instances=args.coco_instances):
             print(f"extracted {path}")
     elif args.coco:
         print(f"(would fetch {args.coco_url} and extract captions_*.json into DEST/annotations)")

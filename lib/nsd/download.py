@@ -203,10 +203,14 @@ def download_subject(subject: int, sessions, dest, base_url: str = NSD_BASE_URL,
 
 
 def download_coco_captions(dest, url: str = COCO_ANNOTATIONS_URL, session=None,
-                           progress: bool = True) -> list[Path]:
+                           progress: bool = True, instances: bool = False) -> list[Path]:
     """Fetch COCO's annotation zip (resumable) and extract the two caption files.
 
-    Returns the paths of ``<dest>/annotations/captions_{train,val}2017.json``.
+    With ``instances``, also extract ``instances_val2017.json`` (COCO's object categories,
+    read by :func:`lib.nsd.coco.coco_lexicon`; train and val share the same categories).
+
+    Returns the paths of ``<dest>/annotations/captions_{train,val}2017.json`` (then of the
+    instances file).
     """
     dest = Path(dest)
     zpath = dest / ANNOTATIONS / Path(url).name
@@ -214,7 +218,7 @@ def download_coco_captions(dest, url: str = COCO_ANNOTATIONS_URL, session=None,
     out = []
     with zipfile.ZipFile(zpath) as zf:
         names = {Path(n).name: n for n in zf.namelist()}
-        for name in COCO_CAPTION_FILES:
+        for name in COCO_CAPTION_FILES + (("instances_val2017.json",) if instances else ()):
             if name not in names:
                 raise DownloadError(f"{zpath} has no {name}; is it annotations_trainval2017.zip?")
             target = dest / ANNOTATIONS / name

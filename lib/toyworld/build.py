@@ -165,6 +165,9 @@ def _build_locked(p, preset: str, seed: int, out: Path, force: bool, models: boo
     else:
         summary = wdone
         print(f"[toyworld] reusing the {preset} world in {out / 'nsd'}", flush=True)
+    from .captions import write_lexicon  # category words of the captions, read by notebook 06
+
+    write_lexicon(out / "truth" / "lexicon.json")
 
     if models:
         models_result = _train_models_cached(out, preset, seed)

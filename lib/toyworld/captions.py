@@ -5,7 +5,9 @@ colours, shapes, counts, spatial relations ("above", "next to", "left of") and t
 Objects and colours are named with a basic word or, less often, one of its synonyms or shades
 ("ball", "crimson"), Zipf-distributed as words are in real captions. Category objects are
 named with words a reader of a decoded caption can map back to cortex: "face"/"smiley face",
-"person"/"stick figure", "word"/"letters"/"sign" (:data:`lib.decoding.roi_captions.CATEGORY_WORDS`).
+"person"/"stick figure", "word"/"letters"/"sign". :func:`category_lexicon` lists, for each
+category ROI, every word the captions use for its category (written to ``truth/lexicon.json`` by
+the build and read by notebook 06).
 
 Examples
 --------
@@ -73,6 +75,42 @@ PLACE_NOUNS = {
     "room": ("a room", "an empty room", "a room with a window"),
 }
 _NUMBERS = {1: "one", 2: "two", 3: "three"}
+#: The words of :data:`PLACE_PHRASES` and :data:`PLACE_NOUNS` that name each place (every
+#: phrase holds one of its own place's words and none of another's; tested).
+PLACE_WORDS = {
+    "sky": ("sky",),
+    "grass": ("grass", "grassy", "field"),
+    "water": ("water", "lake"),
+    "room": ("room", "indoors"),
+}
+#: Category ROI (NSD's floc files) -> the object kinds it prefers (lib.toyworld.brain); the
+#: places ROI prefers the place itself.
+ROI_KINDS = {"faces": ("face",), "bodies": ("body",), "words": ("word",)}
+
+
+def category_lexicon() -> dict[str, list[str]]:
+    """Every word or phrase the captions use for the preferred category of each category ROI.
+
+    Returns
+    -------
+    lexicon : dict
+        ROI name (``"faces"``, ``"bodies"``, ``"words"``, ``"places"``) -> sorted lower-case
+        words and phrases: the nouns of the ROI's object kinds (:data:`NOUNS`) with their
+        plurals (:data:`PLURALS`); for places, :data:`PLACE_WORDS` of every place.
+    """
+    lex = {roi: sorted({w for k in kinds for w in NOUNS[k] + (PLURALS[k],)})
+           for roi, kinds in ROI_KINDS.items()}
+    lex["places"] = sorted({w for words in PLACE_WORDS.values() for w in words})
+    return lex
+
+
+def write_lexicon(path) -> None:
+    """Write :func:`category_lexicon` as JSON (the format of :mod:`lib.decoding.roi_captions`)."""
+    from lib.io import write_json
+
+    write_json(path, {"source": "toy world ground truth: the words its captions use for each "
+                                "category (lib.toyworld.captions.category_lexicon)",
+                      "vocabulary": category_lexicon(), "missing": {}})
 
 
 def _article(phrase: str) -> str:
