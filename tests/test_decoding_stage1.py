@@ -148,25 +148,13 @@ def test_memory_window_fit_and_repeat_averaging(micro_subject):
                                expected.to_numpy(), rtol=1e-3, atol=1e-4)
 
 
-def test_image_folds_keep_repeats_together():
-    from lib.decoding.stage1 import image_folds
-
-    ids = np.repeat(np.arange(12), 3)[np.random.default_rng(0).permutation(36)]
-    folds = image_folds(ids, 4)
-    assert len(folds) == 4
-    assert np.array_equal(np.sort(np.concatenate([va for _, va in folds])), np.arange(36))
-    for tr, va in folds:
-        assert not np.intersect1d(ids[tr], ids[va]).size
-    with pytest.raises(ValueError, match="image-grouped folds"):
-        image_folds(ids, 13)
-
-
 def test_alphas_chosen_by_image_grouped_folds(micro_subject):
     """With single trials (memory 2) the chosen alphas are those of a by-hand CV over folds
     that keep every image's repeats on one side, on training images only; LOO is refused."""
     from sklearn.linear_model import Ridge
+    from sklearn.model_selection import GroupKFold
 
-    from lib.decoding.stage1 import fit_stage1, image_folds
+    from lib.decoding.stage1 import fit_stage1
 
     feats, ids = _targets(micro_subject, seed=3)
     blocks, trial_ids = micro_subject.memory_windows("train", 2, "past")
@@ -178,7 +166,7 @@ def test_alphas_chosen_by_image_grouped_folds(micro_subject):
     X = np.hstack(blocks).astype(np.float64)
     Y = feats[np.searchsorted(ids, trial_ids)].reshape(len(trial_ids), -1)
     sse = np.zeros((len(alphas), Y.shape[1]))
-    for tr, va in image_folds(trial_ids, 3):
+    for tr, va in GroupKFold(3).split(X, groups=trial_ids):
         for a, alpha in enumerate(alphas):
             pred = Ridge(alpha=alpha).fit(X[tr], Y[tr]).predict(X[va])
             sse[a] += ((pred - Y[va]) ** 2).sum(0)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,35 +63,6 @@ def assert_no_test_ids(ids, test_ids, where: str) -> None:
             "test images must never touch training, alpha selection, validation or early "
             "stopping."
         )
-
-
-def image_folds(ids, n_folds: int = DEFAULT_CV_FOLDS) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Cross-validation folds grouped by image: an image's samples all fall in one fold.
-
-    Parameters
-    ----------
-    ids : array-like of shape (n_samples,)
-        nsd id of every training sample (repeated trials of an image share one id).
-    n_folds : int
-        Number of folds (at least 2, at most the number of distinct images).
-
-    Returns
-    -------
-    folds : list of (train_index, test_index) pairs
-        Indices into ``ids`` (:class:`sklearn.model_selection.GroupKFold`), for
-        :class:`lib.ridge.RidgeCV`'s ``cv``.
-    """
-    from sklearn.model_selection import GroupKFold
-
-    ids = np.asarray(ids)
-    n_images = np.unique(ids).size
-    if not 2 <= int(n_folds) <= n_images:
-        raise ValueError(f"cv={n_folds} image-grouped folds is invalid for {n_images} training "
-                         f"images; use 2 <= cv <= {n_images}.")
-    folds = list(GroupKFold(n_splits=int(n_folds)).split(np.zeros((ids.size, 1)), groups=ids))
-    for tr, va in folds:
-        assert np.intersect1d(ids[tr], ids[va]).size == 0, "an image on both sides of a fold"
-    return folds
 
 
 class QueryTokenDecoder(nn.Module):
@@ -332,8 +302,9 @@ def fit_stage1(subject, features: np.ndarray, feature_ids: np.ndarray, memory_si
         Candidate penalties (default: :data:`lib.ridge.DEFAULT_ALPHAS`), chosen per target by
         cross-validation on the training samples only.
     cv : int
-        Number of cross-validation folds, grouped by image (:func:`image_folds`): the repeated
-        trials of an image, and with memory windows all its samples, fall in one fold.
+        Number of cross-validation folds, grouped by image (scikit-learn's ``GroupKFold`` over
+        nsd ids, in :meth:`lib.ridge.RidgeCV.fit`): the repeated trials of an image, and with
+        memory windows all its samples, fall in one fold.
     device : str
         Where the ridge solve runs.
     settings : dict or None
@@ -364,21 +335,16 @@ def fit_stage1(subject, features: np.ndarray, feature_ids: np.ndarray, memory_si
         train_trial_ids = train_trial_ids[keep]
     test_image_ids = np.asarray(subject.image_ids("test"))
     assert_no_test_ids(train_trial_ids, test_image_ids, "the stage-1 training samples")
-    folds = image_folds(train_trial_ids, cv)
-    for tr, va in folds:  # alpha selection sees training images only
-        assert_no_test_ids(train_trial_ids[np.concatenate([tr, va])], test_image_ids,
-                           "the stage-1 alpha-selection folds")
     Y_train = lookup_features(features, feature_ids, train_trial_ids)
     Y_train = Y_train.reshape(len(train_trial_ids), -1)
 
-    ridge = RidgeCV(alphas=alphas, alpha_per_target=True, cv=folds, device=device, verbose=True)
-    ridge.fit(X_train if len(X_train) > 1 else X_train[0], Y_train)
+    # alpha selection: k folds over the training images only (GroupKFold: an image's repeats,
+    # and with memory windows all its samples, stay on one side); RidgeCV warns
+    # (AlphaGridWarning) when chosen alphas sit at an edge of the grid
+    ridge = RidgeCV(alphas=alphas, alpha_per_target=True, cv=int(cv), device=device, verbose=True)
+    ridge.fit(X_train if len(X_train) > 1 else X_train[0], Y_train, groups=train_trial_ids)
     best = np.asarray(ridge.best_alphas_, float)
-    at_edge = float(np.mean((best == alphas.min()) | (best == alphas.max())))
-    if len(alphas) > 2 and at_edge > 0.05:
-        warnings.warn(f"stage 1: {100 * at_edge:.0f}% of the targets chose an alpha at the edge "
-                      f"of the grid [{alphas.min():g}, {alphas.max():g}]; widen `alphas`.",
-                      stacklevel=2)
+    at_edge = float(sum(ridge.alpha_edge_fraction_))
 
     all_settings = {
         "memory_size": int(memory_size), "memory_direction": memory_direction, "roi": roi,
