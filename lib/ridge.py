@@ -806,11 +806,12 @@ class RidgeCV(RegressorMixin, BaseEstimator):
                     ytr = ytr - mu
                     yva = yva - mu
                 C = U.T @ ytr
-                y_raw = yva + mu if self.fit_intercept else yva
+                # targets relative to the overall training mean, common to all folds
+                y_ref = yva + (mu - y_mean[sl]) if self.fit_intercept else yva
                 for k in range(na):
                     E = torch.addmm(yva, P, C / (s[:, None] + a_t[k]), alpha=-1.0)
                     sse[k, sl] += (E.double() ** 2).sum(0).cpu().numpy()
-                    acc.add(k, sl, y_raw, E, targets=k == 0)
+                    acc.add(k, sl, y_ref, E, targets=k == 0)
             count += len(va)
         scores = -sse / count[None, :]
         self._cv_r = acc.r()
@@ -894,8 +895,8 @@ class _HeldOutPearson:
 
     def add(self, k, sl, y, e, targets: bool):
         """Add rows: ``y`` targets and ``e`` held-out residuals (rows, batch) of alpha ``k``."""
-        def total(a):  # column sums accumulated in float64, without a float64 copy
-            return a.sum(0, dtype=torch.float64).cpu().numpy()
+        def total(a):  # column sums in the compute dtype (targets are centred: no cancellation)
+            return a.sum(0).double().cpu().numpy()
 
         if targets:
             self.n[sl] += y.shape[0]
