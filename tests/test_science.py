@@ -84,8 +84,8 @@ def _fdr_significant(r: np.ndarray, n: int, q: float = 0.05) -> np.ndarray:
 
 def _significant_fraction(params: dict) -> dict[str, float]:
     """Fraction of nsdgeneral voxels significant (FDR 0.05) in each model's mapped layer."""
-    metrics = _metrics(params)
-    n_test = int(metrics["stage1"]["n_test"])
+    with h5py.File(_subject(params) / "prepared.h5", "r") as f:
+        n_test = len(np.unique(f["nsd_id"][:][f["is_test"][:]]))  # test images scored in 02
     out = {}
     with h5py.File(_subject(params) / "convergence" / "voxel_scores.h5", "r") as f:
         for name, g in f["models"].items():

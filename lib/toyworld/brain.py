@@ -18,7 +18,12 @@ Voxel responses (percent signal change) follow the logic of visual cortex:
   less of it is hidden by objects;
 - a shared semantic component: what is in the scene, as a caption would say it, on the main
   axes of the world's scene statistics (:func:`semantic_axes`);
-- trial noise, a global per-trial fluctuation, and session-specific offsets and gains.
+- trial noise, a global per-trial fluctuation, and session-specific offsets and gains; the
+  noise level is calibrated once on NSD's published noise ceiling of nsdgeneral
+  (:data:`NSD_NOISE_CEILING`, :func:`target_snr`).
+
+A *null world* keeps all of this but drives each trial with the signal of another, random
+trial's image (:func:`null_signal_rows`).
 
 Everything is drawn from explicit generators, so a seed gives the same brain bit for bit.
 """
@@ -110,7 +115,8 @@ def target_snr(percent: float = NSD_NOISE_CEILING["percent"],
 #: Relative signal-to-noise variance ratio per voxel class (NOT calibrated: no published per-ROI
 #: source found; see :data:`NSD_NOISE_CEILING`). :func:`make_tuning` scales them so that the
 #: median over a subject's nsdgeneral voxels is :func:`target_snr` (the published nsdgeneral
-#: noise ceiling); brain outside nsdgeneral and the ROIs carries no signal.
+#: noise ceiling); brain outside nsdgeneral and the ROIs carries no signal. (The ratios are
+#: those of the hand-set levels used before the calibration, divided by the ``general`` level.)
 SNR_RELATIVE = {"V1": 3.0, "V2": 3.0, "V3": 2.67, "hV4": 2.0, "face": 2.33, "body": 2.0,
                 "word": 2.0, "place": 2.0, "general": 1.0, "outside": 0.0}
 #: Resolution of the pixel feature maps (contrast and colour energy).
