@@ -27,12 +27,14 @@ def micro_params():
 
 
 @pytest.fixture(scope="module")
-def micro_book(micro_root, micro_params, tmp_path_factory):
-    """Run every notebook of micro.yaml, then build the real book around the executed copies."""
+def micro_book(micro_run, tmp_path_factory):
+    """The notebooks of micro.yaml, run once per session (``micro_run``, shared with the science
+    tests), with the real book built around the executed copies."""
+    _, executed, times = micro_run
     root = tmp_path_factory.mktemp("micro_book")
     copy_book_skeleton(root)
     shutil.copy(REPO_ROOT / "_toc.yml", root / "_toc.yml")
-    times = run.run_book(MICRO, root / "book" / "run", cwd=REPO_ROOT)
+    shutil.copytree(executed, root / "book" / "run", dirs_exist_ok=True)
     run.build_book(root)
     return root, times
 

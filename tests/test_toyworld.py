@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lib.nsd.layout import ROI_LABELS
 from lib.toyworld import brain
 from lib.toyworld.build import build, build_world
 from lib.toyworld.captions import COLOR_WORDS, NOUNS, PLACE_NOUNS, PLACE_PHRASES, caption_scene
@@ -192,7 +193,9 @@ def test_rois_are_anatomically_placed():
     mm = grid.mm()
     n_gen = int((rois.volumes["nsdgeneral"] == 1).sum())
     assert 1000 <= n_gen <= 3000
-    for fname, labels in brain.ROI_FILES.items():
+    for fname, labels in ROI_LABELS.items():
+        if fname == "nsdgeneral":
+            continue
         vol = rois.volumes[fname]
         assert vol.dtype == np.int16 and set(np.unique(vol)) <= {-1, 0, *labels}
         assert np.all(vol[~grid.brain] == -1) and np.all(vol[grid.brain] >= 0)
@@ -329,7 +332,7 @@ def test_betas_and_rois_load_like_nsd(micro):
     inside = data[labels == 1]
     # percent signal change x 300: a few hundred to a few thousand
     assert 100 < inside.std() < 3000
-    for name, labs in brain.ROI_FILES.items():
+    for name, labs in ROI_LABELS.items():
         vol = np.asarray(nib.load(root / ROI.format(2, name)).dataobj)
         assert set(np.unique(vol)) <= {-1, 0, *labs}
 
@@ -419,3 +422,75 @@ def test_presets_add_up():
     assert 1000 <= toy.n_images <= 1500 and toy.n_shared == 100 and toy.trials_per_session == 750
     with pytest.raises(ValueError, match="unknown toy-world preset"):
         get_preset("huge")
+
+
+# --------------------------------------------------------------------------- calibration, null
+def test_noise_level_follows_the_published_nsd_ceiling(micro):
+    """The one calibration: nsdgeneral's measured noise ceiling is NSD's published one."""
+    from lib.toyworld import explore
+
+    root, _ = micro
+    published = brain.NSD_NOISE_CEILING
+    assert published["percent"] == pytest.approx(np.mean(published["percent_per_subject"]),
+                                                 abs=0.01)
+    assert brain.target_snr() == pytest.approx(0.362 / (3 * 0.638), rel=1e-3)
+    table = explore.noise_ceiling_table(root, [1, 2], n_average=published["n_average"])
+    for subject, value in table.loc["nsdgeneral"].items():
+        assert value == pytest.approx(published["percent"], abs=4.0), subject
+    # early visual cortex is more reliable than the nsdgeneral median, as in NSD's maps
+    assert (table.loc["V1"] > table.loc["nsdgeneral"]).all()
+
+
+@pytest.fixture(scope="module")
+def micro_null(tmp_path_factory):
+    """The null micro world (no models)."""
+    out = tmp_path_factory.mktemp("micro_null")
+    build(preset="micro", seed=0, out=out, models=False, null=True)
+    return out
+
+
+def test_null_world_changes_only_the_link_between_image_and_response(micro, micro_null):
+    import h5py
+    import nibabel as nib
+
+    from lib.toyworld import explore
+
+    root, _ = micro
+    normal, null = _tree_hashes(root / NSD), _tree_hashes(micro_null / NSD)
+    assert normal.keys() == null.keys()
+    betas = {k for k in normal if "betas_session" in k}
+    assert betas and all(normal[k] != null[k] for k in betas)
+    assert all(normal[k] == null[k] for k in normal.keys() - betas)  # design, stimuli, ROIs
+    assert json.loads((micro_null / "truth" / "WORLD.json").read_text())["null"] is True
+    assert json.loads((root / "truth" / "WORLD.json").read_text())["null"] is False
+    assert json.loads((micro_null / "BUILD.json").read_text())["null"] is True
+    with h5py.File(root / "truth" / "subj01" / "tuning.h5") as a, \
+            h5py.File(micro_null / "truth" / "subj01" / "tuning.h5") as b:
+        for key in ("snr", "noise_sd", "signal", "w_semantic", "session_gain"):
+            np.testing.assert_array_equal(a[key][:], b[key][:])
+        rows_a, rows_b = a["signal_row"][:], b["signal_row"][:]
+    # every image's signal occurs as often as in the normal world, on unrelated trials
+    np.testing.assert_array_equal(np.sort(rows_a), np.sort(rows_b))
+    assert np.mean(rows_a == rows_b) < 0.05
+    # same response statistics, no stimulus information
+    general = explore.roi_mask(root, 1, "nsdgeneral", (1,))
+    raw_a = np.asarray(nib.load(root / BETAS.format(1, 1)).dataobj)[general]
+    raw_b = np.asarray(nib.load(micro_null / BETAS.format(1, 1)).dataobj)[general]
+    assert raw_b.std() == pytest.approx(raw_a.std(), rel=0.05)
+    table = explore.noise_ceiling_table(micro_null, [1, 2])
+    assert (table.loc["nsdgeneral"] < 2.0).all(), table
+
+
+def test_null_build_links_the_normal_worlds_models(micro_root, tmp_path):
+    """A null world reuses the normal world's models (hard links), it does not retrain them."""
+    import os
+
+    out = build(preset="micro", seed=0, out=tmp_path / "micro_null", null=True,
+                models_from=micro_root)
+    stamp = json.loads((out / "MODELS.json").read_text())
+    assert stamp["linked_from"] == str(micro_root.resolve())
+    src = sorted(p for p in (micro_root / "models").rglob("*") if p.is_file())
+    dst = sorted(p for p in (out / "models").rglob("*") if p.is_file())
+    assert [p.relative_to(micro_root / "models") for p in src] == \
+        [p.relative_to(out / "models") for p in dst]
+    assert os.stat(src[0]).st_ino == os.stat(dst[0]).st_ino

@@ -1,4 +1,9 @@
-"""Command line: ``python -m lib.toyworld build --preset toy --seed 0 [--out DIR] [--force]``."""
+"""Command line: ``python -m lib.toyworld build --preset toy --seed 0 [--null] [--out DIR]``.
+
+``--null`` builds the null world (the same world, brain responses unrelated to the images;
+default folder ``<data root>/<preset>_null``), linking the normal world's models if they
+exist. ``--force`` rebuilds even if cached.
+"""
 
 from __future__ import annotations
 
@@ -19,13 +24,22 @@ def main(argv: list[str] | None = None) -> int:
                    help="output folder (default: <data root>/<preset>, data root = "
                         "$BRAINCAP_DATA or ./data)")
     b.add_argument("--force", action="store_true", help="rebuild even if cached")
+    b.add_argument("--null", action="store_true",
+                   help="build the null world: same stimuli, design, voxels and noise, but "
+                        "responses that carry no information about the images "
+                        "(default folder <data root>/<preset>_null)")
+    b.add_argument("--models-from", default=None,
+                   help="with --null: a normal world's folder whose models are linked instead "
+                        "of retrained (default: <out>/../<preset> or <data root>/<preset>)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from .build import build
 
     t = time.perf_counter()
-    out = build(preset=args.preset, seed=args.seed, out=args.out, force=args.force)
-    print(f"[toyworld] {args.preset} (seed {args.seed}) ready in {out} "
+    out = build(preset=args.preset, seed=args.seed, out=args.out, force=args.force,
+                null=args.null, models_from=args.models_from)
+    kind = " null world" if args.null else ""
+    print(f"[toyworld] {args.preset}{kind} (seed {args.seed}) ready in {out} "
           f"({time.perf_counter() - t:.1f} s)")
     return 0
 

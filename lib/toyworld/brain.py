@@ -18,7 +18,12 @@ Voxel responses (percent signal change) follow the logic of visual cortex:
   less of it is hidden by objects;
 - a shared semantic component: what is in the scene, as a caption would say it, on the main
   axes of the world's scene statistics (:func:`semantic_axes`);
-- trial noise, a global per-trial fluctuation, and session-specific offsets and gains.
+- trial noise, a global per-trial fluctuation, and session-specific offsets and gains; the
+  noise level is calibrated once on NSD's published noise ceiling of nsdgeneral
+  (:data:`NSD_NOISE_CEILING`, :func:`target_snr`).
+
+A *null world* keeps all of this but drives each trial with the signal of another, random
+trial's image (:func:`null_signal_rows`).
 
 Everything is drawn from explicit generators, so a seed gives the same brain bit for bit.
 """
@@ -30,16 +35,13 @@ from pathlib import Path
 
 import numpy as np
 
+from lib.nsd.layout import ROI_LABELS
+
 from .scenes import COLOR_NAMES, KINDS, PLACES
 
-#: NSD's ROI files and label names (value -> name), 0 = unlabeled, -1 = outside the brain.
-ROI_FILES = {
-    "prf-visualrois": {1: "V1v", 2: "V1d", 3: "V2v", 4: "V2d", 5: "V3v", 6: "V3d", 7: "hV4"},
-    "floc-faces": {1: "OFA", 2: "FFA-1", 3: "FFA-2", 4: "mTL-faces", 5: "aTL-faces"},
-    "floc-bodies": {1: "EBA", 2: "FBA-1", 3: "FBA-2", 4: "mTL-bodies"},
-    "floc-places": {1: "OPA", 2: "PPA", 3: "RSC"},
-    "floc-words": {1: "OWFA", 2: "VWFA-1", 3: "VWFA-2", 4: "mfs-words", 5: "mTL-words"},
-}
+#: The ROI files the simulator draws (NSD's label tables live in :data:`lib.nsd.layout.ROI_LABELS`;
+#: ``nsdgeneral`` is drawn separately, as the mask around them).
+_DRAWN_ROI_FILES = tuple(f for f in ROI_LABELS if f != "nsdgeneral")
 #: Category of each floc file.
 FLOC_CATEGORY = {"floc-faces": "face", "floc-bodies": "body", "floc-words": "word",
                  "floc-places": "place"}
@@ -70,9 +72,53 @@ _HV4 = ((30.0, -78.0, -14.0), 8.0)
 RF_SIGMA0 = {"V1": 0.035, "V2": 0.05, "V3": 0.07, "hV4": 0.16}
 #: Growth of RF sigma with eccentricity (image widths per image width).
 RF_SLOPE = {"V1": 0.12, "V2": 0.18, "V3": 0.26, "hV4": 0.4}
-#: Median signal-to-noise variance ratio per voxel class.
-SNR_BASE = {"V1": 0.9, "V2": 0.9, "V3": 0.8, "hV4": 0.6, "face": 0.7, "body": 0.6,
-            "word": 0.6, "place": 0.6, "general": 0.3, "outside": 0.0}
+#: Published NSD noise ceilings: the ONE place the toy world's noise level comes from.
+#:
+#: ``nsdgeneral``: median noise ceiling over the nsdgeneral ROI (fsaverage vertices) of the b3
+#: betas (``betas_fithrf_GLMdenoise_RR``), for responses averaged over 3 trials, in percent,
+#: per NSD subject 1-8, and their mean. Source: Allen et al. (2022), "A massive 7T fMRI
+#: dataset to bridge cognitive neuroscience and artificial intelligence", Nature Neuroscience
+#: 25:116-126, Fig. 3 (quantitative summary of the noise-ceiling maps, b1/b2/b3 per subject);
+#: the numbers are that panel's source data, ``mainfigures/MAPOFSIGNAL/results.mat``
+#: (``summary[:, 2]``) in the paper's code repository, github.com/cvnlab/nsddatapaper (commit
+#: 789a7c3), whose ``MAPOFSIGNALnotes.m`` prints the mean, 36.199%.
+#:
+#: Category ROIs (faces, bodies, places, words) and V1-hV4: no published per-ROI value was
+#: found (the paper shows them only as maps), so the *ratios* between voxel classes in
+#: :data:`SNR_RELATIVE` are NOT calibrated (source not found); only their overall level is.
+NSD_NOISE_CEILING = {
+    "roi": "nsdgeneral",
+    "percent_per_subject": (41.89, 43.84, 35.77, 31.60, 46.86, 36.63, 29.17, 23.82),
+    "percent": 36.20,
+    "n_average": 3,
+    "betas": "b3 (betas_fithrf_GLMdenoise_RR)",
+    "statistic": "median over nsdgeneral vertices (fsaverage), mean over the 8 subjects",
+    "source": "Allen et al. 2022, Nat. Neurosci. 25:116-126, Fig. 3; source data "
+              "mainfigures/MAPOFSIGNAL/results.mat, github.com/cvnlab/nsddatapaper",
+}
+
+
+def target_snr(percent: float = NSD_NOISE_CEILING["percent"],
+               n_average: int = NSD_NOISE_CEILING["n_average"]) -> float:
+    """Signal-to-noise variance ratio whose noise ceiling is ``percent`` (NSD's formula).
+
+    NSD's noise ceiling of responses averaged over ``n`` trials is
+    ``NC = ncsnr^2 / (ncsnr^2 + 1/n)`` with ``ncsnr^2`` = signal variance / noise variance,
+    so ``ncsnr^2 = NC / (n (1 - NC))``: 36.2% over 3 trials gives 0.189.
+    """
+    nc = percent / 100.0
+    if not 0 <= nc < 1:
+        raise ValueError(f"noise ceiling must be a percentage in [0, 100), got {percent}")
+    return nc / (n_average * (1.0 - nc))
+
+
+#: Relative signal-to-noise variance ratio per voxel class (NOT calibrated: no published per-ROI
+#: source found; see :data:`NSD_NOISE_CEILING`). :func:`make_tuning` scales them so that the
+#: median over a subject's nsdgeneral voxels is :func:`target_snr` (the published nsdgeneral
+#: noise ceiling); brain outside nsdgeneral and the ROIs carries no signal. (The ratios are
+#: those of the hand-set levels used before the calibration, divided by the ``general`` level.)
+SNR_RELATIVE = {"V1": 3.0, "V2": 3.0, "V3": 2.67, "hV4": 2.0, "face": 2.33, "body": 2.0,
+                "word": 2.0, "place": 2.0, "general": 1.0, "outside": 0.0}
 #: Resolution of the pixel feature maps (contrast and colour energy).
 FEATURE_RES = 32
 
@@ -288,7 +334,7 @@ def make_rois(grid: BrainGrid, rng: np.random.Generator, jitter_mm: float = 2.0)
     # like NSD's nsdgeneral, the mask covers the posterior visual ROIs
     gen = vols["nsdgeneral"]
     posterior = mm[..., 1] <= -32
-    for fname in ROI_FILES:
+    for fname in _DRAWN_ROI_FILES:
         gen[(vols[fname] > 0) & posterior] = 1
     return RoiSet(volumes=vols, eccentricity=ecc, polar_angle=ang)
 
@@ -426,7 +472,8 @@ class Tuning:
     mix : ndarray of shape (n_voxels, 2)
         Weights of the specific (area) component and the semantic component.
     snr : ndarray of shape (n_voxels,)
-        Signal variance / trial-noise variance.
+        Signal variance / trial-noise variance; its median over nsdgeneral is
+        :func:`target_snr` (calibrated on NSD's published noise ceiling).
     noise_sd, baseline : ndarray of shape (n_voxels,)
         Trial-noise standard deviation and mean evoked response (percent signal change).
     hemi : ndarray of shape (n_voxels,)
@@ -529,8 +576,9 @@ def make_tuning(grid: BrainGrid, rois: RoiSet, rng: np.random.Generator,
     mix[:, 0] = np.where(np.isin(area, ["general", "outside"]), 0.6, 1.0)
     mix[:, 1] = np.where(ev, 0.25, np.where(area == "general", 0.8, 0.45))
     mix[area == "outside", 1] = 1.0
-    snr = np.array([SNR_BASE[v] for v in area]) * rng.lognormal(0, 0.45, n)
+    snr = np.array([SNR_RELATIVE[v] for v in area]) * rng.lognormal(0, 0.45, n)
     snr[area == "outside"] = 0.0  # brain outside the visual ROIs and nsdgeneral: noise only
+    snr *= target_snr() / np.median(snr[gen])  # calibration: NSD's nsdgeneral noise ceiling
     noise_sd = rng.lognormal(np.log(2.0), 0.25, n)  # percent signal change
     baseline = rng.lognormal(np.log(1.0), 0.5, n) * np.where(area == "outside", 0.2, 1.0)
     return Tuning(ijk=ijk, area=area, rf_x=rf_x, rf_y=rf_y, rf_sigma=rf_sigma,
@@ -641,7 +689,8 @@ def simulate_session(signal: np.ndarray, tuning: Tuning, image_index: np.ndarray
         From :func:`simulate_signal`.
     tuning : Tuning
     image_index : ndarray of shape (n_trials,)
-        Row of ``signal`` shown on each trial of the session.
+        Row of ``signal`` driving each trial of the session (the image shown; in a null
+        world, :func:`null_signal_rows`).
     rng : numpy.random.Generator
         Generator of this subject and session (offsets, gains, noise).
 
@@ -665,3 +714,35 @@ def simulate_session(signal: np.ndarray, tuning: Tuning, image_index: np.ndarray
     betas += offset
     betas += glob[:, None] * tuning.global_load.astype(np.float32)
     return betas, {"gain": gain, "offset": offset, "global": glob}
+
+
+def null_signal_rows(image_index: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The image whose signal drives each trial of a *null* world: a random permutation.
+
+    A null world keeps everything of the normal world (stimuli, captions, design, voxels,
+    tuning, noise, session offsets and gains, the global fluctuation) except the link between
+    the image shown and the response: trial ``t`` carries the noise-free signal of the image
+    shown on trial ``perm[t]``, a permutation over the whole experiment. This choice (rather
+    than replacing the signal by fresh noise of the same variance) keeps every response
+    statistic of the normal world exactly: each image's signal occurs as often as in the
+    normal world, so the voxels' variance, their signal covariance (shared semantic
+    component, neighbouring receptive fields) and the distribution of the betas are the
+    same; only the mapping from stimulus to response is destroyed. The repeats of an image
+    get the signals of unrelated images, so its reliability, noise ceiling and every
+    stimulus-response relation are zero in expectation.
+
+    Parameters
+    ----------
+    image_index : ndarray of shape (n_trials,)
+        Row of the signal shown on each trial (0-based), in trial order.
+    rng : numpy.random.Generator
+        Generator of the permutation (its own stream: the noise draws are unchanged).
+
+    Returns
+    -------
+    rows : ndarray of shape (n_trials,)
+        Row of the signal that drives each trial.
+    """
+    image_index = np.asarray(image_index)
+    return image_index[rng.permutation(len(image_index))]
+

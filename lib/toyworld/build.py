@@ -15,6 +15,14 @@ the models are also cached on their own (``out/truth/WORLD.json``: world sources
 ``out/MODELS.json``: ``models/`` plus scenes and captions), so a change to one does not
 redo the other.
 
+A *null world* (``null=True``; CLI ``--null``) is the same world with brain responses that
+carry no information about the images (:func:`lib.toyworld.brain.null_signal_rows`); its
+stamps record ``"null": true``. Its models are those of the normal world: the models learn
+from scenes apart from the experiment, never from the brain, so when the normal world's
+models of the same preset, seed and models code exist (``models_from``, by default the folder
+``<preset>`` next to ``out`` or under the data root), they are hard-linked (or copied), not
+retrained.
+
 The world itself is made by :func:`lib.toyworld.world.build_world`.
 """
 
@@ -58,11 +66,11 @@ def code_version(files: list[Path] | None = None) -> str:
     return h.hexdigest()[:16]
 
 
-def default_out(preset: str) -> Path:
-    """``data_root()/"toy"`` for preset ``toy``, ``data_root()/"micro"`` for ``micro``."""
+def default_out(preset: str, null: bool = False) -> Path:
+    """``data_root()/preset`` (``data_root()/"<preset>_null"`` for a null world)."""
     from lib.config import data_root
 
-    return data_root() / preset
+    return data_root() / (f"{preset}_null" if null else preset)
 
 
 def _read_json(path: Path) -> dict | None:
@@ -74,7 +82,7 @@ def _read_json(path: Path) -> dict | None:
 
 # --------------------------------------------------------------------------- entry point
 def build(preset: str = "toy", seed: int = 0, out: Path | None = None, force: bool = False,
-          models: bool = True) -> Path:
+          models: bool = True, null: bool = False, models_from: Path | None = None) -> Path:
     """Build the toy world (and its models) for a preset, or reuse a cached build.
 
     Parameters
@@ -90,6 +98,12 @@ def build(preset: str = "toy", seed: int = 0, out: Path | None = None, force: bo
     models : bool
         Also train the toy models (``lib.toyworld.models.train_all``). ``False`` builds the
         world only (its ``BUILD.json`` then does not satisfy a later ``models=True`` call).
+    null : bool
+        Build the null world (same world, responses unrelated to the images); default
+        ``out`` is then ``data_root()/"<preset>_null"``.
+    models_from : path-like or None
+        A normal world's folder whose up-to-date models are linked instead of retrained
+        (null worlds only). None tries ``out.parent/preset`` and ``default_out(preset)``.
 
     Returns
     -------
@@ -97,13 +111,14 @@ def build(preset: str = "toy", seed: int = 0, out: Path | None = None, force: bo
         The folder holding ``nsd/``, ``models/``, ``truth/`` and ``BUILD.json``.
     """
     p = get_preset(preset)
-    out = Path(out) if out is not None else default_out(preset)
+    out = Path(out) if out is not None else default_out(preset, null)
     out = out.resolve()
     version = code_version()
     world_version = code_version([_TOYWORLD / f for f in _WORLD_SOURCES])
     stamp = out / "BUILD.json"
     done = _read_json(stamp)
-    key = {"preset": preset, "seed": int(seed), "code_version": version, "with_models": models}
+    key = {"preset": preset, "seed": int(seed), "null": bool(null), "code_version": version,
+           "with_models": models}
     if not force and done and all(done.get(k) == v for k, v in key.items()):
         log.info("toy world %s (seed %d) is up to date in %s", preset, seed, out)
         return out
@@ -111,7 +126,11 @@ def build(preset: str = "toy", seed: int = 0, out: Path | None = None, force: bo
         done = _read_json(stamp)
         if not force and done and all(done.get(k) == v for k, v in key.items()):
             return out
-        _build_locked(p, preset, seed, out, force, models, key, world_version)
+        sources = []
+        if null:
+            sources = [Path(models_from)] if models_from is not None else [
+                out.parent / preset, default_out(preset)]
+        _build_locked(p, preset, seed, out, force, models, key, world_version, null, sources)
     return out
 
 
@@ -137,7 +156,7 @@ def _exclusive(out: Path):
 
 
 def _build_locked(p, preset: str, seed: int, out: Path, force: bool, models: bool, key: dict,
-                  world_version: str) -> None:
+                  world_version: str, null: bool, models_sources: list) -> None:
     stamp = out / "BUILD.json"
     if stamp.exists():
         stamp.unlink()  # an interrupted rebuild must not look finished
@@ -146,7 +165,8 @@ def _build_locked(p, preset: str, seed: int, out: Path, force: bool, models: boo
 
     t_start = time.perf_counter()
     world_stamp = out / "truth" / "WORLD.json"
-    wkey = {"preset": preset, "seed": int(seed), "world_version": world_version}
+    wkey = {"preset": preset, "seed": int(seed), "null": bool(null),
+            "world_version": world_version}
     wdone = _read_json(world_stamp)
     if force or not wdone or any(wdone.get(k) != v for k, v in wkey.items()):
         if world_stamp.exists():
@@ -154,9 +174,10 @@ def _build_locked(p, preset: str, seed: int, out: Path, force: bool, models: boo
         for sub in ("nsd", "truth"):
             if (out / sub).exists():
                 shutil.rmtree(out / sub)
-        print(f"[toyworld] building the {preset} world (seed {seed}) in {out}", flush=True)
+        kind = "null world" if null else "world"
+        print(f"[toyworld] building the {preset} {kind} (seed {seed}) in {out}", flush=True)
         t, c = time.perf_counter(), time.process_time()
-        summary = build_world(p, seed, out)
+        summary = build_world(p, seed, out, null=null)
         summary["wall_s"] = round(time.perf_counter() - t, 2)
         summary["cpu_s"] = round(time.process_time() - c, 2)  # robust to a busy machine
         write_json(world_stamp, {**wkey, "preset_settings": p.to_dict(), **summary})
@@ -170,7 +191,7 @@ def _build_locked(p, preset: str, seed: int, out: Path, force: bool, models: boo
     write_lexicon(out / "truth" / "lexicon.json")
 
     if models:
-        models_result = _train_models_cached(out, preset, seed)
+        models_result = _train_models_cached(out, preset, seed, models_sources)
     else:
         models_result = {"skipped": True}
     write_json(stamp, {
@@ -191,21 +212,56 @@ def models_version() -> str:
     return code_version(files)
 
 
-def _train_models_cached(out: Path, preset: str, seed: int):
-    """Train the models unless ``out/MODELS.json`` records this preset, seed and models code."""
+def _models_up_to_date(folder: Path, key: dict) -> dict | None:
+    """``folder/MODELS.json`` if it records ``key`` and ``folder/models`` exists, else None."""
+    done = _read_json(folder / "MODELS.json")
+    if done and all(done.get(k) == v for k, v in key.items()) and (folder / "models").is_dir():
+        return done
+    return None
+
+
+def _train_models_cached(out: Path, preset: str, seed: int, sources: list | None = None):
+    """Train the models unless ``out/MODELS.json`` records this preset, seed and models code.
+
+    With ``sources`` (folders of other worlds of the same preset and seed), up-to-date models
+    found there are hard-linked (or copied) into ``out/models`` instead of being retrained.
+    """
     from lib.io import write_json
 
     stamp = out / "MODELS.json"
     key = {"preset": preset, "seed": int(seed), "models_version": models_version()}
-    done = _read_json(stamp)
-    if done and all(done.get(k) == v for k, v in key.items()) and (out / "models").is_dir():
+    done = _models_up_to_date(out, key)
+    if done:
         print(f"[toyworld] reusing the toy models in {out / 'models'}", flush=True)
         return done.get("result")
     if stamp.exists():
         stamp.unlink()
+    for src in sources or []:
+        src = Path(src).resolve()
+        found = None if src == out else _models_up_to_date(src, key)
+        if found:
+            print(f"[toyworld] linking the toy models of {src} (not retrained)", flush=True)
+            _link_tree(src / "models", out / "models")
+            write_json(stamp, {**key, "result": found.get("result"), "linked_from": str(src)})
+            return found.get("result")
     result = _train_models(out / "models", preset, seed)
     write_json(stamp, {**key, "result": result})
     return result
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    """Replace ``dst`` by a copy of ``src`` made of hard links (plain copies across devices)."""
+    import os
+
+    def link_or_copy(a, b):
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst, copy_function=link_or_copy)
 
 
 def _train_models(models_dir: Path, preset: str, seed: int):

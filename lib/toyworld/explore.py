@@ -295,3 +295,42 @@ def volume(root, subject: int, mask: np.ndarray, values: np.ndarray):
     out = np.zeros(ref.shape, np.float32)
     out[mask] = values
     return nib.Nifti1Image(out, ref.affine)
+
+
+def noise_ceiling_table(root, subjects, n_average: int = 3) -> pandas.DataFrame:
+    """Median noise ceiling (percent) of nsdgeneral and of each ROI group, per subject.
+
+    Measured from the files as the analysis reads them (betas z-scored per session with the
+    training trials' statistics, grouped by image), with NSD's noise-ceiling formula
+    (:func:`lib.scoring.noise_ceiling`), for responses averaged over ``n_average`` trials:
+    the statistic NSD publishes for nsdgeneral (:data:`lib.toyworld.brain.NSD_NOISE_CEILING`).
+    ROI groups (:data:`OVERVIEW_GROUPS`) are taken inside nsdgeneral.
+
+    Parameters
+    ----------
+    root : path-like
+        World root.
+    subjects : iterable of int
+    n_average : int
+        Trials averaged in the responses the ceiling refers to.
+
+    Returns
+    -------
+    table : pandas.DataFrame
+        Index ``nsdgeneral`` and the group names; one column per subject (``subjXX``).
+    """
+    import pandas as pd
+
+    from lib.scoring import noise_ceiling
+
+    columns = {}
+    for subject in subjects:
+        general = roi_mask(root, subject, "nsdgeneral", (1,))
+        reps, _, _ = repeat_averaged(root, subject, general)
+        nc = 100 * noise_ceiling(reps, n_average=n_average)
+        col = {"nsdgeneral": float(np.nanmedian(nc))}
+        for name, fname, labels in OVERVIEW_GROUPS:
+            inside = roi_mask(root, subject, fname, labels)[general]
+            col[name] = float(np.nanmedian(nc[inside])) if inside.any() else float("nan")
+        columns[f"subj{subject:02d}"] = col
+    return pd.DataFrame(columns)

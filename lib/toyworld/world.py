@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 #: Seed streams (second element of the seed sequence).
 STREAM_SCENES, STREAM_CAPTIONS, STREAM_DESIGN = 1, 2, 3
-STREAM_ANATOMY, STREAM_TUNING, STREAM_SESSIONS = 10, 11, 12
+STREAM_ANATOMY, STREAM_TUNING, STREAM_SESSIONS, STREAM_NULL = 10, 11, 12, 13
 
 
 _TRUTH_README = """# Ground truth of the toy world
@@ -29,16 +29,19 @@ What the simulator knows and an analysis of NSD never could (see lib/toyworld/br
 - `scenes.json`: one record per stimulus (index = 0-based nsdId): `cocoId`, `captions`,
   `place`, `objects` (kind, color, size, x, y, text; x, y in 0-1 with y down),
   `has_<kind>`, `area_<kind>`.
-- `WORLD.json`: preset, seed, world code version, timings, noise ceiling per ROI.
+- `WORLD.json`: preset, seed, `null`, world code version, timings, noise ceiling per ROI.
 - `subjXX/tuning.h5`: every voxel of nsdgeneral and the ROIs: `voxel_ijk`, `area`
   (V1, V2, V3, hV4, face, body, word, place, general), receptive fields (`rf_x`, `rf_y`,
   `rf_sigma`, image units), weights (`w_contrast`, `w_color`, `w_kind`, `w_objcolor`,
   `w_place`, `w_semantic`, `mix`), `snr`, `noise_sd`, `baseline`, `global_load`,
   `signal` (noise-free response of each voxel to each of the subject's images, z units,
-  rows in `subjectim` order, `nsd_id`), `session_gain`, `session_offset`,
-  `reliability_nsdgeneral`.
-  Single-trial betas (percent signal change) are
-  `gain_s * (baseline + noise_sd * sqrt(snr) * signal) + offset_s + noise + global`.
+  rows in `subjectim` order, `nsd_id`), `signal_row` (the row of `signal` driving each
+  trial, in trial order), `session_gain`, `session_offset`, `reliability_nsdgeneral`.
+  Single-trial betas (percent signal change) of trial t are
+  `gain_s * (baseline + noise_sd * sqrt(snr) * signal[signal_row[t]]) + offset_s + noise +
+  global`. In the normal world `signal_row[t]` is the image shown on trial t; in a *null*
+  world (`WORLD.json`: `"null": true`) it is the image of another, random trial, so the
+  responses carry no information about the images shown.
 - `subjXX/prf_eccentricity.nii.gz`, `prf_angle.nii.gz`: retinotopy of V1-V3 and hV4
   (eccentricity in image widths, polar angle in radians, 0 = right horizontal meridian).
 - `subjXX/reliability.nii.gz`, `reliability.json`: measured noise ceiling
@@ -122,13 +125,24 @@ def _progress(iterable, **kw):
     return tqdm(iterable, leave=False, **kw)
 
 
-def build_world(p: WorldPreset, seed: int, out: Path) -> dict:
+def build_world(p: WorldPreset, seed: int, out: Path, null: bool = False) -> dict:
     """Write the NSD layout under ``out/nsd`` and the ground truth under ``out/truth``.
+
+    Parameters
+    ----------
+    p : WorldPreset
+    seed : int
+    out : Path
+    null : bool
+        Build the *null world*: the same stimuli, captions, design, voxels, tuning and noise
+        (bit for bit), but every trial's signal comes from the image of another trial
+        (:func:`lib.toyworld.brain.null_signal_rows`), so the responses carry no information
+        about the images shown.
 
     Returns
     -------
     summary : dict
-        Timings per step (s), voxel counts and noise ceiling per subject and ROI.
+        ``null``, timings per step (s), voxel counts and noise ceiling per subject and ROI.
     """
     from lib.nsd.layout import NSDLayout
     from lib.scoring import noise_ceiling
@@ -194,7 +208,11 @@ def build_world(p: WorldPreset, seed: int, out: Path) -> dict:
     mo = design["masterordering"]
     n_shared = p.n_shared
     per_session = p.trials_per_session
-    summary: dict = {"timings": timings, "subjects": {}}
+    summary: dict = {"null": bool(null), "timings": timings, "subjects": {}}
+    # row of the subject's signal (its images in subjectim order) driving each trial
+    signal_row = mo - 1
+    if null:
+        signal_row = brain.null_signal_rows(signal_row, _rng(seed, STREAM_NULL))
     for k in range(1, p.n_subjects + 1):
         subj = f"subj{k:02d}"
         rois = brain.make_rois(grid, _rng(seed, STREAM_ANATOMY, k))
@@ -215,7 +233,7 @@ def build_world(p: WorldPreset, seed: int, out: Path) -> dict:
         for s in _progress(range(1, p.n_sessions + 1), desc=f"{subj} sessions"):
             trials = np.arange((s - 1) * per_session, s * per_session)
             img = mo[trials] - 1
-            betas, sess = brain.simulate_session(signal, tun, img,
+            betas, sess = brain.simulate_session(signal, tun, signal_row[trials],
                                                  _rng(seed, STREAM_SESSIONS, k, s))
             gains.append(sess["gain"][model])
             offsets.append(sess["offset"][model])
@@ -235,7 +253,8 @@ def build_world(p: WorldPreset, seed: int, out: Path) -> dict:
 
         rel = noise_ceiling(reps, n_average=reps.shape[1])
         summary["subjects"][subj] = _write_truth(truth / subj, grid, rois, tun, signal, ids,
-                                                 model, gen_mask, rel, gains, offsets)
+                                                 model, gen_mask, rel, gains, offsets,
+                                                 signal_row, null)
         tick(f"{subj}_truth")
     summary["n_stimuli"] = p.n_stimuli
     summary["grid_shape"] = list(grid.shape)
@@ -243,13 +262,14 @@ def build_world(p: WorldPreset, seed: int, out: Path) -> dict:
 
 
 def _write_truth(folder: Path, grid, rois, tun, signal, ids, model, gen_mask, rel, gains,
-                 offsets) -> dict:
+                 offsets, signal_row, null) -> dict:
     """Write one subject's ground truth; return its reliability table."""
     import h5py
 
     from lib.io import atomic_path, write_json
+    from lib.nsd.layout import ROI_LABELS
 
-    from . import brain, layout
+    from . import layout
 
     layout.write_nifti(folder / "prf_eccentricity.nii.gz",
                        rois.eccentricity.astype(np.float32), grid.affine)
@@ -268,6 +288,8 @@ def _write_truth(folder: Path, grid, rois, tun, signal, ids, model, gen_mask, re
             "subject's images (rows in subjectim order; nsd_id gives the 0-based 73k id); "
             "betas = gain_s * (baseline + noise_sd*sqrt(snr)*signal) + offset_s + noise.")
         f.attrs["affine"] = grid.affine
+        f.attrs["null"] = bool(null)
+        f.create_dataset("signal_row", data=np.asarray(signal_row, np.int64), **kw)
         f.create_dataset("nsd_id", data=ids.astype(np.int64), **kw)
         f.create_dataset("voxel_ijk", data=tun.ijk[model].astype(np.int64), **kw)
         f.create_dataset("area", data=tun.area[model].astype("S8"), **kw)
@@ -283,7 +305,9 @@ def _write_truth(folder: Path, grid, rois, tun, signal, ids, model, gen_mask, re
     table = {"nsdgeneral": {"n_voxels": len(rel), "median": float(np.median(rel)),
                             "mean": float(rel.mean())}}
     ijk = tuple(gen_ijk.T)
-    for fname, labels in brain.ROI_FILES.items():
+    for fname, labels in ROI_LABELS.items():
+        if fname == "nsdgeneral":
+            continue
         lab = rois.volumes[fname][ijk]
         groups = {"V1": (1, 2), "V2": (3, 4), "V3": (5, 6), "hV4": (7,)} \
             if fname == "prf-visualrois" else {fname.split("-")[1]: tuple(labels)}
