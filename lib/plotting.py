@@ -444,10 +444,10 @@ def plot_roi_comparison(best, rois=("V1", "V2", "V3", "hV4", "faces", "bodies", 
         (:func:`lib.encoding.fraction_of_ceiling`; no bar where the ceiling does not exceed
         its chance level).
     """
-    from lib.encoding import fraction_of_ceiling
-
     import matplotlib.pyplot as plt
     import numpy as np
+
+    from lib.encoding import fraction_of_ceiling
 
     d = best[best["trained"].astype(bool)] if trained_only else best
     rois = [r for r in rois if r in set(d["roi"])]

@@ -77,7 +77,9 @@ def load_params(path: str | os.PathLike) -> dict[str, Any]:
     Parameters
     ----------
     path : path-like
-        YAML file such as ``notebooks/params/toy.yaml``.
+        YAML file such as ``notebooks/params/toy.yaml``. A file with ``extends: other.yaml``
+        (a path relative to its own folder) takes every key of that file and overrides those
+        it sets itself (e.g. ``null.yaml``: the toy book on the null world).
 
     Returns
     -------
@@ -93,6 +95,9 @@ def load_params(path: str | os.PathLike) -> dict[str, Any]:
     params = yaml.safe_load(path.read_text()) or {}
     if not isinstance(params, dict):
         raise ValueError(f"{path}: expected a mapping of parameter names to values")
+    base = params.pop("extends", None)
+    if base is not None:  # a variant of another file: its keys, overridden by this file's
+        params = {**load_params(path.parent / base), **params}
     names = params.get("notebooks")
     if not names or not isinstance(names, list):
         raise ValueError(f"{path}: expected a 'notebooks:' list naming the notebooks to run")

@@ -32,7 +32,7 @@ def micro_run(micro_root, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("micro_run")
     times = run.run_book(PARAMS / "micro.yaml", out, cwd=REPO_ROOT)
-    return yaml.safe_load((PARAMS / "micro.yaml").read_text()), out, times
+    return run.load_params(PARAMS / "micro.yaml"), out, times
 
 
 @pytest.fixture(scope="session")
@@ -47,7 +47,7 @@ def micro_null_run(micro_root, tmp_path_factory):
     from lib import run
     from lib.toyworld import build
 
-    params = yaml.safe_load((PARAMS / "micro_null.yaml").read_text())
+    params = run.load_params(PARAMS / "micro_null.yaml")
     build(preset=params["toy_preset"], seed=params["seed"], out=REPO_ROOT / params["toy_root"],
           null=True, models_from=micro_root)
     params["notebooks"] = [n for n in params["notebooks"] if n != "00_toy_world"]

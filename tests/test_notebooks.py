@@ -9,7 +9,6 @@ import shutil
 import h5py
 import pandas as pd
 import pytest
-import yaml
 
 from lib import run
 from lib.config import REPO_ROOT, subject_dir
@@ -23,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def micro_params():
-    return yaml.safe_load(MICRO.read_text())
+    return run.load_params(MICRO)
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import papermill
 import pytest
-import yaml
 
 from lib.config import REPO_ROOT
-from lib.run import CONTROL_KEYS
+from lib.run import CONTROL_KEYS, load_params
 
 PARAMS = sorted((REPO_ROOT / "notebooks" / "params").glob("*.yaml"))
 REFERENCE = (REPO_ROOT / "book" / "reference" / "parameters.md").read_text()
@@ -26,7 +25,7 @@ def test_the_three_parameter_sets_exist():
 
 @pytest.mark.parametrize("path", PARAMS, ids=lambda p: p.stem)
 def test_every_key_is_declared_and_documented(path):
-    params = yaml.safe_load(path.read_text())
+    params = load_params(path)
     declared = declared_parameters()
     unused = sorted(k for k in params if k not in CONTROL_KEYS and k not in declared)
     assert unused == [], f"{path.name}: no notebook declares {unused}"

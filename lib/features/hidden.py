@@ -17,7 +17,6 @@ Layer 0 is the embedding output (``hidden_states[0]``), layer ``i`` the output o
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Callable, Sequence
 
