@@ -246,16 +246,37 @@ def test_null_convergence_scores_near_zero(null_world):
     assert len(chosen) > 0 and abs(chosen["score"].mean()) < 0.05, chosen
 
 
-def test_null_noise_ceiling_near_zero(null_world):
-    # Needs the convergence part of issue 12 (an unbiased noise ceiling): NSD's formula clips a
-    # noisy signal variance at zero and reads about 0.18 on this null brain.
+def _bh_fraction(p: np.ndarray, q: float = 0.05) -> float:
+    """Fraction of p-values that pass Benjamini-Hochberg at ``q`` (written here, apart from lib)."""
+    p = np.sort(np.asarray(p, float)[np.isfinite(p)])
+    passed = p <= q * np.arange(1, p.size + 1) / p.size
+    return float((np.flatnonzero(passed).max() + 1) / p.size) if passed.any() else 0.0
+
+
+def test_null_noise_ceiling_at_chance(null_world):
+    """The noise ceiling of a null brain is not above its chance level (image labels shuffled
+    across repeats), in any ROI, and almost no voxel's image variance passes its F-test.
+
+    NSD's formula clips a noisy signal variance at zero per voxel and read 0.18-0.23 here; the
+    unbiased estimate scatters around zero (widely, with the micro world's 20 test images).
+    """
     params = null_world
     scores = _scores(params)
-    ceiling = scores.loc[scores["roi"] == "nsdgeneral", "noise_ceiling"].iloc[0]
-    assert abs(ceiling) < 0.05, ceiling
+    rois = scores.drop_duplicates("roi").set_index("roi")
+    above = rois[rois["noise_ceiling"] > rois["noise_ceiling_null"]]
+    assert above.empty, above[["noise_ceiling", "noise_ceiling_null"]]
     with h5py.File(_subject(params) / "convergence" / "voxel_scores.h5", "r") as f:
-        voxels = f["noise_ceiling"][:]
-    assert abs(np.nanmean(voxels)) < 0.05, np.nanmean(voxels)
+        p_values = f["noise_ceiling_p"][:]
+    assert _bh_fraction(p_values) < 0.01
+
+
+def test_noise_ceiling_above_chance(world):
+    """The same checks have power where the brain sees the images."""
+    scores = _scores(world)
+    general = scores.drop_duplicates("roi").set_index("roi").loc["nsdgeneral"]
+    assert general["noise_ceiling"] > general["noise_ceiling_null"], general
+    with h5py.File(_subject(world) / "convergence" / "voxel_scores.h5", "r") as f:
+        assert _bh_fraction(f["noise_ceiling_p"][:]) > 0.05
 
 
 def test_null_significant_voxel_maps_are_empty(null_world):
