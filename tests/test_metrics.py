@@ -538,3 +538,13 @@ def test_published_table_and_scale():
     roi = M.read_roi_reference()
     assert len(roi) == 9 and set(roi["roi_family"]) == {"visual", "floc"}
     assert roi.loc[roi["roi"] == "floc-faces", "area"].item() == "faces"
+
+
+@pytest.mark.parametrize("successes", [0, 1, 50, 99, 100])
+def test_wilson_interval_holds_the_estimate(successes):
+    """At 0 or n successes rounding must not push a bound past the estimate (error bars of
+    length < 0 break matplotlib)."""
+    lo, hi = M.wilson_interval(successes, 100)
+    assert 0.0 <= lo <= successes / 100 <= hi <= 1.0
+    if successes == 0:
+        assert lo == 0.0

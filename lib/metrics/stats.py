@@ -158,4 +158,5 @@ def wilson_interval(successes: float, trials: int, level: float = 0.95) -> tuple
     denom = 1 + z**2 / trials
     centre = (p + z**2 / (2 * trials)) / denom
     half = z * math.sqrt(p * (1 - p) / trials + z**2 / (4 * trials**2)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # the interval always holds the estimate (rounding put low a hair above 0 at 0 successes)
+    return max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half))
