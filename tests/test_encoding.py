@@ -162,6 +162,9 @@ def test_summaries_match_hand_computation():
     rho = encoding.size_score_spearman(df).set_index("family")
     assert rho.loc["A", "rho"] == pytest.approx(spearmanr([10, 20, 40], [.3, .4, .6]).statistic)
     assert rho.loc["B", "rho"] == pytest.approx(-1.0)
+    # exact one-sided permutation p over the 3! orderings: a perfect order is 1 in 6
+    assert rho.loc["A", "p_value"] == pytest.approx(1 / 6)
+    assert rho.loc["B", "p_value"] == pytest.approx(1.0)
     tvu = encoding.trained_vs_untrained(df)
     assert len(tvu) == 1  # one untrained model; B has none
     row = tvu.iloc[0]
