@@ -70,20 +70,22 @@ def _scores(params: dict) -> pd.DataFrame:
     return pd.read_csv(_subject(params) / "convergence" / "scores.csv")
 
 
-def _fdr_significant(r: np.ndarray, n: int, q: float = 0.05) -> np.ndarray:
-    """Voxels whose test correlation ``r`` (n images) passes a one-sided t test, BH-FDR q.
+def _bh_fraction(p: np.ndarray, q: float = 0.05) -> float:
+    """Fraction of the finite p-values that pass Benjamini-Hochberg at ``q``.
 
-    Written here, independently of lib, so the check does not share a bug with the maps.
+    Written here, independently of lib, so the checks do not share a bug with the maps.
     """
+    p = np.sort(np.asarray(p, float)[np.isfinite(p)])
+    passed = p <= q * np.arange(1, p.size + 1) / p.size
+    return float((np.flatnonzero(passed).max() + 1) / p.size) if passed.any() else 0.0
+
+
+def _fdr_significant_fraction(r: np.ndarray, n: int, q: float = 0.05) -> float:
+    """Fraction of voxels whose test correlation ``r`` (n images) passes a one-sided t test,
+    BH-FDR q (a NaN r counts as 0)."""
     r = np.nan_to_num(np.asarray(r, float), nan=0.0)
     t = r * np.sqrt((n - 2) / np.clip(1 - r**2, 1e-12, None))
-    p = stats.t.sf(t, n - 2)
-    order = np.argsort(p)
-    passed = p[order] <= q * np.arange(1, p.size + 1) / p.size
-    k = np.flatnonzero(passed).max() + 1 if passed.any() else 0
-    out = np.zeros(p.size, bool)
-    out[order[:k]] = True
-    return out
+    return _bh_fraction(stats.t.sf(t, n - 2), q)
 
 
 def _significant_fraction(params: dict) -> dict[str, float]:
@@ -93,7 +95,7 @@ def _significant_fraction(params: dict) -> dict[str, float]:
     out = {}
     with h5py.File(_subject(params) / "convergence" / "voxel_scores.h5", "r") as f:
         for name, g in f["models"].items():
-            out[name] = float(_fdr_significant(g["best_score"][:], n_test).mean())
+            out[name] = _fdr_significant_fraction(g["best_score"][:], n_test)
     return out
 
 
@@ -244,13 +246,6 @@ def test_null_convergence_scores_near_zero(null_world):
     # chosen on training folds score about zero on the test images too.
     chosen = general[general["selected"].astype(bool)]
     assert len(chosen) > 0 and abs(chosen["score"].mean()) < 0.05, chosen
-
-
-def _bh_fraction(p: np.ndarray, q: float = 0.05) -> float:
-    """Fraction of p-values that pass Benjamini-Hochberg at ``q`` (written here, apart from lib)."""
-    p = np.sort(np.asarray(p, float)[np.isfinite(p)])
-    passed = p <= q * np.arange(1, p.size + 1) / p.size
-    return float((np.flatnonzero(passed).max() + 1) / p.size) if passed.any() else 0.0
 
 
 def test_null_noise_ceiling_near_zero(null_world):
