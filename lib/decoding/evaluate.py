@@ -482,7 +482,7 @@ def metrics_table(metrics: dict, keys: Sequence[str] = ("BLEU-1", "BLEU-4", "MET
     return pd.DataFrame(rows)
 
 
-def retrieval_table(metrics: dict, key: str = "retrieval") -> pd.DataFrame:
+def metrics_retrieval_table(metrics: dict, key: str = "retrieval") -> pd.DataFrame:
     """One row per (run, condition, direction): top-1, both 95% intervals, chance and options.
 
     Parameters
