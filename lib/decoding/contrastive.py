@@ -30,6 +30,13 @@ Choices, following the original code unless stated:
   they are **frozen** by default (``train_itm=False``): the ITM space then stays the one in which
   stage 1 and stage 2 are compared (text retrieval), and on CPU the caption embeddings can be
   computed once. With the text side frozen the image-text term only moves the temperature.
+* How the brain map is tuned (``brain_update``): ``"full"`` trains every weight of the ridge map
+  (the original; 4 x 4 bytes per weight with AdamW, 43 GB at memory size 7 on NSD);
+  ``"low_rank"`` keeps the ridge map ``W`` frozen and trains ``W + U V^T`` plus a bias shift
+  (``U`` starts at zero, so training starts exactly at stage 1; a few million trainable values
+  whatever the memory size; the frozen map is shared with the caller, not copied, and runs in
+  float32 outside autocast); ``"frozen"`` trains nothing of the map (the head-only control).
+  :mod:`lib.decoding.memory` accounts for each.
 """
 
 from __future__ import annotations
@@ -43,6 +50,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+#: How the brain map can be tuned in stage 2 (see the module docstring).
+BRAIN_UPDATES = ("full", "low_rank", "frozen")
 
 #: Default loss weights of the original study (``0.3 * contrastive + 0.7 * mse``).
 DEFAULT_CONTRASTIVE_WEIGHT = 0.3
@@ -169,7 +179,13 @@ class BrainTextContrastive(nn.Module):
         Also fine-tune the Q-Former, text embeddings and projections (the original does);
         default False (frozen, see the module docstring).
     seed : int
-        Seed of the fresh brain projection's initialisation.
+        Seed of the fresh brain projection's (and of the low-rank factor ``V``'s) initialisation.
+    brain_update : {"full", "low_rank", "frozen"}
+        Train the whole map (a deep copy of ``brain_map``), a rank-``rank`` update of the frozen
+        map, or nothing of it. With "low_rank" and "frozen" ``brain_map`` is not copied: it is
+        frozen (``requires_grad=False``) and shared, and it is never modified.
+    rank : int
+        Rank of the low-rank update (``brain_update="low_rank"``).
     """
 
     def __init__(
@@ -183,15 +199,23 @@ class BrainTextContrastive(nn.Module):
         brain_projection_init: str = "fresh",
         train_itm: bool = False,
         seed: int = 0,
+        brain_update: str = "full",
+        rank: int = 64,
     ):
         super().__init__()
+        if brain_update not in BRAIN_UPDATES:
+            raise ValueError(f"brain_update={brain_update!r}; expected one of {BRAIN_UPDATES}")
         config = itm_model.config
         if not getattr(config.qformer_config, "use_qformer_text_input", False):
             raise ValueError(
                 "itm_model must be a Blip2ForImageTextRetrieval whose qformer_config has "
                 "use_qformer_text_input=True (the Q-Former's text path is needed)."
             )
-        self.brain_map = copy.deepcopy(brain_map)
+        self.brain_update = brain_update
+        if brain_update == "full":
+            self.brain_map = copy.deepcopy(brain_map)
+        else:
+            self.brain_map = brain_map.requires_grad_(False)
         self.query_tokens = copy.deepcopy(itm_model.query_tokens)
         self.embeddings = copy.deepcopy(itm_model.embeddings)
         self.qformer = copy.deepcopy(itm_model.qformer)
@@ -214,6 +238,8 @@ class BrainTextContrastive(nn.Module):
                     "'vision_projection'"
                 )
         self.temp = nn.Parameter(torch.tensor(float(temperature)))
+        if brain_update == "low_rank":
+            self._init_low_rank(int(rank), config.num_query_tokens * hidden, gen)
         self.mse_weight = float(mse_weight)
         self.contrastive_weight = float(contrastive_weight)
         self.label_smoothing = float(label_smoothing)
@@ -225,6 +251,39 @@ class BrainTextContrastive(nn.Module):
                 p.requires_grad_(self.train_itm)
         self.query_tokens.requires_grad_(self.train_itm)
 
+    def _init_low_rank(self, rank: int, n_out: int, gen: torch.Generator) -> None:
+        """``delta_out`` (n_out, rank) zeros, ``delta_in`` (n_features, rank) ~ N(0, 1/n_features)
+        (LoRA's initialisation: the update starts at exactly zero), ``delta_bias`` zeros."""
+        n_in = _n_features(self.brain_map)
+        if rank < 1:
+            raise ValueError(f"rank={rank}: the low-rank update needs rank >= 1")
+        self.delta_in = nn.Parameter(torch.randn(n_in, rank, generator=gen) / np.sqrt(n_in))
+        self.delta_out = nn.Parameter(torch.zeros(n_out, rank))
+        self.delta_bias = nn.Parameter(torch.zeros(n_out))
+
+    def brain_parameters(self) -> list[nn.Parameter]:
+        """The trainable parameters of the brain map (its update), empty when frozen."""
+        if self.brain_update == "full":
+            return [p for p in self.brain_map.parameters() if p.requires_grad]
+        if self.brain_update == "low_rank":
+            return [self.delta_in, self.delta_out, self.delta_bias]
+        return []
+
+    def merged_map(self) -> nn.Module:
+        """A stand-alone copy of the tuned map (``W + U V^T``, ``b + delta_bias``), on CPU.
+
+        For ``brain_update="low_rank"`` the map must have ``weight`` (n_out, n_features) and
+        ``bias`` (n_out,), like :class:`lib.decoding.stage1.QueryTokenDecoder`.
+        """
+        merged = copy.deepcopy(self.brain_map).cpu()
+        if self.brain_update == "low_rank":
+            with torch.no_grad():
+                u, v = self.delta_out.detach().cpu(), self.delta_in.detach().cpu()
+                for start in range(0, u.shape[0], 4096):  # no second full-size temporary
+                    merged.weight[start:start + 4096].addmm_(u[start:start + 4096], v.T)
+                merged.bias.add_(self.delta_bias.detach().cpu())
+        return merged.requires_grad_(False)
+
     # -- parameter groups -------------------------------------------------------------
     def itm_modules(self) -> list[nn.Module]:
         """The modules taken from the ITM checkpoint (frozen unless ``train_itm``)."""
@@ -235,7 +294,7 @@ class BrainTextContrastive(nn.Module):
 
         The original used ``lr / 5`` for the brain map. Only trainable parameters are listed.
         """
-        brain = [p for p in self.brain_map.parameters() if p.requires_grad]
+        brain = self.brain_parameters()
         rest = list(self.brain_projection.parameters()) + [self.temp]
         if self.train_itm:
             for module in self.itm_modules():
@@ -267,9 +326,18 @@ class BrainTextContrastive(nn.Module):
         split here.
         """
         sizes = getattr(self.brain_map, "block_sizes", None)
-        if sizes is not None and len(sizes) > 1:
-            return self.brain_map(list(torch.split(X, list(sizes), dim=1)))
-        return self.brain_map(X)
+        # float32 outside autocast: the map's predictions stay those of stage 1, and no bf16
+        # copy of the (up to 2.7 B-weight) map is made at every step
+        with torch.autocast(device_type=X.device.type, enabled=False):
+            X = X.float()
+            if sizes is not None and len(sizes) > 1:
+                out = self.brain_map(list(torch.split(X, list(sizes), dim=1)))
+            else:
+                out = self.brain_map(X)
+            if self.brain_update == "low_rank":
+                delta = (X @ self.delta_in) @ self.delta_out.T + self.delta_bias
+                out = out + delta.reshape(out.shape)
+        return out
 
     def brain_features(self, tokens: torch.Tensor) -> torch.Tensor:
         """Normalised brain embeddings (n, n_query, dim) through the brain projection."""
@@ -346,6 +414,18 @@ class BrainTextContrastive(nn.Module):
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def _n_features(brain_map: nn.Module) -> int:
+    """Number of input features of a brain map (its block sizes, else its first matrix)."""
+    sizes = getattr(brain_map, "block_sizes", None)
+    if sizes is not None:
+        return int(sum(sizes))
+    for p in brain_map.parameters():
+        if p.ndim == 2:
+            return int(p.shape[1])
+    raise ValueError("cannot tell the brain map's number of input features: give it "
+                     "block_sizes or a weight matrix (n_out, n_features)")
 
 
 def load_itm(model: str | os.PathLike, device: str = "cpu"):

@@ -331,7 +331,8 @@ def fit_stage1(subject, features: np.ndarray, feature_ids: np.ndarray, memory_si
                                              trials)
     if exclude_ids is not None and len(exclude_ids):
         keep = ~np.isin(train_trial_ids, np.asarray(exclude_ids))
-        X_train = [block[keep] for block in X_train]
+        for i in range(len(X_train)):  # one block at a time: peak = data + one block
+            X_train[i] = X_train[i][keep]
         train_trial_ids = train_trial_ids[keep]
     test_image_ids = np.asarray(subject.image_ids("test"))
     assert_no_test_ids(train_trial_ids, test_image_ids, "the stage-1 training samples")
@@ -355,16 +356,19 @@ def fit_stage1(subject, features: np.ndarray, feature_ids: np.ndarray, memory_si
         "n_excluded_images": 0 if exclude_ids is None else len(np.unique(exclude_ids)),
         **(settings or {}),
     }
-    decoder = QueryTokenDecoder([b.shape[1] for b in X_train], n_query, hidden, all_settings)
-    with torch.no_grad():
-        decoder.weight.copy_(torch.as_tensor(np.asarray(ridge.coef_, np.float32)))
-        decoder.bias.copy_(torch.as_tensor(np.asarray(ridge.intercept_, np.float32)))
-    decoder.eval()
+    decoder = _decoder_from_ridge(ridge, [b.shape[1] for b in X_train], n_query, hidden,
+                                  all_settings)
+    del ridge  # the decoder shares its coefficients: no second copy of the map
 
+    from lib.config import resolve_device
+
+    decoder.to(resolve_device(device))  # predictions where the solve ran (CPU: a no-op)
+    train_pred, train_ids = average_by_id(decoder.predict(X_train), train_trial_ids)
+    del X_train
     X_test, test_trial_ids = stage1_inputs(subject, "test", memory_size, memory_direction, roi,
                                            trials)
     test_pred, test_ids = average_by_id(decoder.predict(X_test), test_trial_ids)
-    train_pred, train_ids = average_by_id(decoder.predict(X_train), train_trial_ids)
+    decoder.cpu()
     decoder.settings["best_alpha_median"] = float(np.median(best))
     return Stage1Result(
         decoder=decoder, test_pred=test_pred,
@@ -372,6 +376,16 @@ def fit_stage1(subject, features: np.ndarray, feature_ids: np.ndarray, memory_si
         train_pred=train_pred, train_true=lookup_features(features, feature_ids, train_ids),
         train_ids=train_ids, best_alphas=best, settings=decoder.settings,
     )
+
+
+def _decoder_from_ridge(ridge, block_sizes, n_query, hidden, settings) -> QueryTokenDecoder:
+    """A :class:`QueryTokenDecoder` whose weight *is* ``ridge.coef_`` (no copy, float32)."""
+    decoder = QueryTokenDecoder([0], n_query, hidden, settings)  # no (n_out, p) zeros allocated
+    decoder.block_sizes = [int(b) for b in block_sizes]
+    coef = np.ascontiguousarray(ridge.coef_, dtype=np.float32)
+    decoder.weight = nn.Parameter(torch.from_numpy(coef))
+    decoder.bias = nn.Parameter(torch.from_numpy(np.asarray(ridge.intercept_, np.float32).copy()))
+    return decoder.eval()
 
 
 def write_predictions(path: str | os.PathLike, test_pred: np.ndarray, test_ids: np.ndarray,

@@ -186,16 +186,25 @@ def _start_fingerprint(model, train: PairData, val: PairData) -> str:
 
     A checkpoint is resumed only when it began from the same point: new settings, a refitted
     stage-1 map or retrained BLIP-2 models all start a fresh run instead of resuming a stale one.
+    Tensors are hashed in slices of at most 64 MiB, so that a multi-GB map is never copied whole.
     """
     h = hashlib.sha1()
     for name, tensor in sorted(model.state_dict().items()):
         h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        _hash_tensor(h, tensor)
     for data in (train, val):
         for tensor in (data.X, data.tokens, data.image_ids, data.pairs):
-            h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+            _hash_tensor(h, tensor)
         h.update("\n".join(data.captions).encode())
     return h.hexdigest()[:16]
+
+
+def _hash_tensor(h, tensor: torch.Tensor, chunk_bytes: int = 64 * 2**20) -> None:
+    flat = tensor.detach().reshape(-1)
+    step = max(1, chunk_bytes // max(1, flat.element_size()))
+    for start in range(0, flat.numel(), step):
+        part = flat[start:start + step].cpu().contiguous()
+        h.update(memoryview(part.view(torch.uint8).numpy()))
 
 
 def cosine_with_warmup(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
@@ -449,9 +458,10 @@ def fit(
     steps_per_epoch = math.ceil(n_micro / config.grad_accum)
     total = steps_per_epoch * config.epochs
 
+    groups = [g for g in model.param_groups(config.lr, config.brain_lr_factor) if g["params"]]
     optimizer = torch.optim.AdamW(
-        model.param_groups(config.lr, config.brain_lr_factor), lr=config.lr,
-        betas=tuple(config.betas), weight_decay=config.weight_decay,
+        groups, lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay,
+        fused=device.type == "cuda" or None,  # fused: no parameter-sized temporaries per step
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, cosine_with_warmup(config.warmup_steps, total)
@@ -536,6 +546,8 @@ def fit(
         if callback is not None:
             callback(step + 1, rec)
     bar.close()
+    optimizer.zero_grad(set_to_none=True)  # the gradients of the last step are not kept
+    del optimizer
     model.eval()
     write_json(out_dir / "history.json", meta["history"])
     result.history = meta["history"]
@@ -632,19 +644,46 @@ def stage2_data(subject, features, feature_ids, memory_size: int = 1,
 
     test_ids = np.asarray(subject.image_ids("test"))
     blocks, ids = stage1_inputs(subject, "train", memory_size, memory_direction, roi)
-    X = np.concatenate(blocks, axis=1) if len(blocks) > 1 else blocks[0]
     assert_no_test_ids(ids, test_ids, "the stage-2 training samples")
     tr_img, val_img = split_train_val(np.unique(ids), val_fraction, seed)
+    # training samples first, validation samples after: both parts are views of one array
+    order = np.argsort(~np.isin(ids, tr_img), kind="stable")
+    n_tr = int(np.isin(ids, tr_img).sum())
+    X, ids = _stack_blocks(blocks, order), ids[order]
+    del blocks
     tokens = lookup_features(np.asarray(features, np.float32), np.asarray(feature_ids), ids)
     caps = dict(zip((int(i) for i in np.unique(ids)), subject.captions(np.unique(ids))))
-    parts = []
-    for keep in (tr_img, val_img):
-        m = np.isin(ids, keep)
-        parts.append(PairData.build(X[m], tokens[m], ids[m], caps))
+    parts = [PairData.build(X[sl], tokens[sl], ids[sl], caps)
+             for sl in (slice(0, n_tr), slice(n_tr, None))]
     tblocks, tids = stage1_inputs(subject, "test", memory_size, memory_direction, roi)
-    X_test = np.concatenate(tblocks, axis=1) if len(tblocks) > 1 else tblocks[0]
+    X_test = _stack_blocks(tblocks)
     return Stage2Data(parts[0], parts[1], X_test, np.asarray(tids), X, np.asarray(ids),
                       test_ids, val_img)
+
+
+def _stack_blocks(blocks: list, order=None) -> np.ndarray:
+    """Memory blocks side by side in one float32 array (rows in ``order``), releasing each
+    block once copied: the peak is the result plus one block, not twice the result.
+
+    Parameters
+    ----------
+    blocks : list of ndarray of shape (n, p_b)
+        Emptied by this call.
+    order : ndarray of shape (n,) or None
+
+    Returns
+    -------
+    X : ndarray of shape (n, sum p_b), float32
+    """
+    n = len(blocks[0])
+    X = np.empty((n, sum(b.shape[1] for b in blocks)), np.float32)
+    start = 0
+    while blocks:
+        b = blocks.pop(0)
+        X[:, start:start + b.shape[1]] = b if order is None else b[order]
+        start += b.shape[1]
+        del b
+    return X
 
 
 def save_stage2(model, data: Stage2Data, run_dir: str | os.PathLike, settings: dict,
@@ -656,14 +695,12 @@ def save_stage2(model, data: Stage2Data, run_dir: str | os.PathLike, settings: d
     (brain projection + temperature) and ``predictions.h5`` (test and training predictions,
     averaged over an image's repetitions).
     """
-    import copy
-
     from lib.decoding.contrastive import save_heads
     from lib.decoding.stage1 import PREDICTIONS_FILE, average_by_id, write_predictions
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    decoder = copy.deepcopy(model.brain_map).cpu()
+    decoder = model.merged_map()
     decoder.settings = {**getattr(decoder, "settings", {}), **settings}
     decoder.save(run_dir)
     save_heads(model, run_dir / "heads.safetensors")
