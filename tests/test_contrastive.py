@@ -190,8 +190,8 @@ def _data(model, n_images=24, seed=0):
 
 
 def _config(**kw):
-    base = dict(lr=3e-3, batch_size=8, grad_accum=2, epochs=3, warmup_steps=2, eval_every=2,
-                checkpoint_every=2, seed=0, max_length=10)
+    base = {"lr": 3e-3, "batch_size": 8, "grad_accum": 2, "epochs": 3, "warmup_steps": 2,
+            "eval_every": 2, "checkpoint_every": 2, "seed": 0, "max_length": 10}
     base.update(kw)
     return TrainConfig(**base)
 

@@ -207,6 +207,15 @@ def _hash_tensor(h, tensor: torch.Tensor, chunk_bytes: int = 64 * 2**20) -> None
         h.update(memoryview(part.view(torch.uint8).numpy()))
 
 
+def make_optimizer(model, config: TrainConfig, device) -> torch.optim.AdamW:
+    """AdamW over ``model.param_groups`` (empty groups dropped); fused on CUDA, so that a step
+    allocates no parameter-sized temporaries (:mod:`lib.decoding.memory` counts its state)."""
+    groups = [g for g in model.param_groups(config.lr, config.brain_lr_factor) if g["params"]]
+    return torch.optim.AdamW(
+        groups, lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay,
+        fused=torch.device(device).type == "cuda" or None)
+
+
 def cosine_with_warmup(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
     """LR multiplier: linear warm-up to 1, then cosine decay to 0 at ``total_steps``."""
 
@@ -458,11 +467,7 @@ def fit(
     steps_per_epoch = math.ceil(n_micro / config.grad_accum)
     total = steps_per_epoch * config.epochs
 
-    groups = [g for g in model.param_groups(config.lr, config.brain_lr_factor) if g["params"]]
-    optimizer = torch.optim.AdamW(
-        groups, lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay,
-        fused=device.type == "cuda" or None,  # fused: no parameter-sized temporaries per step
-    )
+    optimizer = make_optimizer(model, config, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, cosine_with_warmup(config.warmup_steps, total)
     )
