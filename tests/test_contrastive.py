@@ -213,11 +213,15 @@ class _Kill(RuntimeError):
     pass
 
 
-@pytest.mark.parametrize("kill_at", [3, 4])
-def test_resume_after_kill_is_bit_identical(tmp_path, kill_at):
+@pytest.mark.parametrize(("kill_at", "update"), [(3, "full"), (4, "full"), (3, "low_rank")])
+def test_resume_after_kill_is_bit_identical(tmp_path, kill_at, update):
     """Killed at step k (checkpoints every 2 steps), resumed: same final weights bit for bit."""
     torch.manual_seed(0)
-    ref = BrainTextContrastive(_brain_map(), _tiny_itm())
+
+    def make():
+        return BrainTextContrastive(_brain_map(), _tiny_itm(), brain_update=update, rank=3)
+
+    ref = make()
     train, val = _data(ref)
     cfg = _config()
     res_ref = fit(ref, train, val, cfg, tmp_path / "ref", test_ids=[1], progress=False)
@@ -226,21 +230,26 @@ def test_resume_after_kill_is_bit_identical(tmp_path, kill_at):
         if step == kill_at:
             raise _Kill
 
-    run = BrainTextContrastive(_brain_map(), _tiny_itm())
+    run = make()
     with pytest.raises(_Kill):
         fit(run, train, val, cfg, tmp_path / "run", test_ids=[1], callback=killer,
             progress=False)
     torch.manual_seed(123)  # the global RNG is restored from the checkpoint
-    fresh = BrainTextContrastive(_brain_map(), _tiny_itm())
+    fresh = make()
     res = fit(fresh, train, val, cfg, tmp_path / "run", test_ids=[1], progress=False)
     assert res.resumed_from == (kill_at // 2) * 2
+    from safetensors.torch import load_file
+
+    saved = load_file(str(tmp_path / "run" / "checkpoint.safetensors"))
+    has_map = any(k.startswith("model.brain_map.") for k in saved)
+    assert has_map == (update == "full")  # a frozen map is never written to a checkpoint
     assert res.steps == res_ref.steps
     for (name, a), (_, b) in zip(ref.state_dict().items(), fresh.state_dict().items()):
         assert torch.equal(a, b), name
     assert [h["loss"] for h in res.history] == [h["loss"] for h in res_ref.history]
-    best = BrainTextContrastive(_brain_map(), _tiny_itm())
+    best = make()
     load_weights(best, res.best_path)
-    best_ref = BrainTextContrastive(_brain_map(), _tiny_itm())
+    best_ref = make()
     load_weights(best_ref, res_ref.best_path)
     for a, b in zip(best.parameters(), best_ref.parameters()):
         assert torch.equal(a, b)
