@@ -51,6 +51,13 @@ from lib.decoding.stage1 import cosine_matrix, lookup_features, read_predictions
 #: Centring of every image retrieval of a decoding run (05 and the memory ablation alike).
 RETRIEVAL_CENTER = "candidates"
 
+#: Retrieval rules: the book's (centred, each image's prediction averaged over its repeats) and
+#: the original study's (uncentred cosine, one random test trial per image).
+RETRIEVAL_RULES = {
+    "book": {"center": "candidates", "trials": "averaged"},
+    "paper": {"center": "none", "trials": "one_random"},
+}
+
 #: Caption metrics reported as a fraction of the image upper bound.
 RATIO_METRICS = ("BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "ITC-S")
 
@@ -233,6 +240,30 @@ def text_retrieval(run_dir: str | os.PathLike, test_pred: np.ndarray,
     return out
 
 
+def single_trial_predictions(run_dir: str | os.PathLike, subject, seed: int = 0,
+                             device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """The run's decoder applied to one random test trial of every test image.
+
+    The original study's retrieval rule: one trial (drawn with ``seed``), not the average of an
+    image's repeats. The decoder's own inputs are used (memory window, direction, ROI).
+
+    Returns
+    -------
+    pred : ndarray of shape (n_test_images, n_query, hidden)
+    nsd_ids : ndarray of shape (n_test_images,), sorted
+    """
+    from lib.decoding.stage1 import load_decoder, stage1_inputs
+
+    decoder = load_decoder(run_dir, device=device)
+    s = decoder.settings
+    blocks, ids = stage1_inputs(subject, "test", int(s["memory_size"]),
+                                s.get("memory_direction", "past"), s.get("roi"), trials=True)
+    rng = np.random.default_rng(seed)
+    uniq = np.unique(ids)
+    pick = np.array([rng.choice(np.flatnonzero(ids == u)) for u in uniq])
+    return decoder.predict([b[pick] for b in blocks]), uniq
+
+
 def compare_runs(metrics_a: dict, metrics_b: dict, condition_a: str = "brain",
                  condition_b: str = "brain", key: str = "text_retrieval",
                  direction: str = "brain_to_text", n_boot: int = 10000,
@@ -306,7 +337,8 @@ def evaluate_run(run_dir: str | os.PathLike, subject, model, processor, features
                  max_new_tokens: int = 30, k: int = 300, n_draws: int = 30, seed: int = 0,
                  n_permutations: int = 10000, embeddings: bool = True,
                  meteor=None, itm=None, text_k: int | None = None,
-                 text_n_draws: int | None = None, text_max_length: int = 32) -> RunEvaluation:
+                 text_n_draws: int | None = None, text_max_length: int = 32,
+                 retrieval_rule: str = "book") -> RunEvaluation:
     """Captions, metrics, retrieval and controls for one decoding run.
 
     Parameters
@@ -345,6 +377,10 @@ def evaluate_run(run_dir: str | os.PathLike, subject, model, processor, features
         k and draws of the brain -> text retrieval (default: ``k`` and ``n_draws``).
     text_max_length : int
         Caption tokens for the ITM text embeddings (as in stage 2's training).
+    retrieval_rule : {"book", "paper"}
+        Image retrieval rule (:data:`RETRIEVAL_RULES`): centred cosine of repeat-averaged
+        predictions (the book), or the original study's uncentred cosine of the prediction of
+        one random test trial per image (:func:`single_trial_predictions`).
 
     Returns
     -------
@@ -417,7 +453,16 @@ def evaluate_run(run_dir: str | os.PathLike, subject, model, processor, features
     }
     # predictions.h5 holds one prediction per test image: from its repetition-averaged betas
     # (memory 1) or averaged over its trials' predictions (memory > 1)
-    ret = {"k": k, "n_draws": n_draws, "seed": seed, "repeat_averaged": True, "center": RETRIEVAL_CENTER}
+    if retrieval_rule not in RETRIEVAL_RULES:
+        raise ValueError(f"retrieval_rule={retrieval_rule!r}; expected one of "
+                         f"{sorted(RETRIEVAL_RULES)}")
+    rule = RETRIEVAL_RULES[retrieval_rule]
+    ret = {"k": k, "n_draws": n_draws, "seed": seed, "repeat_averaged": True,
+           "center": rule["center"]}
+    if rule["trials"] == "one_random":
+        test_pred, trial_ids = single_trial_predictions(run_dir, subject, seed)
+        assert np.array_equal(trial_ids, test_ids)
+        ret["repeat_averaged"] = False
     metrics["retrieval"] = {
         "brain": jsonable(retrieval_topk(test_pred, test_true, **ret)),
         "shuffled_brain": jsonable(retrieval_topk(test_pred[perm], test_true, **ret)),
