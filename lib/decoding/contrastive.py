@@ -371,6 +371,7 @@ class BrainTextContrastive(nn.Module):
         text_feats: torch.Tensor | None = None,
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        pred: torch.Tensor | None = None,
     ) -> ContrastiveOutput:
         """Losses for a batch of (brain sample, caption) pairs.
 
@@ -386,12 +387,16 @@ class BrainTextContrastive(nn.Module):
             Precomputed normalised caption embeddings (allowed only with ``train_itm=False``).
         input_ids, attention_mask : LongTensor of shape (n, seq_len), optional
             Tokenised captions, when ``text_feats`` is not given.
+        pred : Tensor of shape (n, n_query, hidden), optional
+            The brain map's predictions for ``X`` when already computed (evaluation computes
+            them once per brain sample, not once per caption).
 
         Returns
         -------
         out : ContrastiveOutput
         """
-        pred = self.predict_tokens(X)
+        if pred is None:
+            pred = self.predict_tokens(X)
         mse = F.mse_loss(pred.float(), true_tokens.float())
         if text_feats is None:
             if input_ids is None:

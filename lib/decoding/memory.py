@@ -225,7 +225,8 @@ def _stage2_gpu_rows(stage, m, s, sz, prm, update, dev):
     if train_itm:  # text path activations: 12-layer BERT-size, seq max_length
         L = int(prm.get("stage2_max_length", 64))
         act += 24 * B * L * sz["hidden"] * F32 * 4
-    pred = 256 * p * F32 + 256 * t * F32  # predict_tokens batches
+    # predict_tokens batches; validation predictions, once per validation sample (~10%)
+    pred = 256 * p * F32 + 256 * t * F32 + math.ceil(0.1 * s["n"]) * t * F32
     rows += [_row(stage, m, ph, "activations (estimate)", dev, max(act, pred)),
              _row(stage, m, ph, "CUDA context (estimate)", dev, CUDA_CONTEXT)]
     return rows

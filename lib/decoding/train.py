@@ -345,10 +345,17 @@ def evaluate(model, data: PairData, batch_size: int = 32, device="cpu", tokenize
     model.eval()
     sums = {"loss": 0.0, "mse": 0.0, "contrastive": 0.0, "brain_text": 0.0}
     n = len(data)
+    # the map's prediction once per brain sample (each sample has several captions)
+    samples = torch.unique(data.pairs[:, 0])
+    row = torch.full((len(data.X),), -1, dtype=torch.long)
+    row[samples] = torch.arange(len(samples))
+    preds = torch.cat([model.predict_tokens(data.X[samples[i:i + 256]].to(device))
+                       for i in range(0, len(samples), 256)]) if len(samples) else None
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     for start in range(0, n, batch_size):
         idx = order[start:start + batch_size]
-        out = _forward(model, data, idx, device, tokenizer, max_length)
+        pred = preds[row[data.pairs[idx, 0]].to(preds.device)]
+        out = _forward(model, data, idx, device, tokenizer, max_length, pred=pred)
         w = len(idx) / n
         for k in sums:
             sums[k] += w * float(getattr(out, k).detach())
@@ -380,8 +387,10 @@ def _text_feats(model, data: PairData, cidx, device, tokenizer, max_length):
     return model.text_features(ids.to(device), mask.to(device))
 
 
-def _forward(model, data: PairData, idx, device, tokenizer, max_length):
+def _forward(model, data: PairData, idx, device, tokenizer, max_length, pred=None):
     batch = data.batch(idx, device)
+    if pred is not None:
+        batch["pred"] = pred
     if "caption_index" in batch:
         from lib.decoding.contrastive import tokenize_captions
 
