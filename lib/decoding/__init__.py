@@ -5,6 +5,8 @@
 - :mod:`lib.decoding.generate` — captions from (predicted) query tokens, batched;
 - :mod:`lib.decoding.evaluate` — captions, retrieval, controls and permutation tests of a run;
 - :mod:`lib.decoding.contrastive`, :mod:`lib.decoding.train` — stage 2;
+- :mod:`lib.decoding.memory` — GPU / host memory of every decoding stage from the real shapes
+  (``memory_table``, ``peak_memory``; used by the preflight);
 - :mod:`lib.decoding.figures` — stage-1 figures.
 """
 

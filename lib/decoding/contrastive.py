@@ -275,7 +275,7 @@ class BrainTextContrastive(nn.Module):
         For ``brain_update="low_rank"`` the map must have ``weight`` (n_out, n_features) and
         ``bias`` (n_out,), like :class:`lib.decoding.stage1.QueryTokenDecoder`.
         """
-        merged = copy.deepcopy(self.brain_map).cpu()
+        merged = _cpu_copy(self.brain_map)
         if self.brain_update == "low_rank":
             with torch.no_grad():
                 u, v = self.delta_out.detach().cpu(), self.delta_in.detach().cpu()
@@ -419,6 +419,19 @@ class BrainTextContrastive(nn.Module):
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def _cpu_copy(brain_map: nn.Module) -> nn.Module:
+    """A copy of the map on the host, without a second copy on the map's device."""
+    from lib.decoding.stage1 import QueryTokenDecoder
+
+    if not isinstance(brain_map, QueryTokenDecoder):
+        return copy.deepcopy(brain_map).cpu()
+    merged = QueryTokenDecoder([0], brain_map.n_query, brain_map.hidden, brain_map.settings)
+    merged.block_sizes = list(brain_map.block_sizes)
+    merged.weight = nn.Parameter(brain_map.weight.detach().to("cpu", copy=True))
+    merged.bias = nn.Parameter(brain_map.bias.detach().to("cpu", copy=True))
+    return merged
 
 
 def _n_features(brain_map: nn.Module) -> int:
