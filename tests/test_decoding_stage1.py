@@ -329,3 +329,25 @@ def test_compare_runs_is_paired_over_test_images():
     ratios = ratio_to_upper_bound({"brain": {"CIDEr": 0.5, "BLEU-1": 0.2},
                                    "image_upper_bound": {"CIDEr": 1.0, "BLEU-1": 0.0}})
     assert ratios["CIDEr"] == 0.5 and np.isnan(ratios["BLEU-1"])
+
+
+def test_single_trial_predictions_are_one_trial_of_each_image(micro_subject, tmp_path):
+    """The original study's retrieval rule: one random test trial per image, seeded."""
+    from lib.decoding.evaluate import single_trial_predictions
+    from lib.decoding.stage1 import fit_stage1, stage1_inputs
+
+    feats, ids = _targets(micro_subject)
+    res = fit_stage1(micro_subject, feats, ids, memory_size=2, alphas=[1.0, 1e3], cv=2,
+                     device="cpu")
+    res.decoder.save(tmp_path)
+    pred, pred_ids = single_trial_predictions(tmp_path, micro_subject, seed=0)
+    assert np.array_equal(pred_ids, res.test_ids) and pred.shape == res.test_pred.shape
+    blocks, trial_ids = stage1_inputs(micro_subject, "test", 2, "past", trials=True)
+    per_trial = res.decoder.predict(blocks)
+    for row, nsd in enumerate(pred_ids):
+        trials = per_trial[trial_ids == nsd]
+        assert len(trials) > 1  # several repeats, one of them chosen
+        assert min(np.abs(t - pred[row]).max() for t in trials) < 1e-5
+    again, _ = single_trial_predictions(tmp_path, micro_subject, seed=0)
+    other, _ = single_trial_predictions(tmp_path, micro_subject, seed=1)
+    assert np.array_equal(pred, again) and not np.array_equal(pred, other)
