@@ -20,6 +20,9 @@ from typing import Any
 
 from lib.jobs import Job, clear_done, fingerprints, is_done, mark_done
 
+#: Threads a notebook may use on a Dask worker (Dask's nanny sets OMP_NUM_THREADS=1 in workers).
+THREADS_ENV = "BRAINCAP_THREADS"
+
 
 @dataclass
 class JobResult:
@@ -71,6 +74,10 @@ def execute(job: Job, params: dict[str, Any], cwd: str, fingerprint: str, force:
     if not force and is_done(job, fingerprint):
         return JobResult(job.key, job.label, "skipped", 0.0, str(job.output), "up to date")
     clear_done(job)
+    threads = os.environ.get(THREADS_ENV)
+    if threads:  # the notebook's kernel inherits this process's environment
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            os.environ[name] = threads
     try:
         seconds = run_job(job, params, cwd)
     except NotebookFailed as err:
@@ -161,7 +168,7 @@ def local_cluster(n_workers: int | None = None):
             f"gpu{i}": {"cls": Nanny, "options": {
                 "nthreads": 1, "resources": {"GPU": 1},
                 "env": {"CUDA_VISIBLE_DEVICES": str(i),
-                        "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // n_gpus))}}}
+                        THREADS_ENV: str(max(1, (os.cpu_count() or 1) // n_gpus))}}}
             for i in range(n_gpus)
         }
         return SpecCluster(workers=workers, scheduler={"cls": Scheduler, "options": {
@@ -210,9 +217,12 @@ def slurm_cluster(n_workers: int = 1, queue: str | None = None, account: str | N
 
     extra = [f"--gres=gpu:{gpus_per_worker}"] if gpus_per_worker else []
     Path(log_directory).mkdir(parents=True, exist_ok=True)
+    # One Dask thread runs one notebook at a time; the job books `cores` CPUs for that notebook
+    # (its kernel reads BRAINCAP_THREADS, see `execute`).
+    prologue = [f"export {THREADS_ENV}={cores}", *options.pop("job_script_prologue", [])]
     cluster = SLURMCluster(
-        queue=queue, account=account, cores=cores, processes=1, memory=memory,
-        walltime=walltime, log_directory=log_directory,
+        queue=queue, account=account, cores=1, job_cpu=cores, processes=1, memory=memory,
+        walltime=walltime, log_directory=log_directory, job_script_prologue=prologue,
         job_extra_directives=extra + list(job_extra_directives or []),
         worker_extra_args=["--resources", "GPU=1"] if gpus_per_worker else [],
         **options,

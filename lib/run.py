@@ -1,22 +1,27 @@
-"""Run the book's notebooks with papermill for one parameter set.
+"""Run the book's notebooks with papermill for one parameter set, as a job graph.
 
 Usage::
 
-    python -m lib.run --params notebooks/params/toy.yaml            # every notebook, in order
+    python -m lib.run --params notebooks/params/toy.yaml            # every notebook, serially
     python -m lib.run --params notebooks/params/toy.yaml --only 03_alignment_ridge
     python -m lib.run --params notebooks/params/micro.yaml --output-dir /tmp/run --build-book
+    python -m lib.run --params notebooks/params/toy.yaml --scheduler local   # on Dask
+    python -m lib.run --params notebooks/params/toy.yaml --force    # re-run up-to-date jobs
 
-The parameter file lists the notebooks to run (``notebooks:``) and the parameters shared by all
-of them. Each notebook receives only the parameters it declares in its ``parameters`` cell, so
-one file drives the whole book. An optional ``sweeps:`` mapping re-runs a notebook once per value
-of one parameter, as separate papermill runs (used for the memory-size ablation)::
+The parameter file lists the notebooks to run (``notebooks:``), the subjects (``subjects:``, the
+book showing ``subject:``) and the parameters shared by all of them. Each notebook receives only
+the parameters it declares in its ``parameters`` cell, so one file drives the whole book. An
+optional ``sweeps:`` mapping re-runs a notebook once per value of one parameter, as separate
+papermill runs (used for the memory-size ablation)::
 
     sweeps:
       03_alignment_ridge: {memory_size: [1, 3, 5, 7]}
 
-Executed notebooks land in ``book/run/`` (``<name>.ipynb``; sweep runs as
-``<name>__<param>-<value>.ipynb``), where Jupyter Book picks them up. The cell papermill injects
-with the parameters is tagged ``remove-cell`` so the rendered book does not show it.
+:mod:`lib.jobs` plans the jobs and their dependencies and skips jobs that are up to date;
+:mod:`lib.cluster` executes them (serially, or on Dask). Executed notebooks land in ``book/run/``
+(``<name>.ipynb``; sweep runs as ``<name>__<param>-<value>.ipynb``; other subjects under
+``subjects/subjXX/``), where Jupyter Book picks them up. The cell papermill injects with the
+parameters is tagged ``remove-cell`` so the rendered book does not show it.
 """
 
 from __future__ import annotations

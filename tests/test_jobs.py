@@ -170,3 +170,53 @@ def test_dask_run_equals_serial_and_survives_a_killed_worker(project):
         assert len(client.scheduler_info()["workers"]) == 2  # the nanny replaced the worker
     assert len(times) == 10
     assert results(tmp_path) == expected
+
+
+def test_slurm_recipe_writes_one_gpu_job_per_worker(tmp_path):
+    pytest.importorskip("dask_jobqueue")
+    from lib.cluster import slurm_cluster
+
+    cluster = slurm_cluster(n_workers=0, queue="gpu", account="lab", cores=8, memory="64GB",
+                            walltime="08:00:00", log_directory=str(tmp_path / "logs"),
+                            job_extra_directives=["--constraint=a100"])
+    try:
+        script = cluster.job_script()
+    finally:
+        cluster.close()
+    for line in ("#SBATCH -p gpu", "#SBATCH -A lab", "#SBATCH --cpus-per-task=8",
+                 "#SBATCH -t 08:00:00", "#SBATCH --gres=gpu:1", "#SBATCH --constraint=a100",
+                 f"#SBATCH -e {tmp_path / 'logs'}"):
+        assert line in script, line
+    # one notebook at a time per worker, with the job's 8 cores for its kernel
+    assert "--resources GPU=1" in script and "--nthreads 1" in script
+    assert "export BRAINCAP_THREADS=8" in script
+
+
+@pytest.mark.slow
+def test_distributed_micro_run_equals_the_serial_run(micro_root, tmp_path):
+    """Preparation and stage 1 of both micro subjects on a 2-worker LocalCluster: same numbers."""
+    import numpy as np
+
+    from lib.decoding.stage1 import read_predictions
+
+    params = run.load_params(REPO_ROOT / "notebooks" / "params" / "micro.yaml")
+    params.update(notebooks=["01_data_preparation", "03_alignment_ridge"], sweeps={},
+                  subjects=[1, 2], subject=1)
+    predictions = {}
+    for name, scheduler in (("serial", None), ("dask", "local")):
+        derived = tmp_path / name / "derived"
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({**params, "derived_root": str(derived)}))
+        times = run.run_book(path, tmp_path / name / "run", cwd=REPO_ROOT, log=lambda s: None,
+                             scheduler=scheduler)
+        assert len(times) == 4
+        predictions[name] = {
+            s: read_predictions(derived / params["dataset"] / f"subj0{s}" / "decoding" / "stage1")
+            for s in (1, 2)}
+    for s in (1, 2):
+        serial, dask = predictions["serial"][s], predictions["dask"][s]
+        np.testing.assert_array_equal(serial["test_ids"], dask["test_ids"])
+        np.testing.assert_allclose(serial["test_pred"], dask["test_pred"], rtol=1e-4, atol=1e-5)
+    # the two subjects are different brains: their predictions differ
+    assert not np.allclose(predictions["serial"][1]["test_pred"],
+                           predictions["serial"][2]["test_pred"])
