@@ -146,7 +146,39 @@ def run_job(job: Job, params: dict[str, Any], cwd: str | os.PathLike = REPO_ROOT
     finally:
         if job.output.exists():
             hide_injected_parameters(job.output)
-    return time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    note_wall_time(job.output, seconds)
+    return seconds
+
+
+def machine_summary() -> str:
+    """One line on the machine: CPU cores (and threads allowed), GPU if any."""
+    import torch
+
+    cores = os.cpu_count() or 1
+    threads = os.environ.get("OMP_NUM_THREADS")
+    text = f"{cores} CPU core{'s' if cores > 1 else ''}"
+    if threads and int(threads) < cores:
+        text += f" ({threads} thread{'s' if int(threads) > 1 else ''} allowed)"
+    if torch.cuda.is_available():
+        text += f", {torch.cuda.get_device_name(0)}"
+    return text
+
+
+def note_wall_time(path: str | os.PathLike, seconds: float) -> None:
+    """Say under the chapter's title how long its run took and on what machine.
+
+    The note is a markdown cell tagged ``wall-time`` (replaced, not repeated, on a re-run).
+    """
+    nb = nbformat.read(path, as_version=4)
+    nb.cells = [c for c in nb.cells if "wall-time" not in c.get("metadata", {}).get("tags", [])]
+    minutes = f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.0f} s"
+    note = nbformat.v4.new_markdown_cell(
+        f"```{{note}}\nThis chapter ran in {minutes} ({machine_summary()}), executed by "
+        f"`python -m lib.run`.\n```", metadata={"tags": ["wall-time"]})
+    first = 1 if nb.cells and nb.cells[0].cell_type == "markdown" else 0
+    nb.cells.insert(first, note)
+    nbformat.write(nb, path)
 
 
 def hide_injected_parameters(path: str | os.PathLike) -> None:

@@ -78,6 +78,8 @@ def test_run_book_passes_declared_parameters_and_hides_injected_cell(project):
     assert "4 done, 0 skipped, 0 failed, 0 blocked" in lines[-2]
 
     nb = nbformat.read(tmp / "out" / "01_first.ipynb", as_version=4)
+    # the chapter says, under its title, how long it ran
+    assert "wall-time" in nb.cells[1].metadata.tags and "This chapter ran in" in nb.cells[1].source
     injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
     assert len(injected) == 1 and "remove-cell" in injected[0].metadata.tags
     # only declared parameters are injected: `unused` and the control keys are not
