@@ -1,22 +1,27 @@
-"""Run the book's notebooks with papermill for one parameter set.
+"""Run the book's notebooks with papermill for one parameter set, as a job graph.
 
 Usage::
 
-    python -m lib.run --params notebooks/params/toy.yaml            # every notebook, in order
+    python -m lib.run --params notebooks/params/toy.yaml            # every notebook, serially
     python -m lib.run --params notebooks/params/toy.yaml --only 03_alignment_ridge
     python -m lib.run --params notebooks/params/micro.yaml --output-dir /tmp/run --build-book
+    python -m lib.run --params notebooks/params/toy.yaml --scheduler local   # on Dask
+    python -m lib.run --params notebooks/params/toy.yaml --force    # re-run up-to-date jobs
 
-The parameter file lists the notebooks to run (``notebooks:``) and the parameters shared by all
-of them. Each notebook receives only the parameters it declares in its ``parameters`` cell, so
-one file drives the whole book. An optional ``sweeps:`` mapping re-runs a notebook once per value
-of one parameter, as separate papermill runs (used for the memory-size ablation)::
+The parameter file lists the notebooks to run (``notebooks:``), the subjects (``subjects:``, the
+book showing ``subject:``) and the parameters shared by all of them. Each notebook receives only
+the parameters it declares in its ``parameters`` cell, so one file drives the whole book. An
+optional ``sweeps:`` mapping re-runs a notebook once per value of one parameter, as separate
+papermill runs (used for the memory-size ablation)::
 
     sweeps:
       03_alignment_ridge: {memory_size: [1, 3, 5, 7]}
 
-Executed notebooks land in ``book/run/`` (``<name>.ipynb``; sweep runs as
-``<name>__<param>-<value>.ipynb``), where Jupyter Book picks them up. The cell papermill injects
-with the parameters is tagged ``remove-cell`` so the rendered book does not show it.
+:mod:`lib.jobs` plans the jobs and their dependencies and skips jobs that are up to date;
+:mod:`lib.cluster` executes them (serially, or on Dask). Executed notebooks land in ``book/run/``
+(``<name>.ipynb``; sweep runs as ``<name>__<param>-<value>.ipynb``; other subjects under
+``subjects/subjXX/``), where Jupyter Book picks them up. The cell papermill injects with the
+parameters is tagged ``remove-cell`` so the rendered book does not show it.
 """
 
 from __future__ import annotations
@@ -27,7 +32,6 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +39,13 @@ import nbformat
 import yaml
 
 from lib.config import REPO_ROOT
+from lib.jobs import Job, plan_graph
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 DEFAULT_OUTPUT_DIR = REPO_ROOT / "book" / "run"
 
 #: Keys of a parameter file that steer lib.run itself rather than being notebook parameters.
-CONTROL_KEYS = ("notebooks", "sweeps")
+CONTROL_KEYS = ("notebooks", "sweeps", "sweep_subjects")
 
 
 #: Environment of batch-executed notebooks: no progress bars, no informational model-load reports.
@@ -54,21 +59,6 @@ BATCH_ENVIRONMENT = {
 
 class NotebookFailed(RuntimeError):
     """A notebook raised an error; the message names the notebook, the cell and the copy."""
-
-
-@dataclass
-class Job:
-    """One papermill run: a source notebook, its output path and its parameter overrides."""
-
-    name: str
-    source: Path
-    output: Path
-    overrides: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def label(self) -> str:
-        extra = ", ".join(f"{k}={v}" for k, v in self.overrides.items())
-        return f"{self.name} ({extra})" if extra else self.name
 
 
 def load_params(path: str | os.PathLike) -> dict[str, Any]:
@@ -104,54 +94,7 @@ def load_params(path: str | os.PathLike) -> dict[str, Any]:
     return params
 
 
-def plan_jobs(
-    params: dict[str, Any],
-    output_dir: str | os.PathLike = DEFAULT_OUTPUT_DIR,
-    only: list[str] | None = None,
-    notebook_dir: str | os.PathLike = NOTEBOOK_DIR,
-) -> list[Job]:
-    """List the papermill runs for a parameter set, in order.
-
-    Parameters
-    ----------
-    params : dict
-        Parsed parameter file (see :func:`load_params`).
-    output_dir : path-like
-        Where executed notebooks go.
-    only : list of str or None
-        Run just these notebooks (names without ``.ipynb``), with their sweeps.
-    notebook_dir : path-like
-        Folder of the source notebooks.
-
-    Returns
-    -------
-    jobs : list of Job
-    """
-    notebook_dir, output_dir = Path(notebook_dir), Path(output_dir)
-    names = [str(n).removesuffix(".ipynb") for n in params["notebooks"]]
-    if only:
-        unknown = sorted(set(only) - set(names))
-        if unknown:
-            raise ValueError(f"--only {', '.join(unknown)}: not in this parameter set's notebooks {names}")
-        names = [n for n in names if n in only]
-    sweeps = params.get("sweeps") or {}
-    jobs = []
-    for name in names:
-        source = notebook_dir / f"{name}.ipynb"
-        if not source.is_file():
-            raise FileNotFoundError(f"notebook {source} listed in the parameter file does not exist")
-        jobs.append(Job(name, source, output_dir / f"{name}.ipynb"))
-        for param, values in (sweeps.get(name) or {}).items():
-            main_value = params[param] if param in params else _declared_default(source, param)
-            for value in values:
-                if value == main_value:
-                    continue  # the main run already covers this value
-                out = output_dir / f"{name}__{param}-{value}.ipynb"
-                jobs.append(Job(name, source, out, {param: value}))
-    return jobs
-
-
-def _declared_default(source: Path, param: str) -> Any:
+def declared_default(source: Path, param: str) -> Any:
     """Default value of ``param`` in a notebook's parameters cell (None if not a literal)."""
     import papermill
 
@@ -169,8 +112,7 @@ def notebook_parameters(job: Job, params: dict[str, Any]) -> dict[str, Any]:
     import papermill
 
     declared = papermill.inspect_notebook(str(job.source))
-    merged = {k: v for k, v in params.items() if k not in CONTROL_KEYS}
-    merged.update(job.overrides)
+    merged = {k: v for k, v in job.parameters(params).items() if k not in CONTROL_KEYS}
     return {k: v for k, v in merged.items() if k in declared}
 
 
@@ -204,7 +146,39 @@ def run_job(job: Job, params: dict[str, Any], cwd: str | os.PathLike = REPO_ROOT
     finally:
         if job.output.exists():
             hide_injected_parameters(job.output)
-    return time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    note_wall_time(job.output, seconds)
+    return seconds
+
+
+def machine_summary() -> str:
+    """One line on the machine: CPU cores (and threads allowed), GPU if any."""
+    import torch
+
+    cores = os.cpu_count() or 1
+    threads = os.environ.get("OMP_NUM_THREADS")
+    text = f"{cores} CPU core{'s' if cores > 1 else ''}"
+    if threads and int(threads) < cores:
+        text += f" ({threads} thread{'s' if int(threads) > 1 else ''} allowed)"
+    if torch.cuda.is_available():
+        text += f", {torch.cuda.get_device_name(0)}"
+    return text
+
+
+def note_wall_time(path: str | os.PathLike, seconds: float) -> None:
+    """Say under the chapter's title how long its run took and on what machine.
+
+    The note is a markdown cell tagged ``wall-time`` (replaced, not repeated, on a re-run).
+    """
+    nb = nbformat.read(path, as_version=4)
+    nb.cells = [c for c in nb.cells if "wall-time" not in c.get("metadata", {}).get("tags", [])]
+    minutes = f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.0f} s"
+    note = nbformat.v4.new_markdown_cell(
+        f"```{{note}}\nThis chapter ran in {minutes} ({machine_summary()}), executed by "
+        f"`python -m lib.run`.\n```", metadata={"tags": ["wall-time"]})
+    first = 1 if nb.cells and nb.cells[0].cell_type == "markdown" else 0
+    nb.cells.insert(first, note)
+    nbformat.write(nb, path)
 
 
 def hide_injected_parameters(path: str | os.PathLike) -> None:
@@ -234,8 +208,10 @@ def run_book(
     notebook_dir: str | os.PathLike = NOTEBOOK_DIR,
     cwd: str | os.PathLike = REPO_ROOT,
     log=print,
+    force: bool = False,
+    scheduler: str | None = None,
 ) -> dict[str, float]:
-    """Run the notebooks of a parameter set in order; stop at the first failure.
+    """Run the job graph of a parameter set; a failure stops only the jobs that need it.
 
     Parameters
     ----------
@@ -250,29 +226,44 @@ def run_book(
     cwd : path-like
         Working directory of the notebooks (relative paths in parameters start here).
     log : callable
-        Receives one progress line per notebook.
+        Receives one progress line per job and the final table.
+    force : bool
+        Re-run jobs whose outputs are complete with a matching fingerprint (else skipped).
+    scheduler : str or None
+        ``None``: one job after another in this process. ``"local"``: a Dask LocalCluster on this
+        machine; ``"tcp://host:8786"``: an existing Dask scheduler (see :mod:`lib.cluster`).
 
     Returns
     -------
     wall_times : dict
-        Seconds per executed notebook, keyed by output file name.
+        Seconds per executed (not skipped) job, keyed by the executed copy's path relative to
+        ``output_dir`` (``03_alignment_ridge.ipynb``, ``subjects/subj02/01_data_preparation.ipynb``).
+
+    Raises
+    ------
+    NotebookFailed
+        After the whole graph ran, when any job failed; names every failed notebook and copy.
     """
+    from lib import cluster
+
     params = load_params(params_path)
-    jobs = plan_jobs(params, output_dir, only, notebook_dir)
+    jobs = plan_graph(params, output_dir, only, notebook_dir)
     _use_this_interpreter_kernel()
     # Progress bars and load reports help at the keyboard; in a batch run this function reports
     # progress per notebook, and they would fill the rendered pages (override any of these).
     for name, value in BATCH_ENVIRONMENT.items():
         os.environ.setdefault(name, value)
-    times = {}
     total = time.perf_counter()
-    for i, job in enumerate(jobs, 1):
-        log(f"[{i}/{len(jobs)}] {job.label} ...")
-        seconds = run_job(job, params, cwd)
-        times[job.output.name] = seconds
-        log(f"[{i}/{len(jobs)}] {job.label} done in {seconds:.1f} s -> {job.output}")
-    log(f"{len(jobs)} notebook run(s) in {time.perf_counter() - total:.1f} s")
-    return times
+    if scheduler is None:
+        results = cluster.run_serial(jobs, params, cwd, force=force, log=log)
+    else:
+        results = cluster.run_dask(jobs, params, cwd, scheduler, force=force, log=log)
+    log(cluster.summary_table(results))
+    log(f"{len(jobs)} job(s) in {time.perf_counter() - total:.1f} s")
+    failed = [r for r in results if r.status == "failed"]
+    if failed:
+        raise NotebookFailed("\n".join(r.message for r in failed))
+    return {f"{r.key}.ipynb": r.seconds for r in results if r.status == "done"}
 
 
 def build_book(source_dir: str | os.PathLike = REPO_ROOT) -> Path:
@@ -291,9 +282,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output-dir", default=str(DEFAULT_OUTPUT_DIR),
                         help="where executed notebooks go (default: book/run)")
     parser.add_argument("--build-book", action="store_true", help="build the Jupyter Book afterwards")
+    parser.add_argument("--force", action="store_true",
+                        help="re-run jobs whose outputs are complete and up to date (else skipped)")
+    parser.add_argument("--scheduler", default=None, metavar="local|tcp://HOST:PORT",
+                        help="run the job graph on Dask: 'local' starts a LocalCluster (one "
+                             "worker per GPU, else per core), an address uses a running "
+                             "scheduler (e.g. a dask-jobqueue SLURMCluster); default: serial")
     args = parser.parse_args(argv)
     try:
-        run_book(args.params, args.output_dir, args.only)
+        run_book(args.params, args.output_dir, args.only, force=args.force,
+                 scheduler=args.scheduler)
     except (NotebookFailed, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from lib import run
+from lib.jobs import plan_graph
 from tests.notebook_factory import write_notebook
 
 
@@ -39,7 +40,7 @@ def project(tmp_path):
 def test_plan_orders_notebooks_and_sweeps(project):
     tmp, nbdir, params_path = project
     params = run.load_params(params_path)
-    jobs = run.plan_jobs(params, tmp / "out", notebook_dir=nbdir)
+    jobs = plan_graph(params, tmp / "out", notebook_dir=nbdir)
     assert [j.output.name for j in jobs] == [
         "01_first.ipynb",
         "01_first__alpha-5.ipynb",  # alpha=3 is the main run's own value: not repeated
@@ -47,7 +48,8 @@ def test_plan_orders_notebooks_and_sweeps(project):
         "02_second__flag-True.ipynb",  # flag=False is the notebook's own default: not repeated
     ]
     assert jobs[1].overrides == {"alpha": 5}
-    only = run.plan_jobs(params, tmp / "out", only=["02_second"], notebook_dir=nbdir)
+    assert jobs[2].needs == ["01_first"]  # a notebook of the user's needs the earlier main runs
+    only = plan_graph(params, tmp / "out", only=["02_second"], notebook_dir=nbdir)
     assert [j.output.name for j in only] == ["02_second.ipynb", "02_second__flag-True.ipynb"]
 
 
@@ -55,9 +57,9 @@ def test_plan_rejects_unknown_and_missing_notebooks(project, tmp_path):
     tmp, nbdir, params_path = project
     params = run.load_params(params_path)
     with pytest.raises(ValueError, match="--only 03_nope"):
-        run.plan_jobs(params, tmp / "out", only=["03_nope"], notebook_dir=nbdir)
+        plan_graph(params, tmp / "out", only=["03_nope"], notebook_dir=nbdir)
     with pytest.raises(FileNotFoundError, match="99_missing"):
-        run.plan_jobs({"notebooks": ["99_missing"]}, tmp / "out", notebook_dir=nbdir)
+        plan_graph({"notebooks": ["99_missing"]}, tmp / "out", notebook_dir=nbdir)
     bad = tmp_path / "bad.yaml"
     bad.write_text("alpha: 1\n")
     with pytest.raises(ValueError, match="notebooks"):
@@ -72,9 +74,12 @@ def test_run_book_passes_declared_parameters_and_hides_injected_cell(project):
                           "02_second__flag-True.ipynb"}
     assert json.loads((tmp / "out_toy_3.json").read_text()) == {"alpha": 3, "name": "toy"}
     assert json.loads((tmp / "out_toy_5.json").read_text()) == {"alpha": 5, "name": "toy"}
-    assert any("done in" in line for line in lines) and "4 notebook run(s)" in lines[-1]
+    assert any("done in" in line for line in lines) and "4 job(s)" in lines[-1]
+    assert "4 done, 0 skipped, 0 failed, 0 blocked" in lines[-2]
 
     nb = nbformat.read(tmp / "out" / "01_first.ipynb", as_version=4)
+    # the chapter says, under its title, how long it ran
+    assert "wall-time" in nb.cells[1].metadata.tags and "This chapter ran in" in nb.cells[1].source
     injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
     assert len(injected) == 1 and "remove-cell" in injected[0].metadata.tags
     # only declared parameters are injected: `unused` and the control keys are not

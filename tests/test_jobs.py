@@ -1,0 +1,222 @@
+"""The job graph (lib.jobs) and its execution (lib.cluster): planning, skipping, failures, Dask.
+
+The execution tests use three small notebooks under the book's own names, so that the graph's
+real dependencies apply: ``01_data_preparation`` writes a subject's file, ``03_alignment_ridge``
+reads it (per memory size), ``04_contrastive`` reads 03's. Each fails loudly when its input is
+missing, so running a job before the job it needs cannot pass.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+
+import pytest
+import yaml
+
+from lib import jobs as jobgraph
+from lib import run
+from lib.config import REPO_ROOT
+from tests.notebook_factory import write_notebook
+
+PREP = ("import json, pathlib\n"
+        "out = pathlib.Path(derived_root) / f'subj{subject}'\n"
+        "out.mkdir(parents=True, exist_ok=True)\n"
+        "(out / 'prep.json').write_text(json.dumps({'value': subject * 10}))")
+RIDGE = ("import json, pathlib, time\n"
+         "time.sleep(sleep_s)\n"
+         "if subject == fail_subject:\n"
+         "    raise RuntimeError('stage 1 broken on purpose')\n"
+         "out = pathlib.Path(derived_root) / f'subj{subject}'\n"
+         "value = json.loads((out / 'prep.json').read_text())['value'] + memory_size\n"
+         "(out / f'stage1_mem{memory_size}.json').write_text(json.dumps({'value': value}))")
+STAGE2 = ("import json, pathlib\n"
+          "out = pathlib.Path(derived_root) / f'subj{subject}'\n"
+          "value = json.loads((out / f'stage1_mem{memory_size}.json').read_text())['value'] * 2\n"
+          "(out / f'stage2_mem{memory_size}.json').write_text(json.dumps({'value': value}))")
+
+
+@pytest.fixture()
+def project(tmp_path):
+    """Three notebooks, two subjects, a memory sweep on 03 and 04; returns (params path, out)."""
+    nbdir = tmp_path / "notebooks"
+    write_notebook(nbdir / "01_data_preparation.ipynb", "derived_root = ''\nsubject = 1\nsubjects = [1]",
+                   PREP)
+    write_notebook(nbdir / "03_alignment_ridge.ipynb",
+                   "derived_root = ''\nsubject = 1\nmemory_size = 1\nsleep_s = 0.0\nfail_subject = 0",
+                   RIDGE)
+    write_notebook(nbdir / "04_contrastive.ipynb", "derived_root = ''\nsubject = 1\nmemory_size = 1",
+                   STAGE2)
+    return tmp_path, nbdir
+
+
+def write_params(tmp_path, **extra):
+    params = {
+        "notebooks": ["01_data_preparation", "03_alignment_ridge", "04_contrastive"],
+        "derived_root": str(tmp_path / "results"), "subjects": [1, 2], "subject": 1,
+        "sweeps": {"03_alignment_ridge": {"memory_size": [1, 3]},
+                   "04_contrastive": {"memory_size": [1, 3]}},
+        "sweep_subjects": "all", **extra,
+    }
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def results(tmp_path) -> dict[str, int]:
+    return {str(p.relative_to(tmp_path / "results")): json.loads(p.read_text())["value"]
+            for p in sorted((tmp_path / "results").rglob("*.json"))}
+
+
+def test_plan_of_the_book_fans_out_subjects_and_sweeps():
+    params = run.load_params(REPO_ROOT / "notebooks" / "params" / "toy.yaml")
+    params.update(subjects=[1, 2], subject=1, sweep_subjects="main")
+    jobs = {j.key: j for j in jobgraph.plan_graph(params, "out")}
+    assert jobs["00_toy_world"].subject is None and jobs["00_toy_world"].needs == []
+    assert jobs["subjects/subj02/03_alignment_ridge"].needs == [
+        "subjects/subj02/01_data_preparation"]
+    # sweeps run for the main subject only ("main"); a stage-2 sweep job needs its stage 1
+    assert "subjects/subj02/03_alignment_ridge__memory_size-3" not in jobs
+    assert jobs["04_contrastive__memory_size-3"].needs == ["03_alignment_ridge__memory_size-3"]
+    assert set(jobs["05_captioning"].needs) >= {"03_alignment_ridge__memory_size-7",
+                                                "04_contrastive__memory_size-3"}
+    order = list(jobs)
+    for key, job in jobs.items():  # topological: every job after the jobs it needs
+        assert all(order.index(dep) < order.index(key) for dep in job.needs)
+    with pytest.raises(ValueError, match="subject 3 is not in subjects"):
+        jobgraph.plan_graph({**params, "subject": 3}, "out")
+
+
+def test_serial_run_skips_up_to_date_jobs_and_reruns_what_a_change_affects(project):
+    tmp_path, nbdir = project
+    params = write_params(tmp_path)
+    out = tmp_path / "out"
+    first = run.run_book(params, out, notebook_dir=nbdir, cwd=tmp_path, log=lambda s: None)
+    assert len(first) == 10  # 01 x 2 subjects, 03 and 04 x 2 subjects x 2 memory sizes
+    assert results(tmp_path)["subj2/stage2_mem3.json"] == (20 + 3) * 2
+
+    lines = []
+    start = time.perf_counter()
+    again = run.run_book(params, out, notebook_dir=nbdir, cwd=tmp_path, log=lines.append)
+    assert again == {} and "0 done, 10 skipped" in lines[-2]
+    assert time.perf_counter() - start < 10
+
+    # a changed notebook re-runs that notebook's jobs and everything downstream of them
+    write_notebook(nbdir / "04_contrastive.ipynb", "derived_root = ''\nsubject = 1\nmemory_size = 1",
+                   STAGE2.replace("* 2", "* 3"))
+    changed = run.run_book(params, out, notebook_dir=nbdir, cwd=tmp_path, log=lambda s: None)
+    assert sorted(changed) == ["04_contrastive.ipynb", "04_contrastive__memory_size-3.ipynb",
+                               "subjects/subj02/04_contrastive.ipynb",
+                               "subjects/subj02/04_contrastive__memory_size-3.ipynb"]
+    assert results(tmp_path)["subj2/stage2_mem3.json"] == (20 + 3) * 3
+    forced = run.run_book(params, out, notebook_dir=nbdir, cwd=tmp_path, log=lambda s: None,
+                          force=True)
+    assert len(forced) == 10
+
+
+def test_a_failed_job_blocks_only_the_jobs_that_need_it(project):
+    tmp_path, nbdir = project
+    params = write_params(tmp_path, fail_subject=2)
+    lines = []
+    with pytest.raises(run.NotebookFailed, match="stage 1 broken on purpose") as info:
+        run.run_book(params, tmp_path / "out", notebook_dir=nbdir, cwd=tmp_path,
+                     log=lines.append)
+    assert str(tmp_path / "out" / "subjects" / "subj02" / "03_alignment_ridge.ipynb") in \
+        str(info.value)
+    table = lines[-2]
+    assert "6 done, 0 skipped, 2 failed, 2 blocked" in table
+    done = results(tmp_path)
+    assert done["subj1/stage2_mem3.json"] == (10 + 3) * 2  # subject 1 is complete
+    assert "subj2/prep.json" in done and "subj2/stage2_mem1.json" not in done
+
+
+@pytest.mark.slow
+def test_dask_run_equals_serial_and_survives_a_killed_worker(project):
+    from distributed import Client, LocalCluster
+
+    tmp_path, nbdir = project
+    serial = write_params(tmp_path)
+    run.run_book(serial, tmp_path / "serial", notebook_dir=nbdir, cwd=tmp_path,
+                 log=lambda s: None)
+    expected = results(tmp_path)
+
+    params = write_params(tmp_path, sleep_s=3.0)
+    for path in (tmp_path / "results").rglob("*.json"):
+        path.unlink()
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster, \
+            Client(cluster) as client:
+        killed = []
+
+        def kill_a_busy_worker():
+            deadline = time.time() + 60
+            while time.time() < deadline and not killed:
+                busy = [w for w, keys in client.processing().items()
+                        if any("03_alignment_ridge" in str(k) for k in keys)]
+                if busy:
+                    pid = client.run(os.getpid, workers=[busy[0]])[busy[0]]
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                time.sleep(0.2)
+
+        killer = threading.Thread(target=kill_a_busy_worker)
+        killer.start()
+        times = run.run_book(params, tmp_path / "dask", notebook_dir=nbdir, cwd=tmp_path,
+                             log=lambda s: None, scheduler=cluster.scheduler_address)
+        killer.join()
+        assert killed, "no worker was busy with a stage-1 job to kill"
+        assert len(client.scheduler_info()["workers"]) == 2  # the nanny replaced the worker
+    assert len(times) == 10
+    assert results(tmp_path) == expected
+
+
+def test_slurm_recipe_writes_one_gpu_job_per_worker(tmp_path):
+    pytest.importorskip("dask_jobqueue")
+    from lib.cluster import slurm_cluster
+
+    cluster = slurm_cluster(n_workers=0, queue="gpu", account="lab", cores=8, memory="64GB",
+                            walltime="08:00:00", log_directory=str(tmp_path / "logs"),
+                            job_extra_directives=["--constraint=a100"])
+    try:
+        script = cluster.job_script()
+    finally:
+        cluster.close()
+    for line in ("#SBATCH -p gpu", "#SBATCH -A lab", "#SBATCH --cpus-per-task=8",
+                 "#SBATCH -t 08:00:00", "#SBATCH --gres=gpu:1", "#SBATCH --constraint=a100",
+                 f"#SBATCH -e {tmp_path / 'logs'}"):
+        assert line in script, line
+    # one notebook at a time per worker, with the job's 8 cores for its kernel
+    assert "--resources GPU=1" in script and "--nthreads 1" in script
+    assert "export BRAINCAP_THREADS=8" in script
+
+
+@pytest.mark.slow
+def test_distributed_micro_run_equals_the_serial_run(micro_root, tmp_path):
+    """Preparation and stage 1 of both micro subjects on a 2-worker LocalCluster: same numbers."""
+    import numpy as np
+
+    from lib.decoding.stage1 import read_predictions
+
+    params = run.load_params(REPO_ROOT / "notebooks" / "params" / "micro.yaml")
+    params.update(notebooks=["01_data_preparation", "03_alignment_ridge"], sweeps={},
+                  subjects=[1, 2], subject=1)
+    predictions = {}
+    for name, scheduler in (("serial", None), ("dask", "local")):
+        derived = tmp_path / name / "derived"
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({**params, "derived_root": str(derived)}))
+        times = run.run_book(path, tmp_path / name / "run", cwd=REPO_ROOT, log=lambda s: None,
+                             scheduler=scheduler)
+        assert len(times) == 4
+        predictions[name] = {
+            s: read_predictions(derived / params["dataset"] / f"subj0{s}" / "decoding" / "stage1")
+            for s in (1, 2)}
+    for s in (1, 2):
+        serial, dask = predictions["serial"][s], predictions["dask"][s]
+        np.testing.assert_array_equal(serial["test_ids"], dask["test_ids"])
+        np.testing.assert_allclose(serial["test_pred"], dask["test_pred"], rtol=1e-4, atol=1e-5)
+    # the two subjects are different brains: their predictions differ
+    assert not np.allclose(predictions["serial"][1]["test_pred"],
+                           predictions["serial"][2]["test_pred"])
