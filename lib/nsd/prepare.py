@@ -120,8 +120,9 @@ def prepare_subject(
         Folder holding ``captions_train2017.json`` and ``captions_val2017.json``; default
         ``nsd_root/annotations``. Both are required (NSD's images come from both COCO splits):
         without them preparation stops before writing anything.
-    sessions : iterable of int or None
-        Sessions to use; default every session whose betas file is present.
+    sessions : iterable of int, str or None
+        Sessions to use (``[1, 2]`` or ``"1-37"``, ``"1,3,5-7"``); default every session whose
+        betas file is present.
     dtype : {"float32", "float16"}
         Storage type of ``betas``.
     progress : bool
@@ -167,6 +168,10 @@ def prepare_subject(
     if sessions is None:
         use = present
     else:
+        if isinstance(sessions, str):
+            from lib.nsd.download import parse_sessions
+
+            sessions = parse_sessions(sessions)
         use = sorted(int(s) for s in sessions)
         absent = [s for s in use if s not in present]
         if absent:
