@@ -5,6 +5,10 @@ Usage::
     python -m lib.run --params notebooks/params/toy.yaml            # every notebook, in order
     python -m lib.run --params notebooks/params/toy.yaml --only 03_alignment_ridge
     python -m lib.run --params notebooks/params/micro.yaml --output-dir /tmp/run --build-book
+    python -m lib.run --params notebooks/params/nsd.yaml --check   # only the preflight
+
+A run first checks, in seconds, that the data, models, disk and memory it needs are there
+(:mod:`lib.preflight`) and stops with every problem and its fix if not; ``--no-check`` skips it.
 
 The parameter file lists the notebooks to run (``notebooks:``) and the parameters shared by all
 of them. Each notebook receives only the parameters it declares in its ``parameters`` cell, so
@@ -283,6 +287,31 @@ def build_book(source_dir: str | os.PathLike = REPO_ROOT) -> Path:
     return Path(source_dir) / "_build" / "html" / "index.html"
 
 
+def preflight(params_path, output_dir=DEFAULT_OUTPUT_DIR, only=None, log=print) -> int:
+    """Run :func:`lib.preflight.run_preflight` for the notebooks a run would execute.
+
+    Returns
+    -------
+    status : int
+        0 when nothing is missing, else 1 (every problem is printed with its fix).
+    """
+    from lib.preflight import format_report, run_preflight
+
+    try:
+        params = load_params(params_path)
+        planned = list(dict.fromkeys(j.name for j in plan_jobs(params, output_dir, only)))
+    except (FileNotFoundError, ValueError) as err:
+        log(f"error: {err}")
+        return 1
+    report = run_preflight(params, planned, cwd=REPO_ROOT)
+    log(format_report(report))
+    if not report.ok:
+        log(f"error: the preflight found {len(report.problems)} problem(s) (listed above); fix "
+            f"them, or run with --no-check to start anyway")
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lib.run", description=__doc__.split("\n")[0])
     parser.add_argument("--params", required=True, help="parameter file, e.g. notebooks/params/toy.yaml")
@@ -291,7 +320,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output-dir", default=str(DEFAULT_OUTPUT_DIR),
                         help="where executed notebooks go (default: book/run)")
     parser.add_argument("--build-book", action="store_true", help="build the Jupyter Book afterwards")
+    check = parser.add_mutually_exclusive_group()
+    check.add_argument("--check", action="store_true",
+                       help="only check that the data, models, disk and memory the run needs are "
+                            "there (seconds; exit status 1 on any problem)")
+    check.add_argument("--no-check", action="store_true",
+                       help="skip the preflight check that a run does first")
     args = parser.parse_args(argv)
+    if not args.no_check:
+        status = preflight(args.params, args.output_dir, args.only)
+        if status or args.check:
+            return status
     try:
         run_book(args.params, args.output_dir, args.only)
     except (NotebookFailed, FileNotFoundError, ValueError) as err:
