@@ -301,13 +301,13 @@ def preflight(params_path, output_dir=DEFAULT_OUTPUT_DIR, only=None, log=print) 
         params = load_params(params_path)
         planned = list(dict.fromkeys(j.name for j in plan_jobs(params, output_dir, only)))
     except (FileNotFoundError, ValueError) as err:
-        log(f"error: {err}")
+        print(f"error: {err}", file=sys.stderr)
         return 1
     report = run_preflight(params, planned, cwd=REPO_ROOT)
     log(format_report(report))
     if not report.ok:
-        log(f"error: the preflight found {len(report.problems)} problem(s) (listed above); fix "
-            f"them, or run with --no-check to start anyway")
+        print(f"error: the preflight found {len(report.problems)} problem(s) (listed above); "
+              "fix them, or run with --no-check to start anyway", file=sys.stderr)
         return 1
     return 0
 

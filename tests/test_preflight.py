@@ -78,8 +78,8 @@ def test_missing_pieces_are_each_named_with_their_fix(tree, capsys):
     assert "itm_model" in text and "fix itm_model in the parameter file" in text
     # the command line: exit status 1, every problem printed, nothing run
     assert run.main(["--params", str(path), "--check"]) == 1
-    out = capsys.readouterr().out
-    assert "4 problem(s)" in out and "error: the preflight found 4 problem(s)" in out
+    out = capsys.readouterr()
+    assert "4 problem(s)" in out.out and "error: the preflight found 4 problem(s)" in out.err
     assert run.main(["--params", str(path), "--output-dir", str(root / "book")]) == 1
     assert not (root / "book").exists()  # a normal run stops before the first notebook
 
