@@ -199,8 +199,10 @@ def model_entries(params: dict, planned) -> list[dict]:
         chosen = params.get("convergence_models")
         for modality in ("vision", "language"):
             zoo = params.get(f"{modality}_zoo")
-            if zoo is None:
-                continue
+            if isinstance(zoo, (str, Path)):
+                zoo = [zoo]
+            zoo = [z for z in zoo or [] if not (isinstance(z, (str, Path))
+                                               and _built_by_toy_world(z, params, planned))]
             for e in load_zoo(zoo, modality=modality):
                 if chosen is None or e["name"] in set(chosen):
                     entries.append({**e, "key": f"{modality}_zoo"})
@@ -375,6 +377,9 @@ def _run_preflight(params, planned, shapes, cache_dir) -> PreflightReport:
     cuda, problems = _wants_cuda(params)
     report.problems += problems
     report.machine = machine_resources(params.get("derived_root") or ".")
+    if shapes is None and toy_pending:
+        report.notes.append("memory and disk: not estimated (00_toy_world builds the data first)")
+        return report
     if shapes is None:
         try:
             shapes = data_shapes(params["nsd_root"], int(params.get("subject", 1)),
