@@ -238,7 +238,7 @@ def convergence_memory(shapes: dict, model: dict, params: dict, cuda: bool) -> l
     if model["modality"] == "language":
         texts, seq = batch * 5, 64  # COCO: 5 captions per image, up to 64 tokens
         activations = texts * seq * model["width"] * model["n_hidden"] * act
-        logits = texts * seq * model["vocab"] * _FLOAT32
+        logits = texts * model["vocab"] * act  # logits_to_keep=1: one position per text
         width = model["width"]
     else:
         activations = batch * model["tokens"] * model["width"] * model["n_hidden"] * act
@@ -250,7 +250,7 @@ def convergence_memory(shapes: dict, model: dict, params: dict, cuda: bool) -> l
              model["n_params"] * per_weight),
         _row(stage, f"{name}: hidden states of one batch ({kept} of {model['n_hidden']} kept)",
              dev, activations),
-        _row(stage, f"{name}: output logits of one batch", dev, logits),
+        _row(stage, f"{name}: output logits of one batch (last position)", dev, logits),
         _row(stage, f"{name}: features of every image and kept layer (float32)", "host",
              (n_train + n_test) * width * kept * _FLOAT32),
         _row(stage, "ridge: kernel and eigenvectors (train x train, float32)", dev,

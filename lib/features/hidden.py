@@ -305,9 +305,16 @@ def language_hidden_states(model, tokenizer, texts: Sequence[str], layers=None,
         content = mask & ~enc["special_tokens_mask"].bool()
         mask = torch.where(content.any(dim=1, keepdim=True), content, mask)
     weights = (mask.float() / mask.sum(dim=1, keepdim=True).clamp(min=1)).to(device)
+    import inspect
+
+    # only the hidden states are used: logits for one position, not texts x tokens x vocabulary
+    # (250k words for BLOOM: gigabytes per batch)
+    extra = ({"logits_to_keep": 1}
+             if "logits_to_keep" in inspect.signature(model.forward).parameters else {})
     with torch.inference_mode(), _autocast(device):
         out = model(input_ids=enc["input_ids"].to(device),
-                    attention_mask=enc["attention_mask"].to(device), output_hidden_states=True)
+                    attention_mask=enc["attention_mask"].to(device), output_hidden_states=True,
+                    **extra)
     hidden = out.hidden_states
     keep = select_layers(len(hidden), layers)
     return {i: torch.einsum("bt,btd->bd", weights, hidden[i].float()).cpu().numpy()
