@@ -222,7 +222,7 @@ def convergence_memory(shapes: dict, model: dict, params: dict, cuda: bool) -> l
     Returns
     -------
     rows : list of dict
-        Rows with :data:`MEMORY_COLUMNS`; component names carry the model's name.
+        Rows with :data:`MEMORY_COLUMNS`; component names start with ``"<model name>: "``.
     """
     stage, name = "02 convergence", model["name"]
     dev = "gpu" if cuda else "host"
@@ -253,11 +253,11 @@ def convergence_memory(shapes: dict, model: dict, params: dict, cuda: bool) -> l
         _row(stage, f"{name}: output logits of one batch (last position)", dev, logits),
         _row(stage, f"{name}: features of every image and kept layer (float32)", "host",
              (n_train + n_test) * width * kept * _FLOAT32),
-        _row(stage, "ridge: kernel and eigenvectors (train x train, float32)", dev,
+        _row(stage, f"{name}: ridge kernel and eigenvectors (train x train, float32)", dev,
              2 * n_train**2 * _FLOAT32),
-        _row(stage, "ridge: betas, one layer's features, scores per alpha", dev,
+        _row(stage, f"{name}: ridge betas, one layer's features, scores per alpha", dev,
              (n_train * (v + width) + n_alphas * v) * _FLOAT32),
-        _row(stage, "averaged betas and test repeats (host copy)", "host",
+        _row(stage, f"{name}: averaged betas and test repeats (host copy)", "host",
              ((n_train + n_test) * v + 3 * n_test * v) * _FLOAT32),
     ]
 
@@ -265,7 +265,8 @@ def convergence_memory(shapes: dict, model: dict, params: dict, cuda: bool) -> l
 def peak_table(rows):
     """Sum components into the peak of every (stage, memory size, device).
 
-    Convergence rows of several models are not summed: the largest model sets the peak.
+    Stage 02 runs one model at a time: its rows are summed per model (the component's prefix
+    ``"<model>: "``), and the largest model sets the peak. Other stages sum all components.
 
     Returns
     -------
@@ -277,8 +278,8 @@ def peak_table(rows):
     table = pd.DataFrame(rows, columns=MEMORY_COLUMNS)
     table["memory_size"] = table["memory_size"].astype(object).where(
         table["memory_size"].notna(), "")
-    model = table["component"].str.extract(r"^([^:]+): (?:weights|hidden|output|features)")[0]
-    table["model"] = model.fillna("")
+    model = table["component"].str.extract(r"^([^:]+): ")[0].fillna("")
+    table["model"] = model.where(table["stage"] == "02 convergence", "")
     per_model = table.groupby(["stage", "memory_size", "device", "model"], sort=False)["bytes"].sum()
     per_model = per_model.reset_index()
     shared = per_model[per_model["model"] == ""].set_index(["stage", "memory_size", "device"])
