@@ -441,7 +441,8 @@ def run_convergence(subject, zoo: Sequence[dict], out_dir, cache_dir=None,
                 failure = _failure_row(entry, err)
                 _release_memory()
         failures.append(failure)
-        print(f"{entry['name']}: {failure['status']}: {failure['error']}\n  hint: {failure['hint']}")
+        print(f"{entry['name']}: {failure['status']}: {failure['error']}\n"
+              f"  hint: {failure['hint']}")
     failed = pd.DataFrame(failures, columns=FAILED_COLUMNS)
     with atomic_path(out_dir / FAILED_FILE) as tmp:
         failed.to_csv(tmp, index=False)

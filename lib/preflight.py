@@ -129,9 +129,10 @@ def check_nsd_files(params: dict) -> tuple[list[Problem], list[str]]:
                          f"({_session_text(sessions)}); set `sessions:` to require more")
         missing_betas = [s for s in sessions if not layout.betas(subject, s).is_file()]
         if missing_betas and layout.sessions_present(subject):
+            example = layout.betas(subject, missing_betas[0])
             problems.append(Problem(
                 "data", f"{subject_name(subject)}: betas of session(s) "
-                f"{_session_text(missing_betas)} missing (e.g. {layout.betas(subject, missing_betas[0])})",
+                f"{_session_text(missing_betas)} missing (e.g. {example})",
                 f"`{download_command(root, subject, missing_betas)}`"))
         for key in NSDLayout.keys(subject, sessions, stimuli=True):
             if "betas_session" in key or key == MNI_TRANSFORM.format(subj=subject_name(subject)):
@@ -165,10 +166,10 @@ def check_other_inputs(params: dict, planned) -> list[Problem]:
     problems = []
     mni = params.get("mni_transform")
     if mni and not Path(mni).is_file() and not _built_by_toy_world(mni, params, planned):
+        cmd = download_command(params["nsd_root"], params.get("subject", 1), _sessions(params))
         problems.append(Problem("data", f"mni_transform {mni} not found",
-                                f"`{download_command(params['nsd_root'], params.get('subject', 1), _sessions(params))}` "
-                                "(it fetches subjXX/transforms/func1pt8-to-MNI.nii.gz), or set "
-                                "mni_transform: null"))
+                                f"`{cmd}` (it fetches subjXX/transforms/func1pt8-to-MNI.nii.gz), "
+                                "or set mni_transform: null"))
     lexicon = params.get("category_lexicon")
     if ("06_roi_captions" in planned and lexicon and not Path(lexicon).is_file()
             and not _built_by_toy_world(lexicon, params, planned)):
@@ -281,7 +282,11 @@ def estimate_memory(params: dict, shapes: dict, entries: list[dict], located: di
         from lib.decoding.memory import memory_table
 
         keys = ("n_voxels", "n_train_trials", "n_train_images", "n_test_images")
-        rows += memory_table(params, {k: shapes[k] for k in keys}).to_dict("records")
+        try:
+            rows += memory_table(params, {k: shapes[k] for k in keys}).to_dict("records")
+        except Exception as err:  # noqa: BLE001 - the other stages' estimates still stand
+            notes.append(f"stage 1 and stage 2 memory: not estimated ({type(err).__name__}: "
+                         f"{err})")
     return rows, notes
 
 

@@ -70,7 +70,7 @@ def data_shapes(nsd_root, subject: int, sessions=None) -> dict:
 
 
 def host_memory() -> dict:
-    """Host memory in bytes from ``/proc/meminfo``: ``total`` and ``available`` (None if unknown)."""
+    """Host memory in bytes (``/proc/meminfo``): ``total`` and ``available`` (None: unknown)."""
     info = {}
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -280,8 +280,8 @@ def peak_table(rows):
         table["memory_size"].notna(), "")
     model = table["component"].str.extract(r"^([^:]+): ")[0].fillna("")
     table["model"] = model.where(table["stage"] == "02 convergence", "")
-    per_model = table.groupby(["stage", "memory_size", "device", "model"], sort=False)["bytes"].sum()
-    per_model = per_model.reset_index()
+    keys = ["stage", "memory_size", "device"]
+    per_model = table.groupby([*keys, "model"], sort=False)["bytes"].sum().reset_index()
     shared = per_model[per_model["model"] == ""].set_index(["stage", "memory_size", "device"])
     largest = (per_model[per_model["model"] != ""]
                .groupby(["stage", "memory_size", "device"], sort=False)["bytes"].max())

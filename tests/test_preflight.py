@@ -135,3 +135,19 @@ def test_toy_world_to_be_built_is_not_missing(tmp_path):
     params["notebooks"] = [n for n in params["notebooks"] if n != "00_toy_world"]
     report = preflight.run_preflight(params)
     assert any("nsd_root" in p.message for p in report.problems)
+
+
+def test_peak_table_takes_the_largest_model_and_sums_other_stages():
+    from lib.resources import peak_table
+
+    gib = 2**30
+    rows = [{"stage": "02 convergence", "memory_size": None, "component": f"{m}: {c}",
+             "device": "gpu", "bytes": b * gib}
+            for m, c, b in [("small", "weights", 1), ("small", "ridge kernel", 2),
+                            ("big", "weights", 10), ("big", "ridge kernel", 2)]]
+    rows += [{"stage": "04 stage 2", "memory_size": k, "component": c, "device": "gpu",
+              "bytes": b * gib} for k, c, b in [(1, "map", 3), (1, "optimiser: state", 6),
+                                               (7, "map", 20)]]
+    peaks = peak_table(rows).set_index(["stage", "memory_size"])["peak_bytes"] / gib
+    assert peaks[("02 convergence", "")] == 12  # the big model, not the sum of both
+    assert peaks[("04 stage 2", 1)] == 9 and peaks[("04 stage 2", 7)] == 20
