@@ -133,7 +133,8 @@ def check_nsd_files(params: dict) -> tuple[list[Problem], list[str]]:
             problems.append(Problem(
                 "data", f"{subject_name(subject)}: betas of session(s) "
                 f"{_session_text(missing_betas)} missing (e.g. {example})",
-                f"`{download_command(root, subject, missing_betas)}`"))
+                f"`{download_command(root, subject, missing_betas)}`, or list only the sessions "
+                "you have in `sessions:`"))
         for key in NSDLayout.keys(subject, sessions, stimuli=True):
             if "betas_session" in key or key == MNI_TRANSFORM.format(subj=subject_name(subject)):
                 continue  # betas: above; the MNI transform: only when mni_transform names it

@@ -282,11 +282,10 @@ def peak_table(rows):
     table["model"] = model.where(table["stage"] == "02 convergence", "")
     keys = ["stage", "memory_size", "device"]
     per_model = table.groupby([*keys, "model"], sort=False)["bytes"].sum().reset_index()
-    shared = per_model[per_model["model"] == ""].set_index(["stage", "memory_size", "device"])
-    largest = (per_model[per_model["model"] != ""]
-               .groupby(["stage", "memory_size", "device"], sort=False)["bytes"].max())
-    peak = shared["bytes"].add(largest, fill_value=0).reset_index()
-    return peak.rename(columns={"bytes": "peak_bytes"})
+    shared = per_model[per_model["model"] == ""].groupby(keys, sort=False)["bytes"].sum()
+    largest = per_model[per_model["model"] != ""].groupby(keys, sort=False)["bytes"].max()
+    peak = pd.concat([shared, largest]).groupby(level=[0, 1, 2], sort=False).sum()
+    return peak.reset_index().rename(columns={"bytes": "peak_bytes"})
 
 
 def output_disk(shapes: dict, n_subjects: int, params: dict, query_shape=None,
