@@ -70,6 +70,13 @@ def _sessions(params: dict):
     return sorted(int(s) for s in value)
 
 
+def _default() -> list[int]:
+    """The download command's default sessions."""
+    from lib.nsd.download import DEFAULT_SESSIONS, parse_sessions
+
+    return parse_sessions(DEFAULT_SESSIONS)
+
+
 def _session_text(sessions) -> str:
     """``[1, 2, 3, 7]`` -> ``"1-3,7"`` (what ``--sessions`` reads)."""
     parts, run = [], []
@@ -111,7 +118,7 @@ def check_nsd_files(params: dict) -> tuple[list[Problem], list[str]]:
     layout = NSDLayout(root)
     problems, notes = [], []
     if not root.is_dir():
-        cmd = download_command(root, _subjects(params)[0], _sessions(params) or range(1, 38))
+        cmd = download_command(root, _subjects(params)[0], _sessions(params) or _default())
         return [Problem("data", f"nsd_root {root} does not exist",
                         f"set nsd_root in the parameter file, or `{cmd.replace(' --no-coco', '')}`"
                         )], notes
@@ -120,7 +127,7 @@ def check_nsd_files(params: dict) -> tuple[list[Problem], list[str]]:
     for subject in _subjects(params):
         sessions = listed or layout.sessions_present(subject)
         if not sessions:
-            sessions = list(range(1, 38))
+            sessions = _default()
             problems.append(Problem(
                 "data", f"{subject_name(subject)}: no betas session found in "
                 f"{layout.betas_dir(subject)}", f"`{download_command(root, subject, sessions)}`"))

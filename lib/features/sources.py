@@ -137,7 +137,8 @@ def failure_hint(err: BaseException, ref) -> str:
     if "out of memory" in text or type(err).__name__ == "OutOfMemoryError":
         return ("out of memory: set convergence_layers (fewer layers), a smaller "
                 "convergence_batch_size, or convergence_quantize: 8bit / 4bit")
-    if "gated" in text or "401" in text or "403" in text:
+    if any(word in text for word in ("gated", "401 client error", "403 client error",
+                                     "unauthorized")):
         return gated_hint(ref)
     if isinstance(err, (ValueError, OSError)) and "config" in text:
         return f"the model's configuration could not be read: fix or re-download {ref}"

@@ -11,6 +11,7 @@ import sys
 
 from lib.nsd.download import (
     COCO_ANNOTATIONS_URL,
+    DEFAULT_SESSIONS,
     NSD_BASE_URL,
     DownloadError,
     download_coco_captions,
@@ -26,7 +27,8 @@ def _parser() -> argparse.ArgumentParser:
     dl = sub.add_parser("download", help="fetch the NSD files and COCO captions the book needs "
                                          "(resumable; complete files are skipped)")
     dl.add_argument("--subject", type=int, help="subject 1-8 (not needed with --coco-only)")
-    dl.add_argument("--sessions", default="1-37", help="e.g. 1-37 or 1,2,5-7 (default 1-37)")
+    dl.add_argument("--sessions", default=DEFAULT_SESSIONS,
+                    help=f"e.g. 1-37 or 1,2,5-7 (default {DEFAULT_SESSIONS})")
     dl.add_argument("--dest", required=True, help="NSD root to fill")
     dl.add_argument("--dry-run", action="store_true", help="list the files and sizes only")
     dl.add_argument("--no-stimuli", action="store_true",

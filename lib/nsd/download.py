@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 NSD_BASE_URL = "https://natural-scenes-dataset.s3.amazonaws.com"
 COCO_ANNOTATIONS_URL = "http://images.cocodataset.org/annotations/annotations_trainval2017.zip"
 _CHUNK = 1 << 20
+#: Sessions of the download command by default: the 37 NSD publishes for subject 1.
+DEFAULT_SESSIONS = "1-37"
 
 
 class DownloadError(RuntimeError):
@@ -185,7 +187,8 @@ def download_subject(subject: int, sessions, dest, base_url: str = NSD_BASE_URL,
     """
     http = _session(session)
     files = plan(subject, sessions, dest, base_url, stimuli)
-    for f in tqdm(files, desc="NSD files", unit="file", disable=not show_progress(progress) or dry_run):
+    quiet = not show_progress(progress) or dry_run
+    for f in tqdm(files, desc="NSD files", unit="file", disable=quiet):
         try:
             f.size = remote_size(f.url, http)
         except DownloadError as exc:
