@@ -34,6 +34,10 @@ CATEGORY_ROIS = ("faces", "bodies", "places", "words")
 SCORE_COLUMNS = ["model", "family", "modality", "n_params", "layer", "roi", "score", "val_score",
                  "selected", "n_voxels"]
 EXTRA_COLUMNS = ["trained", "n_layers", "depth", "noise_ceiling", "noise_ceiling_null"]
+#: ``convergence/failed_models.csv``: models that failed (``status`` "failed") or were skipped
+#: ("skipped": gated without a login), with the error and a hint; the analysis goes on without.
+FAILED_FILE = "failed_models.csv"
+FAILED_COLUMNS = ["model", "error", "hint", "status", "family", "modality", "path"]
 
 
 # --------------------------------------------------------------------------------------
@@ -47,8 +51,9 @@ def load_zoo(zoo, models_root=None, modality: str | None = None) -> list[dict]:
     ----------
     zoo : path-like or list of dict
         ``zoo.json`` (``[{"name", "path", "family", "modality", "n_params", "trained"}]``,
-        paths relative to its folder), or entries with at least ``name``, ``path`` and
-        ``family`` (``path`` a hub id or a folder).
+        paths relative to its folder), or a list of entries with at least ``name``, ``path``
+        and ``family`` (``path`` a hub id or a folder; ``gated: true`` marks a hub model that
+        needs a login) and/or ``zoo.json`` paths (whose entries are added there).
     models_root : path-like or None
         Folder relative entry paths are resolved against; default the folder of ``zoo.json``.
     modality : {"vision", "language"} or None
@@ -57,9 +62,14 @@ def load_zoo(zoo, models_root=None, modality: str | None = None) -> list[dict]:
     Returns
     -------
     entries : list of dict
-        With ``name``, ``path`` (str), ``family``, ``modality``, ``n_params`` (int or None)
-        and ``trained`` (bool, default True).
+        With ``name``, ``path`` (str), ``family``, ``modality``, ``n_params`` (int or None),
+        ``trained`` (bool, default True) and ``gated`` (bool, default False).
     """
+    if not isinstance(zoo, (str, os.PathLike)) and any(
+            isinstance(e, (str, os.PathLike)) for e in zoo or []):
+        return [entry for item in zoo
+                for entry in load_zoo(item if isinstance(item, (str, os.PathLike)) else [item],
+                                      models_root, modality)]
     if isinstance(zoo, (str, os.PathLike)):
         path = Path(zoo)
         if not path.exists():
@@ -81,6 +91,7 @@ def load_zoo(zoo, models_root=None, modality: str | None = None) -> list[dict]:
         e.setdefault("modality", modality or "vision")
         e.setdefault("n_params", None)
         e.setdefault("trained", True)
+        e.setdefault("gated", False)
         if modality is not None and e["modality"] != modality:
             continue
         p = Path(str(e["path"])).expanduser()
@@ -349,8 +360,14 @@ def noise_ceilings(subject, masks: dict[str, np.ndarray], split: str = "test",
 def run_convergence(subject, zoo: Sequence[dict], out_dir, cache_dir=None,
                     rois: Sequence[str] = DEFAULT_ROIS, alphas=None, layers=None,
                     pooling: str = "mean", batch_size: int = 32, device: str = "auto",
-                    max_features: int | None = None, reduction: str = "pca", seed: int = 0):
+                    max_features: int | None = None, reduction: str = "pca", seed: int = 0,
+                    quantize: str | None = None):
     """Neural predictivity of every model and layer of a zoo, per voxel and ROI.
+
+    A model that fails to load or run is reported, not fatal: it goes to
+    ``out_dir/failed_models.csv`` (:data:`FAILED_COLUMNS`: name, error, hint) and the others
+    are analysed. A gated hub model (``gated: true``) is skipped there when no hub login is
+    configured and it is not in the local cache.
 
     Parameters
     ----------
@@ -359,7 +376,8 @@ def run_convergence(subject, zoo: Sequence[dict], out_dir, cache_dir=None,
         Entries from :func:`load_zoo` (vision and language together).
     out_dir : path-like
         Stage folder (``stage_dir(derived_root, dataset, subject, "convergence")``); receives
-        ``scores.csv``, ``voxel_scores.h5`` and ``features/`` (the caches, unless ``cache_dir``).
+        ``scores.csv``, ``failed_models.csv``, ``voxel_scores.h5`` and ``features/`` (the
+        caches, unless ``cache_dir``).
     cache_dir : path-like or None
         Where the feature caches go.
     rois : sequence of str
@@ -372,75 +390,178 @@ def run_convergence(subject, zoo: Sequence[dict], out_dir, cache_dir=None,
         ``"grid4"`` keeps a 4 x 4 map of where things are, which retinotopic cortex needs.
     batch_size, device, max_features, reduction, seed
         See :func:`lib.features.hidden.model_layer_features` and :func:`fit_layer`.
+    quantize : {None, "8bit", "4bit"}
+        Load language models in 8 or 4 bits (CUDA and bitsandbytes only; checked first).
 
     Returns
     -------
     scores : pandas.DataFrame
         One row per (model, layer, roi), columns :data:`SCORE_COLUMNS` then
         :data:`EXTRA_COLUMNS`; also written to ``out_dir/scores.csv``.
+
+    Raises
+    ------
+    RuntimeError
+        When no model of the zoo ran (the message lists every failure and its hint).
     """
     import pandas as pd
 
-    from lib.features.hidden import model_layer_features
+    from lib.config import resolve_device
+    from lib.features.sources import quantization_kwargs
+    from lib.io import atomic_path
 
+    if any(e["modality"] == "language" for e in zoo):
+        quantization_kwargs(quantize, resolve_device(device))  # a bad option stops the run here
     out_dir = Path(out_dir)
     cache_dir = Path(cache_dir) if cache_dir is not None else out_dir / "features"
     Y_train, train_ids = subject.averaged_betas("train")
     Y_test, test_ids = subject.averaged_betas("test")
     assert np.intersect1d(train_ids, test_ids).size == 0, "test images among training images"
-    all_ids = np.union1d(train_ids, test_ids)
+    data = {"all_ids": np.union1d(train_ids, test_ids), "Y_train": Y_train,
+            "train_ids": train_ids, "Y_test": Y_test, "test_ids": test_ids}
     masks = roi_masks(subject, rois)
     ceiling = noise_ceilings(subject, masks, "test", seed=seed)
+    options = {"layers": layers, "pooling": pooling, "batch_size": batch_size, "device": device,
+               "alphas": alphas, "max_features": max_features, "reduction": reduction,
+               "seed": seed, "quantize": quantize}
 
-    rows, maps, edges = [], {}, []
+    rows, maps, edges, failures = [], {}, [], []
     for entry in zoo:
-        t0 = time.perf_counter()
-        feats = model_layer_features(entry, subject, all_ids, cache_dir, layers=layers,
-                                     pooling=pooling, batch_size=batch_size, device=device)
-        t1 = time.perf_counter()
-        results = encode_layers(feats, all_ids, Y_train, train_ids, Y_test, test_ids,
-                                alphas=alphas, device=device, max_features=max_features,
-                                reduction=reduction, seed=seed)
-        t2 = time.perf_counter()
-        n_params = entry.get("n_params")
-        if n_params is None:
-            n_params = count_parameters(entry["path"], entry["modality"])
-        layer_ids = sorted(results)
-        n_layers = _n_hidden(entry, layer_ids)
-        for layer in layer_ids:
-            score = summarize_rois(results[layer]["score"], masks)
-            val = summarize_rois(results[layer]["val_score"], masks)
-            for roi in masks:
-                rows.append({
-                    "model": entry["name"], "family": entry["family"],
-                    "modality": entry["modality"], "n_params": n_params, "layer": layer,
-                    "roi": roi, "score": score[roi][0], "val_score": val[roi][0],
-                    "selected": False, "n_voxels": score[roi][1],
-                    "trained": bool(entry.get("trained", True)), "n_layers": n_layers,
-                    "depth": layer / max(n_layers - 1, 1),
-                    "noise_ceiling": ceiling["roi"][roi],
-                    "noise_ceiling_null": ceiling["roi_null"][roi],
-                })
-        maps[entry["name"]] = {
-            "layers": np.asarray(layer_ids),
-            "score": np.stack([results[i]["score"] for i in layer_ids]),
-            "val_score": np.stack([results[i]["val_score"] for i in layer_ids]),
-            "alpha": np.stack([results[i]["alpha"] for i in layer_ids]),
-        }
-        lo, hi = np.max([results[i]["alpha_edge"] for i in layer_ids], axis=0)
-        edges.append((entry["name"], lo))
-        print(f"{entry['name']}: {len(layer_ids)} layers, features {t1 - t0:.1f} s, "
-              f"ridge {t2 - t1:.1f} s; voxels at the smallest / largest alpha: up to "
-              f"{lo:.0%} / {hi:.0%} per layer")
+        failure = _skip_gated(entry)
+        if failure is None:
+            try:
+                model_rows, maps[entry["name"]], lo = _convergence_one(
+                    entry, subject, data, masks, ceiling, cache_dir, options)
+                rows += model_rows
+                edges.append((entry["name"], lo))
+                continue
+            except AssertionError:  # a science guard (e.g. a test-set leak) stops everything
+                raise
+            except Exception as err:  # noqa: BLE001 - reported per model, the others go on
+                failure = _failure_row(entry, err)
+                _release_memory()
+        failures.append(failure)
+        print(f"{entry['name']}: {failure['status']}: {failure['error']}\n"
+              f"  hint: {failure['hint']}")
+    failed = pd.DataFrame(failures, columns=FAILED_COLUMNS)
+    with atomic_path(out_dir / FAILED_FILE) as tmp:
+        failed.to_csv(tmp, index=False)
+    if not rows:
+        raise RuntimeError(f"No model of the zoo ran ({len(failures)} failed or skipped; see "
+                           f"{out_dir / FAILED_FILE}):\n" + "\n".join(
+                               f"  {f['model']}: {f['error']} -> {f['hint']}" for f in failures))
     _warn_low_alphas(edges, alphas)
     scores = mark_selected(pd.DataFrame(rows, columns=SCORE_COLUMNS + EXTRA_COLUMNS))
-    from lib.io import atomic_path
-
     with atomic_path(out_dir / "scores.csv") as tmp:
         scores.to_csv(tmp, index=False)
     write_voxel_scores(out_dir / "voxel_scores.h5", subject, maps, ceiling, zoo,
                        n_test=len(test_ids))
     return scores
+
+
+def _convergence_one(entry: dict, subject, data: dict, masks: dict, ceiling: dict, cache_dir,
+                     options: dict) -> tuple[list[dict], dict, float]:
+    """Features, ridge fits and ROI summaries of one zoo model.
+
+    Returns its ``scores.csv`` rows, its per-voxel maps (``layers``, ``score``,
+    ``val_score``, ``alpha``) and the largest fraction of voxels at the smallest alpha.
+    """
+    from lib.features.hidden import model_layer_features
+
+    o = options
+    t0 = time.perf_counter()
+    feats = model_layer_features(entry, subject, data["all_ids"], cache_dir, layers=o["layers"],
+                                 pooling=o["pooling"], batch_size=o["batch_size"],
+                                 device=o["device"], quantize=o["quantize"])
+    t1 = time.perf_counter()
+    results = encode_layers(feats, data["all_ids"], data["Y_train"], data["train_ids"],
+                            data["Y_test"], data["test_ids"], alphas=o["alphas"],
+                            device=o["device"], max_features=o["max_features"],
+                            reduction=o["reduction"], seed=o["seed"])
+    t2 = time.perf_counter()
+    n_params = entry.get("n_params")
+    if n_params is None:
+        n_params = count_parameters(entry["path"], entry["modality"])
+    layer_ids = sorted(results)
+    n_layers = _n_hidden(entry, layer_ids)
+    rows = []
+    for layer in layer_ids:
+        score = summarize_rois(results[layer]["score"], masks)
+        val = summarize_rois(results[layer]["val_score"], masks)
+        for roi in masks:
+            rows.append({
+                "model": entry["name"], "family": entry["family"],
+                "modality": entry["modality"], "n_params": n_params, "layer": layer,
+                "roi": roi, "score": score[roi][0], "val_score": val[roi][0],
+                "selected": False, "n_voxels": score[roi][1],
+                "trained": bool(entry.get("trained", True)), "n_layers": n_layers,
+                "depth": layer / max(n_layers - 1, 1),
+                "noise_ceiling": ceiling["roi"][roi],
+                "noise_ceiling_null": ceiling["roi_null"][roi],
+            })
+    maps = {key: np.stack([results[i][key] for i in layer_ids])
+            for key in ("score", "val_score", "alpha")}
+    maps["layers"] = np.asarray(layer_ids)
+    lo, hi = np.max([results[i]["alpha_edge"] for i in layer_ids], axis=0)
+    print(f"{entry['name']}: {len(layer_ids)} layers, features {t1 - t0:.1f} s, "
+          f"ridge {t2 - t1:.1f} s; voxels at the smallest / largest alpha: up to "
+          f"{lo:.0%} / {hi:.0%} per layer")
+    return rows, maps, lo
+
+
+def _skip_gated(entry: dict) -> dict | None:
+    """The failed_models.csv row of a gated model that cannot be used here (else None)."""
+    from lib.features.sources import gated_hint, hub_token_configured, locate_model
+
+    if not entry.get("gated") or hub_token_configured() or locate_model(entry["path"]).ok:
+        return None
+    return {"model": entry["name"], "status": "skipped",
+            "error": "gated model and no Hugging Face login configured",
+            "hint": gated_hint(entry["path"]), "family": entry["family"],
+            "modality": entry["modality"], "path": str(entry["path"])}
+
+
+def _failure_row(entry: dict, err: BaseException) -> dict:
+    """The failed_models.csv row of a model that raised ``err``."""
+    from lib.features.sources import failure_hint
+
+    message = " ".join(str(err).split())
+    return {"model": entry["name"], "status": "failed",
+            "error": f"{type(err).__name__}: {message[:500]}",
+            "hint": failure_hint(err, entry["path"]), "family": entry["family"],
+            "modality": entry["modality"], "path": str(entry["path"])}
+
+
+def _release_memory() -> None:
+    """Free what a failed model left behind (GPU memory above all) before the next one."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def read_failed_models(out_dir):
+    """``failed_models.csv`` of a convergence run (:func:`run_convergence`).
+
+    Parameters
+    ----------
+    out_dir : path-like
+        The convergence stage folder.
+
+    Returns
+    -------
+    failed : pandas.DataFrame
+        Columns :data:`FAILED_COLUMNS`; no rows when every model ran.
+    """
+    import pandas as pd
+
+    path = Path(out_dir) / FAILED_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run the convergence analysis first.")
+    return pd.read_csv(path, dtype=str, keep_default_na=False).reindex(columns=FAILED_COLUMNS)
 
 
 def mark_selected(scores):
@@ -685,7 +806,7 @@ def bootstrap_trained_vs_untrained(table, subject, zoo: Sequence[dict], cache_di
                                    alphas=None, layers=None, pooling: str = "mean",
                                    batch_size: int = 32, device: str = "auto",
                                    max_features: int | None = None, reduction: str = "pca",
-                                   seed: int = 0):
+                                   seed: int = 0, quantize: str | None = None):
     """Add a bootstrap interval over test images to :func:`trained_vs_untrained`.
 
     The best layer of each model (chosen on training data) is refitted on the ROI's voxels
@@ -701,7 +822,7 @@ def bootstrap_trained_vs_untrained(table, subject, zoo: Sequence[dict], cache_di
         default), so the features come from the caches.
     roi : str
     n_boot : int
-    alphas, layers, pooling, batch_size, device, max_features, reduction, seed
+    alphas, layers, pooling, batch_size, device, max_features, reduction, seed, quantize
         As given to :func:`run_convergence`.
 
     Returns
@@ -721,7 +842,8 @@ def bootstrap_trained_vs_untrained(table, subject, zoo: Sequence[dict], cache_di
 
     def predict(name, layer):
         feats = model_layer_features(entries[name], subject, all_ids, cache_dir, layers=layers,
-                                     pooling=pooling, batch_size=batch_size, device=device)
+                                     pooling=pooling, batch_size=batch_size, device=device,
+                                     quantize=quantize)
         result = encode_layers({layer: feats[layer]}, all_ids, Y_train, train_ids, Y_test,
                                test_ids, alphas=alphas, device=device,
                                max_features=max_features, reduction=reduction, seed=seed,

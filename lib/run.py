@@ -7,6 +7,10 @@ Usage::
     python -m lib.run --params notebooks/params/micro.yaml --output-dir /tmp/run --build-book
     python -m lib.run --params notebooks/params/toy.yaml --scheduler local   # on Dask
     python -m lib.run --params notebooks/params/toy.yaml --force    # re-run up-to-date jobs
+    python -m lib.run --params notebooks/params/nsd.yaml --check   # only the preflight
+
+A run first checks, in seconds, that the data, models, disk and memory it needs are there
+(:mod:`lib.preflight`) and stops with every problem and its fix if not; ``--no-check`` skips it.
 
 The parameter file lists the notebooks to run (``notebooks:``), the subjects (``subjects:``, the
 book showing ``subject:``) and the parameters shared by all of them. Each notebook receives only
@@ -274,6 +278,31 @@ def build_book(source_dir: str | os.PathLike = REPO_ROOT) -> Path:
     return Path(source_dir) / "_build" / "html" / "index.html"
 
 
+def preflight(params_path, output_dir=DEFAULT_OUTPUT_DIR, only=None, log=print) -> int:
+    """Run :func:`lib.preflight.run_preflight` for the notebooks a run would execute.
+
+    Returns
+    -------
+    status : int
+        0 when nothing is missing, else 1 (every problem is printed with its fix).
+    """
+    from lib.preflight import format_report, run_preflight
+
+    try:
+        params = load_params(params_path)
+        planned = list(dict.fromkeys(j.name for j in plan_graph(params, output_dir, only)))
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    report = run_preflight(params, planned, cwd=REPO_ROOT)
+    log(format_report(report))
+    if not report.ok:
+        print(f"error: the preflight found {len(report.problems)} problem(s) (listed above); "
+              "fix them, or run with --no-check to start anyway", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lib.run", description=__doc__.split("\n")[0])
     parser.add_argument("--params", required=True, help="parameter file, e.g. notebooks/params/toy.yaml")
@@ -288,7 +317,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="run the job graph on Dask: 'local' starts a LocalCluster (one "
                              "worker per GPU, else per core), an address uses a running "
                              "scheduler (e.g. a dask-jobqueue SLURMCluster); default: serial")
+    check = parser.add_mutually_exclusive_group()
+    check.add_argument("--check", action="store_true",
+                       help="only check that the data, models, disk and memory the run needs are "
+                            "there (seconds; exit status 1 on any problem)")
+    check.add_argument("--no-check", action="store_true",
+                       help="skip the preflight check that a run does first")
     args = parser.parse_args(argv)
+    if not args.no_check:
+        status = preflight(args.params, args.output_dir, args.only)
+        if status or args.check:
+            return status
     try:
         run_book(args.params, args.output_dir, args.only, force=args.force,
                  scheduler=args.scheduler)

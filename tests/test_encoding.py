@@ -321,3 +321,84 @@ def test_run_convergence_end_to_end(tmp_path):
     expected = face[("vit", 3)] - face[("gpt", 1)]
     assert boot["ci_low"] < expected < boot["ci_high"]
     assert boot["ci_low"] > 0.2 and boot["p_value"] == 0.0
+
+
+# --------------------------------------------------------------------------------------
+# Robust zoos: a model that cannot load is reported, the others are analysed
+# --------------------------------------------------------------------------------------
+
+def _tiny_subject_and_vit(tmp_path):
+    import transformers
+
+    helpers = pytest.importorskip("test_features")
+    vit = helpers._save_vision(tmp_path, "vit", transformers.ViTConfig(
+        image_size=32, patch_size=8, hidden_size=24, num_hidden_layers=2,
+        num_attention_heads=2, intermediate_size=32))
+    n, n_vox = 60, 6
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+    ids = np.arange(500, 500 + n)
+    subject = _SyntheticSubject(images, helpers._captions(range(n)), ids[:45], ids[45:],
+                                rng.standard_normal((n, n_vox)))
+    return subject, vit
+
+
+def test_broken_zoo_entries_are_reported_and_the_others_run(tmp_path, monkeypatch):
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))  # no login, empty hub cache
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    subject, vit = _tiny_subject_and_vit(tmp_path)
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "config.json").write_text("{not json")
+    zoo = encoding.load_zoo([
+        {"name": "vit", "path": str(vit), "family": "ViT"},
+        {"name": "corrupt", "path": str(corrupt), "family": "ViT"},
+        {"name": "absent", "path": str(tmp_path / "no-such-model"), "family": "ViT"},
+        {"name": "llama", "path": "meta-llama/Llama-2-7b-hf", "family": "LLaMA",
+         "modality": "language", "gated": True},
+    ], modality=None)
+    out = tmp_path / "convergence"
+    scores = encoding.run_convergence(subject, zoo, out, rois=("V1", "nsdgeneral"),
+                                      alphas=[1.0, 100.0], device="cpu")
+    assert set(scores["model"]) == {"vit"}
+    failed = encoding.read_failed_models(out).set_index("model")
+    assert list(failed.index) == ["corrupt", "absent", "llama"]
+    assert failed.loc["llama", "status"] == "skipped"
+    assert "hf auth login" in failed.loc["llama", "hint"]
+    assert failed.loc["corrupt", "status"] == "failed"
+    assert "config" in failed.loc["corrupt", "hint"]
+    assert failed.loc["absent", "error"].startswith("FileNotFoundError")
+    assert "fix the zoo path" in failed.loc["absent", "hint"] or "zoo" in failed.loc[
+        "absent", "error"]
+    # a zoo where every model fails stops with the list of failures
+    with pytest.raises(RuntimeError, match="No model of the zoo ran"):
+        encoding.run_convergence(subject, zoo[1:3], tmp_path / "none", rois=("V1",),
+                                 alphas=[1.0], device="cpu")
+
+
+def test_every_model_ran_gives_an_empty_failure_table(tmp_path):
+    subject, vit = _tiny_subject_and_vit(tmp_path)
+    zoo = encoding.load_zoo([{"name": "vit", "path": str(vit), "family": "ViT"}])
+    encoding.run_convergence(subject, zoo, tmp_path, rois=("V1",), alphas=[1.0], device="cpu")
+    failed = encoding.read_failed_models(tmp_path)
+    assert failed.empty and list(failed.columns) == encoding.FAILED_COLUMNS
+
+
+def test_quantization_is_refused_on_cpu_before_any_work(tmp_path):
+    zoo = [{"name": "lm", "path": "org/lm", "family": "L", "modality": "language"}]
+    with pytest.raises(ValueError, match="needs a CUDA GPU"):
+        encoding.run_convergence(None, zoo, tmp_path, device="cpu", quantize="8bit")
+    with pytest.raises(ValueError, match="expected one of"):
+        encoding.run_convergence(None, zoo, tmp_path, device="cpu", quantize="3bit")
+
+
+def test_load_zoo_mixes_zoo_files_and_entries(tmp_path):
+    (tmp_path / "vision" / "m1").mkdir(parents=True)
+    (tmp_path / "zoo.json").write_text(json.dumps(
+        [{"name": "m1", "path": "vision/m1", "family": "F", "modality": "vision"}]))
+    zoo = encoding.load_zoo([tmp_path / "zoo.json",
+                             {"name": "extra", "path": "org/x", "family": "G", "gated": True}],
+                            modality="vision")
+    assert [e["name"] for e in zoo] == ["m1", "extra"]
+    assert zoo[0]["path"] == str(tmp_path / "vision" / "m1") and zoo[1]["gated"] is True

@@ -96,6 +96,20 @@ def test_stage_outputs_follow_the_contracts(micro_book, micro_subject):
     assert len(tested) and tested.p_value.between(1 / (1 + tested.n_null), 1).all()
 
 
+def test_a_broken_zoo_entry_is_reported_and_the_chapter_completes(micro_book, micro_subject):
+    """micro.yaml's language zoo holds one entry without a model folder."""
+    from lib.encoding import read_failed_models
+
+    root, _ = micro_book
+    failed = read_failed_models(micro_subject / "convergence")
+    assert list(failed["model"]) == ["broken-lm"]
+    assert failed["status"].iloc[0] == "failed" and "no-such-model" in failed["hint"].iloc[0]
+    scores = pd.read_csv(micro_subject / "convergence" / "scores.csv")
+    assert "broken-lm" not in set(scores["model"]) and (scores["modality"] == "language").any()
+    chapter = (root / "book" / "run" / "02_convergence.ipynb").read_text()
+    assert "models did not run" in chapter and "broken-lm" in chapter
+
+
 @pytest.mark.browser
 @requires_chromium
 def test_whole_book_renders_offline(micro_book, micro_params):

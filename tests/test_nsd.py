@@ -341,16 +341,22 @@ def test_session_with_wrong_trial_count(fresh):
         prepare_subject(root, 1, out, progress=False)
 
 
-def test_missing_coco_still_prepares(tmp_path):
+def test_missing_coco_is_an_error_and_writes_nothing(tmp_path):
     root = tmp_path / "nsd"
     build_miniature(root, seed=2, coco=False)
-    with pytest.warns(UserWarning, match="COCO caption annotations not found"):
-        path = prepare_subject(root, 1, tmp_path / "out", progress=False)
-    with h5py.File(path, "r") as h5:
-        assert h5.attrs["captions"] == "absent"
-    assert json.loads((path.parent / "captions.json").read_text()) == {}
-    subj = PreparedSubject(path)
-    assert subj.captions([1, 2]) == [[], []]
+    out = tmp_path / "out"
+    with pytest.raises(NSDMissingFileError) as err:
+        prepare_subject(root, 1, out, progress=False)
+    message = str(err.value)
+    assert "captions_train2017.json" in message and "captions_val2017.json" in message
+    assert f"python -m lib.nsd download --coco-only --dest {root}" in message
+    assert not out.exists()  # no partial output
+    # one of the two files is not enough either (NSD's images come from both splits)
+    (root / "annotations").mkdir()
+    (root / "annotations" / "captions_train2017.json").write_text('{"annotations": []}')
+    with pytest.raises(NSDMissingFileError, match="captions_val2017.json"):
+        prepare_subject(root, 1, out, progress=False)
+    assert not out.exists()
 
 
 def test_bad_parameters(fresh):

@@ -153,16 +153,55 @@ def test_cli_dry_run_lists_sizes_and_missing_session(server, tmp_path, capsys):
         assert "planned" in line
     assert not dest.exists()  # nothing written
     assert all(entry[0] == "HEAD" for entry in handler.log)
+    assert "would fetch" in out.out and "captions" in out.out  # captions are part of the plan
 
 
 def test_cli_download_without_stimuli(server, tmp_path, capsys):
     base, _contents, _ = server
     dest = tmp_path / "nsd"
     rc = main(["download", "--subject", "1", "--sessions", "2", "--dest", str(dest),
-               "--no-stimuli", "--base-url", base])
+               "--no-stimuli", "--no-coco", "--base-url", base])
     assert rc == 0
     assert not (dest / "nsddata_stimuli").exists()
     assert (dest / NSDLayout.keys(1, [2])[-1]).exists()
+    assert not (dest / "annotations").exists()  # --no-coco: the explicit opt-out
+
+
+def test_cli_download_fetches_captions_by_default(server, tmp_path, capsys):
+    base, _contents, handler = server
+    dest = tmp_path / "nsd"
+    coco_url = f"{base}/annotations_trainval2017.zip"
+    rc = main(["download", "--subject", "1", "--sessions", "2", "--dest", str(dest),
+               "--base-url", base, "--coco-url", coco_url])
+    assert rc == 0
+    for name in ("captions_train2017.json", "captions_val2017.json"):
+        assert (dest / "annotations" / name).is_file()
+    # the captions are there: a second run (or --coco-only) does not fetch the zip again
+    (dest / "annotations" / "annotations_trainval2017.zip").unlink()
+    handler.log.clear()
+    assert main(["download", "--coco-only", "--dest", str(dest), "--coco-url", coco_url]) == 0
+    assert not handler.log
+
+
+def test_cli_coco_only_needs_no_subject(server, tmp_path, capsys):
+    base, _contents, _ = server
+    dest = tmp_path / "nsd"
+    rc = main(["download", "--coco-only", "--dest", str(dest),
+               "--coco-url", f"{base}/annotations_trainval2017.zip"])
+    assert rc == 0
+    assert (dest / "annotations" / "captions_val2017.json").is_file()
+    assert not (dest / "nsddata").exists()
+    with pytest.raises(SystemExit):  # without --coco-only a subject is required
+        main(["download", "--dest", str(dest)])
+    assert "--subject is required" in capsys.readouterr().err
+
+
+def test_cli_help_says_what_needs_stimuli_and_captions(capsys):
+    with pytest.raises(SystemExit):
+        main(["download", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "stage 1" in text and "vision zoo" in text  # --no-stimuli is not harmless
+    assert "--no-coco" in text and "--coco-only" in text
 
 
 def test_coco_captions_from_zip(server, tmp_path):

@@ -75,11 +75,13 @@ def _load_kwargs(device):
 
 def _check_local_or_hub(path) -> str:
     """A model reference as a string: an existing folder, or something shaped like a hub id."""
+    from lib.features.sources import is_hub_id
+
     local = Path(str(path)).expanduser()
     if local.exists():
         return str(local)
     text = str(path)
-    if text.count("/") == 1 and not text.startswith((".", "/", "~")):
+    if is_hub_id(text):
         return text  # hub id such as "facebook/dinov2-small"
     raise FileNotFoundError(
         f"Model {text!r} is neither an existing folder nor a Hugging Face hub id "
@@ -120,30 +122,42 @@ def load_vision_model(path, device="auto"):
     return model.eval().to(device), processor
 
 
-def load_language_model(path, device="auto"):
+def load_language_model(path, device="auto", quantize=None):
     """Load a causal language model and its tokenizer (padding on the right).
+
+    Parameters
+    ----------
+    path : str or path-like
+        Hugging Face hub id or local folder.
+    device : str
+    quantize : {None, "8bit", "4bit"}
+        Load the weights in 8 or 4 bits with bitsandbytes (CUDA only; the ``[gpu]`` extra), as
+        the original study loaded its 13B models; ``None``: bfloat16 on CUDA, float32 on CPU.
 
     Returns
     -------
     model : torch.nn.Module
-        In eval mode on ``device`` (bfloat16 weights on CUDA).
+        In eval mode on ``device`` (bfloat16 weights on CUDA, unless quantized).
     tokenizer : transformers tokenizer
         A pad token is set to the EOS token when the tokenizer has none.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from lib.config import resolve_device
+    from lib.features.sources import quantization_kwargs
 
     device = resolve_device(device)
     ref = _check_local_or_hub(path)
-    model = AutoModelForCausalLM.from_pretrained(ref, **_load_kwargs(device))
-    tokenizer = AutoTokenizer.from_pretrained(ref)
+    quantized = quantization_kwargs(quantize, device)
+    tokenizer = AutoTokenizer.from_pretrained(ref)  # first: a missing tokenizer library fails fast
+    model = AutoModelForCausalLM.from_pretrained(ref, **(quantized or _load_kwargs(device)))
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise ValueError(f"Tokenizer of {path!r} has neither a pad nor an EOS token.")
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
-    return model.eval().to(device), tokenizer
+    model = model.eval()
+    return (model if quantized else model.to(device)), tokenizer  # quantized: already placed
 
 
 def _autocast(device):
@@ -291,9 +305,16 @@ def language_hidden_states(model, tokenizer, texts: Sequence[str], layers=None,
         content = mask & ~enc["special_tokens_mask"].bool()
         mask = torch.where(content.any(dim=1, keepdim=True), content, mask)
     weights = (mask.float() / mask.sum(dim=1, keepdim=True).clamp(min=1)).to(device)
+    import inspect
+
+    # only the hidden states are used: logits for one position, not texts x tokens x vocabulary
+    # (250k words for BLOOM: gigabytes per batch)
+    extra = ({"logits_to_keep": 1}
+             if "logits_to_keep" in inspect.signature(model.forward).parameters else {})
     with torch.inference_mode(), _autocast(device):
         out = model(input_ids=enc["input_ids"].to(device),
-                    attention_mask=enc["attention_mask"].to(device), output_hidden_states=True)
+                    attention_mask=enc["attention_mask"].to(device), output_hidden_states=True,
+                    **extra)
     hidden = out.hidden_states
     keep = select_layers(len(hidden), layers)
     return {i: torch.einsum("bt,btd->bd", weights, hidden[i].float()).cpu().numpy()
@@ -344,7 +365,7 @@ def vision_layer_features(model_path, images: Callable[[list[int]], np.ndarray],
 def language_layer_features(model_path, captions: Callable[[list[int]], list[list[str]]],
                             keys: Sequence[int], cache_path, layers=None,
                             batch_size: int = 32, device: str = "auto", max_length: int = 64,
-                            exclude_special_tokens: bool = True,
+                            exclude_special_tokens: bool = True, quantize=None,
                             desc: str = "") -> dict[int, np.ndarray]:
     """Per-layer caption features of a causal LM for many images, cached and resumable.
 
@@ -367,6 +388,8 @@ def language_layer_features(model_path, captions: Callable[[list[int]], list[lis
         Images per batch (all their captions go through the model together).
     device, desc
         As in :func:`vision_layer_features`.
+    quantize : {None, "8bit", "4bit"}
+        See :func:`load_language_model`.
 
     Returns
     -------
@@ -376,7 +399,8 @@ def language_layer_features(model_path, captions: Callable[[list[int]], list[lis
 
     def compute(batch):
         if not state:
-            state["model"], state["tokenizer"] = load_language_model(model_path, device)
+            state["model"], state["tokenizer"] = load_language_model(model_path, device,
+                                                                     quantize)
         per_image = captions(batch)
         if len(per_image) != len(batch):
             raise ValueError(f"captions() returned {len(per_image)} lists for {len(batch)} ids.")
@@ -402,7 +426,8 @@ def language_layer_features(model_path, captions: Callable[[list[int]], list[lis
 
 def model_layer_features(entry: dict, subject, keys: Sequence[int], cache_dir,
                          models_root=None, layers=None, pooling: str = "mean",
-                         batch_size: int = 32, device: str = "auto") -> dict[int, np.ndarray]:
+                         batch_size: int = 32, device: str = "auto",
+                         quantize=None) -> dict[int, np.ndarray]:
     """Per-layer features of one zoo model for a subject's images, cached per model.
 
     Parameters
@@ -420,10 +445,13 @@ def model_layer_features(entry: dict, subject, keys: Sequence[int], cache_dir,
         layer subset gets its own cache, and so does a local model folder whose weights changed
         (the fingerprint hashes the names, sizes and modification times of its files) or a
         subject whose images or captions changed (``subject.input_fingerprint(modality)``,
-        where the subject has it).
+        where the subject has it); quantized language features get their own cache
+        (``_q8bit`` / ``_q4bit``).
     models_root : path-like or None
     layers, pooling, batch_size, device
         See :func:`vision_layer_features` / :func:`language_layer_features`.
+    quantize : {None, "8bit", "4bit"}
+        Language models only (see :func:`load_language_model`); ignored for vision models.
 
     Returns
     -------
@@ -442,9 +470,9 @@ def model_layer_features(entry: dict, subject, keys: Sequence[int], cache_dir,
                                      layers=layers, batch_size=batch_size, device=device,
                                      desc=str(entry["name"]))
     if modality == "language":
-        cache = Path(cache_dir) / f"language_{safe}.h5"
+        cache = Path(cache_dir) / f"language_{safe}{f'_q{quantize}' if quantize else ''}.h5"
         return language_layer_features(path, subject.captions, keys, cache, layers=layers,
-                                       batch_size=batch_size, device=device,
+                                       batch_size=batch_size, device=device, quantize=quantize,
                                        desc=str(entry["name"]))
     raise ValueError(f"Zoo entry {entry['name']!r}: modality must be 'vision' or 'language', "
                      f"got {modality!r}.")

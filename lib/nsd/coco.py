@@ -42,8 +42,7 @@ PLACE_STUFF_SUPERCATEGORIES = ("sky", "ground", "water", "plant", "solid", "buil
 CATEGORY_ROIS = ("faces", "bodies", "places", "words")
 INSTANCE_FILES = ("instances_val2017.json", "instances_train2017.json")
 STUFF_FILES = ("stuff_val2017.json", "stuff_train2017.json")
-_DOWNLOAD_HINT = ("python -m lib.nsd download --subject 1 --dest NSD_ROOT --no-stimuli --coco "
-                  "--coco-instances")
+_DOWNLOAD_HINT = "python -m lib.nsd download --coco-only --coco-instances --dest NSD_ROOT"
 _STUFF_HINT = ("download http://images.cocodataset.org/annotations/"
                "stuff_annotations_trainval2017.zip and extract stuff_val2017.json into "
                "NSD_ROOT/annotations/")

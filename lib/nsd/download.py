@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 NSD_BASE_URL = "https://natural-scenes-dataset.s3.amazonaws.com"
 COCO_ANNOTATIONS_URL = "http://images.cocodataset.org/annotations/annotations_trainval2017.zip"
 _CHUNK = 1 << 20
+#: Sessions of the download command by default: the 37 NSD publishes for subject 1.
+DEFAULT_SESSIONS = "1-37"
 
 
 class DownloadError(RuntimeError):
@@ -185,7 +187,8 @@ def download_subject(subject: int, sessions, dest, base_url: str = NSD_BASE_URL,
     """
     http = _session(session)
     files = plan(subject, sessions, dest, base_url, stimuli)
-    for f in tqdm(files, desc="NSD files", unit="file", disable=not show_progress(progress) or dry_run):
+    quiet = not show_progress(progress) or dry_run
+    for f in tqdm(files, desc="NSD files", unit="file", disable=quiet):
         try:
             f.size = remote_size(f.url, http)
         except DownloadError as exc:
@@ -209,16 +212,22 @@ def download_coco_captions(dest, url: str = COCO_ANNOTATIONS_URL, session=None,
     With ``instances``, also extract ``instances_val2017.json`` (COCO's object categories,
     read by :func:`lib.nsd.coco.coco_lexicon`; train and val share the same categories).
 
+    Files already extracted are kept (the zip is not fetched again).
+
     Returns the paths of ``<dest>/annotations/captions_{train,val}2017.json`` (then of the
     instances file).
     """
     dest = Path(dest)
+    wanted = COCO_CAPTION_FILES + (("instances_val2017.json",) if instances else ())
+    targets = [dest / ANNOTATIONS / name for name in wanted]
+    if all(t.is_file() and t.stat().st_size > 0 for t in targets):
+        return targets  # already extracted: no need for the 250 MB zip again
     zpath = dest / ANNOTATIONS / Path(url).name
     fetch(url, zpath, session=_session(session), progress=progress)
     out = []
     with zipfile.ZipFile(zpath) as zf:
         names = {Path(n).name: n for n in zf.namelist()}
-        for name in COCO_CAPTION_FILES + (("instances_val2017.json",) if instances else ()):
+        for name in wanted:
             if name not in names:
                 raise DownloadError(f"{zpath} has no {name}; is it annotations_trainval2017.zip?")
             target = dest / ANNOTATIONS / name

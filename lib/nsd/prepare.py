@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
 from pathlib import Path
 
 import h5py
@@ -26,7 +25,7 @@ from lib.config import show_progress, subject_name
 from lib.io import atomic_path, write_json
 from lib.nsd.design import load_coco_captions, load_expdesign, load_stim_info
 from lib.nsd.errors import NSDFormatError, missing
-from lib.nsd.layout import ROI_FILES, NSDLayout
+from lib.nsd.layout import COCO_CAPTION_FILES, ROI_FILES, NSDLayout
 from lib.nsd.volumes import load_header, load_label_volume, read_masked_volumes
 
 logger = logging.getLogger(__name__)
@@ -43,6 +42,23 @@ def _subject_number(subject) -> int:
         return int(name[4:])
     except ValueError:
         raise ValueError(f"subject={subject!r}: expected an int such as 1 or a name such as 'subj01'.")
+
+
+def _require_captions(folder: Path) -> dict[int, list[str]]:
+    """COCO captions by COCO image id; an error naming the files and the command when absent.
+
+    NSD's images come from COCO's train and val splits, so both caption files are required.
+    """
+    absent = [folder / f for f in COCO_CAPTION_FILES if not (folder / f).is_file()]
+    if absent:
+        raise missing(
+            ", ".join(str(p) for p in absent),
+            "COCO caption annotations",
+            f"Fetch them with `python -m lib.nsd download --coco-only --dest {folder.parent}` "
+            "(or extract them from https://cocodataset.org's annotations_trainval2017.zip into "
+            f"{folder}). Preparation, the language zoo, stage 2 and the caption metrics read them.",
+        )
+    return load_coco_captions(folder)
 
 
 def _train_stats(values: np.ndarray, is_test: np.ndarray):
@@ -101,11 +117,12 @@ def prepare_subject(
         session's training trials, applied to all its trials. ``"global"``: the same with the
         training trials of all sessions. ``"none"``: betas / 300 (percent signal change).
     coco_annotations : path-like or None
-        Folder holding ``captions_train2017.json`` / ``captions_val2017.json``; default
-        ``nsd_root/annotations``. If absent, preparation still runs, ``captions.json`` is
-        empty and the attribute ``captions`` is ``"absent"``.
-    sessions : iterable of int or None
-        Sessions to use; default every session whose betas file is present.
+        Folder holding ``captions_train2017.json`` and ``captions_val2017.json``; default
+        ``nsd_root/annotations``. Both are required (NSD's images come from both COCO splits):
+        without them preparation stops before writing anything.
+    sessions : iterable of int, str or None
+        Sessions to use (``[1, 2]`` or ``"1-37"``, ``"1,3,5-7"``); default every session whose
+        betas file is present.
     dtype : {"float32", "float16"}
         Storage type of ``betas``.
     progress : bool
@@ -115,6 +132,12 @@ def prepare_subject(
     -------
     path : Path
         ``out_dir/subjXX/prepared.h5``.
+
+    Raises
+    ------
+    lib.nsd.NSDMissingFileError
+        A file preparation needs is absent (the captions, the betas, nsdgeneral); the message
+        names it and the command that fetches it. Nothing is written then.
     """
     if zscore not in ZSCORE_MODES:
         raise ValueError(f"zscore={zscore!r}: expected one of {ZSCORE_MODES}.")
@@ -123,6 +146,8 @@ def prepare_subject(
     subj = _subject_number(subject)
     name = subject_name(subj)
     layout = NSDLayout(nsd_root)
+    coco_dir = Path(coco_annotations) if coco_annotations is not None else layout.annotations
+    coco = _require_captions(coco_dir)  # first: a missing file stops the run in a second
     design = load_expdesign(layout.expdesign)
     stim = load_stim_info(layout.stim_info)
     if not 1 <= subj <= design.subjectim.shape[0]:
@@ -143,6 +168,10 @@ def prepare_subject(
     if sessions is None:
         use = present
     else:
+        if isinstance(sessions, str):
+            from lib.nsd.download import parse_sessions
+
+            sessions = parse_sessions(sessions)
         use = sorted(int(s) for s in sessions)
         absent = [s for s in use if s not in present]
         if absent:
@@ -196,36 +225,21 @@ def prepare_subject(
     run = np.concatenate([design.session_runs(s) for s in use])
 
     # --- captions -----------------------------------------------------------------------
-    coco_dir = Path(coco_annotations) if coco_annotations is not None else layout.annotations
-    coco = load_coco_captions(coco_dir)
     subject_ids = np.unique(np.concatenate([design.subject_images(subj), nsd_id]))
-    if coco is None:
-        msg = (
-            f"COCO caption annotations not found in {coco_dir} (expected captions_train2017.json "
-            "and/or captions_val2017.json). Preparing without captions: captions.json is empty "
-            "and prepared.h5 has captions='absent'. Get them with `python -m lib.nsd download "
-            "--coco --dest NSD_ROOT` or from https://cocodataset.org (annotations_trainval2017.zip)."
+    unknown = [int(i) for i in subject_ids if i not in stim.index]
+    if unknown:
+        raise NSDFormatError(
+            f"{len(unknown)} nsd ids of {name} (e.g. {unknown[:3]}) are not in "
+            f"{layout.stim_info}; the stimulus table does not match the design file."
         )
-        warnings.warn(msg, stacklevel=2)
-        logger.warning(msg)
-        captions = {}
-    else:
-        unknown = [int(i) for i in subject_ids if i not in stim.index]
-        if unknown:
-            raise NSDFormatError(
-                f"{len(unknown)} nsd ids of {name} (e.g. {unknown[:3]}) are not in "
-                f"{layout.stim_info}; the stimulus table does not match the design file."
-            )
-        coco_ids = stim.loc[subject_ids, "cocoId"].to_numpy().astype(np.int64)
-        captions = {str(int(i)): coco.get(int(c), []) for i, c in zip(subject_ids, coco_ids)}
-        n_without = sum(1 for v in captions.values() if not v)
-        if n_without:
-            logger.warning("%s: %d of %d images have no COCO caption", name, n_without, len(captions))
+    coco_ids = stim.loc[subject_ids, "cocoId"].to_numpy().astype(np.int64)
+    captions = {str(int(i)): coco.get(int(c), []) for i, c in zip(subject_ids, coco_ids)}
+    n_without = sum(1 for v in captions.values() if not v)
+    if n_without:
+        logger.warning("%s: %d of %d images have no COCO caption", name, n_without, len(captions))
 
     # --- write --------------------------------------------------------------------------
     out = Path(out_dir) / name
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "captions.json", captions)
     path = out / "prepared.h5"
     n_vox = int(ijk.shape[0])
     rows_per_chunk = int(max(1, min(trials.size, (4 * 2**20) // (n_vox * np.dtype(dtype).itemsize))))
@@ -297,7 +311,8 @@ def prepare_subject(
         h5.attrs["n_shared"] = design.n_shared
         h5.attrs["beta_scale"] = BETA_SCALE
         h5.attrs["zscore_ddof"] = 0
-        h5.attrs["captions"] = "absent" if coco is None else "present"
+        h5.attrs["captions"] = "present"
         h5.attrs["dtype"] = str(np.dtype(dtype))
+    write_json(out / "captions.json", captions)  # after prepared.h5: a failure leaves neither
     logger.info("%s: wrote %s (%d trials x %d voxels)", name, path, trials.size, n_vox)
     return path
