@@ -280,7 +280,7 @@ def peak_table(rows):
     table = pd.DataFrame(rows)
     table = table.reindex(columns=[*MEMORY_COLUMNS, "phase"])
     table = table[table["device"] != "disk"].copy()
-    table["phase"] = table["phase"].fillna("")
+    table["phase"] = table["phase"].astype(object).fillna("")
     table["memory_size"] = table["memory_size"].astype(object).where(
         table["memory_size"].notna(), "")
     model = table["component"].str.extract(r"^([^:]+): ")[0].fillna("")
