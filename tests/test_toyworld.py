@@ -494,3 +494,52 @@ def test_null_build_links_the_normal_worlds_models(micro_root, tmp_path):
     assert [p.relative_to(micro_root / "models") for p in src] == \
         [p.relative_to(out / "models") for p in dst]
     assert os.stat(src[0]).st_ino == os.stat(dst[0]).st_ino
+
+
+# --------------------------------------------------------------------------- timing
+def _busy(seconds: float) -> None:
+    t = time.process_time()
+    while time.process_time() - t < seconds:
+        sum(range(1000))
+
+
+def test_phase_times_record_wall_and_cpu(capsys):
+    from lib.toyworld.timing import PhaseTimes
+
+    phases = PhaseTimes(prefix="[t]")
+    with phases.phase("busy"):
+        _busy(0.05)
+    with phases.phase("busy"):  # a repeated name adds up
+        _busy(0.05)
+    time.sleep(0.05)  # waiting costs wall time, not CPU time
+    phases.lap("since start")
+    busy, lap = phases.phases["busy"], phases.phases["since start"]
+    assert busy["cpu_s"] >= 0.1 and busy["wall_s"] >= busy["cpu_s"] * 0.9
+    assert lap["wall_s"] >= busy["wall_s"] + 0.05 and lap["cpu_s"] < lap["wall_s"]
+    assert capsys.readouterr().out.count("[t] busy:") == 2
+
+
+def test_build_records_wall_and_cpu_per_world_step(micro):
+    from bench.bench_book import build_rows, table
+
+    root, _ = micro
+    steps = json.loads((root / "BUILD.json").read_text())["world_timings"]
+    assert {"stimuli", "grid_and_features", "subj01_betas", "subj02_truth"} <= set(steps)
+    assert all(set(v) == {"wall_s", "cpu_s"} and v["cpu_s"] > 0 for v in steps.values())
+    rows = build_rows(root)
+    assert [r["phase"] for r in rows] == [f"  world: {k}" for k in steps]
+    assert table(rows).count("\n") == len(rows) + 1
+
+
+def test_bench_book_times_a_subprocess_wall_and_cpu():
+    import sys
+
+    from bench.bench_book import run_timed
+
+    times, out = run_timed([sys.executable, "-c",
+                            "import time\nt = time.process_time()\n"
+                            "while time.process_time() - t < 0.3: pass\nprint('ok')"])
+    assert out.strip() == "ok"
+    assert 0.25 < times["cpu_s"] <= times["wall_s"] + 0.1
+    with pytest.raises(RuntimeError, match="failed"):
+        run_timed([sys.executable, "-c", "raise SystemExit(3)"])

@@ -1,13 +1,14 @@
-"""Small training utilities shared by the toy models: seeding, schedules, batching, timing."""
+"""Small training utilities shared by the toy models: seeding, schedules, batching, threads."""
 
 from __future__ import annotations
 
 import contextlib
 import math
-import time
 from collections.abc import Iterator
 
 import numpy as np
+
+from ..timing import Stopwatch
 
 
 def torch_generator(seed: int, stream: int):
@@ -102,7 +103,7 @@ def train_epochs(step_loss, params, n: int, batch_size: int, epochs: int, lr: fl
     Returns
     -------
     history : dict
-        ``loss`` per step and ``seconds`` (wall time).
+        ``loss`` per step, ``seconds`` (wall time) and ``cpu_seconds`` (process CPU time).
     """
     from tqdm.auto import tqdm
 
@@ -113,7 +114,7 @@ def train_epochs(step_loss, params, n: int, batch_size: int, epochs: int, lr: fl
         total = min(total, int(max_steps))
     optimizer = make_optimizer(params, lr, weight_decay=weight_decay)
     history: dict = {"loss": []}
-    with Timer() as timer, tqdm(total=total, desc=desc, leave=False) as bar:
+    with Stopwatch() as timer, tqdm(total=total, desc=desc, leave=False) as bar:
         step = 0
         for _ in range(int(epochs)):
             for idx in batches(n, bs, rng):
@@ -126,7 +127,8 @@ def train_epochs(step_loss, params, n: int, batch_size: int, epochs: int, lr: fl
                 history["loss"].append(round(float(loss.detach()), 4))
                 bar.update(1)
                 bar.set_postfix(loss=f"{history['loss'][-1]:.3f}")
-    history["seconds"] = timer.seconds
+    history["seconds"] = timer.wall_s
+    history["cpu_seconds"] = timer.cpu_s
     return history
 
 
@@ -145,6 +147,23 @@ def count_params(model) -> int:
     return int(total)
 
 
+def physical_cores() -> int:
+    """Physical CPU cores available to this process (logical CPUs when unknown)."""
+    import os
+
+    try:
+        logical = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS, Windows
+        logical = os.cpu_count() or 1
+    try:
+        import psutil
+
+        physical = psutil.cpu_count(logical=False) or logical
+    except ImportError:  # pragma: no cover
+        physical = logical
+    return max(1, min(physical, logical))
+
+
 @contextlib.contextmanager
 def num_threads(n: int | None):
     """Temporarily set torch's intra-op thread count (``None`` leaves it alone)."""
@@ -159,14 +178,3 @@ def num_threads(n: int | None):
         torch.set_num_threads(old)
 
 
-class Timer:
-    """Wall-clock timer: ``with Timer() as t: ...; t.seconds``."""
-
-    def __enter__(self):
-        self._t0 = time.perf_counter()
-        self.seconds = 0.0
-        return self
-
-    def __exit__(self, *exc):
-        self.seconds = time.perf_counter() - self._t0
-        return False
