@@ -177,9 +177,9 @@ def test_report_times_every_phase_and_each_family_pixels_once(models_root):
                                                            "vision/resnet pixels"]
     assert all(set(v) == {"wall_s", "cpu_s"} and v["wall_s"] >= 0 for v in phases.values())
     assert sum(v["cpu_s"] for v in phases.values()) <= report["total"]["cpu_s"] + 0.5
-    from lib.toyworld.models._train import physical_cores
+    from lib.toyworld.models._train import auto_threads
 
-    assert report["threads"] == physical_cores() >= 1  # threads="auto"
+    assert report["threads"] == auto_threads() >= 1  # threads="auto"
 
 
 def test_trained_differs_from_untrained(models_root):

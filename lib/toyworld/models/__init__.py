@@ -139,10 +139,10 @@ def train_all(models_dir, preset: str | dict = "toy", seed: int = 0,
         World seed. The models' scenes come from ``numpy.random.default_rng([seed, 1000 + k])``,
         a stream apart from the simulated experiment's stimuli.
     threads : int, "auto" or None
-        torch intra-op threads while training (restored afterwards): ``"auto"`` is the
-        number of physical cores (:func:`lib.toyworld.models._train.physical_cores`; more
-        threads than cores slows small matrix products down), ``None`` keeps the current
-        setting.
+        torch intra-op threads while training (restored afterwards): ``"auto"`` is
+        ``OMP_NUM_THREADS`` when set, else the number of physical cores
+        (:func:`lib.toyworld.models._train.auto_threads`; more threads than cores slows the
+        small matrix products down), ``None`` keeps the current setting.
     parts : sequence of {"blip2", "vision", "language"}
         Which models to train (all by default). Each part depends only on the preset and
         seed, so parts trained in separate calls equal those of one call.
@@ -158,7 +158,7 @@ def train_all(models_dir, preset: str | dict = "toy", seed: int = 0,
     """
     from ...io import write_json
     from ..timing import PhaseTimes, Stopwatch
-    from ._train import num_threads, physical_cores
+    from ._train import auto_threads, num_threads
     from .data import make_corpus
     from .tokenizer import build_tokenizer
 
@@ -170,7 +170,7 @@ def train_all(models_dir, preset: str | dict = "toy", seed: int = 0,
     phases = PhaseTimes(prefix="[toyworld] models:")
     quality: dict = {}
     zoo: list = []
-    threads = physical_cores() if threads == "auto" else threads
+    threads = auto_threads() if threads == "auto" else threads
     with num_threads(threads), Stopwatch() as total:
         with phases.phase("corpus (render + caption)"):
             train = make_corpus(cfg["n_train"], seed, stream=0, image_size=size, desc="train scenes")

@@ -147,6 +147,14 @@ def count_params(model) -> int:
     return int(total)
 
 
+def auto_threads() -> int:
+    """Training threads: ``OMP_NUM_THREADS`` when set, else the physical cores."""
+    import os
+
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(env) if env.isdigit() and int(env) > 0 else physical_cores()
+
+
 def physical_cores() -> int:
     """Physical CPU cores available to this process (logical CPUs when unknown)."""
     import os
