@@ -18,7 +18,8 @@ are measured in the same run, before and after, so tables from different machine
 The set-up (virtualenv, pip) is not timed.
 
 Run: ``python -m bench book [--preset micro|toy] [--phases toyworld,notebooks,jupyter-book]
-[--seed 0] [--out DIR] [--json FILE]``.
+[--seed 0] [--out DIR] [--json FILE]``; ``python -m bench book --compare BUILD_A BUILD_B``
+prints two finished builds' scientific outputs (:func:`science`) and phase times side by side.
 """
 
 from __future__ import annotations
@@ -104,12 +105,20 @@ def toyworld_rows(preset: str, seed: int, out: Path) -> list[dict]:
 
 
 def build_rows(out: Path) -> list[dict]:
-    """The phases a toy build recorded in ``out/BUILD.json`` (world steps, then models)."""
+    """The phases a toy build recorded in ``out/BUILD.json`` (world steps, then models).
+
+    Builds made before :mod:`lib.toyworld.timing` recorded wall seconds only (world steps;
+    the models' ``seconds``): their rows have ``cpu_s`` None.
+    """
     stamp = json.loads((Path(out) / "BUILD.json").read_text())
-    world = stamp.get("world_timings") or {}
-    models = (stamp.get("models") or {}).get("phases") or {}
-    rows = [{"phase": f"  world: {k}", **v} for k, v in world.items()]
-    return rows + [{"phase": f"  models: {k}", **v} for k, v in models.items()]
+    models = stamp.get("models") or {}
+    groups = {"world": stamp.get("world_timings") or {},
+              "models": models.get("phases") or {k: v for k, v in
+                                                 (models.get("seconds") or {}).items()
+                                                 if k != "total"}}
+    return [{"phase": f"  {group}: {k}",
+             **(v if isinstance(v, dict) else {"wall_s": float(v), "cpu_s": None})}
+            for group, phases in groups.items() for k, v in phases.items()]
 
 
 _DONE = re.compile(r"^\[\d+/\d+\] (.+) done in ([\d.]+) s")
@@ -137,6 +146,54 @@ def jupyter_book_rows() -> list[dict]:
     exe = Path(sys.executable).with_name("jupyter-book")
     times, _ = run_timed([str(exe) if exe.exists() else "jupyter-book", "build", ".", "--quiet"])
     return [{"phase": "jupyter-book build", **times}]
+
+
+def science(out: Path) -> dict:
+    """The scientific outputs a toy build reports, flat: ``{quantity: value}``.
+
+    World: the measured noise ceiling (median and mean over nsdgeneral, per subject;
+    ``truth/WORLD.json``). Models (``models/TRAINING.json``): the captioner's BLEU-4 and
+    CIDEr and the retrieval model's top-1 on held-out scenes (with chance), each zoo
+    model's held-out loss and mAP (vision) or perplexity (language).
+    """
+    out = Path(out)
+    values: dict = {}
+    world = json.loads((out / "truth" / "WORLD.json").read_text())
+    for subj, table in world.get("subjects", {}).items():
+        for stat in ("median", "mean"):
+            values[f"noise ceiling {subj} nsdgeneral {stat}"] = table["nsdgeneral"][stat]
+    training = out / "models" / "TRAINING.json"
+    quality = json.loads(training.read_text()).get("quality", {}) if training.exists() else {}
+    for key in ("BLEU-4", "CIDEr", "image_to_text_top1", "text_to_image_top1", "chance",
+                "image_to_any_caption_top1"):
+        if key in quality.get("blip2", {}):
+            values[f"blip2 {key}"] = quality["blip2"][key]
+    for name, q in quality.items():
+        for key in ("val_loss", "val_mAP", "val_perplexity"):
+            if name != "blip2" and key in q:
+                values[f"{name} {key}"] = q[key]
+    return values
+
+
+def _time_cell(row: dict | None) -> str:
+    if row is None:
+        return ""
+    cpu = "" if row.get("cpu_s") is None else f", {row['cpu_s']:.1f} s CPU"
+    return f"{row['wall_s']:.1f} s wall{cpu}"
+
+
+def compare(a: Path, b: Path) -> str:
+    """Markdown table of two builds side by side: science, then wall / CPU time per phase."""
+    sa, sb = science(a), science(b)
+    lines = [f"| quantity | {a} | {b} |", "|---|---:|---:|"]
+    lines += [f"| {k} | {sa.get(k, float('nan')):.4f} | {sb.get(k, float('nan')):.4f} |"
+              for k in dict.fromkeys([*sa, *sb])]
+    ra = {r["phase"]: r for r in build_rows(a)}
+    rb = {r["phase"]: r for r in build_rows(b)}
+    for k in dict.fromkeys([*ra, *rb]):
+        cell = [_time_cell(r.get(k)) for r in (ra, rb)]
+        lines.append(f"| {k.strip()} | {cell[0]} | {cell[1]} |")
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- report
@@ -173,7 +230,14 @@ def main(argv=None) -> dict:
                         help="executed notebooks (default: a temporary folder; book/run with "
                              "the jupyter-book phase, as make book)")
     parser.add_argument("--json", default=None, help="write the measurements to this JSON file")
+    parser.add_argument("--compare", nargs=2, metavar=("BUILD_A", "BUILD_B"), default=None,
+                        help="print two finished toy builds side by side (science and time "
+                             "per phase) and run nothing")
     args, _ = parser.parse_known_args(argv)
+    if args.compare:
+        text = compare(*map(Path, args.compare))
+        print(text)
+        return {"compare": text}
     phases = [p.strip() for p in args.phases.split(",") if p.strip()]
     unknown = sorted(set(phases) - set(PHASES))
     if unknown:
