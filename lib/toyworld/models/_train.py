@@ -42,6 +42,23 @@ def optimizer_step(optimizer, loss, params, max_norm: float = 1.0) -> None:
     optimizer.step()
 
 
+def pad_sequences(seqs: list, pad_id: int):
+    """Right-pad token id lists into one array (one vectorised copy, no per-row tensors).
+
+    Returns
+    -------
+    ids, mask : LongTensor of shape (n_seqs, max_len)
+        ``ids`` padded with ``pad_id``; ``mask`` 1 on the tokens, 0 on the padding.
+    """
+    import torch
+
+    lengths = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs))
+    keep = np.arange(int(lengths.max(initial=0)))[None, :] < lengths[:, None]
+    ids = np.full(keep.shape, int(pad_id), dtype=np.int64)
+    ids[keep] = np.fromiter((t for s in seqs for t in s), dtype=np.int64, count=int(lengths.sum()))
+    return torch.from_numpy(ids), torch.from_numpy(keep.astype(np.int64))
+
+
 def batches(n: int, batch_size: int, rng: np.random.Generator, drop_last: bool = True) -> Iterator:
     """Yield index arrays of one shuffled epoch over ``n`` items."""
     perm = rng.permutation(n)

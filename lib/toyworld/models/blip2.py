@@ -23,6 +23,7 @@ from lib.features.qformer import query_outputs as qformer_query_outputs
 
 from ..timing import PhaseTimes
 from ._train import (
+    pad_sequences,
     seeded_init,
     train_epochs,
 )
@@ -127,19 +128,13 @@ def encode_captions(tokenizer, captions: list, num_query_tokens: int, image_toke
         Right-padded with ``pad_token_id``.
     mask : LongTensor of the same shape
     """
-    import torch
 
     flat = [c for caps in captions for c in caps]
     enc = tokenizer(flat, add_special_tokens=True)["input_ids"]
     prefix = [image_token_id] * num_query_tokens
     seqs = [prefix + e + ([tokenizer.eos_token_id] if add_eos else []) for e in enc]
-    length = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), length), tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), length), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s)
-        mask[i, : len(s)] = 1
-    n_caps = len(captions[0])
+    ids, mask = pad_sequences(seqs, tokenizer.pad_token_id)
+    n_caps, length = len(captions[0]), ids.shape[1]
     return ids.view(len(captions), n_caps, length), mask.view(len(captions), n_caps, length)
 
 
