@@ -216,7 +216,8 @@ def _machine_line(m: dict) -> str:
 
 def main(argv=None) -> dict:
     """Time the selected phases of ``make book``, print the table; returns the measurements."""
-    parser = argparse.ArgumentParser(prog="python -m bench book", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench book",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--preset", default="micro", choices=["micro", "toy"])
     parser.add_argument("--phases", default=",".join(PHASES),
                         help=f"comma-separated, any of {', '.join(PHASES)}")

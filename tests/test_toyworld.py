@@ -537,8 +537,9 @@ def test_bench_book_compares_two_builds_science_side_by_side(micro):
     root, _ = micro
     world = json.loads((root / "truth" / "WORLD.json").read_text())
     values = science(root)  # a world without models: the noise ceilings only
-    assert values == {f"noise ceiling {s} nsdgeneral {stat}": world["subjects"][s]["nsdgeneral"][stat]
-                      for s in ("subj01", "subj02") for stat in ("median", "mean")}
+    ceiling = {s: world["subjects"][s]["nsdgeneral"] for s in ("subj01", "subj02")}
+    assert values == {f"noise ceiling {s} nsdgeneral {stat}": ceiling[s][stat]
+                      for s in ceiling for stat in ("median", "mean")}
     line = next(x for x in compare(root, root).splitlines() if "subj01 nsdgeneral median" in x)
     a, b = line.strip("|").split("|")[1:]
     assert a == b and float(a) == pytest.approx(values["noise ceiling subj01 nsdgeneral median"],

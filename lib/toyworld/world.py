@@ -140,7 +140,8 @@ def build_world(p: WorldPreset, seed: int, out: Path, null: bool = False) -> dic
     Returns
     -------
     summary : dict
-        ``null``, ``timings`` (``{step: {"wall_s", "cpu_s"}}``), voxel counts and noise ceiling per subject and ROI.
+        ``null``, ``timings`` (``{step: {"wall_s", "cpu_s"}}``), voxel counts and noise
+        ceiling per subject and ROI.
     """
     from lib.nsd.layout import NSDLayout
     from lib.scoring import noise_ceiling

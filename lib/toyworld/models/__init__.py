@@ -173,7 +173,8 @@ def train_all(models_dir, preset: str | dict = "toy", seed: int = 0,
     threads = auto_threads() if threads == "auto" else threads
     with num_threads(threads), Stopwatch() as total:
         with phases.phase("corpus (render + caption)"):
-            train = make_corpus(cfg["n_train"], seed, stream=0, image_size=size, desc="train scenes")
+            train = make_corpus(cfg["n_train"], seed, stream=0, image_size=size,
+                                desc="train scenes")
             val = make_corpus(cfg["n_val"], seed, stream=1, image_size=size, desc="val scenes")
             tok = build_tokenizer([c for caps in train.captions for c in caps], cfg["min_count"])
         if "blip2" in parts:
