@@ -57,8 +57,11 @@ def numpy_matmul_gflops(n: int = 4096, repeats: int = 3) -> float:
     return 2 * n**3 / best / 1e9
 
 
-def machine() -> dict:
-    """CPU model, core count, torch threads, load average and both matmul throughputs."""
+def machine(n: int = 4096) -> dict:
+    """CPU model, core count, torch threads, load average and both matmul throughputs.
+
+    ``n``: size of the square float32 products (``n^3`` multiply-adds, best of 3).
+    """
     import torch
 
     from bench.bench_ridge import matmul_gflops
@@ -73,8 +76,8 @@ def machine() -> dict:
         pass
     return {"cpu": cpu, "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "load_average": [round(x, 2) for x in os.getloadavg()],
-            "torch_matmul_gflops": round(matmul_gflops("cpu"), 1),
-            "numpy_matmul_gflops": round(numpy_matmul_gflops(), 1)}
+            "torch_matmul_gflops": round(matmul_gflops("cpu", n=n), 1),
+            "numpy_matmul_gflops": round(numpy_matmul_gflops(n=n), 1), "matmul_n": n}
 
 
 # ----------------------------------------------------------------------------- timing
@@ -209,8 +212,8 @@ def table(rows: list[dict]) -> str:
 
 
 def _machine_line(m: dict) -> str:
-    return (f"torch float32 matmul {m['torch_matmul_gflops']:.0f} GFLOP/s, numpy "
-            f"{m['numpy_matmul_gflops']:.0f} GFLOP/s; load average "
+    return (f"float32 matmul ({m['matmul_n']}^3) torch {m['torch_matmul_gflops']:.0f} GFLOP/s, "
+            f"numpy {m['numpy_matmul_gflops']:.0f} GFLOP/s; load average "
             f"{' '.join(f'{x:.2f}' for x in m['load_average'])}")
 
 
@@ -231,6 +234,9 @@ def main(argv=None) -> dict:
                         help="executed notebooks (default: a temporary folder; book/run with "
                              "the jupyter-book phase, as make book)")
     parser.add_argument("--json", default=None, help="write the measurements to this JSON file")
+    parser.add_argument("--matmul-n", type=int, default=4096,
+                        help="size of the matmul probe (4096 as bench ridge; 2048 is 8x "
+                             "cheaper on a loaded machine)")
     parser.add_argument("--compare", nargs=2, metavar=("BUILD_A", "BUILD_B"), default=None,
                         help="print two finished toy builds side by side (science and time "
                              "per phase) and run nothing")
@@ -248,7 +254,7 @@ def main(argv=None) -> dict:
 
     out = Path(args.out).resolve() if args.out else default_out(args.preset)
     params = Path(args.params or REPO / "notebooks" / "params" / f"{args.preset}.yaml")
-    before = machine()
+    before = machine(args.matmul_n)
     print(f"{before['cpu']}, {before['cpus']} CPUs, torch threads {before['torch_threads']}",
           flush=True)
     print("before: " + _machine_line(before), flush=True)
@@ -265,7 +271,7 @@ def main(argv=None) -> dict:
                 rows += notebook_rows(params, Path(tmp))
     if "jupyter-book" in phases:
         rows += jupyter_book_rows()
-    after = machine()
+    after = machine(args.matmul_n)
     top = [r for r in rows if not r["phase"].startswith(" ")]
     total = {"phase": "total", "wall_s": sum(r["wall_s"] for r in top),
              "cpu_s": sum(r["cpu_s"] for r in top)}

@@ -226,10 +226,12 @@ def test_rois_are_anatomically_placed():
 # --------------------------------------------------------------------------- files
 def test_micro_build_is_fast_and_cached(micro):
     root, seconds = micro
-    # generous: the machine is shared (the world alone takes about 10 s on 2 idle cores)
-    assert seconds < 60, f"micro world took {seconds:.1f} s"
     stamp = json.loads((root / "BUILD.json").read_text())
     assert stamp["preset"] == "micro" and stamp["seed"] == 0
+    # CPU time, not wall time: a shared machine stretches the wall clock several-fold (the
+    # world alone takes about 10 s on 2 idle cores, ~12 s of CPU)
+    assert stamp["world_cpu_s"] < 60, f"micro world took {stamp['world_cpu_s']:.1f} s of CPU " \
+        f"({seconds:.1f} s wall)"
     before = (root / BETAS.format(1, 1)).stat().st_mtime_ns
     t = time.perf_counter()
     build(preset="micro", seed=0, out=root, models=False)
