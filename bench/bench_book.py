@@ -104,6 +104,7 @@ def toyworld_rows(preset: str, seed: int, out: Path) -> list[dict]:
     """Build the toy world afresh; one row for the build, then one per recorded phase."""
     times, _ = run_timed([sys.executable, "-m", "lib.toyworld", "build", "--preset", preset,
                           "--seed", str(seed), "--out", str(out), "--force"])
+    print(f"toy world build: {times['wall_s']:.1f} s wall, {times['cpu_s']:.1f} s CPU", flush=True)
     return [{"phase": f"toy world build ({preset}, seed {seed})", **times}] + build_rows(out)
 
 
@@ -138,6 +139,8 @@ def notebook_rows(params: Path, output_dir: Path) -> list[dict]:
                                    "--only", name, "--output-dir", str(output_dir)])
         runs = [m.groups() for m in map(_DONE.match, stdout.splitlines()) if m]
         rows.append({"phase": f"notebook {name}", **times})
+        print(f"notebook {name}: {times['wall_s']:.1f} s wall, {times['cpu_s']:.1f} s CPU",
+              flush=True)
         if len(runs) > 1:  # a sweep: lib.run's own wall time per run
             rows += [{"phase": f"  {label}", "wall_s": float(s), "cpu_s": None}
                      for label, s in runs]
