@@ -1,5 +1,6 @@
 """Run benchmarks: ``python -m bench`` (every ``bench_*.py`` module in turn) or
-``python -m bench NAME [NAME ...] [-- ARGS...]`` (NAME is ``ridge`` or ``bench_ridge``).
+``python -m bench NAME [NAME ...] [-- ARGS...]`` (NAME is e.g. ``ridge`` or ``bench_ridge``;
+``book`` times every phase of ``make book``).
 
 Arguments that are not benchmark names (``--quick``, ...) are passed to each selected
 benchmark's ``main``; when running all of them, a benchmark that rejects an argument is

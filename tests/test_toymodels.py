@@ -163,6 +163,25 @@ def test_zoo_json_and_every_zoo_model_reloads(models_root, val_corpus):
         assert n == row["n_params"]
 
 
+def test_report_times_every_phase_and_each_family_pixels_once(models_root):
+    """TRAINING.json: wall and CPU time of the corpus, each BLIP-2 step and each zoo model;
+    one image-processor pass per vision family (its three sizes share the pixels)."""
+    root, report = models_root
+    phases = report["phases"]
+    assert json.loads((root / "TRAINING.json").read_text())["phases"] == phases
+    names = [r["name"] for r in report["zoo"]]
+    assert {f"vision/{n}" for n in names if not n.startswith("opt")} <= set(phases)
+    assert {f"language/{n}" for n in names if n.startswith("opt")} <= set(phases)
+    assert sum(k.startswith("blip2/") for k in phases) == 4
+    assert [k for k in phases if k.endswith(" pixels")] == ["vision/vit pixels",
+                                                           "vision/resnet pixels"]
+    assert all(set(v) == {"wall_s", "cpu_s"} and v["wall_s"] >= 0 for v in phases.values())
+    assert sum(v["cpu_s"] for v in phases.values()) <= report["total"]["cpu_s"] + 0.5
+    from lib.toyworld.models._train import auto_threads
+
+    assert report["threads"] == auto_threads() >= 1  # threads="auto"
+
+
 def test_trained_differs_from_untrained(models_root):
     from safetensors.torch import load_file
 

@@ -7,7 +7,8 @@
                          measured reliability (JSON / HDF5 / NIfTI; no pickles)
     out/models/...       the toy models (lib.toyworld.models.train_all)
     out/MODELS.json      the models' stamp (preset, seed, models code version)
-    out/BUILD.json       written last: preset, seed, code version, timings
+    out/BUILD.json       written last: preset, seed, code version, wall and CPU time per
+                         phase (world steps, each model; lib.toyworld.timing)
 
 A build is skipped when ``out/BUILD.json`` records the same preset, seed and code version
 (a hash of ``lib/toyworld/**/*.py``, leaving out the CLI and notebook helpers). The world and
@@ -33,10 +34,10 @@ import hashlib
 import json
 import logging
 import shutil
-import time
 from pathlib import Path
 
 from .presets import get_preset
+from .timing import Stopwatch
 from .world import build_world
 
 log = logging.getLogger(__name__)
@@ -163,7 +164,26 @@ def _build_locked(p, preset: str, seed: int, out: Path, force: bool, models: boo
 
     from lib.io import write_json
 
-    t_start = time.perf_counter()
+    with Stopwatch() as total:
+        summary, models_result = _world_and_models(p, preset, seed, out, force, models,
+                                                   world_version, null, models_sources)
+    write_json(stamp, {
+        **key,
+        "world_version": world_version,
+        "world_wall_s": summary.get("wall_s"),
+        "world_cpu_s": summary.get("cpu_s"),
+        "world_timings": summary.get("timings"),
+        "models": models_result,
+        "wall_s": round(total.wall_s, 2),
+        "cpu_s": round(total.cpu_s, 2),
+    })
+
+
+def _world_and_models(p, preset: str, seed: int, out: Path, force: bool, models: bool,
+                      world_version: str, null: bool, models_sources: list):
+    """Build (or reuse) the world, then train (or reuse) the models; return both summaries."""
+    from lib.io import write_json
+
     world_stamp = out / "truth" / "WORLD.json"
     wkey = {"preset": preset, "seed": int(seed), "null": bool(null),
             "world_version": world_version}
@@ -176,10 +196,9 @@ def _build_locked(p, preset: str, seed: int, out: Path, force: bool, models: boo
                 shutil.rmtree(out / sub)
         kind = "null world" if null else "world"
         print(f"[toyworld] building the {preset} {kind} (seed {seed}) in {out}", flush=True)
-        t, c = time.perf_counter(), time.process_time()
-        summary = build_world(p, seed, out, null=null)
-        summary["wall_s"] = round(time.perf_counter() - t, 2)
-        summary["cpu_s"] = round(time.process_time() - c, 2)  # robust to a busy machine
+        with Stopwatch() as sw:
+            summary = build_world(p, seed, out, null=null)
+        summary["wall_s"], summary["cpu_s"] = round(sw.wall_s, 2), round(sw.cpu_s, 2)
         write_json(world_stamp, {**wkey, "preset_settings": p.to_dict(), **summary})
         print(f"[toyworld] world built in {summary['wall_s']:.1f} s "
               f"({summary['cpu_s']:.1f} s CPU)", flush=True)
@@ -194,15 +213,7 @@ def _build_locked(p, preset: str, seed: int, out: Path, force: bool, models: boo
         models_result = _train_models_cached(out, preset, seed, models_sources)
     else:
         models_result = {"skipped": True}
-    write_json(stamp, {
-        **key,
-        "world_version": world_version,
-        "world_wall_s": summary.get("wall_s"),
-        "world_cpu_s": summary.get("cpu_s"),
-        "world_timings": summary.get("timings"),
-        "models": models_result,
-        "wall_s": round(time.perf_counter() - t_start, 2),
-    })
+    return summary, models_result
 
 
 def models_version() -> str:
@@ -268,12 +279,7 @@ def _train_models(models_dir: Path, preset: str, seed: int):
     """Train every toy model with ``lib.toyworld.models.train_all``; return its report."""
     from .models import train_all
 
-    t, c = time.perf_counter(), time.process_time()
-    result = train_all(models_dir, preset, seed)
-    wall, cpu = time.perf_counter() - t, time.process_time() - c
-    print(f"[toyworld] models trained in {wall:.1f} s ({cpu:.1f} s CPU)", flush=True)
-    result = json.loads(json.dumps(result, default=str))
-    if isinstance(result, dict):
-        result.setdefault("build_wall_s", round(wall, 2))
-        result.setdefault("build_cpu_s", round(cpu, 2))
-    return result
+    with Stopwatch() as sw:
+        result = train_all(models_dir, preset, seed)
+    print(f"[toyworld] models trained in {sw.wall_s:.1f} s ({sw.cpu_s:.1f} s CPU)", flush=True)
+    return json.loads(json.dumps(result, default=str))

@@ -7,15 +7,12 @@ is bit-for-bit reproducible and independent of the order of the steps.
 
 from __future__ import annotations
 
-import logging
-import time
 from pathlib import Path
 
 import numpy as np
 
 from .presets import WorldPreset
-
-log = logging.getLogger(__name__)
+from .timing import PhaseTimes
 
 #: Seed streams (second element of the seed sequence).
 STREAM_SCENES, STREAM_CAPTIONS, STREAM_DESIGN = 1, 2, 3
@@ -29,7 +26,8 @@ What the simulator knows and an analysis of NSD never could (see lib/toyworld/br
 - `scenes.json`: one record per stimulus (index = 0-based nsdId): `cocoId`, `captions`,
   `place`, `objects` (kind, color, size, x, y, text; x, y in 0-1 with y down),
   `has_<kind>`, `area_<kind>`.
-- `WORLD.json`: preset, seed, `null`, world code version, timings, noise ceiling per ROI.
+- `WORLD.json`: preset, seed, `null`, world code version, wall and CPU seconds per step,
+  noise ceiling per ROI.
 - `subjXX/tuning.h5`: every voxel of nsdgeneral and the ROIs: `voxel_ijk`, `area`
   (V1, V2, V3, hV4, face, body, word, place, general), receptive fields (`rf_x`, `rf_y`,
   `rf_sigma`, image units), weights (`w_contrast`, `w_color`, `w_kind`, `w_objcolor`,
@@ -142,7 +140,8 @@ def build_world(p: WorldPreset, seed: int, out: Path, null: bool = False) -> dic
     Returns
     -------
     summary : dict
-        ``null``, timings per step (s), voxel counts and noise ceiling per subject and ROI.
+        ``null``, ``timings`` (``{step: {"wall_s", "cpu_s"}}``), voxel counts and noise
+        ceiling per subject and ROI.
     """
     from lib.nsd.layout import NSDLayout
     from lib.scoring import noise_ceiling
@@ -153,15 +152,8 @@ def build_world(p: WorldPreset, seed: int, out: Path, null: bool = False) -> dic
 
     nsd = NSDLayout(out / "nsd")
     truth = out / "truth"
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-
-    def tick(name):
-        nonlocal t0
-        t = time.perf_counter()
-        timings[name] = round(t - t0, 3)
-        log.info("toy world: %s %.1f s", name, t - t0)
-        t0 = t
+    timings = PhaseTimes(prefix="[toyworld] world:")
+    tick = timings.lap
 
     # -- stimuli and captions
     scenes = sample_scenes(p.n_stimuli, _rng(seed, STREAM_SCENES))
@@ -208,7 +200,7 @@ def build_world(p: WorldPreset, seed: int, out: Path, null: bool = False) -> dic
     mo = design["masterordering"]
     n_shared = p.n_shared
     per_session = p.trials_per_session
-    summary: dict = {"null": bool(null), "timings": timings, "subjects": {}}
+    summary: dict = {"null": bool(null), "timings": timings.phases, "subjects": {}}
     # row of the subject's signal (its images in subjectim order) driving each trial
     signal_row = mo - 1
     if null:

@@ -12,7 +12,7 @@
 - ``vision/<name>/``  ViT and ResNet classifiers at three sizes (+ untrained baselines);
 - ``language/<name>/`` OPT causal language models at three sizes (+ an untrained baseline);
 - ``zoo.json``        ``[{name, path, family, modality, n_params, trained}]``;
-- ``TRAINING.json``   the preset, seeds, wall time per model and held-out quality.
+- ``TRAINING.json``   the preset, seeds, wall and CPU time per phase, held-out quality.
 
 Everything is seeded: the same preset and seed give the same weights on the same machine
 and thread count. Loading needs nothing but transformers (no custom classes).
@@ -123,7 +123,8 @@ def _save_dir(path: Path, *objects) -> Path:
     return path
 
 
-def train_all(models_dir, preset: str | dict = "toy", seed: int = 0, threads: int | None = 2,
+def train_all(models_dir, preset: str | dict = "toy", seed: int = 0,
+              threads: int | str | None = "auto",
               parts=("blip2", "vision", "language")) -> dict:
     """Train and save every toy model (see the module docstring for the layout).
 
@@ -137,9 +138,11 @@ def train_all(models_dir, preset: str | dict = "toy", seed: int = 0, threads: in
     seed : int
         World seed. The models' scenes come from ``numpy.random.default_rng([seed, 1000 + k])``,
         a stream apart from the simulated experiment's stimuli.
-    threads : int or None
-        torch intra-op threads while training (restored afterwards); ``None`` keeps the
-        current setting.
+    threads : int, "auto" or None
+        torch intra-op threads while training (restored afterwards): ``"auto"`` is
+        ``OMP_NUM_THREADS`` when set, else the number of physical cores
+        (:func:`lib.toyworld.models._train.auto_threads`; more threads than cores slows the
+        small matrix products down), ``None`` keeps the current setting.
     parts : sequence of {"blip2", "vision", "language"}
         Which models to train (all by default). Each part depends only on the preset and
         seed, so parts trained in separate calls equal those of one call.
@@ -147,13 +150,15 @@ def train_all(models_dir, preset: str | dict = "toy", seed: int = 0, threads: in
     Returns
     -------
     report : dict
-        ``preset``, ``seed``, ``seconds`` (wall time per model and ``total``), ``quality``
+        ``preset``, ``seed``, ``phases`` (``{phase: {"wall_s", "cpu_s"}}``: the corpus, each
+        BLIP-2 step, each zoo model), ``total`` (``{"wall_s", "cpu_s"}``), ``quality``
         (held-out BLEU/CIDEr of ``blip2-toy-opt``, retrieval of ``blip2-toy-itm``, loss/mAP of
         the zoo models) and ``zoo`` (the rows of ``zoo.json``). Also written to
         ``models_dir/TRAINING.json``.
     """
     from ...io import write_json
-    from ._train import Timer, num_threads
+    from ..timing import PhaseTimes, Stopwatch
+    from ._train import auto_threads, num_threads
     from .data import make_corpus
     from .tokenizer import build_tokenizer
 
@@ -162,54 +167,48 @@ def train_all(models_dir, preset: str | dict = "toy", seed: int = 0, threads: in
     models_dir = Path(models_dir)
     models_dir.mkdir(parents=True, exist_ok=True)
     size = int(cfg["image_size"])
-    seconds: dict = {}
+    phases = PhaseTimes(prefix="[toyworld] models:")
     quality: dict = {}
     zoo: list = []
-    with num_threads(threads), Timer() as total:
-        with Timer() as t:
-            train = make_corpus(cfg["n_train"], seed, stream=0, image_size=size, desc="train scenes")
+    threads = auto_threads() if threads == "auto" else threads
+    with num_threads(threads), Stopwatch() as total:
+        with phases.phase("corpus (render + caption)"):
+            train = make_corpus(cfg["n_train"], seed, stream=0, image_size=size,
+                                desc="train scenes")
             val = make_corpus(cfg["n_val"], seed, stream=1, image_size=size, desc="val scenes")
             tok = build_tokenizer([c for caps in train.captions for c in caps], cfg["min_count"])
-        seconds["corpus"] = t.seconds
-
-        # ---- BLIP-2: stage 1 (retrieval), stage 2 (captioning)
         if "blip2" in parts:
-            _train_blip2_part(models_dir, cfg, train, val, tok, seed, seconds, quality)
+            _train_blip2_part(models_dir, cfg, train, val, tok, seed, phases, quality)
         if "vision" in parts:
-            _train_vision_part(models_dir, cfg, train, val, seed, seconds, quality, zoo)
+            _train_vision_part(models_dir, cfg, train, val, seed, phases, quality, zoo)
         if "language" in parts:
-            _train_language_part(models_dir, cfg, train, val, tok, seed, seconds, quality, zoo)
+            _train_language_part(models_dir, cfg, train, val, tok, seed, phases, quality, zoo)
         if zoo:
             write_json(models_dir / "zoo.json", zoo)
-    seconds["total"] = total.seconds
-    report = {"preset": name, "seed": int(seed), "threads": threads, "seconds": seconds,
+    report = {"preset": name, "seed": int(seed), "threads": threads,
+              "phases": phases.as_dict(), "total": total.as_dict(),
               "quality": quality, "zoo": zoo, "config": cfg}
     write_json(models_dir / "TRAINING.json", report)
     return report
 
 
-def _train_blip2_part(models_dir, cfg, train, val, tok, seed, seconds, quality):
+def _train_blip2_part(models_dir, cfg, train, val, tok, seed, phases, quality):
     from . import blip2
-    from ._train import Timer
 
     size = int(cfg["image_size"])
     spec = cfg["blip2"]
     processor = blip2.make_processor(tok, size, spec["num_query_tokens"])
-    itm, opt, hist = blip2.train_blip2(train, processor, spec, size, seed)
-    _save_dir(models_dir / "blip2-toy-itm", itm, processor)
-    _save_dir(models_dir / "blip2-toy-opt", opt, processor)
-    seconds["blip2-stage1 (itm + captioning)"] = hist["seconds_stage1"]
-    seconds["blip2-stage2 (opt language side)"] = hist["seconds_stage2"]
-    with Timer() as t:
+    itm, opt, hist = blip2.train_blip2(train, processor, spec, size, seed, phases=phases)
+    with phases.phase("blip2/eval (held-out captions + retrieval) and save"):
+        _save_dir(models_dir / "blip2-toy-itm", itm, processor)
+        _save_dir(models_dir / "blip2-toy-opt", opt, processor)
         quality["blip2"] = blip2.evaluate(itm, opt, processor, val)
-    seconds["blip2-eval"] = t.seconds
     for key in ("itm_loss", "lm_loss", "opt_loss"):
         tail = hist[key][-10:]
         quality["blip2"][f"final_train_{key}"] = float(sum(tail) / max(len(tail), 1))
 
 
-
-def _train_vision_part(models_dir, cfg, train, val, seed, seconds, quality, zoo):
+def _train_vision_part(models_dir, cfg, train, val, seed, phases, quality, zoo):
     import torch
     from tqdm.auto import tqdm
 
@@ -217,51 +216,54 @@ def _train_vision_part(models_dir, cfg, train, val, seed, seconds, quality, zoo)
     from ._train import count_params
 
     size = int(cfg["image_size"])
-    # ---- vision zoo
     vspec = cfg["vision"]
     n_v = min(int(vspec["n_train"]), len(train))
     labels = torch.from_numpy(train.labels[:n_v])
     val_labels = torch.from_numpy(val.labels)
     stream = 100
     jobs = [(fam, s) for fam, sizes in vspec["sizes"].items() for s in sizes]
+    pixels = {}  # one pass of each family's image processor serves its three sizes
     for fam, s in tqdm(jobs, desc="vision zoo", leave=False):
         stream += 1
         mname = f"{fam}-{s}"
-        proc = vision_zoo.image_processor(fam, size)
-        px = proc(list(train.images[:n_v]), return_tensors="pt")["pixel_values"]
-        val_px = proc(list(val.images), return_tensors="pt")["pixel_values"]
+        if fam not in pixels:
+            with phases.phase(f"vision/{fam} pixels"):
+                proc = vision_zoo.image_processor(fam, size)
+                pixels = {fam: (proc, proc(list(train.images[:n_v]), return_tensors="pt")[
+                    "pixel_values"], proc(list(val.images), return_tensors="pt")["pixel_values"])}
+        proc, px, val_px = pixels[fam]
         variants = [(mname, True)]
         if mname in vspec.get("untrained", []):
             variants.append((f"{mname}-untrained", False))
         for vname, trained in variants:
-            model = vision_zoo.build_vision_model(fam, vspec["sizes"][fam][s], size, seed, stream)
-            if trained:
-                hist = vision_zoo.train_vision_model(model, px, labels, vspec, seed, stream, vname)
-                seconds[f"vision/{vname}"] = hist["seconds"]
-            model.eval()
-            quality[f"vision/{vname}"] = vision_zoo.evaluate_vision_model(model, val_px, val_labels)
-            _save_dir(models_dir / "vision" / vname, model, proc)
+            with phases.phase(f"vision/{vname}"):
+                model = vision_zoo.build_vision_model(fam, vspec["sizes"][fam][s], size, seed,
+                                                      stream)
+                if trained:
+                    vision_zoo.train_vision_model(model, px, labels, vspec, seed, stream, vname)
+                model.eval()
+                quality[f"vision/{vname}"] = vision_zoo.evaluate_vision_model(model, val_px,
+                                                                              val_labels)
+                _save_dir(models_dir / "vision" / vname, model, proc)
             zoo.append({"name": vname, "path": f"vision/{vname}", "family": fam,
                         "modality": "vision", "n_params": count_params(model.base_model),
                         "trained": trained})
 
 
-
-def _train_language_part(models_dir, cfg, train, val, tok, seed, seconds, quality, zoo):
+def _train_language_part(models_dir, cfg, train, val, tok, seed, phases, quality, zoo):
     from tqdm.auto import tqdm
 
     from . import language_zoo
     from ._train import count_params
-
-    # ---- language zoo
-    lspec = cfg["language"]
     from .language_zoo import encode_texts
 
-    per_image = int(lspec.get("captions_per_image") or len(train.captions[0]))
-    n_images = min(int(lspec.get("n_train") or len(train)), len(train))
-    texts = [c for caps in train.captions[:n_images] for c in caps[:per_image]]
-    ids, mask = encode_texts(tok, texts)
-    val_ids, val_mask = encode_texts(tok, [c for caps in val.captions for c in caps])
+    lspec = cfg["language"]
+    with phases.phase("language/encode captions"):
+        per_image = int(lspec.get("captions_per_image") or len(train.captions[0]))
+        n_images = min(int(lspec.get("n_train") or len(train)), len(train))
+        texts = [c for caps in train.captions[:n_images] for c in caps[:per_image]]
+        ids, mask = encode_texts(tok, texts)
+        val_ids, val_mask = encode_texts(tok, [c for caps in val.captions for c in caps])
     stream = 200
     for s, size_spec in tqdm(list(lspec["sizes"].items()), desc="language zoo", leave=False):
         stream += 1
@@ -270,15 +272,15 @@ def _train_language_part(models_dir, cfg, train, val, tok, seed, seconds, qualit
         if mname in lspec.get("untrained", []):
             variants.append((f"{mname}-untrained", False))
         for vname, trained in variants:
-            model = language_zoo.build_language_model(tok, size_spec, seed, stream)
-            if trained:
-                hist = language_zoo.train_language_model(model, ids, mask, lspec, seed, stream,
-                                                         vname)
-                seconds[f"language/{vname}"] = hist["seconds"]
-            model.eval()
-            quality[f"language/{vname}"] = language_zoo.evaluate_language_model(
-                model, val_ids, val_mask)
-            _save_dir(models_dir / "language" / vname, model, tok)
+            with phases.phase(f"language/{vname}"):
+                model = language_zoo.build_language_model(tok, size_spec, seed, stream)
+                if trained:
+                    language_zoo.train_language_model(model, ids, mask, lspec, seed, stream,
+                                                      vname)
+                model.eval()
+                quality[f"language/{vname}"] = language_zoo.evaluate_language_model(
+                    model, val_ids, val_mask)
+                _save_dir(models_dir / "language" / vname, model, tok)
             zoo.append({"name": vname, "path": f"language/{vname}", "family": "opt",
                         "modality": "language", "n_params": count_params(model.base_model),
                         "trained": trained})

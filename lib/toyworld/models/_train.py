@@ -1,13 +1,14 @@
-"""Small training utilities shared by the toy models: seeding, schedules, batching, timing."""
+"""Small training utilities shared by the toy models: seeding, schedules, batching, threads."""
 
 from __future__ import annotations
 
 import contextlib
 import math
-import time
 from collections.abc import Iterator
 
 import numpy as np
+
+from ..timing import Stopwatch
 
 
 def torch_generator(seed: int, stream: int):
@@ -39,6 +40,23 @@ def optimizer_step(optimizer, loss, params, max_norm: float = 1.0) -> None:
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, max_norm)
     optimizer.step()
+
+
+def pad_sequences(seqs: list, pad_id: int):
+    """Right-pad token id lists into one array (one vectorised copy, no per-row tensors).
+
+    Returns
+    -------
+    ids, mask : LongTensor of shape (n_seqs, max_len)
+        ``ids`` padded with ``pad_id``; ``mask`` 1 on the tokens, 0 on the padding.
+    """
+    import torch
+
+    lengths = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs))
+    keep = np.arange(int(lengths.max(initial=0)))[None, :] < lengths[:, None]
+    ids = np.full(keep.shape, int(pad_id), dtype=np.int64)
+    ids[keep] = np.fromiter((t for s in seqs for t in s), dtype=np.int64, count=int(lengths.sum()))
+    return torch.from_numpy(ids), torch.from_numpy(keep.astype(np.int64))
 
 
 def batches(n: int, batch_size: int, rng: np.random.Generator, drop_last: bool = True) -> Iterator:
@@ -102,7 +120,7 @@ def train_epochs(step_loss, params, n: int, batch_size: int, epochs: int, lr: fl
     Returns
     -------
     history : dict
-        ``loss`` per step and ``seconds`` (wall time).
+        ``loss`` per step, ``seconds`` (wall time) and ``cpu_seconds`` (process CPU time).
     """
     from tqdm.auto import tqdm
 
@@ -113,7 +131,7 @@ def train_epochs(step_loss, params, n: int, batch_size: int, epochs: int, lr: fl
         total = min(total, int(max_steps))
     optimizer = make_optimizer(params, lr, weight_decay=weight_decay)
     history: dict = {"loss": []}
-    with Timer() as timer, tqdm(total=total, desc=desc, leave=False) as bar:
+    with Stopwatch() as timer, tqdm(total=total, desc=desc, leave=False) as bar:
         step = 0
         for _ in range(int(epochs)):
             for idx in batches(n, bs, rng):
@@ -126,7 +144,8 @@ def train_epochs(step_loss, params, n: int, batch_size: int, epochs: int, lr: fl
                 history["loss"].append(round(float(loss.detach()), 4))
                 bar.update(1)
                 bar.set_postfix(loss=f"{history['loss'][-1]:.3f}")
-    history["seconds"] = timer.seconds
+    history["seconds"] = timer.wall_s
+    history["cpu_seconds"] = timer.cpu_s
     return history
 
 
@@ -145,6 +164,31 @@ def count_params(model) -> int:
     return int(total)
 
 
+def auto_threads() -> int:
+    """Training threads: ``OMP_NUM_THREADS`` when set, else the physical cores."""
+    import os
+
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(env) if env.isdigit() and int(env) > 0 else physical_cores()
+
+
+def physical_cores() -> int:
+    """Physical CPU cores available to this process (logical CPUs when unknown)."""
+    import os
+
+    try:
+        logical = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS, Windows
+        logical = os.cpu_count() or 1
+    try:
+        import psutil
+
+        physical = psutil.cpu_count(logical=False) or logical
+    except ImportError:  # pragma: no cover
+        physical = logical
+    return max(1, min(physical, logical))
+
+
 @contextlib.contextmanager
 def num_threads(n: int | None):
     """Temporarily set torch's intra-op thread count (``None`` leaves it alone)."""
@@ -159,14 +203,3 @@ def num_threads(n: int | None):
         torch.set_num_threads(old)
 
 
-class Timer:
-    """Wall-clock timer: ``with Timer() as t: ...; t.seconds``."""
-
-    def __enter__(self):
-        self._t0 = time.perf_counter()
-        self.seconds = 0.0
-        return self
-
-    def __exit__(self, *exc):
-        self.seconds = time.perf_counter() - self._t0
-        return False

@@ -21,7 +21,9 @@ import numpy as np
 
 from lib.features.qformer import query_outputs as qformer_query_outputs
 
+from ..timing import PhaseTimes
 from ._train import (
+    pad_sequences,
     seeded_init,
     train_epochs,
 )
@@ -126,19 +128,13 @@ def encode_captions(tokenizer, captions: list, num_query_tokens: int, image_toke
         Right-padded with ``pad_token_id``.
     mask : LongTensor of the same shape
     """
-    import torch
 
     flat = [c for caps in captions for c in caps]
     enc = tokenizer(flat, add_special_tokens=True)["input_ids"]
     prefix = [image_token_id] * num_query_tokens
     seqs = [prefix + e + ([tokenizer.eos_token_id] if add_eos else []) for e in enc]
-    length = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), length), tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), length), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s)
-        mask[i, : len(s)] = 1
-    n_caps = len(captions[0])
+    ids, mask = pad_sequences(seqs, tokenizer.pad_token_id)
+    n_caps, length = len(captions[0]), ids.shape[1]
     return ids.view(len(captions), n_caps, length), mask.view(len(captions), n_caps, length)
 
 
@@ -240,7 +236,7 @@ def image_encoder_outputs(vision_model, pixels, batch_size: int = 256):
     return torch.cat(out).clone()
 
 
-def train_blip2(corpus, processor, spec: dict, image_size: int, seed: int):
+def train_blip2(corpus, processor, spec: dict, image_size: int, seed: int, phases=None):
     """Train the toy BLIP-2 pair: a retrieval model and a captioner sharing one vision side.
 
     As BLIP-2, in three steps:
@@ -258,6 +254,9 @@ def train_blip2(corpus, processor, spec: dict, image_size: int, seed: int):
        Q-Former and query tokens, frozen; its language projection and OPT keep training on
        cached query outputs (``opt_epochs``).
 
+    ``phases`` (a :class:`lib.toyworld.timing.PhaseTimes`, optional) records the wall and CPU
+    time of the three steps.
+
     Returns
     -------
     itm : Blip2ForImageTextRetrieval
@@ -266,7 +265,7 @@ def train_blip2(corpus, processor, spec: dict, image_size: int, seed: int):
         and query tokens are equal.
     history : dict
         ``vision_loss`` (step 0), ``itm_loss``, ``lm_loss`` (step 1 per step), ``opt_loss``
-        (step 2), ``seconds_vision``, ``seconds_stage1``, ``seconds_stage2``.
+        (step 2).
     """
     import torch
     import torch.nn.functional as F
@@ -277,13 +276,14 @@ def train_blip2(corpus, processor, spec: dict, image_size: int, seed: int):
     itm = seeded_init(Blip2ForImageTextRetrieval, config, seed, _INIT_ITM)
     opt = seeded_init(Blip2ForConditionalGeneration, config, seed, _INIT_OPT)
     nq, image_token = config.num_query_tokens, config.image_token_index
-    pixels = pixel_values(processor, corpus.images)
+    phases = phases if phases is not None else PhaseTimes(prefix=None)
     labels = torch.from_numpy(corpus.labels)
-
-    hist0 = pretrain_vision(itm.vision_model, pixels, labels, spec, seed)
-    itm.vision_model.requires_grad_(False)
-    encoded = image_encoder_outputs(itm.vision_model, pixels)
-    del pixels
+    with phases.phase("blip2/image encoder (pixels, pre-training, encoding)"):
+        pixels = pixel_values(processor, corpus.images)
+        hist0 = pretrain_vision(itm.vision_model, pixels, labels, spec, seed)
+        itm.vision_model.requires_grad_(False)
+        encoded = image_encoder_outputs(itm.vision_model, pixels)
+        del pixels
 
     ids, mask = encode_captions(tok, corpus.captions, nq, image_token, add_eos=False)
     lm_ids, lm_mask = encode_captions(tok, corpus.captions, nq, image_token, add_eos=True)
@@ -299,8 +299,7 @@ def train_blip2(corpus, processor, spec: dict, image_size: int, seed: int):
             aux_head = torch.nn.Linear(nq * config.image_text_hidden_size, labels.shape[1])
         params += list(aux_head.parameters())
     lm_weight = float(spec.get("itm_lm_weight", 1.0))
-    history = {"vision_loss": hist0["loss"], "itm_loss": [], "lm_loss": [],
-               "seconds_vision": hist0["seconds"]}
+    history = {"vision_loss": hist0["loss"], "itm_loss": [], "lm_loss": []}
 
     def step_loss(idx):
         j = rng.integers(ids.shape[1], size=len(idx))
@@ -329,9 +328,9 @@ def train_blip2(corpus, processor, spec: dict, image_size: int, seed: int):
     itm.train()
     itm.vision_model.eval()
     opt.train()
-    hist1 = train_epochs(step_loss, params, len(corpus), spec["itm_batch"], spec["itm_epochs"],
-                         spec["itm_lr"], rng, "blip2 Q-Former")
-    history["seconds_stage1"] = hist1["seconds"]
+    with phases.phase("blip2/Q-Former stage 1 (contrastive + captioning)"):
+        train_epochs(step_loss, params, len(corpus), spec["itm_batch"], spec["itm_epochs"],
+                     spec["itm_lr"], rng, "blip2 Q-Former")
     itm.requires_grad_(True)
     itm.eval()
     # the captioner gets its own copy of the (now trained) vision side
@@ -340,9 +339,9 @@ def train_blip2(corpus, processor, spec: dict, image_size: int, seed: int):
     if missing:
         raise RuntimeError(f"Q-Former weights missing when copying from the ITM model: {missing}")
     opt.query_tokens.data.copy_(itm.query_tokens.data)
-    opt, hist2 = _train_language_side(opt, encoded, corpus, processor, spec, seed)
+    with phases.phase("blip2/OPT stage 2 (language side)"):
+        opt, hist2 = _train_language_side(opt, encoded, corpus, processor, spec, seed)
     history["opt_loss"] = hist2["loss"]
-    history["seconds_stage2"] = hist2["seconds"]
     return itm, opt, history
 
 

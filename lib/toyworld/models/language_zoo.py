@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._train import seeded_init, train_epochs
+from ._train import pad_sequences, seeded_init, train_epochs
 
 
 def build_language_model(tokenizer, size: dict, seed: int, stream: int):
@@ -35,17 +35,8 @@ def encode_texts(tokenizer, texts: list[str]):
     -------
     ids, mask : LongTensor of shape (n_texts, max_len)
     """
-    import torch
-
     enc = tokenizer(list(texts))["input_ids"]
-    seqs = [e + [tokenizer.eos_token_id] for e in enc]
-    length = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), length), tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s)
-        mask[i, : len(s)] = 1
-    return ids, mask
+    return pad_sequences([e + [tokenizer.eos_token_id] for e in enc], tokenizer.pad_token_id)
 
 
 def _loss(model, ids, mask):
