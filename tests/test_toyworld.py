@@ -560,3 +560,23 @@ def test_bench_book_times_a_subprocess_wall_and_cpu():
     assert 0.25 < times["cpu_s"] <= times["wall_s"] + 0.1
     with pytest.raises(RuntimeError, match="failed"):
         run_timed([sys.executable, "-c", "raise SystemExit(3)"])
+
+
+def test_world_takes_more_subjects(tmp_path):
+    """``--subjects N``: every subject gets NSD's files, its own images besides the shared ones."""
+    from scipy.io import loadmat
+
+    from lib.nsd.layout import NSDLayout
+
+    out = build(preset="micro", seed=0, out=tmp_path / "three", models=False, n_subjects=3)
+    layout = NSDLayout(out / "nsd")
+    design = loadmat(layout.expdesign)
+    subjectim, shared = design["subjectim"], design["sharedix"].ravel()
+    assert subjectim.shape[0] == 3
+    for k in range(3):
+        assert layout.betas(k + 1, 1).exists() and layout.roi(k + 1, "nsdgeneral").exists()
+        assert set(shared) <= set(subjectim[k])
+    own = [set(subjectim[k]) - set(shared) for k in range(3)]
+    assert not (own[0] & own[1]) and not (own[1] & own[2])
+    with pytest.raises(ValueError, match="at least 1"):
+        build(preset="micro", out=tmp_path / "none", models=False, n_subjects=0)

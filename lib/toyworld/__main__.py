@@ -1,4 +1,4 @@
-"""Command line: ``python -m lib.toyworld build --preset toy --seed 0 [--null] [--out DIR]``.
+"""Command line: ``python -m lib.toyworld build --preset toy --seed 0 [--subjects N] [--null] [--out DIR]``.
 
 ``--null`` builds the null world (the same world, brain responses unrelated to the images;
 default folder ``<data root>/<preset>_null``), linking the normal world's models if they
@@ -23,6 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--out", default=None,
                    help="output folder (default: <data root>/<preset>, data root = "
                         "$BRAINCAP_DATA or ./data)")
+    b.add_argument("--subjects", type=int, default=None, metavar="N",
+                   help="number of subjects (default: the preset's, 2); list them in the "
+                        "parameter file's subjects: to run the book for each")
     b.add_argument("--force", action="store_true", help="rebuild even if cached")
     b.add_argument("--null", action="store_true",
                    help="build the null world: same stimuli, design, voxels and noise, but "
@@ -37,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t = time.perf_counter()
     out = build(preset=args.preset, seed=args.seed, out=args.out, force=args.force,
-                null=args.null, models_from=args.models_from)
+                null=args.null, models_from=args.models_from, n_subjects=args.subjects)
     kind = " null world" if args.null else ""
     print(f"[toyworld] {args.preset}{kind} (seed {args.seed}) ready in {out} "
           f"({time.perf_counter() - t:.1f} s)")

@@ -30,6 +30,7 @@ The world itself is made by :func:`lib.toyworld.world.build_world`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -83,7 +84,8 @@ def _read_json(path: Path) -> dict | None:
 
 # --------------------------------------------------------------------------- entry point
 def build(preset: str = "toy", seed: int = 0, out: Path | None = None, force: bool = False,
-          models: bool = True, null: bool = False, models_from: Path | None = None) -> Path:
+          models: bool = True, null: bool = False, models_from: Path | None = None,
+          n_subjects: int | None = None) -> Path:
     """Build the toy world (and its models) for a preset, or reuse a cached build.
 
     Parameters
@@ -105,6 +107,9 @@ def build(preset: str = "toy", seed: int = 0, out: Path | None = None, force: bo
     models_from : path-like or None
         A normal world's folder whose up-to-date models are linked instead of retrained
         (null worlds only). None tries ``out.parent/preset`` and ``default_out(preset)``.
+    n_subjects : int or None
+        Number of subjects (None: the preset's). Each subject sees the preset's shared images
+        plus images of its own; the models do not depend on it.
 
     Returns
     -------
@@ -112,6 +117,10 @@ def build(preset: str = "toy", seed: int = 0, out: Path | None = None, force: bo
         The folder holding ``nsd/``, ``models/``, ``truth/`` and ``BUILD.json``.
     """
     p = get_preset(preset)
+    if n_subjects is not None and n_subjects != p.n_subjects:
+        if n_subjects < 1:
+            raise ValueError(f"n_subjects must be at least 1, got {n_subjects}")
+        p = dataclasses.replace(p, n_subjects=int(n_subjects)).check()
     out = Path(out) if out is not None else default_out(preset, null)
     out = out.resolve()
     version = code_version()
@@ -119,7 +128,7 @@ def build(preset: str = "toy", seed: int = 0, out: Path | None = None, force: bo
     stamp = out / "BUILD.json"
     done = _read_json(stamp)
     key = {"preset": preset, "seed": int(seed), "null": bool(null), "code_version": version,
-           "with_models": models}
+           "with_models": models, "n_subjects": p.n_subjects}
     if not force and done and all(done.get(k) == v for k, v in key.items()):
         log.info("toy world %s (seed %d) is up to date in %s", preset, seed, out)
         return out
@@ -186,7 +195,7 @@ def _world_and_models(p, preset: str, seed: int, out: Path, force: bool, models:
 
     world_stamp = out / "truth" / "WORLD.json"
     wkey = {"preset": preset, "seed": int(seed), "null": bool(null),
-            "world_version": world_version}
+            "world_version": world_version, "n_subjects": p.n_subjects}
     wdone = _read_json(world_stamp)
     if force or not wdone or any(wdone.get(k) != v for k, v in wkey.items()):
         if world_stamp.exists():
