@@ -34,7 +34,7 @@ from typing import Any
 import nbformat
 import yaml
 
-from lib.config import REPO_ROOT
+from lib.config import PARAMS_ENV, REPO_ROOT
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 DEFAULT_OUTPUT_DIR = REPO_ROOT / "book" / "run"
@@ -264,6 +264,7 @@ def run_book(
     # progress per notebook, and they would fill the rendered pages (override any of these).
     for name, value in BATCH_ENVIRONMENT.items():
         os.environ.setdefault(name, value)
+    os.environ.pop(PARAMS_ENV, None)  # JupyterLab's preset: the parameter file decides here
     times = {}
     total = time.perf_counter()
     for i, job in enumerate(jobs, 1):
