@@ -262,6 +262,28 @@ def require_world(values: dict) -> None:
             f"'data/{world.name}', toy_preset = '{preset}'); then run this notebook again.")
 
 
+def declared_parameters(notebook: str | os.PathLike) -> list[str]:
+    """Names a notebook's ``parameters`` cell assigns, in order (what papermill may inject).
+
+    Parameters
+    ----------
+    notebook : path-like
+        The ``.ipynb`` file.
+    """
+    import ast
+    import json
+
+    path = Path(notebook)
+    if not path.is_file():
+        raise FileNotFoundError(f"notebook {path} not found")
+    for cell in json.loads(path.read_text())["cells"]:
+        if "parameters" in cell.get("metadata", {}).get("tags", []):
+            source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+            return [t.id for node in ast.parse(source).body if isinstance(node, ast.Assign)
+                    for t in node.targets if isinstance(t, ast.Name)]
+    raise ValueError(f"{path}: no cell tagged 'parameters'")
+
+
 def notebook_parameters(notebook: str | os.PathLike, namespace: dict, preset=None,
                         log=print) -> dict:
     """A notebook's parameters as it should use them, wherever its kernel was started.
@@ -284,7 +306,7 @@ def notebook_parameters(notebook: str | os.PathLike, namespace: dict, preset=Non
     ----------
     notebook : str or path-like
         Notebook name in ``notebooks/`` (``"02_convergence"``) or path of an ``.ipynb``;
-        its parameters cell declares the names (read by ``papermill.inspect_notebook``).
+        its parameters cell declares the names (:func:`declared_parameters`).
     namespace : dict
         Where the parameters cell put its values (``globals()``).
     preset : str, path-like or None
@@ -297,12 +319,10 @@ def notebook_parameters(notebook: str | os.PathLike, namespace: dict, preset=Non
     values : dict
         Every declared parameter, resolved.
     """
-    import papermill
-
     text = str(notebook)
     source = resolve_path(text) if text.endswith(".ipynb") else (
         REPO_ROOT / "notebooks" / f"{text}.ipynb")
-    declared = list(papermill.inspect_notebook(str(source)))
+    declared = declared_parameters(source)
     undefined = [k for k in declared if k not in namespace]
     if undefined:
         raise NameError(f"{source.name}: run its parameters cell first "

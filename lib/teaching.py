@@ -145,12 +145,12 @@ def _chance(root, subject, k=None, **_):
     return 1.0 / k, "chance is one hit in k equally likely candidates; how many candidates?"
 
 
-def _no_penalty(root, subject, **_):
-    p = _preset(root)
-    n_voxels = _json(root, f"subj{subject:02d}", "reliability.json")["nsdgeneral"]["n_voxels"]
-    return ("down" if n_voxels > p["n_images"] - p["n_shared"] else "up"), (
-        "compare the number of voxels (features of the ridge) with the number of training "
-        "images: what does least squares do with more features than samples?")
+def _null_identification(root, subject, **_):
+    if not _json(root, "WORLD.json").get("null"):
+        raise ValueError(f"{root} is not a null world; this exercise is about the null world: "
+                         "pass a path inside it, e.g. world='data/toy_null'.")
+    return 1.0 / len(_test_ids(root)), (
+        "in this world, do the brain responses carry any information about the images shown?")
 
 
 def _positives(root, subject, **_):
@@ -191,7 +191,7 @@ EXERCISES = {
     "02-pooling-v1": (_pooling, "choice", None),
     "02-deeper-roi": (_deeper_roi, "choice", None),
     "03-chance": (_chance, "number", 1e-3),
-    "03-no-penalty": (_no_penalty, "choice", None),
+    "03-null-identification": (_null_identification, "number", 1e-3),
     "04-positives": (_positives, "number", 0.5),
     "04-chance-k": (_chance, "number", 1e-3),
     "05-face-rate": (_face_rate, "number", 0.02),

@@ -52,12 +52,13 @@ def test_face_roi_and_counts(micro_root):
 
 
 def test_predictions_follow_the_world(micro_root):
-    """Direction answers come from the truth: retinotopic V1, session offsets, p > n."""
+    """Direction answers come from the truth: retinotopic V1, face tuning, session offsets."""
     assert check("02-pooling-v1", "grid", world=micro_root, log=None)
     assert not check("02-pooling-v1", "mean", world=micro_root, log=None)
     assert check("02-deeper-roi", "faces", world=micro_root, log=None)
     assert check("01-zscore-none", "down", world=micro_root, log=None)
-    assert check("03-no-penalty", "down", world=micro_root, log=None)
+    with pytest.raises(ValueError, match="not a null world"):
+        check("03-null-identification", 0.05, world=micro_root, log=None)
 
 
 def test_face_rate_counts_the_test_scenes(micro_root):
