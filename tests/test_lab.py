@@ -90,21 +90,33 @@ def lab_server(micro_root, tmp_path):
         log.close()
 
 
-def _run_all_cells(page, timeout_s: float = 540) -> int:
-    """Run every cell with JupyterLab's own command; wait until all ran; return the count."""
+def _started(prompts: list[str]) -> bool:
+    """Whether any cell is queued, running (``[*]``) or has run (``[3]``)."""
+    return any("*" in t or t.strip("[]: \u00a0").isdigit() for t in prompts)
+
+
+def _run_all_cells(page, timeout_s: float = 900) -> None:
+    """Run every cell with JupyterLab's own command; wait until none is queued or running.
+
+    Run All stops at the first error, which also ends the wait; the saved notebook then shows
+    which cells ran.
+    """
     page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=120_000)
-    page.wait_for_timeout(3000)  # the kernel starts; queued cells wait for it anyway
-    page.click(".lm-MenuBar-item:has-text('Run')")
-    page.click(".lm-Menu-item[data-command='runmenu:run-all']")
-    n_code = page.locator(".jp-CodeCell").count()
+    prompts = page.locator(".jp-CodeCell .jp-InputArea-prompt")
+    for _ in range(3):  # a click before the kernel is connected can be lost: try again
+        page.locator(".jp-Notebook .jp-Cell").first.click()
+        page.click(".lm-MenuBar-item:has-text('Run')")
+        page.click(".lm-Menu-item[data-command='runmenu:run-all']")
+        page.wait_for_timeout(10_000)
+        if _started(prompts.all_inner_texts()):
+            break
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        prompts = page.locator(".jp-CodeCell .jp-InputArea-prompt").all_inner_texts()
-        done = [p for p in prompts if p.strip("[]: \u00a0").isdigit()]
-        if len(done) == n_code:
-            return n_code
-        page.wait_for_timeout(2000)
-    pytest.fail(f"only {len(done)} of {n_code} cells ran in {timeout_s:.0f} s")
+        texts = prompts.all_inner_texts()
+        if _started(texts) and not any("*" in t for t in texts):
+            return
+        page.wait_for_timeout(3000)
+    pytest.fail(f"cells still queued or running after {timeout_s:.0f} s: {texts}")
 
 
 def test_chapter_runs_in_jupyterlab_on_micro(lab_server):
@@ -116,11 +128,11 @@ def test_chapter_runs_in_jupyterlab_on_micro(lab_server):
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(url, wait_until="domcontentloaded")
-            n_code = _run_all_cells(page)
+            _run_all_cells(page)
             tracebacks = page.locator(".jp-OutputArea-output",
                                       has_text="Traceback (most recent call last)")
             errors = tracebacks.all_inner_texts()
-            plotly = page.locator(".jp-OutputArea-output .js-plotly-plot")
+            plotly = page.locator(".jp-OutputArea .js-plotly-plot")
             if plotly.count():
                 plotly.first.scroll_into_view_if_needed()
             page.wait_for_timeout(1000)
@@ -136,7 +148,7 @@ def test_chapter_runs_in_jupyterlab_on_micro(lab_server):
     assert n_plotly >= 1 and n_svg >= 1, "no plotly figure rendered in JupyterLab"
     saved = json.loads((root / "notebooks" / f"{CHAPTER}.ipynb").read_text())
     code = [c for c in saved["cells"] if c["cell_type"] == "code"]
-    assert len(code) == n_code and all(c["execution_count"] for c in code)
+    assert all(c["execution_count"] for c in code), "not every cell ran"
     failed = [o for c in code for o in c["outputs"] if o["output_type"] == "error"]
     assert failed == [], failed[0]
     printed = "".join("".join(o.get("text", "")) for c in code for o in c["outputs"])
