@@ -1,6 +1,9 @@
 """Settings shared by every stage: data roots, devices, seeds and output paths.
 
-Nothing here holds global state; every function takes what it needs explicitly.
+Also the one place where a parameter's path is resolved (:func:`resolve_path`,
+:func:`resolve_model`, :func:`notebook_parameters`): relative paths are taken from the
+repository root, whatever the working directory of the kernel. Nothing here holds global
+state; every function takes what it needs explicitly.
 """
 
 from __future__ import annotations
