@@ -81,3 +81,24 @@ def test_no_answer_reads_nothing_and_bad_input_is_explained(tmp_path, capsys):
     with pytest.raises(FileNotFoundError, match="not inside a toy world"):
         check("03-chance", 0.5, world=tmp_path)
     assert "expected a number" in teaching._compare("x", "abc", 1.0, "number", 0.1, "h").message
+
+
+def test_every_chapter_ends_with_checkable_exercises():
+    """2-4 exercises per chapter, solutions folded, one 'predict', every id known to check."""
+    import re
+
+    import nbformat
+
+    from lib.config import REPO_ROOT
+
+    for path in sorted((REPO_ROOT / "notebooks").glob("0*.ipynb")):
+        cells = nbformat.read(path, as_version=4).cells
+        start = next(i for i, c in enumerate(cells) if c.source.startswith("## Exercises"))
+        tail = cells[start:]
+        text = "\n".join(c.source for c in tail if c.cell_type == "markdown")
+        n = text.count("```{exercise}")
+        assert 2 <= n <= 4 and text.count(":class: dropdown") == n, path.name
+        assert "**Predict" in text, f"{path.name}: no exercise asks for a prediction"
+        ids = re.findall(r'check\("([^"]+)"', "\n".join(c.source for c in tail))
+        assert len(ids) == n and set(ids) <= set(teaching.EXERCISES), path.name
+        assert all(i.startswith(path.name[:2]) for i in ids), path.name
