@@ -135,3 +135,26 @@ def test_unbuilt_toy_world_says_how_to_build_it(tmp_path, monkeypatch):
     # 00 builds the world its toy_root names: nothing is required there
     values = config.notebook_parameters("00_toy_world", _defaults("00_toy_world"), preset="")
     assert values["toy_root"] == str(tmp_path / "toy")
+
+
+def test_batch_runs_ignore_the_interactive_preset(tmp_path, monkeypatch):
+    """lib.run: the parameter file decides; $BRAINCAP_PARAMS only steers JupyterLab."""
+    import yaml
+
+    from lib import run
+    from tests.notebook_factory import write_notebook
+
+    nb = write_notebook(
+        tmp_path / "notebooks" / "01_paths.ipynb", "seed = 0\nderived_root = 'data/derived'",
+        "from lib.config import notebook_parameters\n"
+        f"globals().update(notebook_parameters({str(tmp_path / 'notebooks' / '01_paths.ipynb')!r},"
+        " globals()))\n"
+        "import json, pathlib\n"
+        f"pathlib.Path({str(tmp_path / 'out.json')!r}).write_text(json.dumps(dict(seed=seed, "
+        "derived_root=derived_root)))")
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"notebooks": [nb.stem], "seed": 5}))
+    monkeypatch.setenv(config.PARAMS_ENV, "micro")  # micro.yaml says seed: 0
+    run.run_book(params, tmp_path / "run", notebook_dir=nb.parent, log=lambda s: None)
+    out = json.loads((tmp_path / "out.json").read_text())
+    assert out == {"seed": 5, "derived_root": str(config.data_root() / "derived")}
