@@ -10,10 +10,11 @@ SEED   ?= 0
 MATHJAX_VERSION := 3.2.2
 VENDOR := book/_static/vendor
 
-.PHONY: setup vendor toyworld notebooks book test bench clean help
+.PHONY: setup vendor toyworld notebooks book lab test bench clean help
 
 help:
 	@echo "make book   - build the toy world, run every notebook (papermill), build _build/html"
+	@echo "make lab    - open the notebooks in JupyterLab (BRAINCAP_PARAMS=micro make lab: micro preset)"
 	@echo "make test   - run the test suite (unit tests, micro notebooks, offline browser check)"
 	@echo "make bench  - run the benchmarks in bench/"
 	@echo "Variables: PARAMS=$(PARAMS) PRESET=$(PRESET) SEED=$(SEED)"
@@ -52,6 +53,11 @@ notebooks: toyworld
 book: notebooks
 	$(VENV)/bin/jupyter-book build . --quiet
 	@echo "Book: $(CURDIR)/_build/html/index.html"
+
+# JupyterLab at the repository root with the project's kernel (.venv). Kernels start in
+# notebooks/; the notebooks resolve their paths from the repository root (lib.config).
+lab: setup
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)"
 
 # --- checks ---------------------------------------------------------------
 test: setup

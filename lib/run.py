@@ -42,7 +42,7 @@ from typing import Any
 import nbformat
 import yaml
 
-from lib.config import REPO_ROOT
+from lib.config import PARAMS_ENV, REPO_ROOT
 from lib.jobs import Job, plan_graph
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -257,6 +257,7 @@ def run_book(
     # progress per notebook, and they would fill the rendered pages (override any of these).
     for name, value in BATCH_ENVIRONMENT.items():
         os.environ.setdefault(name, value)
+    os.environ.pop(PARAMS_ENV, None)  # JupyterLab's preset: the parameter file decides here
     total = time.perf_counter()
     if scheduler is None:
         results = cluster.run_serial(jobs, params, cwd, force=force, log=log)

@@ -13,7 +13,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from lib.config import subject_dir
+from lib.config import resolve_path, subject_dir
 from lib.nsd.errors import NSDMissingFileError, missing
 from lib.nsd.layout import ROI_LABELS, NSDLayout
 
@@ -101,7 +101,8 @@ class PreparedSubject:
             recorded = str(h5.attrs["nsd_root"])
             self.subject = int(h5.attrs.get("subject", 0))
             self._chunk_rows = h5["betas"].chunks[0] if h5["betas"].chunks else 256
-        self.nsd_root = Path(nsd_root if nsd_root is not None else recorded)
+        # recorded as given to prepare_subject (relative: from the repository root)
+        self.nsd_root = resolve_path(nsd_root if nsd_root is not None else recorded)
         self.n_voxels = int(self.voxel_ijk.shape[0])
         self._captions = None
 
