@@ -16,6 +16,7 @@ nothing, so the exercise cells run in every batch run, on every dataset.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from functools import lru_cache
@@ -182,6 +183,23 @@ def _face_roi(root, subject, **_):
         "which voxel class has the largest weight on the kind 'face' (truth: w_kind)?")
 
 
+def _more_reliable_subject(root, subject, subjects=(1, 2), **_):
+    medians = {s: _json(root, f"subj{int(s):02d}", "reliability.json")["nsdgeneral"]["median"]
+               for s in subjects}
+    return max(medians, key=medians.get), (
+        "compare the subjects' nsdgeneral noise ceilings in the builder's reliability tables "
+        "(truth/subjXX/reliability.json)")
+
+
+def _all_subjects_perfect(root, subject, n_models=None, n_subjects=None, **_):
+    if n_models is None or n_subjects is None:
+        raise ValueError("pass the family's size and the number of subjects: "
+                         "n_models=..., n_subjects=...")
+    return (1.0 / math.factorial(int(n_models))) ** int(n_subjects), (
+        "under the null every ordering of a family's scores is equally likely in each subject, "
+        "and the subjects are independent brains")
+
+
 #: id -> (truth function, kind: "choice" or "number", tolerance for numbers).
 EXERCISES = {
     "00-most-reliable-roi": (_most_reliable_roi, "choice", None),
@@ -198,6 +216,8 @@ EXERCISES = {
     "05-min-p": (_min_p, "number", 1e-4),
     "06-face-roi": (_face_roi, "choice", None),
     "06-min-p": (_min_p, "number", 1e-4),
+    "07-more-reliable-subject": (_more_reliable_subject, "choice", None),
+    "07-all-subjects-perfect": (_all_subjects_perfect, "number", 1e-6),
 }
 
 

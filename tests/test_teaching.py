@@ -102,3 +102,17 @@ def test_every_chapter_ends_with_checkable_exercises():
         ids = re.findall(r'check\("([^"]+)"', "\n".join(c.source for c in tail))
         assert len(ids) == n and set(ids) <= set(teaching.EXERCISES), path.name
         assert all(i.startswith(path.name[:2]) for i in ids), path.name
+
+
+def test_across_subject_exercises(micro_root):
+    medians = {s: json.loads((micro_root / "truth" / f"subj0{s}" / "reliability.json")
+                             .read_text())["nsdgeneral"]["median"] for s in (1, 2)}
+    best, worst = sorted(medians, key=medians.get, reverse=True)
+    assert check("07-more-reliable-subject", best, world=micro_root, subjects=[1, 2], log=None)
+    assert not check("07-more-reliable-subject", worst, world=micro_root, subjects=[1, 2],
+                     log=None)
+    assert check("07-all-subjects-perfect", 1 / 1296, world=micro_root, n_models=3,
+                 n_subjects=4, log=None)
+    wrong = check("07-all-subjects-perfect", 1 / 6, world=micro_root, n_models=3, n_subjects=4,
+                  log=None)
+    assert not wrong and "too high" in wrong.message
