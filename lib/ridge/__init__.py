@@ -25,7 +25,14 @@ scikit-learn to ~1e-10. Where the time goes, per phase, is in ``bench/README.md`
 from lib.ridge.backends import BACKENDS, NumpyBackend, TorchBackend, get_backend, probe_blas
 from lib.ridge.design import Design, Targets, spectrum
 from lib.ridge.estimator import DEFAULT_ALPHAS, AlphaGridWarning, RidgeCV
-from lib.ridge.solvers import CVResult, Options, cholesky_is_accurate, kfold, loo_cholesky, loo_eigen
+from lib.ridge.solvers import (
+    CVResult,
+    Options,
+    cholesky_is_accurate,
+    kfold,
+    loo_cholesky,
+    loo_eigen,
+)
 from lib.ridge.splits import cv_splits
 
 __all__ = [

@@ -218,7 +218,7 @@ def _matmul_gflops(fn, n: int, repeats: int) -> float:
     return 2 * n**3 / best / 1e9
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def probe_blas(n: int = 1024, repeats: int = 3) -> dict:
     """Float32 matmul throughput of NumPy and of torch on the CPU, in GFLOP/s.
 
