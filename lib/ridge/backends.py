@@ -64,14 +64,17 @@ class NumpyBackend:
     def maximum(self, a, value: float):
         return np.maximum(a, value)
 
-    def where(self, cond, a, b):
-        return np.where(cond, a, b)
-
     def argmax(self, a, axis: int = 0):
         return np.argmax(a, axis)
 
     def index(self, idx):
         return np.asarray(idx)
+
+    def eye_block(self, m: int, k: int, dtype):
+        """The first ``k`` columns of the ``m x m`` identity (Fortran order, for BLAS)."""
+        E = np.zeros((m, k), dtype=dtype, order="F")
+        E[np.arange(k), np.arange(k)] = 1
+        return E
 
     def add_diag(self, G, value: float):
         """``G + value I`` in place (``G`` square)."""
@@ -88,11 +91,18 @@ class NumpyBackend:
         return eigh(M, driver="evd", overwrite_a=overwrite, check_finite=False)
 
     def cholesky(self, G, overwrite: bool = False):
-        """Lower Cholesky factor of ``G``, or None when ``G`` is not positive definite."""
+        """Lower Cholesky factor of ``G``, or None when ``G`` is not positive definite.
+
+        LAPACK ``potrf`` on as many threads as :func:`probe_blas` found fastest: OpenBLAS's
+        threaded ``spotrf`` can run 5-20x slower than its single-threaded one when the
+        cores are shared (measured at n = 3000 on a loaded 2-core AMD EPYC).
+        """
         from scipy.linalg import lapack
+        from threadpoolctl import threadpool_limits
 
         potrf = lapack.get_lapack_funcs("potrf", (G,))
-        L, info = potrf(G, lower=1, overwrite_a=overwrite, clean=1)
+        with threadpool_limits(probe_blas()["cholesky_threads"], user_api="blas"):
+            L, info = potrf(G, lower=1, overwrite_a=overwrite, clean=1)
         return L if info == 0 else None
 
     def cho_solve(self, L, B):
@@ -105,24 +115,19 @@ class NumpyBackend:
             raise np.linalg.LinAlgError(f"potrs failed with info={info}")
         return X
 
-    def inv_diag(self, L):
-        """Diagonal of ``G^-1`` for ``G = L L^T``: column sums of squares of ``L^-1``.
-
-        ``L^-1`` comes from one BLAS-3 triangular solve against the identity (``trsm``),
-        which OpenBLAS runs several times faster than LAPACK's ``trtri``/``potri``.
-        """
+    def solve_lower(self, L, B):
+        """``L^-1 B`` for lower-triangular ``L`` (BLAS ``trsm``; ``B`` is overwritten)."""
         from scipy.linalg import blas
 
-        trsm = blas.get_blas_funcs("trsm", (L,))
-        eye = np.eye(L.shape[0], dtype=L.dtype, order="F")
-        Linv = trsm(1.0, L, eye, lower=1, overwrite_b=1)
-        return np.einsum("ij,ij->j", Linv, Linv)
+        trsm = blas.get_blas_funcs("trsm", (L, B))
+        return trsm(1.0, L, B, lower=1, overwrite_b=1)
+
+    def coldot(self, a, b):
+        """Column-wise dot products ``sum_i a_ij b_ij`` (no temporary array)."""
+        return np.einsum("ij,ij->j", a, b)
 
     def randn(self, n: int, k: int, dtype, seed: int = 0):
         return np.random.default_rng(seed).standard_normal((n, k)).astype(dtype)
-
-    def qr_q(self, A):
-        return np.linalg.qr(A)[0]
 
 
 class TorchBackend:
@@ -169,14 +174,14 @@ class TorchBackend:
     def maximum(self, a, value: float):
         return a.clamp_min(value)
 
-    def where(self, cond, a, b):
-        return self.torch.where(self.asarray(cond), a, b)
-
     def argmax(self, a, axis: int = 0):
         return self.torch.argmax(a, axis)
 
     def index(self, idx):
         return self.torch.as_tensor(np.asarray(idx), device=self.device)
+
+    def eye_block(self, m: int, k: int, dtype):
+        return self.torch.eye(m, k, dtype=dtype, device=self.device)
 
     def add_diag(self, G, value: float):
         G.diagonal().add_(value)
@@ -196,48 +201,61 @@ class TorchBackend:
     def cho_solve(self, L, B):
         return self.torch.cholesky_solve(B, L)
 
-    def inv_diag(self, L):
-        eye = self.torch.eye(L.shape[0], dtype=L.dtype, device=self.device)
-        Linv = self.torch.linalg.solve_triangular(L, eye, upper=False)
-        return (Linv * Linv).sum(0)
+    def solve_lower(self, L, B):
+        return self.torch.linalg.solve_triangular(L, B, upper=False)
+
+    def coldot(self, a, b):
+        return self.torch.einsum("ij,ij->j", a, b)
 
     def randn(self, n: int, k: int, dtype, seed: int = 0):
         return self.asarray(np.random.default_rng(seed).standard_normal((n, k)), dtype)
 
-    def qr_q(self, A):
-        return self.torch.linalg.qr(A)[0]
 
-
-def _matmul_gflops(fn, n: int, repeats: int) -> float:
-    fn()
-    best = np.inf
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best / 1e9
+def _best_gflops(fns: dict, flops: float, repeats: int) -> dict:
+    """GFLOP/s of each function, best of ``repeats`` rounds that alternate between them
+    (so that a burst of load on a shared machine does not favour one)."""
+    best = dict.fromkeys(fns, np.inf)
+    for _ in range(repeats + 1):  # the first round warms up
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return {name: flops / sec / 1e9 for name, sec in best.items()}
 
 
 @functools.cache
-def probe_blas(n: int = 1024, repeats: int = 3) -> dict:
+def probe_blas(n: int = 1024, repeats: int = 4) -> dict:
     """Float32 matmul throughput of NumPy and of torch on the CPU, in GFLOP/s.
 
-    Measured once per process (cached): best of ``repeats`` ``n x n`` products after a
-    warm-up, about 0.1-0.5 s in all.
+    Measured once per process (cached): best of ``repeats`` alternating rounds of
+    ``n x n`` products (and Cholesky factorisations) after a warm-up round, about 0.2-1 s.
 
     Returns
     -------
     probe : dict
-        ``numpy`` and ``torch`` (GFLOP/s), ``faster`` (the backend name with more).
+        ``numpy`` and ``torch`` (matmul GFLOP/s), ``faster`` (the backend with more);
+        ``numpy_cholesky`` (SciPy ``spotrf`` GFLOP/s) and ``cholesky_threads`` (1 when one
+        thread factorises faster than all, else None: OpenBLAS's default).
     """
     import torch
+    from scipy.linalg import lapack
+    from threadpoolctl import threadpool_limits
 
     rng = np.random.default_rng(0)
     a, b = (rng.standard_normal((n, n), dtype=np.float32) for _ in range(2))
     ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-    out = {"numpy": _matmul_gflops(lambda: a @ b, n, repeats),
-           "torch": _matmul_gflops(lambda: ta @ tb, n, repeats)}
+    out = _best_gflops({"numpy": lambda: a @ b, "torch": lambda: ta @ tb}, 2 * n**3, repeats)
     out["faster"] = "numpy" if out["numpy"] >= out["torch"] else "torch"
+    g = np.asfortranarray(a @ a.T / n + np.eye(n, dtype=np.float32))
+
+    def one_thread():
+        with threadpool_limits(1, user_api="blas"):
+            lapack.spotrf(g, lower=1)
+
+    chol = _best_gflops({1: one_thread, None: lambda: lapack.spotrf(g, lower=1)}, n**3 / 3,
+                        repeats)
+    out["cholesky_threads"] = 1 if chol[1] > chol[None] else None
+    out["numpy_cholesky"] = max(chol.values())
     return out
 
 
