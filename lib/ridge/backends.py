@@ -16,6 +16,7 @@ overrides ``"auto"``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import time
@@ -88,20 +89,19 @@ class NumpyBackend:
         """Eigenvalues (ascending) and eigenvectors of symmetric ``M`` (LAPACK ``syevd``)."""
         from scipy.linalg import eigh
 
-        return eigh(M, driver="evd", overwrite_a=overwrite, check_finite=False)
+        with _lapack_threads("numpy"):
+            return eigh(M, driver="evd", overwrite_a=overwrite, check_finite=False)
 
     def cholesky(self, G, overwrite: bool = False):
         """Lower Cholesky factor of ``G``, or None when ``G`` is not positive definite.
 
-        LAPACK ``potrf`` on as many threads as :func:`probe_blas` found fastest: OpenBLAS's
-        threaded ``spotrf`` can run 5-20x slower than its single-threaded one when the
-        cores are shared (measured at n = 3000 on a loaded 2-core AMD EPYC).
+        LAPACK ``potrf`` on as many threads as :func:`probe_blas` found fastest (see
+        :func:`_lapack_threads`).
         """
         from scipy.linalg import lapack
-        from threadpoolctl import threadpool_limits
 
         potrf = lapack.get_lapack_funcs("potrf", (G,))
-        with threadpool_limits(probe_blas()["cholesky_threads"], user_api="blas"):
+        with _lapack_threads("numpy"):
             L, info = potrf(G, lower=1, overwrite_a=overwrite, clean=1)
         return L if info == 0 else None
 
@@ -192,10 +192,12 @@ class TorchBackend:
             self.torch.cuda.synchronize(self.device)
 
     def eigh(self, M, overwrite: bool = False):
-        return self.torch.linalg.eigh(M)
+        with _lapack_threads(self.name):
+            return self.torch.linalg.eigh(M)
 
     def cholesky(self, G, overwrite: bool = False):
-        L, info = self.torch.linalg.cholesky_ex(G)
+        with _lapack_threads(self.name):
+            L, info = self.torch.linalg.cholesky_ex(G)
         return L if int(info) == 0 else None
 
     def cho_solve(self, L, B):
@@ -223,6 +225,35 @@ def _best_gflops(fns: dict, flops: float, repeats: int) -> dict:
     return {name: flops / sec / 1e9 for name, sec in best.items()}
 
 
+@contextlib.contextmanager
+def _lapack_threads(backend: str):
+    """Run LAPACK factorisations on one thread where :func:`probe_blas` found that faster.
+
+    Threaded LAPACK (``potrf``, ``syevd``; OpenBLAS's and torch's alike) synchronises its
+    threads at every panel; when the cores are shared with other work this can make it
+    5-20x slower than one thread (measured on a loaded 2-core AMD EPYC: ``spotrf`` at
+    n = 3000 8-11 s on 2 threads, 0.55 s on one; ``syevd`` at n = 1500 13-18 s vs 1.2-2 s),
+    while matrix products keep their speed.
+    """
+    if backend == "torch_cuda" or probe_blas()[f"{backend}_lapack_threads"] != 1:
+        yield
+        return
+    if backend == "torch":
+        import torch
+
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+        return
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1, user_api="blas"):
+        yield
+
+
 @functools.cache
 def probe_blas(n: int = 1024, repeats: int = 4) -> dict:
     """Float32 matmul throughput of NumPy and of torch on the CPU, in GFLOP/s.
@@ -234,8 +265,9 @@ def probe_blas(n: int = 1024, repeats: int = 4) -> dict:
     -------
     probe : dict
         ``numpy`` and ``torch`` (matmul GFLOP/s), ``faster`` (the backend with more);
-        ``numpy_cholesky`` (SciPy ``spotrf`` GFLOP/s) and ``cholesky_threads`` (1 when one
-        thread factorises faster than all, else None: OpenBLAS's default).
+        ``numpy_cholesky``, ``torch_cholesky`` (``spotrf`` GFLOP/s) and
+        ``numpy_lapack_threads``, ``torch_lapack_threads`` (1 when one thread factorises
+        faster than all, else None: the library's default).
     """
     import torch
     from scipy.linalg import lapack
@@ -247,15 +279,24 @@ def probe_blas(n: int = 1024, repeats: int = 4) -> dict:
     out = _best_gflops({"numpy": lambda: a @ b, "torch": lambda: ta @ tb}, 2 * n**3, repeats)
     out["faster"] = "numpy" if out["numpy"] >= out["torch"] else "torch"
     g = np.asfortranarray(a @ a.T / n + np.eye(n, dtype=np.float32))
+    tg = torch.from_numpy(g)
 
-    def one_thread():
+    def numpy_one():
         with threadpool_limits(1, user_api="blas"):
             lapack.spotrf(g, lower=1)
 
-    chol = _best_gflops({1: one_thread, None: lambda: lapack.spotrf(g, lower=1)}, n**3 / 3,
-                        repeats)
-    out["cholesky_threads"] = 1 if chol[1] > chol[None] else None
-    out["numpy_cholesky"] = max(chol.values())
+    def torch_one():
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        torch.linalg.cholesky(tg)
+        torch.set_num_threads(before)
+
+    chol = _best_gflops({"numpy_1": numpy_one, "numpy": lambda: lapack.spotrf(g, lower=1),
+                         "torch_1": torch_one, "torch": lambda: torch.linalg.cholesky(tg)},
+                        n**3 / 3, repeats)
+    for lib in ("numpy", "torch"):
+        out[f"{lib}_lapack_threads"] = 1 if chol[f"{lib}_1"] > chol[lib] else None
+        out[f"{lib}_cholesky"] = max(chol[f"{lib}_1"], chol[lib])
     return out
 
 
