@@ -152,10 +152,12 @@ def _round_a(X, Y, Xt, device: str, backend: str, other: str | None) -> dict:
     out = {}
     sec, sk = _timed(lambda: SkRidgeCV(alphas=ALPHAS_A, alpha_per_target=True).fit(X, Y))
     out[SK] = (sec, sk.predict(Xt), sk.alpha_, None)
+    print(f"    {SK}: {sec:.2f} s; {_load()}", flush=True)
     try:
         sec, (him, hb) = _timed(lambda: _himalaya_fit(X, Y, device, backend))
         out[HIM + f" [{backend}]"] = (sec, hb.to_numpy(him.predict(Xt)),
                                       hb.to_numpy(him.best_alphas_), None)
+        print(f"    {HIM} [{backend}]: {sec:.2f} s", flush=True)
     except ImportError as exc:  # pragma: no cover - optional dependency
         print(f"himalaya unavailable ({exc}); skipped")
     runs = [("loo", "auto", backend, OURS), ("loo", "eigen", backend, OURS + " eigen"),
@@ -166,6 +168,8 @@ def _round_a(X, Y, Xt, device: str, backend: str, other: str | None) -> dict:
         sec, m = _timed(lambda: RidgeCV(alphas=ALPHAS_A, cv=cv, device=device, solver=solver,
                                         backend=bk, warn_edge=None).fit(X, Y))
         out[label] = (sec, m.predict(Xt), m.best_alphas_, m.fit_info_)
+        print(f"    {label} [{m.backend_}, {m.fit_info_['solver']}]: {sec:.2f} s; phases "
+              + ", ".join(f"{k} {v:.2f}" for k, v in m.fit_info_["phase_s"].items()), flush=True)
     return out
 
 
@@ -207,7 +211,7 @@ def part_a(quick: bool, device: str, repeat: int = 1) -> dict:
     print(f"\n(a) {n} x {p} -> {t} targets, {len(ALPHAS_A)} alphas, alpha per target; {_load()}")
     print(f"float32 matmul (lib.ridge probe, 1024^3): numpy {probe['numpy']:.0f} GFLOP/s, "
           f"torch {probe['torch']:.0f} GFLOP/s; backend that ran: {backend} "
-          f"(himalaya runs on its backend of the same name)")
+          f"(himalaya runs on its backend of the same name)", flush=True)
     rounds = []
     for i in range(repeat):
         rounds.append(_round_a(X, Y, Xt, device, backend, other))

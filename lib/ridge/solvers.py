@@ -309,23 +309,21 @@ def loo_cholesky(design: Design, targets: Targets, alphas, options: Options | No
     best = np.zeros(t, dtype=np.int64)
     A_best = bk.empty((n, t), targets.dtype)
     slices = batches(n, design.p, t, n, opt.batch_size)
-    cache = {}  # centred targets, kept across alphas when they fit in one batch
+    single = targets.batch(slices[0]) if len(slices) == 1 else None  # kept across alphas
     for k, a in enumerate(opt.progress(alphas, na, "ridge LOO (Cholesky)")):
         L, w = _factor(Kb, float(a), bk, h1(float(a)))
         if L is None:
             return None
         clock("factor")
         for sl in slices:
-            Yc = cache.get(sl.start) if len(slices) == 1 else None
-            Yc = cache.setdefault(sl.start, targets.batch(sl)) if Yc is None else Yc
+            Yc = single if single is not None else targets.batch(sl)
             A = bk.cho_solve(L, Yc)
-            E = A * w
-            acc.add(bk, k, sl, Yc, E, first=k == 0)
+            acc.add(bk, k, sl, Yc, A * w, first=k == 0)
             better = acc.see[k, sl] < acc.see[best[sl], np.arange(sl.start, sl.stop)]
-            cols = np.flatnonzero(better | (k == 0))
+            cols = np.flatnonzero(better | (k == 0))  # keep the dual coefficients of the best
             best[sl.start + cols] = k
             A_best[:, bk.index(sl.start + cols)] = A[:, bk.index(cols)]
-            del A, E
+            del A, Yc
         clock("loo")
     if not opt.alpha_per_target:
         best = _choose(acc.scores(), False)
