@@ -99,7 +99,8 @@ def _timed(fn):
 
 def _load() -> str:
     try:
-        return "load average %.2f %.2f %.2f" % os.getloadavg() + f" on {os.cpu_count()} CPUs"
+        one, five, fifteen = os.getloadavg()
+        return f"load average {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} CPUs"
     except OSError:
         return "load average unavailable"
 
@@ -165,8 +166,9 @@ def _round_a(X, Y, Xt, device: str, backend: str, other: str | None) -> dict:
     if other:
         runs.insert(1, ("loo", "auto", other, OURS + f" on {other}"))
     for cv, solver, bk, label in runs:
-        sec, m = _timed(lambda: RidgeCV(alphas=ALPHAS_A, cv=cv, device=device, solver=solver,
-                                        backend=bk, warn_edge=None).fit(X, Y))
+        model = RidgeCV(alphas=ALPHAS_A, cv=cv, device=device, solver=solver, backend=bk,
+                        warn_edge=None)
+        sec, m = _timed(lambda model=model: model.fit(X, Y))
         out[label] = (sec, m.predict(Xt), m.best_alphas_, m.fit_info_)
         print(f"    {label} [{m.backend_}, {m.fit_info_['solver']}]: {sec:.2f} s; phases "
               + ", ".join(f"{k} {v:.2f}" for k, v in m.fit_info_["phase_s"].items()), flush=True)
@@ -248,7 +250,7 @@ def _worker(kind: str, n: int, p: int, t: int, device: str, loop_fits: int) -> d
         times = []
         for i, j in enumerate(chans):
             a = ALPHAS_B[i % len(ALPHAS_B)]
-            sec, _ = _timed(lambda: Ridge(alpha=a).fit(X, Y[:, j]))
+            sec, _ = _timed(lambda a=a, j=j: Ridge(alpha=a).fit(X, Y[:, j]))
             times.append(sec)
         out.update(fit_times=times, per_fit_s=float(np.mean(times)))
     out["maxrss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
@@ -260,7 +262,8 @@ def _spawn(kind, n, p, t, device, loop_fits) -> dict:
 
     cmd = [sys.executable, "-m", "bench.bench_ridge", "--_worker", kind, "--threads", str(torch.get_num_threads()),
            "--_size", f"{n},{p},{t}", "--device", device, "--loop-fits", str(loop_fits)]
-    proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)  # progress bars on stderr
+    # progress bars on stderr
+    proc = subprocess.run(cmd, check=False, cwd=REPO, stdout=subprocess.PIPE, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"benchmark worker {kind!r} failed (exit code {proc.returncode}); see its stderr above")
     return json.loads(proc.stdout.strip().splitlines()[-1])

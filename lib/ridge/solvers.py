@@ -23,6 +23,7 @@ Targets are processed in batches so that no ``(n_alphas, n, t)`` array is materi
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -376,7 +377,9 @@ def kfold(design: Design, targets: Targets, alphas, splits, options: Options | N
     a_t = bk.asarray(np.asarray(alphas), targets.dtype)
     acc = HeldOut(na, t)
     dual = n <= design.p
+    clock = Clock(bk, opt.times, opt.verbose)
     K = design.gram() if dual else None  # shift-invariant: re-centred per fold
+    clock("gram")
     for tr, va in opt.progress(splits, len(splits), "ridge k-fold"):
         U, s, P = _fold_operators(design, K, tr, va, opt.eigh_dtype)
         for sl in batches(len(tr), design.p, t, int(s.shape[0]), opt.batch_size):
@@ -390,10 +393,13 @@ def kfold(design: Design, targets: Targets, alphas, splits, options: Options | N
             for k in range(na):
                 E = yva - P @ (C / (s[:, None] + a_t[k]))
                 acc.add(bk, k, sl, y_ref, E, first=k == 0)
+    clock("folds")
     scores = acc.scores()
     best = _choose(scores, opt.alpha_per_target)
     spec = spectrum(design, t, K, opt.eigh_dtype, Clock(bk, opt.times, opt.verbose))
     del K
+    clock.t = time.perf_counter()
     slices = batches(n, design.p, t, int(spec.s.shape[0]), opt.batch_size)
     coef = coef_from_spectrum(spec, targets, np.asarray(alphas)[best], slices)
+    clock("coef")
     return CVResult(scores, best, coef, acc.y_var(), acc.r(), "eigen", int(spec.s.shape[0]))
