@@ -84,7 +84,9 @@ class RidgeCV(RegressorMixin, BaseEstimator):
     solver : {"auto", "eigen", "cholesky"}, default "auto"
         Leave-one-out in the dual form: ``"eigen"`` (:func:`~lib.ridge.solvers.loo_eigen`)
         or ``"cholesky"`` (:func:`~lib.ridge.solvers.loo_cholesky`, one factorisation per
-        alpha). ``"auto"``: Cholesky for at most 10 alphas when it is accurate
+        alpha). ``"auto"``: eigen on the NumPy backend (OpenBLAS's ``syevd`` is fast and
+        every alpha then costs one matrix product); on the torch backends (MKL's ``eigh``
+        is slow) Cholesky for at most 10 alphas when it is accurate
         (:func:`~lib.ridge.solvers.cholesky_is_accurate`). k-fold and the primal form
         always use eigendecompositions.
     verbose : bool, default False
@@ -243,7 +245,9 @@ class RidgeCV(RegressorMixin, BaseEstimator):
         if self.cv not in ("loo", None):
             return kfold(design, targets, alphas, cv_splits(self.cv, design.n, groups), opt)
         K, res = None, None
-        if design.n <= design.p and self.solver != "eigen":
+        # NumPy: OpenBLAS's syevd + matmuls beat 7 Cholesky routes (bench/README.md)
+        chol = self.solver == "cholesky" or (self.solver == "auto" and design.bk.name != "numpy")
+        if design.n <= design.p and chol:
             clock = Clock(design.bk, opt.times, opt.verbose)
             K = design.gram()
             use = self.solver == "cholesky" or (
