@@ -65,22 +65,28 @@ def _data_b(n, p, t, seed=0):
 
 
 # ----------------------------------------------------------------------------- helpers
-def matmul_gflops(device: str = "cpu", n: int = 4096, repeats: int = 3) -> float:
-    """Measured float32 matmul throughput (best of ``repeats``) in GFLOP/s."""
+def matmul_gflops(device: str = "cpu", n: int = 4096, repeats: int = 3, lib: str = "torch") -> float:
+    """Measured float32 matmul throughput (best of ``repeats``) in GFLOP/s, of torch on
+    ``device`` or (``lib="numpy"``) of NumPy."""
     import torch
 
-    dev = torch.device(device)
-    a = torch.randn(n, n, device=dev)
-    b = torch.randn(n, n, device=dev)
+    if lib == "numpy":
+        rng = np.random.default_rng(0)
+        a, b = (rng.standard_normal((n, n), dtype=np.float32) for _ in range(2))
+        sync = None
+    else:
+        dev = torch.device(device)
+        a, b = (torch.randn(n, n, device=dev) for _ in range(2))
+        sync = torch.cuda.synchronize if dev.type == "cuda" else None
     a @ b
     best = np.inf
     for _ in range(repeats):
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
+        if sync:
+            sync()
         t0 = time.perf_counter()
         a @ b
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
+        if sync:
+            sync()
         best = min(best, time.perf_counter() - t0)
     return 2 * n**3 / best / 1e9
 
@@ -93,7 +99,8 @@ def _timed(fn):
 
 def _load() -> str:
     try:
-        return "load average %.2f %.2f %.2f" % os.getloadavg() + f" on {os.cpu_count()} CPUs"
+        one, five, fifteen = os.getloadavg()
+        return f"load average {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} CPUs"
     except OSError:
         return "load average unavailable"
 
@@ -102,8 +109,8 @@ def ridge_flops(n, p, t, r, n_alphas, form="dual", solver="eigen") -> dict:
     """Floating-point operations of lib.ridge's matrix products (nominal counts; the
     eigendecomposition, if any, is not counted)."""
     gram = 2 * n * n * p if form == "dual" else 2 * n * p * p
-    if solver == "cholesky":  # per alpha: potrf n^3/3 + potri 2n^3/3, G^-1 Y 2n^2 t
-        return {"gram": gram, "factor": n_alphas * n**3, "loo": 2 * n * n * t * n_alphas,
+    if solver == "cholesky":  # per alpha: potrf n^3/3 + diag(G^-1) n^3/3, G^-1 Y 2n^2 t
+        return {"gram": gram, "factor": n_alphas * 2 * n**3 // 3, "loo": 2 * n * n * t * n_alphas,
                 "coef": 2 * n * p * t}
     cheaper_w = 2 * n * p * r + 2 * p * r * t < 2 * n * r * t + 2 * n * p * t
     coef = 2 * n * p * r + 2 * p * r * t if (form == "primal" or cheaper_w) else 2 * n * r * t + 2 * n * p * t
@@ -120,78 +127,109 @@ def _table(rows, cols):
 
 
 # ----------------------------------------------------------------------------- part (a)
-def part_a(quick: bool, device: str) -> dict:
+SK, HIM, OURS = "scikit-learn RidgeCV (LOO)", "himalaya KernelRidgeCV (5-fold)", "lib.ridge RidgeCV (LOO)"
+
+
+def _himalaya_fit(X, Y, device: str, backend_name: str):
+    """himalaya's KernelRidgeCV (5-fold) on its backend of the same name as ours."""
+    import torch
+    from himalaya.backend import set_backend
+    from himalaya.kernel_ridge import KernelRidgeCV
+
+    backend = set_backend(backend_name, on_error="raise")
+    m = KernelRidgeCV(alphas=ALPHAS_A, fit_intercept=True, cv=5, warn=False).fit(X, Y)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    set_backend("numpy")
+    return m, backend
+
+
+def _round_a(X, Y, Xt, device: str, backend: str, other: str | None) -> dict:
+    """One round of fits: {label: (seconds, predictions, alphas, fit_info or None)}."""
     from sklearn.linear_model import RidgeCV as SkRidgeCV
 
     from lib.ridge import RidgeCV
+
+    out = {}
+    sec, sk = _timed(lambda: SkRidgeCV(alphas=ALPHAS_A, alpha_per_target=True).fit(X, Y))
+    out[SK] = (sec, sk.predict(Xt), sk.alpha_, None)
+    print(f"    {SK}: {sec:.2f} s; {_load()}", flush=True)
+    try:
+        sec, (him, hb) = _timed(lambda: _himalaya_fit(X, Y, device, backend))
+        out[HIM + f" [{backend}]"] = (sec, hb.to_numpy(him.predict(Xt)),
+                                      hb.to_numpy(him.best_alphas_), None)
+        print(f"    {HIM} [{backend}]: {sec:.2f} s", flush=True)
+    except ImportError as exc:  # pragma: no cover - optional dependency
+        print(f"himalaya unavailable ({exc}); skipped")
+    runs = [("loo", "auto", backend, OURS), ("loo", "eigen", backend, OURS + " eigen"),
+            (5, "auto", backend, "lib.ridge RidgeCV (5-fold)")]
+    if other:
+        runs.insert(1, ("loo", "auto", other, OURS + f" on {other}"))
+    for cv, solver, bk, label in runs:
+        model = RidgeCV(alphas=ALPHAS_A, cv=cv, device=device, solver=solver, backend=bk,
+                        warn_edge=None)
+        sec, m = _timed(lambda model=model: model.fit(X, Y))
+        out[label] = (sec, m.predict(Xt), m.best_alphas_, m.fit_info_)
+        print(f"    {label} [{m.backend_}, {m.fit_info_['solver']}]: {sec:.2f} s; phases "
+              + ", ".join(f"{k} {v:.2f}" for k, v in m.fit_info_["phase_s"].items()), flush=True)
+    return out
+
+
+def _rows_a(rounds: list, Yt) -> tuple[list, dict]:
     from lib.scoring import pearson_r, r2_score
+
+    last = rounds[-1]
+    him = next((k for k in last if k.startswith(HIM)), None)
+    res, rows = {}, []
+    for name, (_, pred, alphas, info) in last.items():
+        against = him if ("5-fold" in name and name.startswith("lib") and him) else SK
+        times = [rnd[name][0] for rnd in rounds]
+        r = res[name] = {
+            "time_s": float(np.median(times)), "times_s": times,
+            "same_alpha_share": float(np.mean(np.isclose(alphas, last[against][2], rtol=1e-4))),
+            "compared_with": against, "test_r": float(np.nanmean(pearson_r(Yt, pred))),
+            "test_r2": float(np.nanmean(r2_score(Yt, pred))),
+            "solver": info and info["solver"], "backend": info and info["backend"],
+            "phase_s": info and info["phase_s"]}
+        tag = f" [{r['backend']}, {r['solver']}]" if info else ""
+        rows.append({"method": name + tag, "fit s": f"{r['time_s']:.2f}",
+                     "rounds": " ".join(f"{v:.1f}" for v in times),
+                     "same alpha": f"{r['same_alpha_share']:.1%} vs "
+                                   f"{'himalaya' if against == him else 'sklearn'}",
+                     "test r": f"{r['test_r']:.4f}", "test R2": f"{r['test_r2']:.4f}"})
+    return rows, res
+
+
+def part_a(quick: bool, device: str, repeat: int = 1) -> dict:
+    """Part (a): lib.ridge against scikit-learn and himalaya, ``repeat`` rounds."""
+    from lib.ridge import probe_blas
+    from lib.ridge.backends import resolve_backend_name
 
     n, p, t = SIZES["a"]["quick" if quick else "full"]
     X, Y, Xt, Yt = _data_a(n, p, t, n_test=max(200, n // 6))
+    probe = probe_blas()
+    backend = resolve_backend_name("auto", device)
+    other = {"numpy": "torch", "torch": "numpy"}.get(backend)
     print(f"\n(a) {n} x {p} -> {t} targets, {len(ALPHAS_A)} alphas, alpha per target; {_load()}")
-    res = {}
-
-    def record(name, seconds, pred, alphas):
-        res[name] = {
-            "time_s": seconds,
-            "alphas": np.asarray(alphas, dtype=np.float64).ravel(),
-            "test_r": float(np.nanmean(pearson_r(Yt, pred))),
-            "test_r2": float(np.nanmean(r2_score(Yt, pred))),
-        }
-
-    sec, sk = _timed(lambda: SkRidgeCV(alphas=ALPHAS_A, alpha_per_target=True).fit(X, Y))
-    record("scikit-learn RidgeCV (LOO)", sec, sk.predict(Xt), sk.alpha_)
-
-    try:
-        import torch
-        from himalaya.backend import set_backend
-        from himalaya.kernel_ridge import KernelRidgeCV
-
-        backend = set_backend("torch_cuda" if device.startswith("cuda") else "torch", on_error="raise")
-
-        def fit_him():
-            m = KernelRidgeCV(alphas=ALPHAS_A, fit_intercept=True, cv=5, warn=False).fit(X, Y)
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            return m
-
-        sec, him = _timed(fit_him)
-        record("himalaya KernelRidgeCV (5-fold)", sec, backend.to_numpy(him.predict(Xt)),
-               backend.to_numpy(him.best_alphas_))
-        set_backend("numpy")
-    except ImportError as exc:  # pragma: no cover - optional dependency
-        print(f"himalaya unavailable ({exc}); skipped")
-
-    runs = (("loo", "auto", "lib.ridge RidgeCV (LOO)"), ("loo", "eigen", "lib.ridge RidgeCV (LOO, eigen)"),
-            (5, "auto", "lib.ridge RidgeCV (5-fold)"))
-    for cv, solver, label in runs:
-        sec, ours = _timed(lambda: RidgeCV(alphas=ALPHAS_A, cv=cv, device=device, solver=solver).fit(X, Y))
-        record(label, sec, ours.predict(Xt), ours.best_alphas_)
-        res[label]["phase_s"] = ours.fit_info_["phase_s"]
-        res[label]["solver"] = ours.fit_info_["solver"]
-
-    ref = res["scikit-learn RidgeCV (LOO)"]
-    him_key = "himalaya KernelRidgeCV (5-fold)"
-    rows = []
-    for name, r in res.items():
-        against = him_key if ("5-fold" in name and "lib" in name and him_key in res) else "scikit-learn RidgeCV (LOO)"
-        r["same_alpha_share"] = float(np.mean(np.isclose(r["alphas"], res[against]["alphas"], rtol=1e-4)))
-        r["compared_with"] = against
-        rows.append({
-            "method": name + (f" [{r['solver']}]" if "solver" in r else ""),
-            "fit s": f"{r['time_s']:.2f}",
-            "same alpha": f"{r['same_alpha_share']:.1%} vs {'himalaya' if 'himalaya' in against else 'sklearn'}",
-            "test r": f"{r['test_r']:.4f}",
-            "test R2": f"{r['test_r2']:.4f}",
-            "r vs sklearn": f"{(r['test_r'] - ref['test_r']) / abs(ref['test_r']):+.2%}",
-        })
-    _table(rows, ["method", "fit s", "same alpha", "test r", "test R2", "r vs sklearn"])
-    fastest_other = min(v["time_s"] for k, v in res.items() if not k.startswith("lib"))
-    speedup = fastest_other / res["lib.ridge RidgeCV (LOO)"]["time_s"]
-    print(f"speed-up of lib.ridge (LOO) over the fastest alternative: {speedup:.1f}x (target >= 3x)")
-    for r in res.values():
-        r["alphas"] = np.unique(r["alphas"], return_counts=True)[1].tolist()  # JSON-friendly summary
-    return {"sizes": [n, p, t], "results": res, "speedup_vs_fastest_alternative": speedup, "load": _load()}
+    print(f"float32 matmul (lib.ridge probe, 1024^3): numpy {probe['numpy']:.0f} GFLOP/s, "
+          f"torch {probe['torch']:.0f} GFLOP/s; backend that ran: {backend} "
+          f"(himalaya runs on its backend of the same name)", flush=True)
+    rounds = []
+    for i in range(repeat):
+        rounds.append(_round_a(X, Y, Xt, device, backend, other))
+        print(f"  round {i + 1}/{repeat} done; {_load()}", flush=True)
+    rows, res = _rows_a(rounds, Yt)
+    _table(rows, ["method", "fit s", "rounds", "same alpha", "test r", "test R2"])
+    speedups = [min(v[0] for k, v in rnd.items() if not k.startswith("lib")) / rnd[OURS][0]
+                for rnd in rounds]
+    print("phases of lib.ridge (LOO), last round: "
+          + ", ".join(f"{k} {v:.2f}s" for k, v in res[OURS]["phase_s"].items()))
+    print("speed-up of lib.ridge (LOO) over the fastest alternative, same round: "
+          + ", ".join(f"{v:.1f}x" for v in speedups)
+          + f" (median {np.median(speedups):.1f}x; target >= 3x)")
+    return {"sizes": [n, p, t], "results": res, "speedups": speedups,
+            "speedup_vs_fastest_alternative": float(np.median(speedups)), "blas_probe": probe,
+            "backend": backend, "load": _load()}
 
 
 # ----------------------------------------------------------------------------- part (b)
@@ -212,7 +250,7 @@ def _worker(kind: str, n: int, p: int, t: int, device: str, loop_fits: int) -> d
         times = []
         for i, j in enumerate(chans):
             a = ALPHAS_B[i % len(ALPHAS_B)]
-            sec, _ = _timed(lambda: Ridge(alpha=a).fit(X, Y[:, j]))
+            sec, _ = _timed(lambda a=a, j=j: Ridge(alpha=a).fit(X, Y[:, j]))
             times.append(sec)
         out.update(fit_times=times, per_fit_s=float(np.mean(times)))
     out["maxrss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
@@ -224,7 +262,8 @@ def _spawn(kind, n, p, t, device, loop_fits) -> dict:
 
     cmd = [sys.executable, "-m", "bench.bench_ridge", "--_worker", kind, "--threads", str(torch.get_num_threads()),
            "--_size", f"{n},{p},{t}", "--device", device, "--loop-fits", str(loop_fits)]
-    proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)  # progress bars on stderr
+    # progress bars on stderr
+    proc = subprocess.run(cmd, check=False, cwd=REPO, stdout=subprocess.PIPE, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"benchmark worker {kind!r} failed (exit code {proc.returncode}); see its stderr above")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -234,6 +273,7 @@ def part_b(quick: bool, device: str, loop_fits: int) -> dict:
     n, p, t = SIZES["b"]["quick" if quick else "full"]
     print(f"\n(b) decoding scale {n} x {p} -> {t} targets, {len(ALPHAS_B)} alphas; {_load()}")
     peak = matmul_gflops(device)
+    peak_np = matmul_gflops(device, lib="numpy") if device == "cpu" else None
     ours = _spawn("ridge", n, p, t, device, loop_fits)
     info = ours["fit_info"]
     flops = ridge_flops(n, p, t, info["rank"] or n, len(ALPHAS_B), info["form"], info["solver"])
@@ -252,7 +292,9 @@ def part_b(quick: bool, device: str, loop_fits: int) -> dict:
         {"quantity": "matrix-product work", "value": f"{total_flops / 1e12:.1f} TFLOP (eigh, if any, not counted)"},
         {"quantity": "achieved (whole fit)", "value": f"{achieved:.0f} GFLOP/s = {achieved / peak:.0%} of matmul"},
         {"quantity": "achieved (excluding eigh)", "value": f"{no_eigh:.0f} GFLOP/s = {no_eigh / peak:.0%} of matmul"},
-        {"quantity": "float32 matmul throughput", "value": f"{peak:.0f} GFLOP/s before, {peak2:.0f} after"},
+        {"quantity": "float32 matmul throughput",
+         "value": f"torch {peak:.0f} GFLOP/s before, {peak2:.0f} after"
+                  + (f"; numpy {peak_np:.0f}" if peak_np else "") + f"; backend {info['backend']}"},
         {"quantity": "original loop: one Ridge fit", "value": f"{loop['per_fit_s']:.2f} s (mean of {len(loop['fit_times'])})"},
         {"quantity": "original loop: all fits (est.)",
          "value": f"{loop_total / 3600:.1f} h = {t} channels x {len(ALPHAS_B)} alphas; "
@@ -275,6 +317,8 @@ def main(argv=None) -> dict:
                         help="(channel, alpha) fits timed for the original-loop estimate")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads (default: torch's choice, one per core)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="rounds of part (a) (each fits every method once)")
     parser.add_argument("--out", default=None, help="write the measurements as JSON here")
     parser.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--_size", default=None, help=argparse.SUPPRESS)
@@ -295,7 +339,7 @@ def main(argv=None) -> dict:
     out = {"quick": args.quick, "device": args.device, "threads": torch.get_num_threads()}
     parts = [s.strip() for s in args.parts.split(",") if s.strip()]
     if "a" in parts:
-        out["a"] = part_a(args.quick, args.device)
+        out["a"] = part_a(args.quick, args.device, args.repeat)
     if "b" in parts:
         out["b"] = part_b(args.quick, args.device, args.loop_fits)
     if args.out:

@@ -6,7 +6,7 @@ The package is the shared code behind the analysis book's notebooks:
 - :mod:`lib.io`        atomic writes
 - :mod:`lib.toyworld`  the simulated NSD and its small BLIP-2-family models
 - :mod:`lib.nsd`       raw NSD files -> one prepared file per subject; its reader; downloads
-- :mod:`lib.ridge`     fast multi-target ridge with leave-one-out alpha selection (torch)
+- :mod:`lib.ridge`     fast multi-target ridge with leave-one-out alpha selection (NumPy or torch)
 - :mod:`lib.scoring`   per-target correlation and R^2, noise ceilings
 - :mod:`lib.features`  cached per-layer features of vision and language models, BLIP-2 Q-Former outputs
 - :mod:`lib.encoding`  neural predictivity per model, layer and ROI (the convergence analysis)

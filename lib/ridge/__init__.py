@@ -1,0 +1,42 @@
+"""Multi-target ridge regression with alpha selection, on NumPy or torch.
+
+:class:`RidgeCV` fits tens of thousands of targets (voxels, or the 32 x 768 BLIP-2 query-token
+values of the decoding stage) over a grid of penalties and picks one alpha per target (or one
+shared alpha) by exact leave-one-out on the training data, or by k-fold cross-validation.
+
+Modules
+-------
+- :mod:`lib.ridge.estimator`: :class:`RidgeCV`, a scikit-learn estimator (``score`` is R^2).
+- :mod:`lib.ridge.solvers`: the solvers as functions, :func:`loo_eigen` (one
+  eigendecomposition for every alpha), :func:`loo_cholesky` (one Cholesky factorisation per
+  alpha) and :func:`kfold`, each returning a :class:`CVResult`.
+- :mod:`lib.ridge.design`: centred designs in feature blocks, Gram matrices, thin spectra.
+- :mod:`lib.ridge.backends`: NumPy/SciPy and torch (CPU, CUDA) backends, chosen by a measured
+  float32 matmul probe (:func:`probe_blas`) or a setting.
+- :mod:`lib.ridge.splits`: k-fold and group-aware splits.
+
+Numerics: eigenvalues below ``max(s) * max(n, p) * eps`` are dropped (this removes the
+constant direction that centring puts in the kernel's null space). In float32 the Gram matrix
+carries a relative error of order 1e-7 x max(s) whichever precision the eigendecomposition
+uses, so ``eigh_dtype`` defaults to the compute dtype; ``dtype="float64"`` matches
+scikit-learn to ~1e-10. Where the time goes, per phase, is in ``bench/README.md``.
+"""
+
+from lib.ridge.backends import BACKENDS, NumpyBackend, TorchBackend, get_backend, probe_blas
+from lib.ridge.design import Design, Targets, spectrum
+from lib.ridge.estimator import DEFAULT_ALPHAS, AlphaGridWarning, RidgeCV
+from lib.ridge.solvers import (
+    CVResult,
+    Options,
+    cholesky_is_accurate,
+    kfold,
+    loo_cholesky,
+    loo_eigen,
+)
+from lib.ridge.splits import cv_splits
+
+__all__ = [
+    "BACKENDS", "DEFAULT_ALPHAS", "AlphaGridWarning", "CVResult", "Design", "NumpyBackend",
+    "Options", "RidgeCV", "Targets", "TorchBackend", "cholesky_is_accurate", "cv_splits",
+    "get_backend", "kfold", "loo_cholesky", "loo_eigen", "probe_blas", "spectrum",
+]

@@ -1,0 +1,346 @@
+"""Array backends of the ridge solvers: NumPy/SciPy and torch (CPU or CUDA).
+
+In the style of himalaya's backends: the solvers write ``@``, ``*``, ``+``, slicing and
+``.T`` (which NumPy arrays and torch tensors share) and call the backend for the rest,
+the few operations whose spelling differs (casting, copying, factorisations, moving data
+to and from the host). One backend serves a whole fit.
+
+Which backend is fastest depends on the machine: torch's CPU wheels bring their own BLAS
+(MKL on x86), NumPy and SciPy bring OpenBLAS; on AMD CPUs OpenBLAS's float32 matrix
+product can be ~1.5x faster than torch's, on Intel CPUs the reverse. :func:`get_backend`
+with ``"auto"`` therefore measures both once per process (:func:`probe_blas`, a short
+float32 matmul timing) and picks the faster, unless CUDA is asked for or available. The
+environment variable ``LIB_RIDGE_BACKEND`` (``numpy``, ``torch`` or ``torch_cuda``)
+overrides ``"auto"``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import time
+
+import numpy as np
+
+#: Names accepted by :func:`get_backend`.
+BACKENDS = ("auto", "numpy", "torch", "torch_cuda")
+ENV_VAR = "LIB_RIDGE_BACKEND"
+
+
+class NumpyBackend:
+    """NumPy arrays; LAPACK through :mod:`scipy.linalg` (no float64 detours)."""
+
+    name = "numpy"
+    float32, float64 = np.dtype(np.float32), np.dtype(np.float64)
+
+    def dtype(self, name: str):
+        return {"float32": self.float32, "float64": self.float64}[name]
+
+    def asarray(self, a, dtype=None):
+        """Array-like or CPU tensor -> ndarray of ``dtype`` (no copy when already so)."""
+        if hasattr(a, "detach"):
+            a = a.detach().cpu().numpy()
+        return np.asarray(a, dtype=dtype)
+
+    def to_numpy(self, a) -> np.ndarray:
+        return np.asarray(a)
+
+    def zeros(self, shape, dtype):
+        return np.zeros(shape, dtype=dtype)
+
+    def empty(self, shape, dtype):
+        return np.empty(shape, dtype=dtype)
+
+    def copy(self, a):
+        return a.copy()
+
+    def cast(self, a, dtype):
+        return a.astype(dtype, copy=False)
+
+    def mean64(self, a, axis: int = 0):
+        """Mean along ``axis`` accumulated in float64, returned in ``a``'s dtype."""
+        return a.mean(axis, dtype=np.float64).astype(a.dtype)
+
+    def maximum(self, a, value: float):
+        return np.maximum(a, value)
+
+    def argmax(self, a, axis: int = 0):
+        return np.argmax(a, axis)
+
+    def index(self, idx):
+        return np.asarray(idx)
+
+    def eye_block(self, m: int, k: int, dtype):
+        """The first ``k`` columns of the ``m x m`` identity (Fortran order, for BLAS)."""
+        E = np.zeros((m, k), dtype=dtype, order="F")
+        E[np.arange(k), np.arange(k)] = 1
+        return E
+
+    def add_diag(self, G, value: float):
+        """``G + value I`` in place (``G`` square)."""
+        G.flat[:: G.shape[0] + 1] += value
+        return G
+
+    def sync(self):
+        pass
+
+    def eigh(self, M, overwrite: bool = False):
+        """Eigenvalues (ascending) and eigenvectors of symmetric ``M`` (LAPACK ``syevd``)."""
+        from scipy.linalg import eigh
+
+        with _lapack_threads("numpy"):
+            return eigh(M, driver="evd", overwrite_a=overwrite, check_finite=False)
+
+    def cholesky(self, G, overwrite: bool = False):
+        """Lower Cholesky factor of ``G``, or None when ``G`` is not positive definite.
+
+        LAPACK ``potrf`` on as many threads as :func:`probe_blas` found fastest (see
+        :func:`_lapack_threads`).
+        """
+        from scipy.linalg import lapack
+
+        potrf = lapack.get_lapack_funcs("potrf", (G,))
+        with _lapack_threads("numpy"):
+            L, info = potrf(G, lower=1, overwrite_a=overwrite, clean=1)
+        return L if info == 0 else None
+
+    def cho_solve(self, L, B):
+        """``G^-1 B`` for ``G = L L^T`` (two triangular solves, ``potrs``)."""
+        from scipy.linalg import lapack
+
+        potrs = lapack.get_lapack_funcs("potrs", (L, B))
+        X, info = potrs(L, B, lower=1)
+        if info != 0:
+            raise np.linalg.LinAlgError(f"potrs failed with info={info}")
+        return X
+
+    def solve_lower(self, L, B):
+        """``L^-1 B`` for lower-triangular ``L`` (BLAS ``trsm``; ``B`` is overwritten)."""
+        from scipy.linalg import blas
+
+        trsm = blas.get_blas_funcs("trsm", (L, B))
+        return trsm(1.0, L, B, lower=1, overwrite_b=1)
+
+    def coldot(self, a, b):
+        """Column-wise dot products ``sum_i a_ij b_ij`` (no temporary array)."""
+        return np.einsum("ij,ij->j", a, b)
+
+    def randn(self, n: int, k: int, dtype, seed: int = 0):
+        return np.random.default_rng(seed).standard_normal((n, k)).astype(dtype)
+
+
+class TorchBackend:
+    """torch tensors on one device (``cpu`` or ``cuda[:N]``)."""
+
+    def __init__(self, device: str = "cpu"):
+        import torch
+
+        self.torch = torch
+        self.device = torch.device(device)
+        self.name = "torch_cuda" if self.device.type == "cuda" else "torch"
+        self.float32, self.float64 = torch.float32, torch.float64
+
+    def dtype(self, name: str):
+        return {"float32": self.float32, "float64": self.float64}[name]
+
+    def asarray(self, a, dtype=None):
+        torch = self.torch
+        if not isinstance(a, torch.Tensor):
+            a = np.asarray(a)
+            if not a.flags.writeable:  # torch warns on read-only buffers; copy once
+                a = a.copy()
+            a = torch.from_numpy(a)
+        return a.detach().to(device=self.device, dtype=dtype or a.dtype)
+
+    def to_numpy(self, a) -> np.ndarray:
+        return a.detach().cpu().numpy()
+
+    def zeros(self, shape, dtype):
+        return self.torch.zeros(shape, dtype=dtype, device=self.device)
+
+    def empty(self, shape, dtype):
+        return self.torch.empty(shape, dtype=dtype, device=self.device)
+
+    def copy(self, a):
+        return a.clone()
+
+    def cast(self, a, dtype):
+        return a.to(dtype)
+
+    def mean64(self, a, axis: int = 0):
+        return a.mean(axis, dtype=self.torch.float64).to(a.dtype)
+
+    def maximum(self, a, value: float):
+        return a.clamp_min(value)
+
+    def argmax(self, a, axis: int = 0):
+        return self.torch.argmax(a, axis)
+
+    def index(self, idx):
+        return self.torch.as_tensor(np.asarray(idx), device=self.device)
+
+    def eye_block(self, m: int, k: int, dtype):
+        return self.torch.eye(m, k, dtype=dtype, device=self.device)
+
+    def add_diag(self, G, value: float):
+        G.diagonal().add_(value)
+        return G
+
+    def sync(self):
+        if self.device.type == "cuda":
+            self.torch.cuda.synchronize(self.device)
+
+    def eigh(self, M, overwrite: bool = False):
+        with _lapack_threads(self.name):
+            return self.torch.linalg.eigh(M)
+
+    def cholesky(self, G, overwrite: bool = False):
+        with _lapack_threads(self.name):
+            L, info = self.torch.linalg.cholesky_ex(G)
+        return L if int(info) == 0 else None
+
+    def cho_solve(self, L, B):
+        return self.torch.cholesky_solve(B, L)
+
+    def solve_lower(self, L, B):
+        return self.torch.linalg.solve_triangular(L, B, upper=False)
+
+    def coldot(self, a, b):
+        return self.torch.einsum("ij,ij->j", a, b)
+
+    def randn(self, n: int, k: int, dtype, seed: int = 0):
+        return self.asarray(np.random.default_rng(seed).standard_normal((n, k)), dtype)
+
+
+def _best_gflops(fns: dict, flops: float, repeats: int) -> dict:
+    """GFLOP/s of each function, best of ``repeats`` rounds that alternate between them
+    (so that a burst of load on a shared machine does not favour one)."""
+    best = dict.fromkeys(fns, np.inf)
+    for _ in range(repeats + 1):  # the first round warms up
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return {name: flops / sec / 1e9 for name, sec in best.items()}
+
+
+@contextlib.contextmanager
+def _lapack_threads(backend: str):
+    """Run LAPACK factorisations on one thread where :func:`probe_blas` found that faster.
+
+    Threaded LAPACK (``potrf``, ``syevd``; OpenBLAS's and torch's alike) synchronises its
+    threads at every panel; when the cores are shared with other work this can make it
+    5-20x slower than one thread (measured on a loaded 2-core AMD EPYC: ``spotrf`` at
+    n = 3000 8-11 s on 2 threads, 0.55 s on one; ``syevd`` at n = 1500 13-18 s vs 1.2-2 s),
+    while matrix products keep their speed.
+    """
+    if backend == "torch_cuda" or probe_blas()[f"{backend}_lapack_threads"] != 1:
+        yield
+        return
+    if backend == "torch":
+        import torch
+
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+        return
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1, user_api="blas"):
+        yield
+
+
+@functools.cache
+def probe_blas(n: int = 1024, repeats: int = 4) -> dict:
+    """Float32 matmul throughput of NumPy and of torch on the CPU, in GFLOP/s.
+
+    Measured once per process (cached): best of ``repeats`` alternating rounds of
+    ``n x n`` products (and Cholesky factorisations) after a warm-up round, about 0.2-1 s.
+
+    Returns
+    -------
+    probe : dict
+        ``numpy`` and ``torch`` (matmul GFLOP/s), ``faster`` (the backend with more);
+        ``numpy_cholesky``, ``torch_cholesky`` (``spotrf`` GFLOP/s) and
+        ``numpy_lapack_threads``, ``torch_lapack_threads`` (1 when one thread factorises
+        faster than all, else None: the library's default).
+    """
+    import torch
+    from scipy.linalg import lapack
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((n, n), dtype=np.float32) for _ in range(2))
+    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+    out = _best_gflops({"numpy": lambda: a @ b, "torch": lambda: ta @ tb}, 2 * n**3, repeats)
+    out["faster"] = "numpy" if out["numpy"] >= out["torch"] else "torch"
+    g = np.asfortranarray(a @ a.T / n + np.eye(n, dtype=np.float32))
+    tg = torch.from_numpy(g)
+
+    def numpy_one():
+        with threadpool_limits(1, user_api="blas"):
+            lapack.spotrf(g, lower=1)
+
+    def torch_one():
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        torch.linalg.cholesky(tg)
+        torch.set_num_threads(before)
+
+    chol = _best_gflops({"numpy_1": numpy_one, "numpy": lambda: lapack.spotrf(g, lower=1),
+                         "torch_1": torch_one, "torch": lambda: torch.linalg.cholesky(tg)},
+                        n**3 / 3, repeats)
+    for lib in ("numpy", "torch"):
+        out[f"{lib}_lapack_threads"] = 1 if chol[f"{lib}_1"] > chol[lib] else None
+        out[f"{lib}_cholesky"] = max(chol[f"{lib}_1"], chol[lib])
+    return out
+
+
+def resolve_backend_name(backend: str = "auto", device: str = "auto") -> str:
+    """Backend name for a ``backend`` setting and a ``device`` (see :func:`get_backend`)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r} is not one of {BACKENDS}.")
+    if backend == "auto":
+        backend = os.environ.get(ENV_VAR, "auto") or "auto"
+        if backend not in BACKENDS:
+            raise ValueError(f"{ENV_VAR}={backend!r} is not one of {BACKENDS}.")
+    from lib.config import resolve_device
+
+    dev = resolve_device(device)
+    if backend == "auto":
+        return "torch_cuda" if dev.type == "cuda" else probe_blas()["faster"]
+    if backend != "torch_cuda" and dev.type == "cuda" and device != "auto":
+        raise ValueError(f"backend={backend!r} runs on the CPU but device={device!r}; use "
+                         "backend='torch_cuda' (or 'auto') for CUDA.")
+    return backend
+
+
+def get_backend(backend: str = "auto", device: str = "auto"):
+    """The backend object for a setting.
+
+    Parameters
+    ----------
+    backend : {"auto", "numpy", "torch", "torch_cuda"}
+        ``"auto"``: ``$LIB_RIDGE_BACKEND`` if set, else ``torch_cuda`` when ``device``
+        resolves to CUDA, else whichever of NumPy and torch multiplies float32 matrices
+        faster on this CPU (:func:`probe_blas`).
+    device : {"auto", "cpu", "cuda", "cuda:N"}
+        Device of the torch backends (``"auto"``: CUDA when available).
+
+    Returns
+    -------
+    backend : NumpyBackend or TorchBackend
+    """
+    name = resolve_backend_name(backend, device)
+    if name == "numpy":
+        return NumpyBackend()
+    if name == "torch":
+        return TorchBackend("cpu")
+    from lib.config import resolve_device
+
+    dev = resolve_device("cuda" if device in ("auto", "cpu") else device)
+    return TorchBackend(str(dev))

@@ -1,0 +1,405 @@
+"""Ridge solvers with alpha selection: plain functions returning what they compute.
+
+Every solver takes a centred :class:`~lib.ridge.design.Design` (``n`` samples, ``p``
+features), :class:`~lib.ridge.design.Targets` (``t`` columns) and a grid of ``n_alphas``
+penalties, and returns a :class:`CVResult`: cross-validated errors of every alpha and
+target, the chosen alpha of every target and the coefficients refitted on all samples.
+
+- :func:`loo_eigen`: exact leave-one-out for every alpha from one eigendecomposition.
+  With ``Xc = U diag(sqrt s) V^T`` and ``C = U^T Yc``: fitted values
+  ``U diag(s/(s+alpha)) C``, hat diagonal ``h_i = 1/n + sum_j U_ij^2 s_j/(s_j+alpha)``
+  (``1/n``: the unpenalised intercept), LOO residuals ``e_i = (y_i - yhat_i)/(1 - h_i)``.
+- :func:`loo_cholesky`: the same residuals from one Cholesky factorisation of
+  ``G = Kc + alpha I`` per alpha (dual form): ``A = G^-1 Yc``, ``e_i = alpha A_i / (1 - h_i)``
+  with ``1 - h_i = alpha [G^-1]_ii - 1/n``. BLAS-3 only, so faster than ``eigh`` on CPUs
+  for short grids, but accurate only while ``s_max / alpha`` is moderate
+  (:func:`cholesky_is_accurate`).
+- :func:`kfold`: k-fold (or any given splits), one eigendecomposition per fold.
+
+Alpha selection minimises the mean squared error per target (as scikit-learn's
+``RidgeCV(alpha_per_target=True)``); ``scores`` hold its negative (higher is better).
+Targets are processed in batches so that no ``(n_alphas, n, t)`` array is materialised.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from lib.ridge.design import (
+    Clock,
+    Design,
+    Targets,
+    batches,
+    eigh_clipped,
+    finfo,
+    largest_eigenvalue,
+    spectrum,
+)
+
+
+@dataclass
+class Options:
+    """Settings shared by the solvers.
+
+    Attributes
+    ----------
+    alpha_per_target : bool
+        One alpha per target (True) or the alpha with the best mean score for all.
+    batch_size : int or None
+        Targets per batch (None: about 512 MiB of work arrays).
+    eigh_dtype : backend dtype or None
+        Precision of eigendecompositions (None: the compute dtype).
+    verbose : bool
+        Progress bars and phase times on stderr.
+    times : dict
+        Wall time of each phase (seconds), filled by the solver.
+    """
+
+    alpha_per_target: bool = True
+    batch_size: int | None = None
+    eigh_dtype: object = None
+    verbose: bool = False
+    times: dict = field(default_factory=dict)
+
+    def progress(self, it, total: int, desc: str):
+        if not self.verbose:
+            return it
+        from tqdm.auto import tqdm
+
+        return tqdm(it, total=total, desc=desc)
+
+
+@dataclass
+class CVResult:
+    """What a solver computes.
+
+    Attributes
+    ----------
+    scores : ndarray of shape (n_alphas, t)
+        Negative mean squared held-out error (higher is better).
+    best : ndarray of shape (t,)
+        Index of the chosen alpha of every target.
+    coef : ndarray of shape (t, p)
+        Coefficients refitted on all samples with the chosen alphas.
+    y_var : ndarray of shape (t,)
+        Mean squared centred target over the held-out samples (for ``1 + scores / y_var``).
+    cv_r : ndarray of shape (n_alphas, t)
+        Pearson r of the held-out predictions with the targets.
+    solver : str
+    rank : int or None
+        Retained rank of the spectrum (None for Cholesky).
+    """
+
+    scores: np.ndarray
+    best: np.ndarray
+    coef: np.ndarray
+    y_var: np.ndarray
+    cv_r: np.ndarray
+    solver: str
+    rank: int | None = None
+
+
+class HeldOut:
+    """Running sums of held-out residuals ``e`` against targets ``y``, per alpha and target.
+
+    Gives the mean squared error and the Pearson r of the predictions ``y - e``:
+    ``sum P = Sy - Se``, ``sum P^2 = Syy - 2 Sey + See``, ``sum P y = Syy - Sey``.
+    """
+
+    def __init__(self, n_alphas: int, n_targets: int):
+        self.n, self.sy, self.syy = (np.zeros(n_targets) for _ in range(3))
+        self.se, self.see, self.sey = (np.zeros((n_alphas, n_targets)) for _ in range(3))
+
+    def add(self, bk, k: int, sl: slice, y, e, first: bool):
+        """Add held-out rows: targets ``y`` and residuals ``e`` (rows, batch) of alpha ``k``."""
+        def total(a):  # column sums in the compute dtype (targets are centred)
+            return bk.to_numpy(a.sum(0)).astype(np.float64)
+
+        def dot(a, b):
+            return bk.to_numpy(bk.coldot(a, b)).astype(np.float64)
+
+        if first:
+            self.n[sl] += y.shape[0]
+            self.sy[sl] += total(y)
+            self.syy[sl] += dot(y, y)
+        self.se[k, sl] += total(e)
+        self.see[k, sl] += dot(e, e)
+        self.sey[k, sl] += dot(e, y)
+
+    def scores(self) -> np.ndarray:
+        """Negative mean squared error, (n_alphas, t)."""
+        return -self.see / self.n[None, :]
+
+    def y_var(self) -> np.ndarray:
+        return self.syy / self.n
+
+    def r(self) -> np.ndarray:
+        """Pearson r of held-out predictions and targets, (n_alphas, t)."""
+        n = self.n[None, :]
+        sp = self.sy - self.se
+        spp = self.syy - 2 * self.sey + self.see
+        cov = (self.syy - self.sey) / n - sp * self.sy / n**2
+        var_p = spp / n - (sp / n) ** 2
+        var_y = self.syy / n - (self.sy / n) ** 2
+        den = np.sqrt(np.clip(var_p, 0, None) * np.clip(var_y, 0, None))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(den > 0, cov / den, np.nan)
+
+
+def _choose(scores: np.ndarray, per_target: bool) -> np.ndarray:
+    if per_target:
+        return np.argmax(scores, 0)
+    return np.full(scores.shape[1], int(np.argmax(scores.mean(1))))
+
+
+def _host_dtype(bk, dtype):
+    return np.float64 if dtype == bk.float64 else np.float32
+
+
+def coef_from_spectrum(spec, targets: Targets, alphas, slices) -> np.ndarray:
+    """Coefficients (t, p) for per-target ``alphas`` (t,) from a :class:`Spectrum`."""
+    bk, design = targets.bk, spec.design
+    coef = np.empty((targets.t, design.p), dtype=_host_dtype(bk, targets.dtype))
+    for sl in slices:
+        C = spec.U.T @ targets.batch(sl)
+        coef[sl] = bk.to_numpy(spec.coef(C, bk.asarray(alphas[sl], targets.dtype)).T)
+    return coef
+
+
+def loo_eigen(design: Design, targets: Targets, alphas, options: Options | None = None,
+              K=None) -> CVResult:
+    """Exact leave-one-out for every alpha from one eigendecomposition.
+
+    Parameters
+    ----------
+    design : Design
+        ``n`` samples, ``p`` features (dual form when ``n <= p``, else primal).
+    targets : Targets
+        ``t`` targets.
+    alphas : ndarray of shape (n_alphas,)
+    options : Options or None
+    K : backend array of shape (n, n) or None
+        The dual Gram matrix if already computed (overwritten).
+
+    Returns
+    -------
+    result : CVResult
+    """
+    opt = options or Options()
+    bk, n, t, na = design.bk, design.n, targets.t, len(alphas)
+    spec = spectrum(design, t, K, opt.eigh_dtype, Clock(bk, opt.times, opt.verbose))
+    clock = Clock(bk, opt.times)
+    U, s = spec.U, spec.s
+    a_t = bk.asarray(np.asarray(alphas), targets.dtype)
+    F = s[:, None] / (s[:, None] + a_t[None, :])  # (r, n_alphas) shrinkage factors
+    H = (1.0 / n if design.fit_intercept else 0.0) + (U * U) @ F  # hat diagonals (n, n_alphas)
+    inv_1mh = 1.0 / bk.maximum(1.0 - H, float(finfo(targets.dtype).eps))
+    del H
+    acc = HeldOut(na, t)
+    best = np.empty(t, dtype=np.int64)
+    coef = np.empty((t, design.p), dtype=_host_dtype(bk, targets.dtype))
+    slices = batches(n, design.p, t, int(s.shape[0]), opt.batch_size)
+    for sl in opt.progress(slices, len(slices), "ridge LOO"):
+        Yc = targets.batch(sl)
+        C = U.T @ Yc
+        clock("targets")
+        for k in range(na):
+            R = Yc - U @ (F[:, k : k + 1] * C)
+            R *= inv_1mh[:, k : k + 1]
+            acc.add(bk, k, sl, Yc, R, first=k == 0)
+            del R
+        clock("loo")
+        if opt.alpha_per_target:
+            best[sl] = np.argmax(acc.scores()[:, sl], 0)
+            coef[sl] = bk.to_numpy(spec.coef(C, a_t[bk.index(best[sl])]).T)
+            clock("coef")
+        del C, Yc
+    scores = acc.scores()
+    if not opt.alpha_per_target:
+        best = _choose(scores, False)
+        coef = coef_from_spectrum(spec, targets, np.asarray(alphas)[best], slices)
+        clock("coef")
+    return CVResult(scores, best, coef, acc.y_var(), acc.r(), "eigen", int(s.shape[0]))
+
+
+def cholesky_is_accurate(K, alphas, bk) -> bool:
+    """Whether one Cholesky factorisation per alpha is accurate for this Gram matrix.
+
+    True when ``s_max / min(alphas)`` (largest eigenvalue of ``K`` by power iteration) is
+    below 1e4 in float32 (1e10 in float64).
+    """
+    limit = 1e4 if K.dtype == bk.float32 else 1e10
+    return largest_eigenvalue(K, bk) / float(np.min(alphas)) < limit
+
+
+def inv_diag(L, bk, block: int = 512):
+    """Diagonal of ``G^-1`` for ``G = L L^T``: column sums of squares of ``L^-1``.
+
+    ``L^-1`` is lower triangular, so its columns ``j:j+block`` solve only the trailing system
+    ``L[j:, j:] X = I[j:, j:j+block]``: ``n^3 / 3`` flops in large BLAS-3 triangular solves
+    (LAPACK's ``trtri`` does the same work several times slower in OpenBLAS).
+
+    Parameters
+    ----------
+    L : backend array of shape (n, n), lower triangular
+    bk : backend
+    block : int
+
+    Returns
+    -------
+    d : backend array of shape (n,)
+    """
+    n = L.shape[0]
+    parts = []
+    for j in range(0, n, block):
+        k = min(block, n - j)
+        X = bk.solve_lower(L[j:, j:], bk.eye_block(n - j, k, L.dtype))
+        parts.append(bk.coldot(X, X))
+    if len(parts) == 1:
+        return parts[0]
+    d = bk.empty(n, L.dtype)
+    for j, part in zip(range(0, n, block), parts):
+        d[j : j + len(part)] = part
+    return d
+
+
+def _factor(K, alpha: float, bk, h1: float):
+    """Cholesky factor of ``K + alpha I`` and LOO weights ``alpha / (1 - h)`` (n, 1)."""
+    G = bk.add_diag(bk.copy(K), alpha)
+    L = bk.cholesky(G, overwrite=True)
+    if L is None:
+        return None, None
+    one_minus_h = bk.maximum(alpha * (inv_diag(L, bk) - h1), float(finfo(K.dtype).tiny))
+    return L, (alpha / one_minus_h)[:, None]
+
+
+def loo_cholesky(design: Design, targets: Targets, alphas, options: Options | None = None,
+                 K=None) -> CVResult | None:
+    """Exact leave-one-out with one Cholesky factorisation per alpha (dual form).
+
+    ``c 1 1^T`` (``n c`` the mean eigenvalue) is added to ``Kc``: this leaves ``G^-1``
+    unchanged on centred vectors and gives ``1 - h_i = alpha ([G^-1]_ii - 1/(n (alpha + n c)))``
+    without cancellation.
+
+    Parameters
+    ----------
+    design, targets, alphas, options
+        As :func:`loo_eigen`.
+    K : backend array of shape (n, n) or None
+        The dual Gram matrix if already computed (left unchanged).
+
+    Returns
+    -------
+    result : CVResult, or None when a factorisation fails (use :func:`loo_eigen`)
+    """
+    opt = options or Options()
+    bk, n, t, na = design.bk, design.n, targets.t, len(alphas)
+    clock = Clock(bk, opt.times, opt.verbose)
+    K = design.gram() if K is None else K
+    clock("gram")
+    nc = float(bk.to_numpy(K.diagonal().sum())) / n if design.fit_intercept else 0.0
+    Kb = K + nc / n if design.fit_intercept else K
+
+    def h1(a):
+        return 1.0 / (n * (a + nc)) if design.fit_intercept else 0.0
+
+    acc = HeldOut(na, t)
+    best = np.zeros(t, dtype=np.int64)
+    A_best = bk.empty((n, t), targets.dtype)
+    slices = batches(n, design.p, t, n, opt.batch_size)
+    single = targets.batch(slices[0]) if len(slices) == 1 else None  # kept across alphas
+    for k, a in enumerate(opt.progress(alphas, na, "ridge LOO (Cholesky)")):
+        L, w = _factor(Kb, float(a), bk, h1(float(a)))
+        if L is None:
+            return None
+        clock("factor")
+        for sl in slices:
+            Yc = single if single is not None else targets.batch(sl)
+            A = bk.cho_solve(L, Yc)
+            acc.add(bk, k, sl, Yc, A * w, first=k == 0)
+            better = acc.see[k, sl] < acc.see[best[sl], np.arange(sl.start, sl.stop)]
+            cols = np.flatnonzero(better | (k == 0))  # keep the dual coefficients of the best
+            best[sl.start + cols] = k
+            A_best[:, bk.index(sl.start + cols)] = A[:, bk.index(cols)]
+            del A, Yc
+        clock("loo")
+    if not opt.alpha_per_target:
+        best = _choose(acc.scores(), False)
+        L, _ = _factor(Kb, float(alphas[best[0]]), bk, 0.0)
+        for sl in slices:
+            A_best[:, sl] = bk.cho_solve(L, targets.batch(sl))
+    coef = np.empty((t, design.p), dtype=_host_dtype(bk, targets.dtype))
+    for sl in slices:
+        coef[sl] = bk.to_numpy(design.cross(A_best[:, sl]).T)
+    clock("coef")
+    return CVResult(acc.scores(), best, coef, acc.y_var(), acc.r(), "cholesky", None)
+
+
+def _fold_operators(design: Design, K, tr, va, eigh_dtype):
+    """``(U, s, P)`` of one fold: training spectrum and validation projections ``P``."""
+    bk = design.bk
+    if K is not None:  # dual: the fold's Gram matrices, re-centred on the training rows
+        itr, iva = bk.index(tr), bk.index(va)
+        Ktr, Kva = K[itr][:, itr], K[iva][:, itr]
+        if design.fit_intercept:
+            m_tr = Ktr.mean(1)
+            c = m_tr.mean()
+            Kva = Kva - Kva.mean(1)[:, None] - m_tr[None, :] + c
+            Ktr = Ktr - m_tr[:, None] - m_tr[None, :] + c
+        s, U = eigh_clipped(Ktr, bk, eigh_dtype)
+        return U, s, Kva @ U  # Kva U = Xva_c V diag(sqrt s)
+    dtr = design.rows(tr)
+    sp = spectrum(dtr, eigh_dtype=eigh_dtype, dual=False)
+    return sp.U, sp.s, design.rows(va, means=dtr.means).times(sp.W)
+
+
+def kfold(design: Design, targets: Targets, alphas, splits, options: Options | None = None
+          ) -> CVResult:
+    """Held-out errors over given splits, one eigendecomposition per fold.
+
+    Parameters
+    ----------
+    design, targets, alphas, options
+        As :func:`loo_eigen`.
+    splits : list of (train, validation) index arrays
+        From :func:`lib.ridge.splits.cv_splits`.
+
+    Returns
+    -------
+    result : CVResult
+        ``coef`` refitted on all samples with the chosen alphas.
+    """
+    opt = options or Options()
+    bk, n, t, na = design.bk, design.n, targets.t, len(alphas)
+    a_t = bk.asarray(np.asarray(alphas), targets.dtype)
+    acc = HeldOut(na, t)
+    dual = n <= design.p
+    clock = Clock(bk, opt.times, opt.verbose)
+    K = design.gram() if dual else None  # shift-invariant: re-centred per fold
+    clock("gram")
+    for tr, va in opt.progress(splits, len(splits), "ridge k-fold"):
+        U, s, P = _fold_operators(design, K, tr, va, opt.eigh_dtype)
+        for sl in batches(len(tr), design.p, t, int(s.shape[0]), opt.batch_size):
+            ytr = bk.asarray(targets.Y[tr, sl], targets.dtype)
+            yva = bk.asarray(targets.Y[va, sl], targets.dtype)
+            y_ref = yva - targets.mean[sl]  # relative to the overall mean, as in every fold
+            if design.fit_intercept:
+                mu = bk.mean64(ytr, 0)
+                ytr, yva = ytr - mu, yva - mu
+            C = U.T @ ytr
+            for k in range(na):
+                E = yva - P @ (C / (s[:, None] + a_t[k]))
+                acc.add(bk, k, sl, y_ref, E, first=k == 0)
+    clock("folds")
+    scores = acc.scores()
+    best = _choose(scores, opt.alpha_per_target)
+    spec = spectrum(design, t, K, opt.eigh_dtype, Clock(bk, opt.times, opt.verbose))
+    del K
+    clock.t = time.perf_counter()
+    slices = batches(n, design.p, t, int(spec.s.shape[0]), opt.batch_size)
+    coef = coef_from_spectrum(spec, targets, np.asarray(alphas)[best], slices)
+    clock("coef")
+    return CVResult(scores, best, coef, acc.y_var(), acc.r(), "eigen", int(spec.s.shape[0]))
