@@ -1,13 +1,14 @@
 """Benchmark: the book's job graph with more subjects and more Dask workers.
 
-For each number of subjects (the toy world built with that many, ``--subjects N``) and each
-number of workers, the chapters 01-05 and 07 of a preset run for every subject into a fresh
-output and derived folder; 1 worker is the serial run of ``make book``, more workers a Dask
+For each number of subjects (the toy world built with that many, ``--subjects N``; its models,
+which do not depend on the subjects, are the preset's own) and each number of workers, the chosen
+chapters (default 01-05 and 07) run for every subject into a fresh output and derived folder; 1 worker is the serial run of ``make book``, more workers a Dask
 LocalCluster with one single-threaded worker each. The table gives wall time and speed-up over
 the serial run with the same subjects, with the machine's cores and float32 matmul throughput
 measured in the same run, so figures compare across machines.
 
-Run: ``python -m bench scaling -- --preset micro --subjects 1 2 4 --workers 1 2``.
+Run: ``python -m bench scaling -- --preset micro --subjects 1 2 4 --workers 1 2``
+(``--chapters 01_data_preparation 03_alignment_ridge`` for preparation and stage 1 only).
 """
 
 from __future__ import annotations
@@ -40,21 +41,21 @@ def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / best / 1e9
 
 
-def run_once(preset: str, n_subjects: int, workers: int, scratch: Path) -> float:
+def run_once(preset: str, n_subjects: int, workers: int, scratch: Path,
+             chapters: list[str]) -> float:
     """Wall time of the graph for ``n_subjects`` on ``workers`` (1: serial)."""
     from lib import run
     from lib.toyworld import build
 
+    build(preset=preset, seed=0)  # the preset's world and models (reused when up to date)
     world = REPO / "data" / "bench" / f"{preset}_{n_subjects}subj"
-    build(preset=preset, seed=0, out=world, n_subjects=n_subjects)
+    build(preset=preset, seed=0, out=world, n_subjects=n_subjects, models=False)
     params = run.load_params(REPO / "notebooks" / "params" / f"{preset}.yaml")
     rel = os.path.relpath(world, REPO)
     out = scratch / f"{n_subjects}subj_{workers}w"
     params.update(
-        notebooks=NOTEBOOKS, subjects=list(range(1, n_subjects + 1)), subject=1, sweeps={},
+        notebooks=chapters, subjects=list(range(1, n_subjects + 1)), subject=1, sweeps={},
         runs=["stage1", "stage2"], toy_root=rel, nsd_root=f"{rel}/nsd",
-        blip2_model=f"{rel}/models/blip2-toy-opt", itm_model=f"{rel}/models/blip2-toy-itm",
-        vision_zoo=f"{rel}/models/zoo.json", language_zoo=f"{rel}/models/zoo.json",
         category_lexicon=f"{rel}/truth/lexicon.json", derived_root=str(out / "derived"),
         stage2_head_only_control=False)
     path = out / "params.yaml"
@@ -78,16 +79,17 @@ def main(argv=None) -> None:
     parser.add_argument("--preset", default="micro", choices=["micro", "toy"])
     parser.add_argument("--subjects", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--chapters", nargs="+", default=NOTEBOOKS)
     args = parser.parse_args(argv)
     print(f"machine: {os.cpu_count()} cores, torch float32 matmul {matmul_gflops():.0f} GFLOP/s; "
-          f"preset {args.preset}, chapters {', '.join(NOTEBOOKS)}", flush=True)
+          f"preset {args.preset}, chapters {', '.join(args.chapters)}", flush=True)
     scratch = Path(tempfile.mkdtemp(prefix="bench_scaling_"))
     rows = []
     try:
         for n in args.subjects:
             serial = None
             for w in args.workers:
-                seconds = run_once(args.preset, n, w, scratch)
+                seconds = run_once(args.preset, n, w, scratch, args.chapters)
                 serial = seconds if w == 1 else serial
                 speedup = f"{serial / seconds:.2f}x" if serial else "-"
                 rows.append((n, w, seconds, speedup))
