@@ -36,27 +36,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parent.parent
 PHASES = ("toyworld", "notebooks", "jupyter-book")
 
 
 # ----------------------------------------------------------------------------- machine
-def numpy_matmul_gflops(n: int = 4096, repeats: int = 3) -> float:
-    """Measured float32 ``numpy`` matmul throughput (best of ``repeats``) in GFLOP/s."""
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((n, n), dtype=np.float32)
-    b = rng.standard_normal((n, n), dtype=np.float32)
-    a @ b
-    best = np.inf
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best / 1e9
-
-
 def machine(n: int = 4096) -> dict:
     """CPU model, core count, torch threads, load average and both matmul throughputs.
 
@@ -77,7 +61,7 @@ def machine(n: int = 4096) -> dict:
     return {"cpu": cpu, "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "load_average": [round(x, 2) for x in os.getloadavg()],
             "torch_matmul_gflops": round(matmul_gflops("cpu", n=n), 1),
-            "numpy_matmul_gflops": round(numpy_matmul_gflops(n=n), 1), "matmul_n": n}
+            "numpy_matmul_gflops": round(matmul_gflops(n=n, lib="numpy"), 1), "matmul_n": n}
 
 
 # ----------------------------------------------------------------------------- timing

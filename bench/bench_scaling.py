@@ -27,20 +27,6 @@ NOTEBOOKS = ["01_data_preparation", "02_convergence", "03_alignment_ridge", "04_
              "05_captioning", "07_across_subjects"]
 
 
-def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
-    """Float32 matrix-product throughput of torch on this machine (GFLOP/s, best of repeats)."""
-    import torch
-
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best / 1e9
-
-
 def run_once(preset: str, n_subjects: int, workers: int, scratch: Path,
              chapters: list[str]) -> float:
     """Wall time of the graph for ``n_subjects`` on ``workers`` (1: serial)."""
@@ -81,7 +67,10 @@ def main(argv=None) -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--chapters", nargs="+", default=NOTEBOOKS)
     args = parser.parse_args(argv)
-    print(f"machine: {os.cpu_count()} cores, torch float32 matmul {matmul_gflops():.0f} GFLOP/s; "
+    from bench.bench_ridge import matmul_gflops
+
+    print(f"machine: {os.cpu_count()} cores, float32 matmul torch {matmul_gflops(n=2048):.0f}, "
+          f"numpy {matmul_gflops(n=2048, lib='numpy'):.0f} GFLOP/s; "
           f"preset {args.preset}, chapters {', '.join(args.chapters)}", flush=True)
     scratch = Path(tempfile.mkdtemp(prefix="bench_scaling_"))
     rows = []
