@@ -58,7 +58,7 @@ def inspect_pages(pages: list[Path], screenshot_dir: Path | None = None) -> list
                 page = browser.new_page(viewport={"width": 1280, "height": 900})
                 remote, errors = [], []
 
-                def _route(route, remote=remote):
+                def _route(route, *_request, remote=remote):  # playwright may pass the request
                     url = route.request.url
                     if url.startswith(LOCAL_SCHEMES):
                         route.continue_()
