@@ -40,8 +40,10 @@ def _subject_number(subject) -> int:
     name = subject_name(subject)
     try:
         return int(name[4:])
-    except ValueError:
-        raise ValueError(f"subject={subject!r}: expected an int such as 1 or a name such as 'subj01'.")
+    except ValueError as err:
+        raise ValueError(
+            f"subject={subject!r}: expected an int such as 1 or a name such as 'subj01'."
+        ) from err
 
 
 def _require_captions(folder: Path) -> dict[int, list[str]]:
