@@ -136,5 +136,6 @@ def rows_for(keys, wanted) -> np.ndarray:
     rows = order[pos]
     missing = keys[rows] != wanted
     if missing.any():
-        raise KeyError(f"{int(missing.sum())} ids have no features (e.g. {wanted[missing][:5].tolist()})")
+        raise KeyError(f"{int(missing.sum())} ids have no features "
+                       f"(e.g. {wanted[missing][:5].tolist()})")
     return rows

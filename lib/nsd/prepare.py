@@ -244,7 +244,8 @@ def prepare_subject(
     out = Path(out_dir) / name
     path = out / "prepared.h5"
     n_vox = int(ijk.shape[0])
-    rows_per_chunk = int(max(1, min(trials.size, (4 * 2**20) // (n_vox * np.dtype(dtype).itemsize))))
+    row_bytes = n_vox * np.dtype(dtype).itemsize
+    rows_per_chunk = int(max(1, min(trials.size, (4 * 2**20) // row_bytes)))
     offsets = np.concatenate([[0], np.cumsum([per_session[s].size for s in use])])
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
         betas = h5.create_dataset(
@@ -255,7 +256,8 @@ def prepare_subject(
         total = np.zeros(n_vox)
         total_sq = np.zeros(n_vox)
         n_train = 0
-        bar = tqdm(use, desc=f"{name} sessions", unit="session", disable=not show_progress(progress))
+        bar = tqdm(use, desc=f"{name} sessions", unit="session",
+                   disable=not show_progress(progress))
         for k, s in enumerate(bar):
             t0 = time.perf_counter()
             lo, hi = int(offsets[k]), int(offsets[k + 1])
