@@ -68,8 +68,8 @@ def _write_nifti_stream(path, n_vols, brain, rng, chunk=50):
         block = np.zeros((chunk, int(np.prod(GRID))), dtype=np.int16)
         for t in range(0, n_vols, chunk):
             n = min(chunk, n_vols - t)
-            noise = rng.standard_normal((n, idx.size), dtype=np.float32) * 400
-            block[:n, idx] = noise.astype(np.int16)
+            block[:n, idx] = (rng.standard_normal((n, idx.size), dtype=np.float32)
+                              * 400).astype(np.int16)
             fh.write(block[:n].tobytes())
     tmp.rename(path)
 

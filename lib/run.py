@@ -202,8 +202,8 @@ def _use_this_interpreter_kernel() -> None:
     """Make the ``python3`` kernel resolve to this interpreter's environment first."""
     share = Path(sys.prefix) / "share" / "jupyter"
     if (share / "kernels" / "python3").is_dir():
-        extra = os.environ.get("JUPYTER_PATH", "").split(os.pathsep)
-        paths = [str(share)] + [p for p in extra if p]
+        paths = [str(share)] + [p for p in os.environ.get("JUPYTER_PATH", "").split(os.pathsep)
+                                if p]
         os.environ["JUPYTER_PATH"] = os.pathsep.join(paths)
 
 

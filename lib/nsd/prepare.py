@@ -244,8 +244,8 @@ def prepare_subject(
     out = Path(out_dir) / name
     path = out / "prepared.h5"
     n_vox = int(ijk.shape[0])
-    row_bytes = n_vox * np.dtype(dtype).itemsize
-    rows_per_chunk = int(max(1, min(trials.size, (4 * 2**20) // row_bytes)))
+    rows_per_chunk = int(max(1, min(trials.size,
+                                    (4 * 2**20) // (n_vox * np.dtype(dtype).itemsize))))
     offsets = np.concatenate([[0], np.cumsum([per_session[s].size for s in use])])
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
         betas = h5.create_dataset(
