@@ -213,8 +213,9 @@ def _brain_map(subject, tokens, has_face, roi_knows_faces, seed=0):
 
 def _retrieval_captioner(tokens, captions, temperature=0.1):
     """Caption by retrieval: the first reference caption of the image whose true tokens are
-    nearest (cosine, after centring on the mean tokens); sampled captions draw the image with probability softmax(cos / T) and one
-    of its references (torch's random state), as a language model samples from its beliefs.
+    nearest (cosine, after centring on the mean tokens); sampled captions draw the image with
+    probability softmax(cos / T) and one of its references (torch's random state), as a language
+    model samples from its beliefs.
 
     A captioner that follows the tokens, where the micro world's BLIP-2 does not.
     """
