@@ -10,12 +10,13 @@ SEED   ?= 0
 MATHJAX_VERSION := 3.2.2
 VENDOR := book/_static/vendor
 
-.PHONY: setup vendor toyworld notebooks book lab test bench clean help
+.PHONY: setup vendor toyworld notebooks book lab test lint bench clean help
 
 help:
 	@echo "make book   - build the toy world, run every notebook (papermill), build _build/html"
 	@echo "make lab    - open the notebooks in JupyterLab (BRAINCAP_PARAMS=micro make lab: micro preset)"
 	@echo "make test   - run the test suite (unit tests, micro notebooks, offline browser check)"
+	@echo "make lint   - ruff (lib, tests, bench, notebooks) and the notebooks-without-outputs check"
 	@echo "make bench  - run the benchmarks in bench/"
 	@echo "Variables: PARAMS=$(PARAMS) PRESET=$(PRESET) SEED=$(SEED)"
 
@@ -62,6 +63,11 @@ lab: setup
 # --- checks ---------------------------------------------------------------
 test: setup
 	$(PY) -m pytest
+
+# The style checks alone (tests/test_style.py also runs them within `make test`).
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q tests/test_style.py
 
 bench: setup
 	$(PY) -m bench

@@ -90,8 +90,10 @@ def main(argv=None) -> dict:
     print(f"bench_generation: {args.n} captions, {args.model} on {args.device} "
           f"({res['threads']} threads), beams={args.num_beams}")
     print(f"{'approach':<28}{'seconds':>10}{'captions/s':>12}")
-    print(f"{'one at a time (original)':<28}{t_loop:>10.2f}{res['one_at_a_time_captions_per_s']:>12.1f}")
-    print(f"{f'batched ({args.batch_size})':<28}{t_batch:>10.2f}{res['batched_captions_per_s']:>12.1f}")
+    print(f"{'one at a time (original)':<28}{t_loop:>10.2f}"
+          f"{res['one_at_a_time_captions_per_s']:>12.1f}")
+    print(f"{f'batched ({args.batch_size})':<28}{t_batch:>10.2f}"
+          f"{res['batched_captions_per_s']:>12.1f}")
     print(f"speed-up x{res['speedup']:.1f}; identical captions: {same}")
     if args.out:
         from lib.io import write_json

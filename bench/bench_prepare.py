@@ -39,7 +39,8 @@ AFFINE = np.array([[-1.8, 0, 0, 72.0], [0, 1.8, 0, -90.0], [0, 0, 1.8, -72.0], [
 
 
 def _brain_masks(rng):
-    """An ellipsoidal 'brain' and, inside its posterior part, exactly N_GENERAL nsdgeneral voxels."""
+    """An ellipsoidal 'brain' and, inside its posterior part, exactly N_GENERAL nsdgeneral
+    voxels."""
     x, y, z = np.meshgrid(*(np.linspace(-1, 1, n) for n in GRID), indexing="ij")
     brain = (x / 0.85) ** 2 + (y / 0.9) ** 2 + (z / 0.8) ** 2 <= 1
     score = np.where(brain, -y + 0.05 * rng.standard_normal(GRID), -np.inf)  # posterior first
@@ -67,7 +68,8 @@ def _write_nifti_stream(path, n_vols, brain, rng, chunk=50):
         block = np.zeros((chunk, int(np.prod(GRID))), dtype=np.int16)
         for t in range(0, n_vols, chunk):
             n = min(chunk, n_vols - t)
-            block[:n, idx] = (rng.standard_normal((n, idx.size), dtype=np.float32) * 400).astype(np.int16)
+            block[:n, idx] = (rng.standard_normal((n, idx.size), dtype=np.float32)
+                              * 400).astype(np.int16)
             fh.write(block[:n].tobytes())
     tmp.rename(path)
 
@@ -143,7 +145,8 @@ def peak_kb():  # this process's own high-water mark (ru_maxrss is inherited thr
 from pathlib import Path
 import nibabel as nib, numpy as np
 root, out, n = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
-files = [root / f"nsddata_betas/ppdata/subj01/func1pt8mm/betas_fithrf_GLMdenoise_RR/betas_session{s:02d}.nii.gz" for s in range(1, n + 1)]
+files = [root / "nsddata_betas/ppdata/subj01/func1pt8mm/betas_fithrf_GLMdenoise_RR"
+         / f"betas_session{s:02d}.nii.gz" for s in range(1, n + 1)]
 t0 = time.perf_counter()
 total, count = None, 0
 for f in files:                                   # pass 1: mean

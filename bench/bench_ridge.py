@@ -65,7 +65,8 @@ def _data_b(n, p, t, seed=0):
 
 
 # ----------------------------------------------------------------------------- helpers
-def matmul_gflops(device: str = "cpu", n: int = 4096, repeats: int = 3, lib: str = "torch") -> float:
+def matmul_gflops(device: str = "cpu", n: int = 4096, repeats: int = 3,
+                  lib: str = "torch") -> float:
     """Measured float32 matmul throughput (best of ``repeats``) in GFLOP/s, of torch on
     ``device`` or (``lib="numpy"``) of NumPy."""
     import torch
@@ -113,7 +114,8 @@ def ridge_flops(n, p, t, r, n_alphas, form="dual", solver="eigen") -> dict:
         return {"gram": gram, "factor": n_alphas * 2 * n**3 // 3, "loo": 2 * n * n * t * n_alphas,
                 "coef": 2 * n * p * t}
     cheaper_w = 2 * n * p * r + 2 * p * r * t < 2 * n * r * t + 2 * n * p * t
-    coef = 2 * n * p * r + 2 * p * r * t if (form == "primal" or cheaper_w) else 2 * n * r * t + 2 * n * p * t
+    coef = (2 * n * p * r + 2 * p * r * t if (form == "primal" or cheaper_w)
+            else 2 * n * r * t + 2 * n * p * t)
     return {"gram": gram, "targets": 2 * n * r * t, "loo": 2 * n * r * t * n_alphas, "coef": coef}
 
 
@@ -127,7 +129,8 @@ def _table(rows, cols):
 
 
 # ----------------------------------------------------------------------------- part (a)
-SK, HIM, OURS = "scikit-learn RidgeCV (LOO)", "himalaya KernelRidgeCV (5-fold)", "lib.ridge RidgeCV (LOO)"
+SK, HIM, OURS = ("scikit-learn RidgeCV (LOO)", "himalaya KernelRidgeCV (5-fold)",
+                 "lib.ridge RidgeCV (LOO)")
 
 
 def _himalaya_fit(X, Y, device: str, backend_name: str):
@@ -241,7 +244,8 @@ def _worker(kind: str, n: int, p: int, t: int, device: str, loop_fits: int) -> d
         from lib.ridge import RidgeCV
 
         sec, m = _timed(lambda: RidgeCV(alphas=ALPHAS_B, device=device, verbose=True).fit(X, Y))
-        out.update(time_s=sec, fit_info=m.fit_info_, chosen=np.unique(m.best_alphas_, return_counts=True)[1].tolist())
+        out.update(time_s=sec, fit_info=m.fit_info_,
+                   chosen=np.unique(m.best_alphas_, return_counts=True)[1].tolist())
     else:
         from sklearn.linear_model import Ridge
 
@@ -260,12 +264,14 @@ def _worker(kind: str, n: int, p: int, t: int, device: str, loop_fits: int) -> d
 def _spawn(kind, n, p, t, device, loop_fits) -> dict:
     import torch
 
-    cmd = [sys.executable, "-m", "bench.bench_ridge", "--_worker", kind, "--threads", str(torch.get_num_threads()),
-           "--_size", f"{n},{p},{t}", "--device", device, "--loop-fits", str(loop_fits)]
+    cmd = [sys.executable, "-m", "bench.bench_ridge", "--_worker", kind,
+           "--threads", str(torch.get_num_threads()), "--_size", f"{n},{p},{t}",
+           "--device", device, "--loop-fits", str(loop_fits)]
     # progress bars on stderr
     proc = subprocess.run(cmd, check=False, cwd=REPO, stdout=subprocess.PIPE, text=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"benchmark worker {kind!r} failed (exit code {proc.returncode}); see its stderr above")
+        raise RuntimeError(f"benchmark worker {kind!r} failed (exit code {proc.returncode}); "
+                           "see its stderr above")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -288,14 +294,19 @@ def part_b(quick: bool, device: str, loop_fits: int) -> dict:
         {"quantity": "lib.ridge fit wall time",
          "value": f"{ours['time_s']:.1f} s (target < 480 s), solver {info['solver']}"},
         {"quantity": "  phases", "value": ", ".join(f"{k} {v:.1f}s" for k, v in phases.items())},
-        {"quantity": "lib.ridge peak RSS (data incl.)", "value": f"{ours['maxrss_gb']:.2f} GB (target < 8 GB)"},
-        {"quantity": "matrix-product work", "value": f"{total_flops / 1e12:.1f} TFLOP (eigh, if any, not counted)"},
-        {"quantity": "achieved (whole fit)", "value": f"{achieved:.0f} GFLOP/s = {achieved / peak:.0%} of matmul"},
-        {"quantity": "achieved (excluding eigh)", "value": f"{no_eigh:.0f} GFLOP/s = {no_eigh / peak:.0%} of matmul"},
+        {"quantity": "lib.ridge peak RSS (data incl.)",
+         "value": f"{ours['maxrss_gb']:.2f} GB (target < 8 GB)"},
+        {"quantity": "matrix-product work",
+         "value": f"{total_flops / 1e12:.1f} TFLOP (eigh, if any, not counted)"},
+        {"quantity": "achieved (whole fit)",
+         "value": f"{achieved:.0f} GFLOP/s = {achieved / peak:.0%} of matmul"},
+        {"quantity": "achieved (excluding eigh)",
+         "value": f"{no_eigh:.0f} GFLOP/s = {no_eigh / peak:.0%} of matmul"},
         {"quantity": "float32 matmul throughput",
          "value": f"torch {peak:.0f} GFLOP/s before, {peak2:.0f} after"
                   + (f"; numpy {peak_np:.0f}" if peak_np else "") + f"; backend {info['backend']}"},
-        {"quantity": "original loop: one Ridge fit", "value": f"{loop['per_fit_s']:.2f} s (mean of {len(loop['fit_times'])})"},
+        {"quantity": "original loop: one Ridge fit",
+         "value": f"{loop['per_fit_s']:.2f} s (mean of {len(loop['fit_times'])})"},
         {"quantity": "original loop: all fits (est.)",
          "value": f"{loop_total / 3600:.1f} h = {t} channels x {len(ALPHAS_B)} alphas; "
                   f"{loop_total / ours['time_s']:.0f}x slower"},
@@ -309,7 +320,8 @@ def part_b(quick: bool, device: str, loop_fits: int) -> dict:
 # ----------------------------------------------------------------------------- main
 def main(argv=None) -> dict:
     """Run the ridge benchmarks and print their tables; returns the measurements."""
-    parser = argparse.ArgumentParser(prog="python -m bench ridge", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench ridge",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (about a minute)")
     parser.add_argument("--parts", default="a,b", help="comma-separated parts to run: a, b")
     parser.add_argument("--device", default="cpu", help="torch device for lib.ridge and himalaya")
@@ -335,7 +347,8 @@ def main(argv=None) -> dict:
 
     import torch
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}; {_load()}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"device {args.device}; {_load()}")
     out = {"quick": args.quick, "device": args.device, "threads": torch.get_num_threads()}
     parts = [s.strip() for s in args.parts.split(",") if s.strip()]
     if "a" in parts:

@@ -2,10 +2,11 @@
 
 For each number of subjects (the toy world built with that many, ``--subjects N``; its models,
 which do not depend on the subjects, are the preset's own) and each number of workers, the chosen
-chapters (default 01-05 and 07) run for every subject into a fresh output and derived folder; 1 worker is the serial run of ``make book``, more workers a Dask
-LocalCluster with one single-threaded worker each. The table gives wall time and speed-up over
-the serial run with the same subjects, with the machine's cores and float32 matmul throughput
-measured in the same run, so figures compare across machines.
+chapters (default 01-05 and 07) run for every subject into a fresh output and derived folder;
+1 worker is the serial run of ``make book``, more workers a Dask LocalCluster with one
+single-threaded worker each. The table gives wall time and speed-up over the serial run with the
+same subjects, with the machine's cores and float32 matmul throughput measured in the same run,
+so figures compare across machines.
 
 Run: ``python -m bench scaling -- --preset micro --subjects 1 2 4 --workers 1 2``
 (``--chapters 01_data_preparation 03_alignment_ridge`` for preparation and stage 1 only).

@@ -1,4 +1,5 @@
-"""Execute the job graph of :mod:`lib.jobs`: serially, or on Dask (local machine, SLURM, any cluster).
+"""Execute the job graph of :mod:`lib.jobs`: serially, or on Dask (local machine, SLURM, any
+cluster).
 
 Dask does the scheduling: dependencies are futures, GPUs are worker *resources*, a lost worker's
 job is re-run elsewhere (the scheduler's ``allowed-failures``), and each job's status comes back

@@ -18,8 +18,8 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -295,7 +295,8 @@ def roi_masks(subject, rois: Sequence[str] = DEFAULT_ROIS) -> dict[str, np.ndarr
     return masks
 
 
-def summarize_rois(values: np.ndarray, masks: dict[str, np.ndarray]) -> dict[str, tuple[float, int]]:
+def summarize_rois(values: np.ndarray,
+                   masks: dict[str, np.ndarray]) -> dict[str, tuple[float, int]]:
     """Mean of a per-voxel map within each ROI.
 
     Parameters
@@ -597,8 +598,9 @@ def _warn_low_alphas(edges, alphas, limit: float = 0.05) -> None:
     low = [f"{name} ({lo:.0%})" for name, lo in edges if lo > limit]
     if low:
         smallest = min(DEFAULT_ALPHAS if alphas is None else alphas)
-        warnings.warn(f"More than {limit:.0%} of the voxels chose the smallest alpha ({smallest:g}) "
-                      f"in some layer of: {', '.join(low)}; extend the grid downwards.",
+        warnings.warn(f"More than {limit:.0%} of the voxels chose the smallest alpha "
+                      f"({smallest:g}) in some layer of: {', '.join(low)}; "
+                      "extend the grid downwards.",
                       AlphaGridWarning, stacklevel=3)
 
 

@@ -125,7 +125,8 @@ def _sweep_values(name: str, params: dict[str, Any], source: Path) -> list[dict[
 def _output_path(output_dir: Path, name: str, subject: int | None, main: int,
                  sweep: dict[str, Any]) -> Path:
     stem = name + "".join(f"__{k}-{v}" for k, v in sweep.items())
-    folder = output_dir if subject in (None, main) else output_dir / "subjects" / subject_name(subject)
+    folder = (output_dir if subject in (None, main)
+              else output_dir / "subjects" / subject_name(subject))
     return folder / f"{stem}.ipynb"
 
 
@@ -171,7 +172,8 @@ def plan_graph(
     for name in names:
         source = notebook_dir / f"{name}.ipynb"
         if not source.is_file():
-            raise FileNotFoundError(f"notebook {source} listed in the parameter file does not exist")
+            raise FileNotFoundError(
+                f"notebook {source} listed in the parameter file does not exist")
         once = name in ONCE or name in ACROSS_SUBJECTS
         for subject in [None] if once else subjects:
             sweeps = _sweep_values(name, params, source)

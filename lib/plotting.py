@@ -399,7 +399,7 @@ def plot_depth_profiles(scores, rois=("V1", "hV4", "faces", "places", "nsdgenera
         for family, g in r.groupby("family"):
             sizes = np.log(g["n_params"].astype(float))
             lo, hi = sizes.min(), sizes.max()
-            for model, m in g.groupby("model"):
+            for _, m in g.groupby("model"):
                 m = m.sort_values("depth")
                 rank = 0.5 if hi == lo else (np.log(float(m["n_params"].iloc[0])) - lo) / (hi - lo)
                 ax.plot(m["depth"], m["score"], color=colors[family], alpha=0.35 + 0.65 * rank,

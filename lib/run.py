@@ -104,7 +104,8 @@ def declared_default(source: Path, param: str) -> Any:
 
     declared = papermill.inspect_notebook(str(source))
     if param not in declared:
-        raise ValueError(f"sweep parameter {param!r} is not declared in {source.name}'s parameters cell")
+        raise ValueError(f"sweep parameter {param!r} is not declared in {source.name}'s "
+                         "parameters cell")
     try:
         return ast.literal_eval(declared[param]["default"])
     except (ValueError, SyntaxError):
@@ -201,7 +202,8 @@ def _use_this_interpreter_kernel() -> None:
     """Make the ``python3`` kernel resolve to this interpreter's environment first."""
     share = Path(sys.prefix) / "share" / "jupyter"
     if (share / "kernels" / "python3").is_dir():
-        paths = [str(share)] + [p for p in os.environ.get("JUPYTER_PATH", "").split(os.pathsep) if p]
+        paths = [str(share)] + [p for p in os.environ.get("JUPYTER_PATH", "").split(os.pathsep)
+                                if p]
         os.environ["JUPYTER_PATH"] = os.pathsep.join(paths)
 
 
@@ -241,7 +243,8 @@ def run_book(
     -------
     wall_times : dict
         Seconds per executed (not skipped) job, keyed by the executed copy's path relative to
-        ``output_dir`` (``03_alignment_ridge.ipynb``, ``subjects/subj02/01_data_preparation.ipynb``).
+        ``output_dir`` (``03_alignment_ridge.ipynb``,
+        ``subjects/subj02/01_data_preparation.ipynb``).
 
     Raises
     ------
@@ -305,13 +308,16 @@ def preflight(params_path, output_dir=DEFAULT_OUTPUT_DIR, only=None, log=print) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lib.run", description=__doc__.split("\n")[0])
-    parser.add_argument("--params", required=True, help="parameter file, e.g. notebooks/params/toy.yaml")
+    parser = argparse.ArgumentParser(prog="python -m lib.run",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("--params", required=True,
+                        help="parameter file, e.g. notebooks/params/toy.yaml")
     parser.add_argument("--only", action="append", metavar="NAME",
                         help="run only this notebook (repeatable), e.g. --only 03_alignment_ridge")
     parser.add_argument("--output-dir", default=str(DEFAULT_OUTPUT_DIR),
                         help="where executed notebooks go (default: book/run)")
-    parser.add_argument("--build-book", action="store_true", help="build the Jupyter Book afterwards")
+    parser.add_argument("--build-book", action="store_true",
+                        help="build the Jupyter Book afterwards")
     parser.add_argument("--force", action="store_true",
                         help="re-run jobs whose outputs are complete and up to date (else skipped)")
     parser.add_argument("--scheduler", default=None, metavar="local|tcp://HOST:PORT",

@@ -49,7 +49,8 @@ def _as_np(a) -> np.ndarray:
 def _pair(y_true, y_pred):
     yt, yp = _as_np(y_true), _as_np(y_pred)
     if yt.shape != yp.shape:
-        raise ValueError(f"y_true has shape {yt.shape} but y_pred has shape {yp.shape}; they must match.")
+        raise ValueError(f"y_true has shape {yt.shape} but y_pred has shape {yp.shape}; "
+                         "they must match.")
     if yt.ndim == 1:
         yt, yp = yt[:, None], yp[:, None]
     if yt.ndim != 2:

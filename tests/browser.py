@@ -67,7 +67,8 @@ def inspect_pages(pages: list[Path], screenshot_dir: Path | None = None) -> list
                         route.abort()
 
                 page.route("**/*", _route)
-                page.on("console", lambda m, errors=errors: errors.append(m.text) if m.type == "error" else None)
+                page.on("console", lambda m, errors=errors:
+                        errors.append(m.text) if m.type == "error" else None)
                 page.on("pageerror", lambda e, errors=errors: errors.append(str(e)))
                 page.goto(Path(path).resolve().as_uri(), wait_until="load")
                 page.wait_for_timeout(1500)  # let plotly and MathJax typeset

@@ -8,10 +8,12 @@ import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 
-def write_notebook(path: Path, parameters: str, *cells: str, title: str = "A test notebook") -> Path:
+def write_notebook(path: Path, parameters: str, *cells: str,
+                   title: str = "A test notebook") -> Path:
     """Write a notebook with a tagged parameters cell, then code (or ``md:``-prefixed) cells."""
     nb = new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
     nb.cells.append(new_markdown_cell(f"# {title}"))
     nb.cells.append(new_code_cell(parameters, metadata={"tags": ["parameters"]}))
     for cell in cells:

@@ -19,15 +19,18 @@ SCREENSHOTS = REPO_ROOT / "build" / "screenshots"
 
 def copy_book_skeleton(dest):
     """Copy the book's configuration, static assets and hand-written pages to ``dest``."""
-    if not (VENDOR / "plotly.min.js").exists() or not (VENDOR / "mathjax" / "tex-chtml.js").exists():
-        pytest.fail("local plotly.js / MathJax copies are missing: run `make vendor` (part of `make setup`)")
+    if (not (VENDOR / "plotly.min.js").exists()
+            or not (VENDOR / "mathjax" / "tex-chtml.js").exists()):
+        pytest.fail("local plotly.js / MathJax copies are missing: run `make vendor` "
+                    "(part of `make setup`)")
     shutil.copy(REPO_ROOT / "_config.yml", dest / "_config.yml")
     shutil.copytree(REPO_ROOT / "book", dest / "book", ignore=shutil.ignore_patterns("run"))
 
 
 @pytest.fixture(scope="module")
 def small_book(tmp_path_factory):
-    """A two-page book: the real intro and config, plus one executed notebook with plotly and math."""
+    """A two-page book: the real intro and config, plus one executed notebook with plotly and
+    math."""
     root = tmp_path_factory.mktemp("book")
     copy_book_skeleton(root)
     write_notebook(
@@ -70,7 +73,8 @@ def test_pages_render_offline_in_chromium(small_book):
     pages = [small_book / "book" / "intro.html", small_book / "book" / "run" / "01_figure.html"]
     intro, figure = inspect_pages(pages, screenshot_dir=SCREENSHOTS)
     for report in (intro, figure):
-        assert report.remote_requests == [], f"{report.path.name} requested {report.remote_requests}"
+        assert report.remote_requests == [], (
+            f"{report.path.name} requested {report.remote_requests}")
         assert report.title
     assert figure.plotly_svgs >= 1, "the plotly figure did not draw"
     assert figure.math_nodes >= 2, "MathJax did not typeset the page's math"

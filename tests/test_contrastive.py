@@ -155,8 +155,8 @@ def test_forward_loss_is_weighted_sum():
     assert float(out.mse.detach()) == pytest.approx(float(mse.detach()), rel=1e-6)
     assert float(out.contrastive.detach()) == pytest.approx(
         (float(out.brain_text.detach()) + float(out.image_text.detach())) / 2, rel=1e-6)
-    assert float(out.loss.detach()) == pytest.approx(0.7 * float(mse.detach()) + 0.3 * float(out.contrastive.detach()),
-                                            rel=1e-6)
+    assert float(out.loss.detach()) == pytest.approx(
+        0.7 * float(mse.detach()) + 0.3 * float(out.contrastive.detach()), rel=1e-6)
 
 
 def test_stage1_module_left_untouched_and_itm_frozen():

@@ -70,7 +70,8 @@ def test_manual_greedy_matches_first_token(tiny):
         else:
             start = torch.full((3, 1), model.config.text_config.decoder_start_token_id)
             logits = model.language_model(inputs_embeds=emb, decoder_input_ids=start).logits[:, -1]
-    expected = processor.tokenizer.batch_decode(logits.argmax(-1)[:, None], skip_special_tokens=True)
+    expected = processor.tokenizer.batch_decode(logits.argmax(-1)[:, None],
+                                                skip_special_tokens=True)
     assert caps == [e.strip() for e in expected]
 
 

@@ -43,13 +43,14 @@ STAGE2 = ("import json, pathlib\n"
 def project(tmp_path):
     """Three notebooks, two subjects, a memory sweep on 03 and 04; returns (params path, out)."""
     nbdir = tmp_path / "notebooks"
-    write_notebook(nbdir / "01_data_preparation.ipynb", "derived_root = ''\nsubject = 1\nsubjects = [1]",
-                   PREP)
+    write_notebook(nbdir / "01_data_preparation.ipynb",
+                   "derived_root = ''\nsubject = 1\nsubjects = [1]", PREP)
     write_notebook(nbdir / "03_alignment_ridge.ipynb",
-                   "derived_root = ''\nsubject = 1\nmemory_size = 1\nsleep_s = 0.0\nfail_subject = 0",
+                   "derived_root = ''\nsubject = 1\nmemory_size = 1\nsleep_s = 0.0\n"
+                   "fail_subject = 0",
                    RIDGE)
-    write_notebook(nbdir / "04_contrastive.ipynb", "derived_root = ''\nsubject = 1\nmemory_size = 1",
-                   STAGE2)
+    write_notebook(nbdir / "04_contrastive.ipynb",
+                   "derived_root = ''\nsubject = 1\nmemory_size = 1", STAGE2)
     return tmp_path, nbdir
 
 
@@ -105,7 +106,8 @@ def test_serial_run_skips_up_to_date_jobs_and_reruns_what_a_change_affects(proje
     assert time.perf_counter() - start < 10
 
     # a changed notebook re-runs that notebook's jobs and everything downstream of them
-    write_notebook(nbdir / "04_contrastive.ipynb", "derived_root = ''\nsubject = 1\nmemory_size = 1",
+    write_notebook(nbdir / "04_contrastive.ipynb",
+                   "derived_root = ''\nsubject = 1\nmemory_size = 1",
                    STAGE2.replace("* 2", "* 3"))
     changed = run.run_book(params, out, notebook_dir=nbdir, cwd=tmp_path, log=lambda s: None)
     assert sorted(changed) == ["04_contrastive.ipynb", "04_contrastive__memory_size-3.ipynb",

@@ -119,7 +119,8 @@ def test_whole_book_renders_offline(micro_book, micro_params):
         html / "book" / "run" / f"{name}.html" for name in micro_params["notebooks"]
     ]
     for report in inspect_pages(pages, screenshot_dir=SCREENSHOTS / "micro"):
-        assert report.remote_requests == [], f"{report.path.name} requested {report.remote_requests}"
+        assert report.remote_requests == [], (
+            f"{report.path.name} requested {report.remote_requests}")
         n_figures = report.path.read_text().count("Plotly.newPlot")
         assert report.plotly_svgs >= n_figures, f"{report.path.name}: plotly figures did not draw"
         assert not [e for e in report.console_errors if "Plotly" in e], report.console_errors

@@ -107,7 +107,8 @@ def build_miniature(root, seed=0, coco=True, sessions=PRESENT):
     _write_nii(roi_dir / "prf-visualrois.nii.gz", visual, np.int16)
     _write_nii(roi_dir / "floc-faces.nii.gz", faces, np.int16)
     # betas: int16 (pct signal change x 300), session-specific offset and scale per voxel
-    betas_dir = root / "nsddata_betas" / "ppdata" / "subj01" / "func1pt8mm" / "betas_fithrf_GLMdenoise_RR"
+    betas_dir = (root / "nsddata_betas" / "ppdata" / "subj01" / "func1pt8mm"
+                 / "betas_fithrf_GLMdenoise_RR")
     counts = STIMPATTERN.reshape(len(STIMPATTERN), -1).sum(1)
     for s in sessions:
         offset = rng.normal(0, 400, GRID)[..., None]
@@ -435,7 +436,8 @@ def test_memory_windows(reader, direction):
                 # the neighbour: the trial `off` steps away within the same session and run
                 want = np.zeros(subj.n_voxels)
                 for q in range(len(exp["trial"])):
-                    same_run = (exp["session"][q], exp["run"][q]) == (exp["session"][p], exp["run"][p])
+                    same_run = ((exp["session"][q], exp["run"][q])
+                                == (exp["session"][p], exp["run"][p]))
                     hidden = split == "train" and exp["is_test"][q]  # test data never in training
                     if same_run and exp["trial"][q] == exp["trial"][p] + off and not hidden:
                         want = exp["betas"][q]
@@ -565,7 +567,8 @@ def test_roi_affine_mismatch_warns(fresh):
     vol = nib.load(facts["roi_dir"] / "floc-faces.nii.gz")
     shifted = AFFINE.copy()
     shifted[0, 3] += 5
-    nib.save(nib.Nifti1Image(np.asarray(vol.dataobj), shifted), facts["roi_dir"] / "floc-faces.nii.gz")
+    nib.save(nib.Nifti1Image(np.asarray(vol.dataobj), shifted),
+             facts["roi_dir"] / "floc-faces.nii.gz")
     with pytest.warns(UserWarning, match="floc-faces"):
         path = prepare_subject(root, 1, out, progress=False)
     with h5py.File(path, "r") as h5:

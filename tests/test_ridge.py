@@ -55,12 +55,14 @@ def _rel(a, b):
 def test_fixed_alpha_matches_sklearn_ridge(n, p, fit_intercept):
     X, Y, Xt, _ = _problem(n, p, 12, offset=1.5)
     for alpha in (0.1, 10.0, 1000.0):
-        ours = RidgeCV(alphas=[alpha], fit_intercept=fit_intercept, dtype="float64", device="cpu").fit(X, Y)
+        ours = RidgeCV(alphas=[alpha], fit_intercept=fit_intercept, dtype="float64",
+                       device="cpu").fit(X, Y)
         ref = Ridge(alpha=alpha, fit_intercept=fit_intercept).fit(X, Y)
         assert ours.fit_info_["form"] == ("dual" if n <= p else "primal")
         assert _rel(ours.predict(Xt), ref.predict(Xt)) < 1e-4
         assert _rel(ours.coef_, ref.coef_) < 1e-4
-        np.testing.assert_allclose(ours.intercept_, ref.intercept_, rtol=1e-6, atol=1e-8 * np.abs(Y).max())
+        np.testing.assert_allclose(ours.intercept_, ref.intercept_, rtol=1e-6,
+                                   atol=1e-8 * np.abs(Y).max())
 
 
 @pytest.mark.parametrize("n,p", [(60, 150), (150, 40)], ids=["dual", "primal"])
@@ -80,7 +82,8 @@ def test_feature_blocks_equal_concatenation(n, p, fit_intercept):
         multi.predict(tblocks[:2])
 
 
-@pytest.mark.parametrize("n,p,solver", [(120, 300, "eigen"), (120, 300, "cholesky"), (300, 60, "auto")],
+@pytest.mark.parametrize("n,p,solver",
+                         [(120, 300, "eigen"), (120, 300, "cholesky"), (300, 60, "auto")],
                          ids=["dual-eigen", "dual-cholesky", "primal"])
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_alpha_selection_matches_sklearn_ridgecv(n, p, solver, dtype):
@@ -98,7 +101,8 @@ def test_alpha_selection_matches_sklearn_ridgecv(n, p, solver, dtype):
     sk_scores = -ref_cv.cv_results_.mean(0).T  # (n_alphas, t)
     # float32: eigh / Cholesky of an ill-conditioned 120 x 120 Gram at alpha 0.01 carries ~1e-3
     # relative error in the smallest-alpha LOO errors (seen up to 1.02e-3, thread-count dependent)
-    np.testing.assert_allclose(ours.cv_scores_, sk_scores, rtol=1e-8 if dtype == "float64" else 5e-3)
+    np.testing.assert_allclose(ours.cv_scores_, sk_scores,
+                               rtol=1e-8 if dtype == "float64" else 5e-3)
 
 
 @pytest.mark.parametrize("solver", ["eigen", "cholesky"])
@@ -116,7 +120,8 @@ def test_shared_alpha_matches_sklearn(solver):
 @pytest.mark.parametrize("fit_intercept", [True, False])
 def test_loo_scores_equal_brute_force_refits(n, p, solver, fit_intercept):
     X, Y, _, _ = _problem(n, p, 4, seed=3, offset=1.0)
-    ours = RidgeCV(alphas=ALPHAS, fit_intercept=fit_intercept, dtype="float64", solver=solver).fit(X, Y)
+    ours = RidgeCV(alphas=ALPHAS, fit_intercept=fit_intercept, dtype="float64",
+                   solver=solver).fit(X, Y)
     for k, a in enumerate(ALPHAS):
         err = np.empty_like(Y)
         for i in range(n):
@@ -145,7 +150,8 @@ def test_kfold_scores_equal_brute_force(n, p, fit_intercept):
         ref = Ridge(alpha=best[j], fit_intercept=fit_intercept).fit(X, Y[:, j])
         assert _rel(ours.predict(Xt)[:, j], ref.predict(Xt)) < 1e-6
     # a scikit-learn splitter gives the same folds
-    split = RidgeCV(alphas=ALPHAS, cv=KFold(4), fit_intercept=fit_intercept, dtype="float64").fit(X, Y)
+    split = RidgeCV(alphas=ALPHAS, cv=KFold(4), fit_intercept=fit_intercept,
+                    dtype="float64").fit(X, Y)
     np.testing.assert_allclose(split.cv_scores_, ours.cv_scores_, rtol=1e-10)
 
 

@@ -138,7 +138,9 @@ def test_null_patterns_match_the_roi_size_and_avoid_it():
         assert (p.sum(1) == 27).all() and not p[:, roi].any()
         np.testing.assert_array_equal(p, null_patterns(ijk, roi, 20, seed=1, kind=kind))
     # a blob is compact (spread like the cube), scattered voxels are not
-    spread = lambda q: np.mean([ijk[r > 0].std(0).mean() for r in q])
+    def spread(q):
+        return np.mean([ijk[r > 0].std(0).mean() for r in q])
+
     assert spread(null_patterns(ijk, roi, 20, kind="blob")) < 1.2 < spread(
         null_patterns(ijk, roi, 20, kind="scatter"))
     with pytest.raises(ValueError, match="outside the ROI"):
@@ -211,8 +213,9 @@ def _brain_map(subject, tokens, has_face, roi_knows_faces, seed=0):
 
 def _retrieval_captioner(tokens, captions, temperature=0.1):
     """Caption by retrieval: the first reference caption of the image whose true tokens are
-    nearest (cosine, after centring on the mean tokens); sampled captions draw the image with probability softmax(cos / T) and one
-    of its references (torch's random state), as a language model samples from its beliefs.
+    nearest (cosine, after centring on the mean tokens); sampled captions draw the image with
+    probability softmax(cos / T) and one of its references (torch's random state), as a language
+    model samples from its beliefs.
 
     A captioner that follows the tokens, where the micro world's BLIP-2 does not.
     """
@@ -305,7 +308,9 @@ def test_memory_ablation_reads_runs_and_metrics(tmp_path):
     from lib.decoding.stage1 import read_predictions
 
     p = read_predictions(tmp_path / "stage1_mem3")
-    flat = lambda x: x.reshape(len(x), -1)
+    def flat(x):
+        return x.reshape(len(x), -1)
+
     ref = retrieval_topk(flat(p["test_pred"]), flat(true), k=10, n_draws=5, seed=0,
                          repeat_averaged=True, center="candidates")  # 05's options
     assert table.set_index("run").loc["stage1_mem3", "top1"] == pytest.approx(

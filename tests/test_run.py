@@ -21,9 +21,11 @@ def project(tmp_path):
         nbdir / "01_first.ipynb",
         "alpha = 1\nname = 'default'",
         "import json, pathlib\n"
-        "pathlib.Path(f'out_{name}_{alpha}.json').write_text(json.dumps({'alpha': alpha, 'name': name}))",
+        "pathlib.Path(f'out_{name}_{alpha}.json')"
+        ".write_text(json.dumps({'alpha': alpha, 'name': name}))",
     )
-    write_notebook(nbdir / "02_second.ipynb", "name = 'default'\nflag = False", "result = name.upper()",
+    write_notebook(nbdir / "02_second.ipynb", "name = 'default'\nflag = False",
+                   "result = name.upper()",
                    "from tqdm.auto import tqdm\nfor _ in tqdm(range(3), desc='bar'):\n    pass")
     params = {
         "notebooks": ["01_first", "02_second"],
@@ -91,11 +93,13 @@ def test_run_book_passes_declared_parameters_and_hides_injected_cell(project):
 
 def test_failure_names_notebook_cell_and_copy(tmp_path):
     nbdir = tmp_path / "notebooks"
-    write_notebook(nbdir / "01_bad.ipynb", "x = 1", "y = x + 1", "raise ValueError('broken on purpose')")
+    write_notebook(nbdir / "01_bad.ipynb", "x = 1", "y = x + 1",
+                   "raise ValueError('broken on purpose')")
     params_path = tmp_path / "p.yaml"
     params_path.write_text(yaml.safe_dump({"notebooks": ["01_bad"], "x": 2}))
     with pytest.raises(run.NotebookFailed) as info:
-        run.run_book(params_path, tmp_path / "out", notebook_dir=nbdir, cwd=tmp_path, log=lambda s: None)
+        run.run_book(params_path, tmp_path / "out", notebook_dir=nbdir, cwd=tmp_path,
+                     log=lambda s: None)
     message = str(info.value)
     assert "01_bad" in message and "ValueError: broken on purpose" in message
     assert str(tmp_path / "out" / "01_bad.ipynb") in message

@@ -34,14 +34,16 @@ def test_pearson_matches_numpy_and_scipy():
     ref = np.array([np.corrcoef(a[:, j], b[:, j])[0, 1] for j in range(a.shape[1])])
     np.testing.assert_allclose(r, ref, rtol=1e-12)
     assert np.isclose(pearson_r(a[:, 0], b[:, 0])[0], stats.pearsonr(a[:, 0], b[:, 0])[0])
-    np.testing.assert_allclose(pearson_r(torch.from_numpy(a).float(), torch.from_numpy(b).float()), ref, rtol=1e-5)
+    np.testing.assert_allclose(pearson_r(torch.from_numpy(a).float(), torch.from_numpy(b).float()),
+                               ref, rtol=1e-5)
     a[:, 3] = 1.0
     assert np.isnan(pearson_r(a, b)[3])
 
 
 def test_r2_matches_sklearn():
     a, b = _pairs(1)
-    np.testing.assert_allclose(r2_score(a, b, chunk=5), sk_r2(a, b, multioutput="raw_values"), rtol=1e-12)
+    np.testing.assert_allclose(r2_score(a, b, chunk=5), sk_r2(a, b, multioutput="raw_values"),
+                               rtol=1e-12)
     with pytest.raises(ValueError, match="shape"):
         r2_score(a, b[:, :3])
 

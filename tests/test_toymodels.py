@@ -102,7 +102,8 @@ def test_generate_runs_and_matches_fast_training_path(models_root, val_corpus):
                   padding=True, return_tensors="pt")
     with torch.inference_mode():
         ref = model(**inputs).logits
-        q = B.query_outputs(model, B.image_encoder_outputs(model.vision_model, inputs["pixel_values"]))
+        q = B.query_outputs(model,
+                            B.image_encoder_outputs(model.vision_model, inputs["pixel_values"]))
         fast = B.lm_logits(model, q, inputs["input_ids"], inputs["attention_mask"])
     torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-4)
 

@@ -60,8 +60,8 @@ def memory_ablation(
         :func:`lib.metrics.retrieval_topk` with notebook 05's options: centred on the
         candidates' mean, one prediction per image averaged over its repeats, strict ties),
         ``ci95_low``, ``ci95_high`` (Wilson interval of one k-way test), ``chance``, ``k``,
-        ``n_draws`` (draws actually made), ``centring``, ``top1_shuffled`` (when known), ``CIDEr``, ``CIDEr_shuffled`` (NaN when the run was not
-        captioned).
+        ``n_draws`` (draws actually made), ``centring``, ``top1_shuffled`` (when known),
+        ``CIDEr``, ``CIDEr_shuffled`` (NaN when the run was not captioned).
     """
     from lib.decoding.evaluate import RETRIEVAL_CENTER, derangement
     from lib.decoding.stage1 import PREDICTIONS_FILE, lookup_features, read_predictions
@@ -114,8 +114,8 @@ def memory_ablation(
 def ablation_figure(table: pd.DataFrame):
     """Plotly figure: brain -> image top-1 and CIDEr against memory size, per stage.
 
-    Error bars are the binomial (Wilson) 95% intervals of the k-way retrieval; dashed lines the chance level
-    (retrieval) and the shuffled-brain control (CIDEr).
+    Error bars are the binomial (Wilson) 95% intervals of the k-way retrieval; dashed lines the
+    chance level (retrieval) and the shuffled-brain control (CIDEr).
     """
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots

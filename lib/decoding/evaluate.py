@@ -5,7 +5,8 @@ For one run (``decoding/<run>/predictions.h5``) :func:`evaluate_run`
 - writes a caption for every test image from its predicted query tokens
   (:func:`lib.decoding.generate.generate_captions`);
 - scores them against the COCO references (:func:`lib.metrics.caption_metrics`) and, when the
-  models are available, with sentence-embedding similarity (:func:`lib.metrics.embedding_similarity`);
+  models are available, with sentence-embedding similarity
+  (:func:`lib.metrics.embedding_similarity`);
 - scores the controls on the same metrics:
 
   * ``shuffled_brain``: the predictions permuted across test images (a derangement with a fixed

@@ -200,7 +200,8 @@ def _stage2_gpu_rows(stage, m, s, sz, prm, update, dev):
     train_itm = bool(prm.get("stage2_train_itm", False))
     (nb, tb), (nh, th) = _stage2_trainable(sz, p, update, rank, train_itm)
     ph = "training"
-    base = "brain map W (float32, trainable)" if update == "full" else "brain map W (float32, frozen)"
+    base = ("brain map W (float32, trainable)" if update == "full"
+            else "brain map W (float32, frozen)")
     rows = [_row(stage, m, ph, base, dev, (t * p + t) * F32 if update != "full" else 0)]
     if update == "full":
         rows[0] = _row(stage, m, ph, base, dev, nb * F32)

@@ -12,8 +12,8 @@ predictions for an image are averaged over its repetitions.
 
 The fitted map is a :class:`QueryTokenDecoder` (a ``torch.nn.Module``), saved as
 ``decoder.safetensors`` with ``settings.json`` beside it, and predictions go to
-``predictions.h5`` (described in ``book/reference/files.md``): ``test/pred`` (n_test, n_query, hidden),
-``test/nsd_id``, ``train/pred``, ``train/nsd_id``.
+``predictions.h5`` (described in ``book/reference/files.md``): ``test/pred``
+(n_test, n_query, hidden), ``test/nsd_id``, ``train/pred``, ``train/nsd_id``.
 """
 
 from __future__ import annotations

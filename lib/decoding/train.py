@@ -268,7 +268,8 @@ def _save_checkpoint(out_dir: Path, model, optimizer, scheduler, meta: dict) -> 
     opt = optimizer.state_dict()
     for pid, st in opt["state"].items():
         for key, value in st.items():
-            tensors[f"optim.{pid}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous().clone()
+            tensors[f"optim.{pid}.{key}"] = (
+                torch.as_tensor(value).detach().cpu().contiguous().clone())
     tensors["rng.torch"] = torch.get_rng_state().clone()
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
@@ -439,8 +440,9 @@ def fit(
         from ``test_ids`` (checked: :class:`LeakageError`).
     config : TrainConfig
     out_dir : path-like
-        Receives ``checkpoint.safetensors`` + ``checkpoint.json`` (for resuming), ``best.safetensors``
-        (trainable weights of the best validation step) and ``history.json``.
+        Receives ``checkpoint.safetensors`` + ``checkpoint.json`` (for resuming),
+        ``best.safetensors`` (trainable weights of the best validation step) and
+        ``history.json``.
     test_ids : sequence of int
         The test images; required, so that leakage is always checked.
     device : str or torch.device
@@ -524,7 +526,8 @@ def fit(
     if meta["step"] == 0 and not meta["history"]:
         run_eval(0)
     model.train()
-    bar = tqdm(total=total, initial=meta["step"], desc="stage 2", disable=not show_progress(progress))
+    bar = tqdm(total=total, initial=meta["step"], desc="stage 2",
+               disable=not show_progress(progress))
     while meta["step"] < total and not meta["stopped"]:
         step = meta["step"]
         epoch, s = divmod(step, steps_per_epoch)

@@ -7,8 +7,8 @@ computes only the missing ones.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -136,5 +136,6 @@ def rows_for(keys, wanted) -> np.ndarray:
     rows = order[pos]
     missing = keys[rows] != wanted
     if missing.any():
-        raise KeyError(f"{int(missing.sum())} ids have no features (e.g. {wanted[missing][:5].tolist()})")
+        raise KeyError(f"{int(missing.sum())} ids have no features "
+                       f"(e.g. {wanted[missing][:5].tolist()})")
     return rows

@@ -17,8 +17,8 @@ Layer 0 is the embedding output (``hidden_states[0]``), layer ``i`` the output o
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 

@@ -159,7 +159,8 @@ def ptb_tokenize(captions: Sequence[str]) -> list[str]:
         os.remove(name)
     if proc.returncode != 0:
         raise RuntimeError(
-            f"PTB tokenizer failed (exit {proc.returncode}): {proc.stderr.decode(errors='replace')[-2000:]}"
+            f"PTB tokenizer failed (exit {proc.returncode}): "
+            f"{proc.stderr.decode(errors='replace')[-2000:]}"
         )
     lines = proc.stdout.decode("utf-8", errors="replace").split("\n")
     if len(lines) < len(captions):
@@ -298,7 +299,8 @@ def _spice(gts: dict, res: dict):
     lib = _package_dir() / "spice" / "lib"
     if not list(lib.glob("stanford-corenlp-3.6.0*.jar")):
         return (
-            "skipped: SPICE needs Stanford CoreNLP 3.6.0 models (pycocoevalcap/spice/lib), not installed",
+            "skipped: SPICE needs Stanford CoreNLP 3.6.0 models (pycocoevalcap/spice/lib), "
+            "not installed",
             None,
         )
     from pycocoevalcap.spice.spice import Spice

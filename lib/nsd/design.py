@@ -1,4 +1,5 @@
-"""The experimental design (``nsd_expdesign.mat``) and stimulus table (``nsd_stim_info_merged.csv``).
+"""The experimental design (``nsd_expdesign.mat``) and stimulus table
+(``nsd_stim_info_merged.csv``).
 
 Everything here is read from the files: the number of sessions, runs and trials, the number of
 shared (test) images and which trial showed which image.

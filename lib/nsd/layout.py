@@ -90,7 +90,8 @@ class NSDLayout:
         return self.root / BETAS_DIR.format(subj=subject_name(subject))
 
     def betas(self, subject: int | str, session: int) -> Path:
-        """Betas of one session: ``betas_sessionNN.nii.gz`` (an uncompressed ``.nii`` also works)."""
+        """Betas of one session: ``betas_sessionNN.nii.gz`` (an uncompressed ``.nii`` also
+        works)."""
         path = self.betas_dir(subject) / BETAS_FILE.format(session=session)
         if not path.exists() and path.with_suffix("").exists():
             return path.with_suffix("")

@@ -40,8 +40,10 @@ def _subject_number(subject) -> int:
     name = subject_name(subject)
     try:
         return int(name[4:])
-    except ValueError:
-        raise ValueError(f"subject={subject!r}: expected an int such as 1 or a name such as 'subj01'.")
+    except ValueError as err:
+        raise ValueError(
+            f"subject={subject!r}: expected an int such as 1 or a name such as 'subj01'."
+        ) from err
 
 
 def _require_captions(folder: Path) -> dict[int, list[str]]:
@@ -242,7 +244,8 @@ def prepare_subject(
     out = Path(out_dir) / name
     path = out / "prepared.h5"
     n_vox = int(ijk.shape[0])
-    rows_per_chunk = int(max(1, min(trials.size, (4 * 2**20) // (n_vox * np.dtype(dtype).itemsize))))
+    rows_per_chunk = int(max(1, min(trials.size,
+                                    (4 * 2**20) // (n_vox * np.dtype(dtype).itemsize))))
     offsets = np.concatenate([[0], np.cumsum([per_session[s].size for s in use])])
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
         betas = h5.create_dataset(
@@ -253,7 +256,8 @@ def prepare_subject(
         total = np.zeros(n_vox)
         total_sq = np.zeros(n_vox)
         n_train = 0
-        bar = tqdm(use, desc=f"{name} sessions", unit="session", disable=not show_progress(progress))
+        bar = tqdm(use, desc=f"{name} sessions", unit="session",
+                   disable=not show_progress(progress))
         for k, s in enumerate(bar):
             t0 = time.perf_counter()
             lo, hi = int(offsets[k]), int(offsets[k + 1])

@@ -264,7 +264,7 @@ class PreparedSubject:
     def roi_names(self) -> list[str]:
         """Names accepted by :meth:`roi_mask` that select at least one voxel."""
         names = ["nsdgeneral"]
-        for group, (file, labels) in ROI_GROUPS.items():
+        for group, (file, _) in ROI_GROUPS.items():
             if file in self._rois and self.roi_mask(group).any():
                 names.append(group)
         for file, table in ROI_LABELS.items():

@@ -26,7 +26,8 @@ except ImportError:  # pragma: no cover - depends on the environment
     _gzip = gzip
     _READ_ERRORS = (EOFError, zlib.error, gzip.BadGzipFile, OSError)
 
-_FIX = "Delete it and download it again (`python -m lib.nsd download ...` resumes and re-checks sizes)."
+_FIX = ("Delete it and download it again (`python -m lib.nsd download ...` resumes and "
+        "re-checks sizes).")
 
 
 def load_header(path: str | Path) -> nib.Nifti1Image:

@@ -58,7 +58,8 @@ def cv_splits(cv, n: int, groups=None) -> list[tuple[np.ndarray, np.ndarray]]:
         sizes[: n % k] += 1
         edges = np.concatenate([[0], np.cumsum(sizes)])
         idx = np.arange(n)
-        return [(np.concatenate([idx[: edges[i]], idx[edges[i + 1] :]]), idx[edges[i] : edges[i + 1]])
+        return [(np.concatenate([idx[: edges[i]], idx[edges[i + 1] :]]),
+                 idx[edges[i] : edges[i + 1]])
                 for i in range(k)]
     if hasattr(cv, "split"):
         return [(np.asarray(tr), np.asarray(va)) for tr, va in cv.split(np.zeros((n, 1)))]

@@ -6,7 +6,8 @@ Import-light: nothing heavy (torch, nilearn, the models) is imported until it is
 - :mod:`lib.toyworld.captions`  COCO-style captions from templates and paraphrases
 - :mod:`lib.toyworld.brain`     MNI 4 mm grid, ROIs and the simulated voxel responses
 - :mod:`lib.toyworld.layout`    writers for NSD's raw file layout
-- :mod:`lib.toyworld.build`     :func:`build` (world + models, cached); CLI ``python -m lib.toyworld``
+- :mod:`lib.toyworld.build`     :func:`build` (world + models, cached);
+  CLI ``python -m lib.toyworld``
 - :mod:`lib.toyworld.models`    the toy models (trained on scenes apart from the experiment)
 """
 

@@ -1,4 +1,5 @@
-"""Command line: ``python -m lib.toyworld build --preset toy --seed 0 [--subjects N] [--null] [--out DIR]``.
+"""Command line:
+``python -m lib.toyworld build --preset toy --seed 0 [--subjects N] [--null] [--out DIR]``.
 
 ``--null`` builds the null world (the same world, brain responses unrelated to the images;
 default folder ``<data root>/<preset>_null``), linking the normal world's models if they

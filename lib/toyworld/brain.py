@@ -321,7 +321,7 @@ def make_rois(grid: BrainGrid, rng: np.random.Generator, jitter_mm: float = 2.0)
     for fname, entries in _ROI_CENTRES.items():
         best = np.full(grid.shape, np.inf)
         vol = np.zeros(grid.shape, np.int16)
-        for label, (name, centre, radius) in enumerate(entries, start=1):
+        for label, (_, centre, radius) in enumerate(entries, start=1):
             for hemi in (-1, 1):
                 r = radius * (_WORDS_LEFT_GAIN if (fname == "floc-words" and hemi < 0) else 1.0)
                 c = np.array(centre, float) * [hemi, 1, 1] + rng.normal(0, jitter_mm, 3)

@@ -87,5 +87,7 @@ def get_preset(name: str) -> WorldPreset:
     """Return the preset called ``name`` (``"toy"`` or ``"micro"``), checked."""
     try:
         return PRESETS[name].check()
-    except KeyError:
-        raise ValueError(f"unknown toy-world preset {name!r}; expected one of {sorted(PRESETS)}")
+    except KeyError as err:
+        raise ValueError(
+            f"unknown toy-world preset {name!r}; expected one of {sorted(PRESETS)}"
+        ) from err

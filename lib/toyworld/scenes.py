@@ -189,7 +189,8 @@ def _draw_background(draw: ImageDraw.ImageDraw, place: str, s: int) -> None:
     elif place == "grass":
         for r in range(s):
             t = r / s
-            draw.line([(0, r), (s, r)], fill=(int(70 - 30 * t), int(150 + 40 * t), int(50 - 20 * t)))
+            draw.line([(0, r), (s, r)],
+                      fill=(int(70 - 30 * t), int(150 + 40 * t), int(50 - 20 * t)))
         step = max(s // 16, 2)
         for i in range(0, s, step):
             for j in range(step // 2, s, 2 * step):
@@ -209,7 +210,8 @@ def _draw_background(draw: ImageDraw.ImageDraw, place: str, s: int) -> None:
         floor = int(0.68 * s)
         for r in range(floor):
             t = r / floor
-            draw.line([(0, r), (s, r)], fill=(int(225 - 25 * t), int(205 - 25 * t), int(170 - 25 * t)))
+            draw.line([(0, r), (s, r)],
+                      fill=(int(225 - 25 * t), int(205 - 25 * t), int(170 - 25 * t)))
         draw.rectangle([0, floor, s, s], fill=(130, 85, 50))
         plank = max(s // 8, 2)
         for i in range(0, s, plank):

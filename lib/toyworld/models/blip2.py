@@ -7,10 +7,10 @@ real checkpoints (``Salesforce/blip2-itm-vit-g``, ``Salesforce/blip2-opt-2.7b``)
   frozen image encoder), then trains the Q-Former side of a
   :class:`~transformers.Blip2ForImageTextRetrieval` (a few query tokens, text input) with the
   image-text contrastive loss (the maximum over query tokens of the cosine between projected
-  query outputs and the projected text ``[BOS]`` token) plus a captioning loss through a small OPT, then builds the
-  :class:`~transformers.Blip2ForConditionalGeneration` whose vision encoder, Q-Former and query
-  tokens are frozen copies of the retrieval model's (as BLIP-2's stage 2 starts from stage 1)
-  and trains its language projection and OPT to caption the scenes.
+  query outputs and the projected text ``[BOS]`` token) plus a captioning loss through a small
+  OPT, then builds the :class:`~transformers.Blip2ForConditionalGeneration` whose vision
+  encoder, Q-Former and query tokens are frozen copies of the retrieval model's (as BLIP-2's
+  stage 2 starts from stage 1) and trains its language projection and OPT to caption the scenes.
 - :func:`evaluate` scores both from pixels on held-out scenes: BLEU/CIDEr of generated
   captions against each image's five references, and image -> text retrieval.
 """
@@ -96,7 +96,8 @@ def blip2_config(tokenizer, spec: dict, image_size: int):
         tie_word_embeddings=True,
     )
     return Blip2Config(
-        vision_config=vision.to_dict(), qformer_config=qformer.to_dict(), text_config=text.to_dict(),
+        vision_config=vision.to_dict(), qformer_config=qformer.to_dict(),
+        text_config=text.to_dict(),
         num_query_tokens=spec["num_query_tokens"],
         image_text_hidden_size=spec["embed_dim"],
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),

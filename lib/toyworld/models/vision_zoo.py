@@ -107,6 +107,6 @@ def evaluate_vision_model(model, pixels, labels) -> dict:
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels)
     y, s = labels.numpy(), logits.numpy()
     keep = (y.sum(0) > 0) & (y.sum(0) < len(y))
-    mean_ap = float(average_precision_score(y[:, keep], s[:, keep], average="macro")) if keep.any() \
-        else float("nan")
+    mean_ap = (float(average_precision_score(y[:, keep], s[:, keep], average="macro"))
+               if keep.any() else float("nan"))
     return {"val_loss": float(loss), "val_mAP": mean_ap}
