@@ -10,7 +10,8 @@ The package is the shared code behind the analysis book's notebooks:
 - :mod:`lib.scoring`   per-target correlation and R^2, noise ceilings
 - :mod:`lib.features`  cached per-layer features of vision and language models, BLIP-2
   Q-Former outputs
-- :mod:`lib.encoding`  neural predictivity per model, layer and ROI (the convergence analysis)
+- :mod:`lib.encoding`  neural predictivity per model, layer and ROI (the parts of the
+  convergence chapter)
 - :mod:`lib.decoding`  fMRI -> query tokens (stage 1), contrastive alignment (stage 2), captions
 - :mod:`lib.metrics`   caption metrics (pycocoevalcap), retrieval, permutation tests
 - :mod:`lib.plotting`  offline plotly output, brain slices and surfaces, galleries

@@ -8,10 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-pytest.importorskip("lib.ridge")
-pytest.importorskip("lib.scoring")
-
-from lib import encoding  # noqa: E402
+from lib import encoding
 
 
 def _layered_features(n, n_layers=5, width=40, seed=0):
@@ -38,7 +35,8 @@ def test_voxels_peak_at_the_layer_that_drives_them():
     perm = rng.permutation(len(ids))  # feature rows in another order than the betas
     results = encoding.encode_layers({k: v[perm] for k, v in feats.items()}, ids[perm],
                                      Y[:n_train], train, Y[n_train:], test,
-                                     alphas=np.logspace(-2, 4, 7), device="cpu")
+                                     encoding.EncodingOptions(alphas=np.logspace(-2, 4, 7),
+                                                              device="cpu"))
     scores = np.stack([results[layer]["score"] for layer in sorted(results)])
     peak = scores.argmax(axis=0)
     assert np.mean(peak == source) >= 0.9
@@ -55,16 +53,17 @@ def test_test_images_never_choose_alphas_and_leaks_are_refused():
     X = rng.standard_normal((120, 10))
     Y = X @ rng.standard_normal((10, 6)) + rng.standard_normal((120, 6))
     ids = np.arange(120)
-    a = encoding.encode_layers({0: X}, ids, Y[:80], ids[:80], Y[80:], ids[80:], device="cpu")
+    cpu = encoding.EncodingOptions(device="cpu")
+    a = encoding.encode_layers({0: X}, ids, Y[:80], ids[:80], Y[80:], ids[80:], cpu)
     Y2 = Y.copy()
     Y2[80:] = rng.standard_normal((40, 6)) * 100  # other test responses
     X2 = X.copy()
     X2[80:] *= 50  # and other test features
-    b = encoding.encode_layers({0: X2}, ids, Y2[:80], ids[:80], Y2[80:], ids[80:], device="cpu")
+    b = encoding.encode_layers({0: X2}, ids, Y2[:80], ids[:80], Y2[80:], ids[80:], cpu)
     np.testing.assert_array_equal(a[0]["alpha"], b[0]["alpha"])
     np.testing.assert_allclose(a[0]["val_score"], b[0]["val_score"], rtol=1e-5)
     with pytest.raises(AssertionError, match="test images"):
-        encoding.encode_layers({0: X}, ids, Y[:80], ids[:80], Y[70:], ids[70:], device="cpu")
+        encoding.encode_layers({0: X}, ids, Y[:80], ids[:80], Y[70:], ids[70:], cpu)
 
 
 def test_standardize_uses_training_statistics_only():
@@ -248,7 +247,46 @@ class _SyntheticSubject:
         return [self._captions[int(k) - 500] for k in ids]
 
 
-def test_run_convergence_end_to_end(tmp_path):
+def _run_zoo(subject, zoo, out, rois, **options):
+    """The chapter's steps (notebooks/02_convergence.ipynb) over the lib pieces: the split, ROI
+    masks and ceilings, one model at a time with failures recorded, the tables written."""
+    from lib.io import atomic_path
+
+    options = encoding.EncodingOptions(**options)
+    encoding.check_quantization(zoo, options)
+    Y_train, train_ids = subject.averaged_betas("train")
+    Y_test, test_ids = subject.averaged_betas("test")
+    masks = encoding.roi_masks(subject, rois)
+    ceilings = encoding.noise_ceilings(subject, masks, "test", seed=options.seed)
+    data = encoding.ConvergenceData(subject, Y_train, train_ids, Y_test, test_ids, masks,
+                                    ceilings, cache_dir=out / "features")
+    results, failures = {}, []
+    for entry in zoo:
+        try:
+            encoding.check_available(entry)
+            results[entry["name"]] = encoding.convergence_one_model(entry, data, options)
+        except AssertionError:
+            raise
+        except Exception as err:  # noqa: BLE001 - recorded, as the chapter does
+            failures.append(encoding.failure_row(entry, err))
+    encoding.write_failed_models(out, failures)
+    scores = encoding.score_table(results, failures)
+    with atomic_path(out / "scores.csv") as tmp:
+        scores.to_csv(tmp, index=False)
+    encoding.write_voxel_scores(out / "voxel_scores.h5", subject,
+                                {name: r.maps for name, r in results.items()}, ceilings, zoo,
+                                n_test=len(test_ids))
+    return scores, options
+
+
+def test_convergence_data_refuses_test_images_among_training_images():
+    ids = np.arange(10)
+    with pytest.raises(AssertionError, match="test images are among the training images"):
+        encoding.ConvergenceData(None, np.zeros((6, 2)), ids[:6], np.zeros((5, 2)), ids[5:],
+                                 {}, {}, cache_dir="features")
+
+
+def test_convergence_end_to_end(tmp_path):
     import h5py
     import torch
     import transformers
@@ -283,10 +321,8 @@ def test_run_convergence_end_to_end(tmp_path):
            {"name": "gpt", "path": str(tmp_path / "gpt"), "family": "GPT", "modality": "language",
             "n_params": 123, "trained": False}]
     out = tmp_path / "convergence"
-    scores = encoding.run_convergence(subject, zoo, out, rois=("V1", "faces", "nsdgeneral",
-                                                               "words"),
-                                      alphas=np.logspace(-2, 4, 7), device="cpu",
-                                      batch_size=64)
+    scores, options = _run_zoo(subject, zoo, out, ("V1", "faces", "nsdgeneral", "words"),
+                               alphas=np.logspace(-2, 4, 7), device="cpu", batch_size=64)
     on_disk = pd.read_csv(out / "scores.csv")
     assert list(on_disk.columns[:10]) == encoding.SCORE_COLUMNS
     assert on_disk.groupby(["model", "roi"])["selected"].sum().eq(1).all()
@@ -316,8 +352,7 @@ def test_run_convergence_end_to_end(tmp_path):
     table = pd.DataFrame([{"trained": "vit", "untrained": "gpt", "trained_layer": 3,
                            "untrained_layer": 1}])
     boot = encoding.bootstrap_trained_vs_untrained(
-        table, subject, zoo, out / "features", roi="faces", n_boot=200,
-        alphas=np.logspace(-2, 4, 7), device="cpu", batch_size=64).iloc[0]
+        table, subject, zoo, out / "features", options, roi="faces", n_boot=200).iloc[0]
     expected = face[("vit", 3)] - face[("gpt", 1)]
     assert boot["ci_low"] < expected < boot["ci_high"]
     assert boot["ci_low"] > 0.2 and boot["p_value"] == 0.0
@@ -359,8 +394,8 @@ def test_broken_zoo_entries_are_reported_and_the_others_run(tmp_path, monkeypatc
          "modality": "language", "gated": True},
     ], modality=None)
     out = tmp_path / "convergence"
-    scores = encoding.run_convergence(subject, zoo, out, rois=("V1", "nsdgeneral"),
-                                      alphas=[1.0, 100.0], device="cpu")
+    scores, _ = _run_zoo(subject, zoo, out, ("V1", "nsdgeneral"), alphas=[1.0, 100.0],
+                         device="cpu")
     assert set(scores["model"]) == {"vit"}
     failed = encoding.read_failed_models(out).set_index("model")
     assert list(failed.index) == ["corrupt", "absent", "llama"]
@@ -373,24 +408,23 @@ def test_broken_zoo_entries_are_reported_and_the_others_run(tmp_path, monkeypatc
         "absent", "error"]
     # a zoo where every model fails stops with the list of failures
     with pytest.raises(RuntimeError, match="No model of the zoo ran"):
-        encoding.run_convergence(subject, zoo[1:3], tmp_path / "none", rois=("V1",),
-                                 alphas=[1.0], device="cpu")
+        _run_zoo(subject, zoo[1:3], tmp_path / "none", ("V1",), alphas=[1.0], device="cpu")
 
 
 def test_every_model_ran_gives_an_empty_failure_table(tmp_path):
     subject, vit = _tiny_subject_and_vit(tmp_path)
     zoo = encoding.load_zoo([{"name": "vit", "path": str(vit), "family": "ViT"}])
-    encoding.run_convergence(subject, zoo, tmp_path, rois=("V1",), alphas=[1.0], device="cpu")
+    _run_zoo(subject, zoo, tmp_path, ("V1",), alphas=[1.0], device="cpu")
     failed = encoding.read_failed_models(tmp_path)
     assert failed.empty and list(failed.columns) == encoding.FAILED_COLUMNS
 
 
-def test_quantization_is_refused_on_cpu_before_any_work(tmp_path):
+def test_quantization_is_refused_on_cpu_before_any_work():
     zoo = [{"name": "lm", "path": "org/lm", "family": "L", "modality": "language"}]
     with pytest.raises(ValueError, match="needs a CUDA GPU"):
-        encoding.run_convergence(None, zoo, tmp_path, device="cpu", quantize="8bit")
+        encoding.check_quantization(zoo, encoding.EncodingOptions(device="cpu", quantize="8bit"))
     with pytest.raises(ValueError, match="expected one of"):
-        encoding.run_convergence(None, zoo, tmp_path, device="cpu", quantize="3bit")
+        encoding.check_quantization(zoo, encoding.EncodingOptions(device="cpu", quantize="3bit"))
 
 
 def test_load_zoo_mixes_zoo_files_and_entries(tmp_path):
