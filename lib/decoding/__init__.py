@@ -6,9 +6,9 @@
 - :mod:`lib.decoding.evaluate` — captions, retrieval, controls and permutation tests of a run;
 - stage 2, in parts: :mod:`lib.decoding.pairs` (brain-caption pairs, the train/validation split
   and its leakage checks), :mod:`lib.decoding.itm` (the ITM checkpoint, its text side, the ITC
-  similarity and loss, brain <-> text retrieval), :mod:`lib.decoding.contrastive` (the model),
-  :mod:`lib.decoding.loop` (the training loop), :mod:`lib.decoding.checkpoints` (weights,
-  resumable checkpoints, the retrieval head);
+  similarity and loss, brain <-> text retrieval), :mod:`lib.decoding.contrastive` (the model
+  and its predictions), :mod:`lib.decoding.loop` (the training loop),
+  :mod:`lib.decoding.checkpoints` (weights, resumable checkpoints, the retrieval head);
 - :mod:`lib.decoding.memory` — GPU / host memory of every decoding stage from the real shapes
   (``memory_table``, ``peak_memory``; used by the preflight);
 - :mod:`lib.decoding.ablation` — the memory-size ablation and run names;
@@ -17,7 +17,7 @@
 
 from lib.decoding.ablation import run_name
 from lib.decoding.checkpoints import load_heads, load_weights, save_heads, save_weights
-from lib.decoding.contrastive import BrainTextContrastive
+from lib.decoding.contrastive import BrainTextContrastive, predict_tokens
 from lib.decoding.figures import loss_curves, plot_correlations, plot_pred_vs_true
 from lib.decoding.generate import caption_images, generate_captions, load_captioner, prompt_ids
 from lib.decoding.itm import (
@@ -29,7 +29,7 @@ from lib.decoding.itm import (
     pick_captions,
     soft_targets,
 )
-from lib.decoding.loop import TrainConfig, TrainResult, fit, predict_tokens
+from lib.decoding.loop import TrainConfig, TrainResult, fit
 from lib.decoding.memory import memory_table, peak_memory
 from lib.decoding.pairs import PairData, Stage2Data, check_split, split_train_val, stage2_data
 from lib.decoding.stage1 import (

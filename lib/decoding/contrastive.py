@@ -328,6 +328,32 @@ class BrainTextContrastive(nn.Module):
         return ContrastiveOutput(loss, mse, con, brain_text, image_text, pred)
 
 
+@torch.no_grad()
+def predict_tokens(model, X, batch_size: int = 256, device="cpu") -> np.ndarray:
+    """Query tokens predicted by the (trained) brain map.
+
+    Parameters
+    ----------
+    model : BrainTextContrastive or the brain map itself
+    X : ndarray of shape (n, n_features)
+    batch_size : int
+    device : str or torch.device
+
+    Returns
+    -------
+    pred : ndarray of shape (n, n_query, hidden), float32
+    """
+    fn = model.predict_tokens if hasattr(model, "predict_tokens") else model
+    was = model.training
+    model.eval()
+    out = []
+    for start in range(0, len(X), batch_size):
+        x = torch.as_tensor(np.asarray(X[start:start + batch_size], dtype=np.float32)).to(device)
+        out.append(fn(x).float().cpu().numpy())
+    model.train(was)
+    return np.concatenate(out) if out else np.zeros((0,), np.float32)
+
+
 # ----------------------------------------------------------------------------- helpers
 
 

@@ -92,7 +92,15 @@ class TrainResult:
 
 def make_optimizer(model, config: TrainConfig, device) -> torch.optim.AdamW:
     """AdamW over ``model.param_groups`` (empty groups dropped); fused on CUDA, so that a step
-    allocates no parameter-sized temporaries (:mod:`lib.decoding.memory` counts its state)."""
+    allocates no parameter-sized temporaries (:mod:`lib.decoding.memory` counts its state).
+
+    Parameters
+    ----------
+    model : BrainTextContrastive
+    config : TrainConfig
+        ``lr``, ``brain_lr_factor``, ``betas``, ``weight_decay``.
+    device : str or torch.device
+    """
     groups = [g for g in model.param_groups(config.lr, config.brain_lr_factor) if g["params"]]
     return torch.optim.AdamW(
         groups, lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay,
@@ -141,6 +149,20 @@ def evaluate(model, data: PairData, batch_size: int = 32, device="cpu", tokenize
     like training batches, so that the contrastive loss (which depends on the batch size and on
     how many same-image pairs share a batch) is on the training scale. The brain map's
     prediction is computed once per brain sample (each sample has several captions).
+
+    Parameters
+    ----------
+    model : BrainTextContrastive
+    data : PairData
+        The validation pairs (n_pairs).
+    batch_size : int
+    device : str or torch.device
+    tokenizer : tokenizer, optional
+        Needed only when ``data.text_feats`` is None.
+    max_length : int
+        Caption tokens, when captions are tokenised here.
+    seed : int
+        Order of the pairs and the retrieval draw.
 
     Returns
     -------
@@ -382,29 +404,3 @@ def _validate(run: _Run, state: dict, step: int) -> None:
         state["bad_evals"] += 1
         if config.patience is not None and state["bad_evals"] >= config.patience:
             state["stopped"] = True
-
-
-@torch.no_grad()
-def predict_tokens(model, X, batch_size: int = 256, device="cpu") -> np.ndarray:
-    """Query tokens predicted by the (trained) brain map.
-
-    Parameters
-    ----------
-    model : BrainTextContrastive or the brain map itself
-    X : ndarray of shape (n, n_features)
-    batch_size : int
-    device : str or torch.device
-
-    Returns
-    -------
-    pred : ndarray of shape (n, n_query, hidden), float32
-    """
-    fn = model.predict_tokens if hasattr(model, "predict_tokens") else model
-    was = model.training
-    model.eval()
-    out = []
-    for start in range(0, len(X), batch_size):
-        x = torch.as_tensor(np.asarray(X[start:start + batch_size], dtype=np.float32)).to(device)
-        out.append(fn(x).float().cpu().numpy())
-    model.train(was)
-    return np.concatenate(out) if out else np.zeros((0,), np.float32)
