@@ -9,20 +9,18 @@ import pytest
 import torch
 from torch import nn
 
-from lib.decoding.contrastive import (
+from lib.decoding import (
     BrainTextContrastive,
-    contrastive_loss,
-    encode_texts,
-    itc_similarity,
-    soft_targets,
-)
-from lib.decoding.train import (
     LeakageError,
     PairData,
     TrainConfig,
     assert_no_test_ids,
+    contrastive_loss,
+    encode_texts,
     fit,
+    itc_similarity,
     load_weights,
+    soft_targets,
     split_train_val,
 )
 
@@ -294,7 +292,7 @@ def test_split_train_val_disjoint_and_reproducible():
 
 
 def test_brain_text_retrieval_by_hand():
-    from lib.decoding.contrastive import brain_text_retrieval
+    from lib.decoding import brain_text_retrieval
 
     rng = np.random.default_rng(0)
     n, q, h, d = 6, 3, 5, 4

@@ -272,7 +272,7 @@ def test_fit_stage1_and_evaluate_end_to_end(micro_subject, tmp_path):
 
 
 def test_itc_scores_match_the_retrieval_model(micro_root, micro_subject):
-    from lib.decoding.contrastive import load_itm
+    from lib.decoding import load_itm
     from lib.decoding.evaluate import itc_image_caption_scores
 
     model, processor = load_itm(micro_root / "models" / "blip2-toy-itm")

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from lib.decoding.contrastive import BrainTextContrastive
+from lib.decoding import BrainTextContrastive, TrainConfig, save_weights
+from lib.decoding.loop import make_optimizer
 from lib.decoding.memory import GIB, memory_table, model_sizes, peak_memory
 from lib.decoding.stage1 import QueryTokenDecoder
-from lib.decoding.train import TrainConfig, make_optimizer
 from tests.test_contrastive import DIM, HIDDEN, N_QUERY, _tiny_itm
 from tests.tiny_blip2 import make_tiny_blip2
 
@@ -39,7 +39,7 @@ def _rows(table, stage, m, device="gpu", phase="training"):
 
 
 def _one_step(model):
-    """One optimizer step as lib.decoding.train.fit takes it (same optimizer)."""
+    """One optimizer step as lib.decoding.loop.fit takes it (same optimizer)."""
     opt = make_optimizer(model, TrainConfig(), "cpu")
     n = 6
     X = torch.randn(n, sum(model.brain_map.block_sizes))
@@ -100,8 +100,6 @@ def test_files_and_merged_decoder_are_exact(tiny_models, tmp_path):
     opt = _one_step(model)
     trainable = [p for g in opt.param_groups for p in g["params"]]
     assert files["best weights (trainable tensors)"] == _nbytes(trainable)
-    from lib.decoding.train import save_weights
-
     save_weights(model, tmp_path / "best.safetensors")
     size = (tmp_path / "best.safetensors").stat().st_size
     assert files["best weights (trainable tensors)"] <= size < files[

@@ -88,11 +88,17 @@ def prepared(micro_root, tmp_path_factory):
 
 
 def test_real_widths_pipeline(prepared, tmp_path):
-    from lib.decoding.contrastive import BrainTextContrastive, encode_texts, load_itm
+    from lib.decoding import (
+        BrainTextContrastive,
+        PairData,
+        TrainConfig,
+        encode_texts,
+        fit,
+        load_itm,
+    )
     from lib.decoding.generate import generate_captions, load_captioner
     from lib.decoding.memory import model_sizes
     from lib.decoding.stage1 import fit_stage1
-    from lib.decoding.train import PairData, TrainConfig, fit
     from lib.features.qformer import load_qformer_encoder, qformer_features
 
     opt = _captioner(tmp_path / "opt", "opt")

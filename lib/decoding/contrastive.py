@@ -37,19 +37,23 @@ Choices, following the original code unless stated:
   whatever the memory size; the frozen map is shared with the caller, not copied, and runs in
   float32 outside autocast); ``"frozen"`` trains nothing of the map (the head-only control).
   :mod:`lib.decoding.memory` accounts for each.
+
+The ITC similarity and loss and the ITM text side are in :mod:`lib.decoding.itm`; the pairs in
+:mod:`lib.decoding.pairs`, the training loop in :mod:`lib.decoding.loop`, its files in
+:mod:`lib.decoding.checkpoints`.
 """
 
 from __future__ import annotations
 
 import copy
-import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from lib.decoding.itm import contrastive_loss
 
 #: How the brain map can be tuned in stage 2 (see the module docstring).
 BRAIN_UPDATES = ("full", "low_rank", "frozen")
@@ -58,87 +62,8 @@ BRAIN_UPDATES = ("full", "low_rank", "frozen")
 DEFAULT_CONTRASTIVE_WEIGHT = 0.3
 DEFAULT_MSE_WEIGHT = 0.7
 
-
-# ----------------------------------------------------------------------------- loss pieces
-
-
-def itc_similarity(query_feats: torch.Tensor, text_feats: torch.Tensor) -> torch.Tensor:
-    """BLIP-2 image(brain)-text similarity: max over query tokens of the dot product.
-
-    Parameters
-    ----------
-    query_feats : Tensor of shape (n_a, n_query, dim)
-        L2-normalised query-token embeddings (brain or image side).
-    text_feats : Tensor of shape (n_b, dim)
-        L2-normalised caption embeddings.
-
-    Returns
-    -------
-    sim : Tensor of shape (n_a, n_b)
-        ``sim[i, j] = max_q <query_feats[i, q], text_feats[j]>`` (cosine when normalised).
-    """
-    if query_feats.ndim != 3 or text_feats.ndim != 2:
-        raise ValueError(
-            "itc_similarity expects query_feats (n, n_query, dim) and text_feats (m, dim); got "
-            f"{tuple(query_feats.shape)} and {tuple(text_feats.shape)}"
-        )
-    return torch.einsum("aqd,bd->abq", query_feats, text_feats).amax(dim=-1)
-
-
-def soft_targets(
-    image_ids: torch.Tensor, label_smoothing: float = 0.1, dtype: torch.dtype = torch.float32
-) -> torch.Tensor:
-    """Contrastive targets: uniform over the pairs that show the same image, then smoothed.
-
-    Parameters
-    ----------
-    image_ids : Tensor of shape (n,)
-        Image id of each (brain, caption) pair in the batch.
-    label_smoothing : float
-        Weight of the uniform distribution mixed in (0.1 in the original study).
-
-    Returns
-    -------
-    targets : Tensor of shape (n, n), of ``dtype``
-        Rows sum to 1: ``(1 - s) * same / same.sum(1) + s / n``.
-    """
-    ids = image_ids.reshape(-1, 1)
-    same = (ids == ids.T).to(dtype)
-    targets = same / same.sum(dim=1, keepdim=True)
-    n = targets.shape[1]
-    return (1.0 - label_smoothing) * targets + label_smoothing / n
-
-
-def contrastive_loss(
-    query_feats: torch.Tensor,
-    text_feats: torch.Tensor,
-    image_ids: torch.Tensor,
-    temperature: torch.Tensor | float,
-    label_smoothing: float = 0.1,
-) -> torch.Tensor:
-    """Symmetric ITC loss with soft targets over same-image pairs.
-
-    Parameters
-    ----------
-    query_feats : Tensor of shape (n, n_query, dim)
-        Normalised query-token embeddings of the n pairs' brain samples (or images).
-    text_feats : Tensor of shape (n, dim)
-        Normalised embeddings of the n pairs' captions.
-    image_ids : Tensor of shape (n,)
-        Image of each pair (pairs of the same image are all positives).
-    temperature : float or scalar Tensor
-    label_smoothing : float
-
-    Returns
-    -------
-    loss : scalar Tensor
-        ``(CE(query->text) + CE(text->query)) / 2`` with soft targets.
-    """
-    sim = itc_similarity(query_feats, text_feats) / temperature
-    targets = soft_targets(image_ids, label_smoothing, dtype=sim.dtype)
-    loss_q2t = -(F.log_softmax(sim, dim=1) * targets).sum(dim=1).mean()
-    loss_t2q = -(F.log_softmax(sim.T, dim=1) * targets).sum(dim=1).mean()
-    return (loss_q2t + loss_t2q) / 2
+#: What stage 2 copies from the ITM checkpoint (its vision encoder is not kept).
+ITM_PARTS = ("query_tokens", "embeddings", "qformer", "vision_projection", "text_projection")
 
 
 # ----------------------------------------------------------------------------- model
@@ -186,6 +111,11 @@ class BrainTextContrastive(nn.Module):
         frozen (``requires_grad=False``) and shared, and it is never modified.
     rank : int
         Rank of the low-rank update (``brain_update="low_rank"``).
+
+    Notes
+    -----
+    Eleven arguments, past the house's eight: the two models and the nine settings the original
+    study exposes (a nn.Module's constructor, like a transformers config).
     """
 
     def __init__(
@@ -203,40 +133,20 @@ class BrainTextContrastive(nn.Module):
         rank: int = 64,
     ):
         super().__init__()
-        if brain_update not in BRAIN_UPDATES:
-            raise ValueError(f"brain_update={brain_update!r}; expected one of {BRAIN_UPDATES}")
+        _check_arguments(itm_model, brain_update)
         config = itm_model.config
-        if not getattr(config.qformer_config, "use_qformer_text_input", False):
-            raise ValueError(
-                "itm_model must be a Blip2ForImageTextRetrieval whose qformer_config has "
-                "use_qformer_text_input=True (the Q-Former's text path is needed)."
-            )
         self.brain_update = brain_update
         if brain_update == "full":
             self.brain_map = copy.deepcopy(brain_map)
         else:
             self.brain_map = brain_map.requires_grad_(False)
-        self.query_tokens = copy.deepcopy(itm_model.query_tokens)
-        self.embeddings = copy.deepcopy(itm_model.embeddings)
-        self.qformer = copy.deepcopy(itm_model.qformer)
-        self.vision_projection = copy.deepcopy(itm_model.vision_projection)
-        self.text_projection = copy.deepcopy(itm_model.text_projection)
+        for name in ITM_PARTS:
+            setattr(self, name, copy.deepcopy(getattr(itm_model, name)))
         hidden = config.qformer_config.hidden_size
-        dim = config.image_text_hidden_size
         gen = torch.Generator().manual_seed(seed)
-        self.brain_projection = nn.Linear(hidden, dim)
-        with torch.no_grad():
-            if brain_projection_init == "fresh":
-                bound = 1.0 / np.sqrt(hidden)  # nn.Linear's default init, seeded
-                self.brain_projection.weight.uniform_(-bound, bound, generator=gen)
-                self.brain_projection.bias.uniform_(-bound, bound, generator=gen)
-            elif brain_projection_init == "vision_projection":
-                self.brain_projection.load_state_dict(self.vision_projection.state_dict())
-            else:
-                raise ValueError(
-                    f"brain_projection_init={brain_projection_init!r}; expected 'fresh' or "
-                    "'vision_projection'"
-                )
+        self.brain_projection = _brain_projection(
+            hidden, config.image_text_hidden_size, brain_projection_init, self.vision_projection,
+            gen)
         self.temp = nn.Parameter(torch.tensor(float(temperature)))
         if brain_update == "low_rank":
             self._init_low_rank(int(rank), config.num_query_tokens * hidden, gen)
@@ -418,7 +328,62 @@ class BrainTextContrastive(nn.Module):
         return ContrastiveOutput(loss, mse, con, brain_text, image_text, pred)
 
 
+@torch.no_grad()
+def predict_tokens(model, X, batch_size: int = 256, device="cpu") -> np.ndarray:
+    """Query tokens predicted by the (trained) brain map.
+
+    Parameters
+    ----------
+    model : BrainTextContrastive or the brain map itself
+    X : ndarray of shape (n, n_features)
+    batch_size : int
+    device : str or torch.device
+
+    Returns
+    -------
+    pred : ndarray of shape (n, n_query, hidden), float32
+    """
+    fn = model.predict_tokens if hasattr(model, "predict_tokens") else model
+    was = model.training
+    model.eval()
+    out = []
+    for start in range(0, len(X), batch_size):
+        x = torch.as_tensor(np.asarray(X[start:start + batch_size], dtype=np.float32)).to(device)
+        out.append(fn(x).float().cpu().numpy())
+    model.train(was)
+    return np.concatenate(out) if out else np.zeros((0,), np.float32)
+
+
 # ----------------------------------------------------------------------------- helpers
+
+
+def _check_arguments(itm_model, brain_update: str) -> None:
+    """Clear errors for an unknown ``brain_update`` or an ITM model without a text path."""
+    if brain_update not in BRAIN_UPDATES:
+        raise ValueError(f"brain_update={brain_update!r}; expected one of {BRAIN_UPDATES}")
+    if not getattr(itm_model.config.qformer_config, "use_qformer_text_input", False):
+        raise ValueError(
+            "itm_model must be a Blip2ForImageTextRetrieval whose qformer_config has "
+            "use_qformer_text_input=True (the Q-Former's text path is needed)."
+        )
+
+
+def _brain_projection(hidden: int, dim: int, init: str, vision_projection: nn.Module,
+                      gen: torch.Generator) -> nn.Linear:
+    """``Linear(hidden, dim)``: fresh (nn.Linear's default init drawn from ``gen``) or a copy of
+    the ITM ``vision_projection`` (``init="vision_projection"``)."""
+    proj = nn.Linear(hidden, dim)
+    with torch.no_grad():
+        if init == "fresh":
+            bound = 1.0 / np.sqrt(hidden)  # nn.Linear's default init, seeded
+            proj.weight.uniform_(-bound, bound, generator=gen)
+            proj.bias.uniform_(-bound, bound, generator=gen)
+        elif init == "vision_projection":
+            proj.load_state_dict(vision_projection.state_dict())
+        else:
+            raise ValueError(
+                f"brain_projection_init={init!r}; expected 'fresh' or 'vision_projection'")
+    return proj
 
 
 def _cpu_copy(brain_map: nn.Module) -> nn.Module:
@@ -444,164 +409,3 @@ def _n_features(brain_map: nn.Module) -> int:
             return int(p.shape[1])
     raise ValueError("cannot tell the brain map's number of input features: give it "
                      "block_sizes or a weight matrix (n_out, n_features)")
-
-
-def load_itm(model: str | os.PathLike, device: str = "cpu"):
-    """Load a :class:`~transformers.Blip2ForImageTextRetrieval` and its processor (float32).
-
-    Parameters
-    ----------
-    model : str or path-like
-        Hub id (e.g. ``"Salesforce/blip2-itm-vit-g"``) or a local ``save_pretrained`` folder.
-    device : str
-
-    Returns
-    -------
-    model : transformers.Blip2ForImageTextRetrieval (eval mode)
-    processor : transformers.Blip2Processor
-    """
-    from transformers import AutoProcessor, Blip2ForImageTextRetrieval
-
-    from lib.config import resolve_device
-
-    try:
-        processor = AutoProcessor.from_pretrained(str(model))
-        net = Blip2ForImageTextRetrieval.from_pretrained(str(model), dtype=torch.float32)
-    except OSError as err:
-        raise FileNotFoundError(
-            f"itm_model={str(model)!r} could not be loaded: expected a local folder written by "
-            "save_pretrained or a Hugging Face Hub id available offline (cached). Check the "
-            "path in the parameter file or download the checkpoint first."
-        ) from err
-    return net.eval().to(resolve_device(device)), processor
-
-
-def tokenize_captions(tokenizer, captions: Sequence[str], max_length: int = 64):
-    """Tokenise captions for the Q-Former text path (padding to ``max_length``, truncation).
-
-    Returns
-    -------
-    input_ids, attention_mask : LongTensor of shape (n, max_length)
-    """
-    enc = tokenizer(
-        list(captions), padding="max_length", max_length=max_length, truncation=True,
-        return_tensors="pt",
-    )
-    return enc["input_ids"], enc["attention_mask"]
-
-
-@torch.no_grad()
-def encode_texts(
-    model: BrainTextContrastive | nn.Module,
-    tokenizer,
-    captions: Sequence[str],
-    max_length: int = 64,
-    batch_size: int = 256,
-) -> torch.Tensor:
-    """Normalised ITM caption embeddings, batched.
-
-    Parameters
-    ----------
-    model : BrainTextContrastive or transformers.Blip2ForImageTextRetrieval
-        Anything with ``embeddings``, ``qformer`` and ``text_projection``.
-    tokenizer : the ITM processor's tokenizer
-    captions : sequence of str, length n
-
-    Returns
-    -------
-    feats : Tensor of shape (n, dim), float32, on CPU
-    """
-    device = model.text_projection.weight.device
-    out = []
-    for start in range(0, len(captions), batch_size):
-        ids, mask = tokenize_captions(tokenizer, captions[start : start + batch_size], max_length)
-        ids, mask = ids.to(device), mask.to(device)
-        embeds = model.embeddings(input_ids=ids)
-        h = model.qformer(query_embeds=embeds, query_length=0, attention_mask=mask,
-                          return_dict=True).last_hidden_state[:, 0, :]
-        out.append(F.normalize(model.text_projection(h.float()), dim=-1).float().cpu())
-    return torch.cat(out) if out else torch.zeros(0, model.text_projection.out_features)
-
-
-def save_heads(model: BrainTextContrastive, path: str | os.PathLike) -> None:
-    """Save the brain projection and temperature (the stage-2 retrieval head) as safetensors."""
-    from safetensors.torch import save_file
-
-    from lib.io import atomic_path
-
-    state = {f"brain_projection.{k}": v.detach().cpu().contiguous()
-             for k, v in model.brain_projection.state_dict().items()}
-    state["temp"] = model.temp.detach().cpu().reshape(())
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp))
-
-
-def load_heads(path: str | os.PathLike) -> tuple[nn.Linear, float]:
-    """Read :func:`save_heads`' file: the brain projection (a ``Linear``) and the temperature."""
-    from safetensors.torch import load_file
-
-    state = load_file(str(path))
-    w = state["brain_projection.weight"]
-    proj = nn.Linear(w.shape[1], w.shape[0])
-    proj.load_state_dict({"weight": w, "bias": state["brain_projection.bias"]})
-    return proj.eval(), float(state["temp"])
-
-
-# ----------------------------------------------------------------------------- retrieval
-
-
-def pick_captions(captions: Sequence[Sequence[str]], seed: int = 0) -> list[str]:
-    """One caption per image, drawn at random (seeded) among its captions."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for i, caps in enumerate(captions):
-        if not caps:
-            raise ValueError(f"item {i} has no caption; text retrieval needs one per image")
-        out.append(caps[int(rng.integers(len(caps)))])
-    return out
-
-
-@torch.no_grad()
-def brain_text_retrieval(
-    pred_tokens: np.ndarray,
-    text_feats: torch.Tensor | np.ndarray,
-    projection: nn.Module,
-    k: int = 300,
-    n_draws: int = 30,
-    seed: int = 0,
-    *,
-    repeat_averaged: bool | None,
-    tie: str = "strict",
-) -> dict:
-    """Brain<->text k-way top-1 in the ITM embedding space (BLIP-2 ITC similarity).
-
-    Parameters
-    ----------
-    pred_tokens : ndarray of shape (n_images, n_query, hidden)
-        Query tokens predicted from the brain (stage 1 or stage 2), one row per test image.
-    text_feats : array of shape (n_images, dim)
-        Normalised ITM embeddings of one caption per image (:func:`encode_texts`), row-aligned.
-    projection : torch.nn.Linear
-        Maps query tokens into the ITM space: the ITM ``vision_projection`` (the image head, the
-        same for every stage) or a stage-2 ``brain_projection``.
-    k, n_draws, seed, repeat_averaged, tie
-        As in :func:`lib.metrics.retrieval_from_similarity` (k capped at n_images).
-
-    Returns
-    -------
-    result : dict
-        :func:`lib.metrics.retrieval_from_similarity`'s result with directions
-        ``brain_to_text`` and ``text_to_brain``.
-    """
-    from lib.metrics import retrieval_from_similarity
-
-    dev = projection.weight.device
-    tokens = torch.as_tensor(np.asarray(pred_tokens, np.float32), device=dev)
-    brain = F.normalize(projection(tokens).float(), dim=-1)
-    text = torch.as_tensor(np.asarray(text_feats, np.float32), device=dev)
-    sim = itc_similarity(brain, text).cpu().numpy()
-    return retrieval_from_similarity(
-        sim, k, n_draws, seed, repeat_averaged=repeat_averaged, tie=tie,
-        directions=("brain_to_text", "text_to_brain"),
-        similarity="max over query tokens of the cosine (BLIP-2 ITC)",
-        centring="none (unit-normalised ITM embeddings)")

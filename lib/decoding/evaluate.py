@@ -26,7 +26,7 @@ For one run (``decoding/<run>/predictions.h5``) :func:`evaluate_run`
   or the single possible draw when k reaches the number of test images; the options and the
   draws actually made are recorded with the numbers), and the same for the shuffled predictions;
 - with an ITM checkpoint, brain -> text retrieval with BLIP-2's image-text contrastive
-  similarity (:func:`lib.decoding.contrastive.brain_text_retrieval`), the criterion stage 2
+  similarity (:func:`lib.decoding.itm.brain_text_retrieval`), the criterion stage 2
   trains for;
 - reports each caption metric of the brain captions as a fraction of the image upper bound.
 
@@ -168,7 +168,7 @@ def itc_image_caption_scores(images: np.ndarray, captions: Sequence[str], itm_mo
     import torch
     import torch.nn.functional as F
 
-    from lib.decoding.contrastive import encode_texts
+    from lib.decoding.itm import encode_texts
     from lib.features.qformer import image_query_outputs
 
     device = itm_model.vision_projection.weight.device
@@ -192,7 +192,7 @@ def text_retrieval(run_dir: str | os.PathLike, test_pred: np.ndarray,
                    max_length: int = 32) -> dict:
     """Brain -> text retrieval with BLIP-2's ITC similarity: the criterion stage 2 trains for.
 
-    One reference caption per test image is drawn (:func:`lib.decoding.contrastive.pick_captions`,
+    One reference caption per test image is drawn (:func:`lib.decoding.itm.pick_captions`,
     seeded: the same captions for every run) and embedded by the ITM text path. The predicted
     query tokens are scored through the ITM ``vision_projection`` (the image head: the same for
     every run, so stage 1 and stage 2 are compared in one space) and, for a stage-2 run, also
@@ -207,7 +207,7 @@ def text_retrieval(run_dir: str | os.PathLike, test_pred: np.ndarray,
     perm : ndarray of shape (n_test,)
         The shuffled-brain derangement.
     itm_model, itm_processor
-        From :func:`lib.decoding.contrastive.load_itm`.
+        From :func:`lib.decoding.itm.load_itm`.
     k, n_draws, seed, max_length
         Retrieval settings and caption length.
 
@@ -219,12 +219,8 @@ def text_retrieval(run_dir: str | os.PathLike, test_pred: np.ndarray,
         :func:`lib.metrics.retrieval_from_similarity` result (directions ``brain_to_text`` and
         ``text_to_brain``, per-item scores included).
     """
-    from lib.decoding.contrastive import (
-        brain_text_retrieval,
-        encode_texts,
-        load_heads,
-        pick_captions,
-    )
+    from lib.decoding.checkpoints import load_heads
+    from lib.decoding.itm import brain_text_retrieval, encode_texts, pick_captions
 
     captions = pick_captions(references, seed=seed)
     text = encode_texts(itm_model, itm_processor.tokenizer, captions, max_length)

@@ -1,6 +1,9 @@
-"""Figures of stage-1 decoding quality (matplotlib; static in the book)."""
+"""Figures of decoding: stage-1 quality (matplotlib, static in the book) and stage-2 training
+curves (plotly)."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -100,4 +103,37 @@ def plot_pred_vs_true(pred: np.ndarray, true: np.ndarray, n_show: int = 50, seed
     if title:
         fig.suptitle(title)
     fig.tight_layout()
+    return fig
+
+
+def loss_curves(history: Sequence[dict]):
+    """Plotly figure of the training and validation losses (total, MSE, contrastive).
+
+    Parameters
+    ----------
+    history : list of dict
+        :attr:`lib.decoding.loop.TrainResult.history` (records with ``step``, ``split`` and the
+        losses).
+
+    Returns
+    -------
+    fig : plotly.graph_objects.Figure
+    """
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    parts = [("loss", "total loss"), ("mse", "MSE to true query tokens"),
+             ("contrastive", "contrastive (brain-text, image-text)")]
+    fig = make_subplots(rows=1, cols=3, subplot_titles=[t for _, t in parts])
+    colors = {"train": "#1f77b4", "val": "#d62728"}
+    for col, (key, _) in enumerate(parts, start=1):
+        for split in ("train", "val"):
+            recs = [h for h in history if h["split"] == split]
+            fig.add_trace(go.Scatter(
+                x=[h["step"] for h in recs], y=[h[key] for h in recs], name=split,
+                mode="lines" if split == "train" else "lines+markers",
+                line={"color": colors[split], "width": 1 if split == "train" else 2},
+                legendgroup=split, showlegend=col == 1), row=1, col=col)
+        fig.update_xaxes(title_text="optimizer step", row=1, col=col)
+    fig.update_layout(height=330, width=1000, margin={"t": 40, "b": 40})
     return fig
