@@ -196,7 +196,7 @@ def test_leakage_check_names_the_place():
 # --- evaluation helpers --------------------------------------------------------------------
 
 def test_derangement_has_no_fixed_point():
-    from lib.decoding.evaluate import derangement
+    from lib.decoding import derangement
 
     for n in (2, 3, 10, 50):
         p = derangement(n, seed=n)
@@ -208,7 +208,7 @@ def test_derangement_has_no_fixed_point():
 def test_nearest_train_matches_sklearn_neighbors():
     from sklearn.neighbors import NearestNeighbors
 
-    from lib.decoding.evaluate import nearest_train
+    from lib.decoding import nearest_train
 
     rng = np.random.default_rng(0)
     pred, train = rng.normal(size=(6, 2, 4)), rng.normal(size=(20, 2, 4))
@@ -220,11 +220,28 @@ def test_nearest_train_matches_sklearn_neighbors():
 
 
 def test_fit_stage1_and_evaluate_end_to_end(micro_subject, tmp_path):
-    """Real-architecture tiny BLIP-2 loaded by path, as nsd.yaml's checkpoints are."""
-    from lib.decoding.evaluate import evaluate_run, write_run_outputs
-    from lib.decoding.generate import caption_images, generate_captions, load_captioner
-    from lib.decoding.stage1 import fit_stage1
+    """Real-architecture tiny BLIP-2 loaded by path, as nsd.yaml's checkpoints are.
+
+    The evaluation pieces chained as chapter 05 chains them (its end-to-end run is
+    tests/test_notebooks.py): captions, controls, scores, retrieval, outputs.
+    """
+    from lib.decoding import (
+        CONDITION_COLUMNS,
+        brain_vs_shuffled,
+        caption_images,
+        derangement,
+        fit_stage1,
+        generate_captions,
+        load_captioner,
+        lookup_features,
+        nearest_train,
+        ratio_to_upper_bound,
+        retrieval_options,
+        score_conditions,
+        write_run_outputs,
+    )
     from lib.features.qformer import extract_qformer_features
+    from lib.metrics import jsonable, retrieval_topk
     from tests.tiny_blip2 import make_tiny_blip2
 
     model_path = make_tiny_blip2(tmp_path / "blip2-opt", kind="opt")
@@ -236,44 +253,77 @@ def test_fit_stage1_and_evaluate_end_to_end(micro_subject, tmp_path):
     write_predictions(run_dir / "predictions.h5", res.test_pred, res.test_ids, res.train_pred,
                       res.train_ids)
 
-    model, processor = load_captioner(model_path, device="cpu")
-    ev = evaluate_run(run_dir, micro_subject, model, processor, feats, ids, k=300, n_draws=5,
-                      n_permutations=200, embeddings=False, max_new_tokens=8)
-    caps = ev.captions
+    preds = read_predictions(run_dir)
+    test_ids, test_pred = preds["test_ids"], preds["test_pred"]
     n = len(res.test_ids)
-    assert list(caps.nsd_id) == list(res.test_ids) and ev.metrics["n_test"] == n
-    assert caps.caption.tolist() == generate_captions(res.test_pred, model, processor,
-                                                      max_new_tokens=8, progress=False)
+    assert list(test_ids) == list(res.test_ids)
+    model, processor = load_captioner(model_path, device="cpu")
+    brain = generate_captions(test_pred, model, processor, max_new_tokens=8)
+    assert brain == generate_captions(res.test_pred, model, processor, max_new_tokens=8,
+                                      progress=False)
     # shuffled control = the decoded captions re-paired with other images
-    assert sorted(caps.shuffled_brain) == sorted(caps.caption)
+    perm = derangement(n, 0)
+    shuffled = [brain[j] for j in perm]
+    assert sorted(shuffled) == sorted(brain)
     # upper bound = BLIP-2's own generate on the pixels
+    upper = generate_captions(lookup_features(feats, ids, test_ids), model, processor,
+                              max_new_tokens=8)
     images = micro_subject.images(res.test_ids)
-    assert caps.image_upper_bound.tolist() == caption_images(images, model, processor,
-                                                             max_new_tokens=8)
+    assert upper == caption_images(images, model, processor, max_new_tokens=8)
     # nearest-train control uses training images only
-    assert set(caps.nearest_train_id) <= set(micro_subject.image_ids("train").tolist())
-    ret = ev.metrics["retrieval"]["brain"]
+    train_ids = np.asarray(micro_subject.image_ids("train"))
+    train_true = lookup_features(feats, ids, train_ids)
+    mean = train_true.mean(axis=0)
+    near, _ = nearest_train(test_pred - mean, train_true - mean)
+    near_ids = train_ids[near]
+    assert set(near_ids) <= set(micro_subject.image_ids("train").tolist())
+    assert not set(near_ids) & set(test_ids.tolist())
+    nearest = [caps[0] for caps in micro_subject.captions(near_ids)]
+
+    references = micro_subject.captions(test_ids)
+    conditions = {"brain": brain, "shuffled_brain": shuffled, "nearest_train": nearest,
+                  "image_upper_bound": upper}
+    caps_m, per_item = score_conditions(conditions, references, embeddings=False)
+    assert set(caps_m) == set(CONDITION_COLUMNS) == {"brain", "shuffled_brain",
+                                                     "nearest_train", "image_upper_bound"}
+    assert all(len(v) == n for cond in per_item.values() for v in cond.values())
+    assert set(brain_vs_shuffled(per_item, n_permutations=200)) == {"CIDEr", "METEOR"}
+
+    options = retrieval_options("book", k=300, n_draws=5)
+    ret = jsonable(retrieval_topk(test_pred, lookup_features(feats, ids, test_ids), **options))
     assert ret["k"] == n  # k capped at the number of test images: one draw, and it says so
     assert ret["n_draws"] == 1 and ret["options"]["n_draws"] == 1
     assert ret["options"]["n_draws_requested"] == 5 and ret["options"]["repeat_averaged"] is True
     assert ret["options"]["centring"].startswith("mean true embedding")
-    ratio = ev.metrics["ratio_to_image_upper_bound"]
-    caps_m = ev.metrics["captions"]
+    ratio = ratio_to_upper_bound(caps_m)
     for m, r in ratio.items():
         if caps_m["image_upper_bound"][m]:
             assert r == pytest.approx(caps_m["brain"][m] / caps_m["image_upper_bound"][m])
-    assert set(ev.metrics["captions"]) == {"brain", "shuffled_brain", "nearest_train",
-                                           "image_upper_bound"}
-    assert set(ev.metrics["permutation_brain_vs_shuffled"]) == {"CIDEr", "METEOR"}
-    cap_path, met_path = write_run_outputs(tmp_path / "decoding", "stage1", ev)
+
+    table = pd.DataFrame({"nsd_id": test_ids, "caption": brain,
+                          "references": [json.dumps(list(r)) for r in references]})
+    cap_path, met_path = write_run_outputs(tmp_path / "decoding", "stage1", table,
+                                           {"n_test": n, "captions": caps_m})
     back = pd.read_csv(cap_path)
     assert json.loads(back.references[0]) == micro_subject.captions(res.test_ids[:1])[0]
-    assert "stage1" in json.loads(met_path.read_text())
+    assert json.loads(met_path.read_text())["stage1"]["n_test"] == n
+
+
+def test_retrieval_rules_set_centring_and_trials():
+    from lib.decoding import RETRIEVAL_RULES, retrieval_options
+
+    book = retrieval_options("book", k=10, n_draws=3, seed=1)
+    assert book == {"k": 10, "n_draws": 3, "seed": 1, "repeat_averaged": True,
+                    "center": "candidates"}
+    paper = retrieval_options("paper")
+    assert paper["center"] == "none" and paper["repeat_averaged"] is False
+    assert set(RETRIEVAL_RULES) == {"book", "paper"}
+    with pytest.raises(ValueError, match="retrieval_rule='nope'"):
+        retrieval_options("nope")
 
 
 def test_itc_scores_match_the_retrieval_model(micro_root, micro_subject):
-    from lib.decoding import load_itm
-    from lib.decoding.evaluate import itc_image_caption_scores
+    from lib.decoding import itc_image_caption_scores, load_itm
 
     model, processor = load_itm(micro_root / "models" / "blip2-toy-itm")
     ids = micro_subject.image_ids("test")[:4]
@@ -306,7 +356,7 @@ def test_excluded_images_stay_out_of_the_fit(micro_subject):
 
 
 def test_compare_runs_is_paired_over_test_images():
-    from lib.decoding.evaluate import compare_runs, ratio_to_upper_bound
+    from lib.decoding import compare_runs, ratio_to_upper_bound
     from lib.metrics import retrieval_topk
 
     rng = np.random.default_rng(0)
@@ -333,7 +383,7 @@ def test_compare_runs_is_paired_over_test_images():
 
 def test_single_trial_predictions_are_one_trial_of_each_image(micro_subject, tmp_path):
     """The original study's retrieval rule: one random test trial per image, seeded."""
-    from lib.decoding.evaluate import single_trial_predictions
+    from lib.decoding import single_trial_predictions
     from lib.decoding.stage1 import fit_stage1, stage1_inputs
 
     feats, ids = _targets(micro_subject)

@@ -89,6 +89,14 @@ def test_stage_outputs_follow_the_contracts(micro_book, micro_subject):
     captions = pd.read_csv(micro_subject / "decoding" / "captions_stage1.csv")
     assert list(captions.columns[:3]) == ["nsd_id", "caption", "references"]
     assert all(isinstance(json.loads(r), list) for r in captions["references"])
+    # 05's controls: the decoded captions re-paired; nearest captions from training images only
+    assert len(captions) == metrics["stage1"]["n_test"]
+    assert sorted(captions.shuffled_brain.astype(str)) == sorted(captions.caption.astype(str))
+    assert not set(captions.nearest_train_id) & set(captions.nsd_id)
+    caps_m = metrics["stage1"]["captions"]
+    for name, r in metrics["stage1"]["ratio_to_image_upper_bound"].items():
+        if r is not None:
+            assert r == pytest.approx(caps_m["brain"][name] / caps_m["image_upper_bound"][name])
 
     roi = pd.read_csv(micro_subject / "decoding" / "roi_captions.csv")
     assert {"roi", "stage", "caption", "mention_rate", "base_rate", "p_value"} <= set(roi.columns)

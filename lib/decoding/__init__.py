@@ -1,14 +1,17 @@
-"""Brain decoding with BLIP-2: fMRI -> Q-Former query tokens -> captions.
+"""fMRI -> BLIP-2 decoding: stage 1 (ridge), stage 2 (contrastive), captions and their evaluation.
 
 - :mod:`lib.decoding.stage1` — ridge map fMRI -> query tokens (:class:`QueryTokenDecoder`),
   ``predictions.h5`` reader/writer, image-grouped folds and the test-image leakage check;
 - :mod:`lib.decoding.generate` — captions from (predicted) query tokens, batched;
-- :mod:`lib.decoding.evaluate` — captions, retrieval, controls and permutation tests of a run;
 - stage 2, in parts: :mod:`lib.decoding.pairs` (brain-caption pairs, the train/validation split
   and its leakage checks), :mod:`lib.decoding.itm` (the ITM checkpoint, its text side, the ITC
   similarity and loss, brain <-> text retrieval), :mod:`lib.decoding.contrastive` (the model
   and its predictions), :mod:`lib.decoding.loop` (the training loop),
   :mod:`lib.decoding.checkpoints` (weights, resumable checkpoints, the retrieval head);
+- :mod:`lib.decoding.evaluate` — the pieces of a run's evaluation: controls, caption scores,
+  the permutation test, the ratio to the image upper bound, ``metrics.json`` and its tables;
+- :mod:`lib.decoding.retrieval` — image retrieval under a rule, brain -> text retrieval, and
+  the paired comparison of two runs;
 - :mod:`lib.decoding.memory` — GPU / host memory of every decoding stage from the real shapes
   (``memory_table``, ``peak_memory``; used by the preflight);
 - :mod:`lib.decoding.ablation` — the memory-size ablation and run names;
@@ -18,6 +21,22 @@
 from lib.decoding.ablation import run_name
 from lib.decoding.checkpoints import load_heads, load_weights, save_heads, save_weights
 from lib.decoding.contrastive import BrainTextContrastive, predict_tokens
+from lib.decoding.evaluate import (
+    CONDITION_COLUMNS,
+    CONTROL_DESCRIPTIONS,
+    PERMUTATION_METRICS,
+    RATIO_METRICS,
+    brain_vs_shuffled,
+    derangement,
+    itc_image_caption_scores,
+    metrics_retrieval_table,
+    metrics_table,
+    nearest_train,
+    ratio_to_upper_bound,
+    score_captions,
+    score_conditions,
+    write_run_outputs,
+)
 from lib.decoding.figures import loss_curves, plot_correlations, plot_pred_vs_true
 from lib.decoding.generate import caption_images, generate_captions, load_captioner, prompt_ids
 from lib.decoding.itm import (
@@ -32,6 +51,15 @@ from lib.decoding.itm import (
 from lib.decoding.loop import TrainConfig, TrainResult, fit
 from lib.decoding.memory import memory_table, peak_memory
 from lib.decoding.pairs import PairData, Stage2Data, check_split, split_train_val, stage2_data
+from lib.decoding.retrieval import (
+    RETRIEVAL_CENTER,
+    RETRIEVAL_RULES,
+    caption_embeddings,
+    compare_runs,
+    retrieval_options,
+    single_trial_predictions,
+    text_retrieval,
+)
 from lib.decoding.stage1 import (
     PREDICTIONS_FILE,
     LeakageError,
@@ -51,13 +79,18 @@ from lib.decoding.stage1 import (
 )
 
 __all__ = [
-    "PREDICTIONS_FILE", "BrainTextContrastive", "LeakageError", "PairData", "QueryTokenDecoder",
-    "Stage1Result", "Stage2Data", "TrainConfig", "TrainResult", "assert_no_test_ids",
-    "average_by_id", "brain_text_retrieval", "caption_images", "check_split", "contrastive_loss",
-    "correlation_map", "cosine_matrix", "encode_texts", "fit", "fit_stage1",
-    "generate_captions", "itc_similarity", "load_captioner", "load_decoder", "load_heads",
-    "load_itm", "load_weights", "lookup_features", "loss_curves", "memory_table", "peak_memory",
-    "pick_captions", "plot_correlations", "plot_pred_vs_true", "predict_tokens", "prompt_ids",
-    "qformer_cache_path", "read_predictions", "run_name", "save_heads", "save_weights",
-    "soft_targets", "split_train_val", "stage1_inputs", "stage2_data", "write_predictions",
+    "BrainTextContrastive", "CONDITION_COLUMNS", "CONTROL_DESCRIPTIONS", "LeakageError",
+    "PERMUTATION_METRICS", "PREDICTIONS_FILE", "PairData", "QueryTokenDecoder", "RATIO_METRICS",
+    "RETRIEVAL_CENTER", "RETRIEVAL_RULES", "Stage1Result", "Stage2Data", "TrainConfig",
+    "TrainResult", "assert_no_test_ids", "average_by_id", "brain_text_retrieval",
+    "brain_vs_shuffled", "caption_embeddings", "caption_images", "check_split", "compare_runs",
+    "contrastive_loss", "correlation_map", "cosine_matrix", "derangement", "encode_texts", "fit",
+    "fit_stage1", "generate_captions", "itc_image_caption_scores", "itc_similarity",
+    "load_captioner", "load_decoder", "load_heads", "load_itm", "load_weights", "lookup_features",
+    "loss_curves", "memory_table", "metrics_retrieval_table", "metrics_table", "nearest_train",
+    "peak_memory", "pick_captions", "plot_correlations", "plot_pred_vs_true", "predict_tokens",
+    "prompt_ids", "qformer_cache_path", "ratio_to_upper_bound", "read_predictions",
+    "retrieval_options", "run_name", "save_heads", "save_weights", "score_captions",
+    "score_conditions", "single_trial_predictions", "soft_targets", "split_train_val",
+    "stage1_inputs", "stage2_data", "text_retrieval", "write_predictions", "write_run_outputs",
 ]

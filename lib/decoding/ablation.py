@@ -63,7 +63,8 @@ def memory_ablation(
         ``n_draws`` (draws actually made), ``centring``, ``top1_shuffled`` (when known),
         ``CIDEr``, ``CIDEr_shuffled`` (NaN when the run was not captioned).
     """
-    from lib.decoding.evaluate import RETRIEVAL_CENTER, derangement
+    from lib.decoding.evaluate import derangement
+    from lib.decoding.retrieval import RETRIEVAL_CENTER
     from lib.decoding.stage1 import PREDICTIONS_FILE, lookup_features, read_predictions
     from lib.metrics import retrieval_topk
 
@@ -83,7 +84,7 @@ def memory_ablation(
                 pred = read_predictions(decoding_dir / name)
                 true = lookup_features(np.asarray(features), np.asarray(feature_ids),
                                        pred["test_ids"])
-                # the same options as notebook 05 (evaluate_run): one prediction per image,
+                # the same options as notebook 05 (book rule): one prediction per image,
                 # averaged over its repeats; centred on the candidates' mean
                 kw = {"k": k, "n_draws": n_draws, "seed": seed, "repeat_averaged": True,
                           "center": RETRIEVAL_CENTER}

@@ -93,6 +93,59 @@ def prompt_ids(model, processor, prompt: str | None = None) -> list[int]:
     return image + list(processor.tokenizer(prompt or "")["input_ids"])
 
 
+def _checked_query_tokens(query_tokens: np.ndarray, config) -> np.ndarray:
+    """``query_tokens`` as float32, or a clear error when their shape is not the checkpoint's."""
+    query_tokens = np.asarray(query_tokens, dtype=np.float32)
+    expected = (config.num_query_tokens, config.qformer_config.hidden_size)
+    if query_tokens.ndim != 3 or query_tokens.shape[1:] != expected:
+        raise ValueError(
+            f"query_tokens must have shape (n_items, {expected[0]}, {expected[1]}) for this "
+            f"checkpoint, got {query_tokens.shape}; was the decoder trained on another BLIP-2?"
+        )
+    return query_tokens
+
+
+def _language_inputs(model, ids, q):
+    """Language-model inputs of a batch: the prompt's embeddings, placeholders replaced.
+
+    Parameters
+    ----------
+    model : transformers.Blip2ForConditionalGeneration
+    ids : LongTensor of shape (n_prompt,)
+        :func:`prompt_ids`.
+    q : Tensor of shape (n, n_query, hidden)
+        Query tokens, on the language projection's device and dtype.
+
+    Returns
+    -------
+    inputs : dict
+        ``inputs_embeds`` (n, n_prompt, lm_hidden), ``attention_mask`` (n, n_prompt) and, for a
+        decoder-only language model, ``input_ids``.
+    input_ids : LongTensor of shape (n, n_prompt)
+    """
+    import torch
+
+    input_ids = ids.unsqueeze(0).repeat(q.shape[0], 1)
+    inputs_embeds = model.get_input_embeddings()(input_ids)
+    lm_inputs = model.language_projection(q).to(inputs_embeds.dtype)
+    placeholder = (input_ids == model.config.image_token_index).unsqueeze(-1)
+    inputs_embeds = inputs_embeds.masked_scatter(placeholder, lm_inputs)
+    inputs = {"inputs_embeds": inputs_embeds, "attention_mask": torch.ones_like(input_ids)}
+    if model.config.use_decoder_only_language_model:
+        inputs["input_ids"] = input_ids
+    return inputs, input_ids
+
+
+def _strip_prompt(out, input_ids, decoder_only: bool):
+    """Generated ids without the prompt a decoder-only language model echoes back."""
+    import torch
+
+    n = input_ids.shape[1]
+    if decoder_only and out.shape[1] >= n and torch.equal(out[:, :n], input_ids):
+        return out[:, n:]
+    return out
+
+
 def generate_captions(
     query_tokens: np.ndarray,
     model,
@@ -102,7 +155,6 @@ def generate_captions(
     num_beams: int = 1,
     max_new_tokens: int = 30,
     progress: bool = True,
-    do_sample: bool = False,
     **generate_kwargs,
 ) -> list[str]:
     """Captions written by the language model from (predicted) Q-Former query tokens.
@@ -123,10 +175,10 @@ def generate_captions(
         Longest caption, in tokens.
     progress : bool
         Show a progress bar.
-    do_sample : bool
-        Sample each next token instead of taking the most likely (seed torch first).
     **generate_kwargs
-        Passed to the language model's ``generate`` (e.g. ``length_penalty``).
+        Passed to the language model's ``generate`` (e.g. ``length_penalty``); ``do_sample``
+        (sample each next token instead of taking the most likely; seed torch first) is False
+        unless given.
 
     Returns
     -------
@@ -134,48 +186,24 @@ def generate_captions(
     """
     import torch
 
-    query_tokens = np.asarray(query_tokens, dtype=np.float32)
-    config = model.config
-    expected = (config.num_query_tokens, config.qformer_config.hidden_size)
-    if query_tokens.ndim != 3 or query_tokens.shape[1:] != expected:
-        raise ValueError(
-            f"query_tokens must have shape (n_items, {expected[0]}, {expected[1]}) for this "
-            f"checkpoint, got {query_tokens.shape}; was the decoder trained on another BLIP-2?"
-        )
+    query_tokens = _checked_query_tokens(query_tokens, model.config)
     proj = model.language_projection
     device, dtype = proj.weight.device, proj.weight.dtype
     ids = torch.tensor(prompt_ids(model, processor, prompt), dtype=torch.long, device=device)
-    embed = model.get_input_embeddings()
     tokenizer = processor.tokenizer
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    decoder_only = config.use_decoder_only_language_model
+    generate_kwargs.setdefault("do_sample", False)
 
     captions: list[str] = []
     starts = range(0, len(query_tokens), batch_size)
     for start in tqdm(starts, desc="captions", disable=not show_progress(progress)):
         q = torch.from_numpy(query_tokens[start : start + batch_size]).to(device, dtype)
-        n = q.shape[0]
         with torch.inference_mode():
-            input_ids = ids.unsqueeze(0).repeat(n, 1)
-            inputs_embeds = embed(input_ids)
-            lm_inputs = proj(q).to(inputs_embeds.dtype)
-            placeholder = (input_ids == config.image_token_index).unsqueeze(-1)
-            inputs_embeds = inputs_embeds.masked_scatter(placeholder, lm_inputs)
-            inputs = {"inputs_embeds": inputs_embeds, "attention_mask": torch.ones_like(input_ids)}
-            if decoder_only:
-                inputs["input_ids"] = input_ids
-            out = model.language_model.generate(
-                **inputs,
-                num_beams=num_beams,
-                do_sample=do_sample,
-                max_new_tokens=max_new_tokens,
-                pad_token_id=pad,
-                **generate_kwargs,
-            )
-        if decoder_only and out.shape[1] >= ids.numel() and torch.equal(
-            out[:, : ids.numel()], input_ids
-        ):
-            out = out[:, ids.numel() :]
+            inputs, input_ids = _language_inputs(model, ids, q)
+            out = model.language_model.generate(**inputs, num_beams=num_beams,
+                                                max_new_tokens=max_new_tokens, pad_token_id=pad,
+                                                **generate_kwargs)
+        out = _strip_prompt(out, input_ids, model.config.use_decoder_only_language_model)
         captions.extend(s.strip() for s in tokenizer.batch_decode(out, skip_special_tokens=True))
     return captions
 
@@ -222,10 +250,7 @@ def caption_images(
                 do_sample=False,
                 max_new_tokens=max_new_tokens,
             )
-        if model.config.use_decoder_only_language_model and torch.equal(
-            out[:, : len(ids)], input_ids
-        ):
-            out = out[:, len(ids) :]
+        out = _strip_prompt(out, input_ids, model.config.use_decoder_only_language_model)
         text = processor.tokenizer.batch_decode(out, skip_special_tokens=True)
         captions.extend(s.strip() for s in text)
     return captions
