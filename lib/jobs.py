@@ -32,7 +32,7 @@ from lib.config import REPO_ROOT, subject_name
 #: Notebooks each notebook reads the outputs of (same subject; same sweep value where it has one).
 NEEDS = {
     "00_toy_world": (),
-    "01_data_preparation": (),
+    "01_data_preparation": ("00_toy_world",),  # 00 (re)builds the toy world when it is stale
     "02_convergence": ("01_data_preparation",),
     "03_alignment_ridge": ("01_data_preparation",),
     "04_contrastive": ("03_alignment_ridge",),
@@ -206,7 +206,7 @@ def _needed(job: Job, by_name: dict[str, list[Job]]) -> list[Job]:
         if job.name in ACROSS_SUBJECTS:
             found += [d for d in candidates if not d.overrides]
             continue
-        same_subject = [d for d in candidates if d.subject == subject]
+        same_subject = [d for d in candidates if d.subject in (subject, None)]
         same_sweep = [d for d in same_subject if d.overrides == job.overrides]
         if same_sweep and job.overrides:
             found += same_sweep  # a sweep job needs its dependency's run of the same value

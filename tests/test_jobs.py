@@ -77,6 +77,9 @@ def test_plan_of_the_book_fans_out_subjects_and_sweeps():
     params.update(subjects=[1, 2], subject=1, sweep_subjects="main")
     jobs = {j.key: j for j in jobgraph.plan_graph(params, "out")}
     assert jobs["00_toy_world"].subject is None and jobs["00_toy_world"].needs == []
+    # 00 rebuilds a stale toy world: no subject's preparation may start before it ends
+    for prep in ("01_data_preparation", "subjects/subj02/01_data_preparation"):
+        assert jobs[prep].needs == ["00_toy_world"]
     assert jobs["subjects/subj02/03_alignment_ridge"].needs == [
         "subjects/subj02/01_data_preparation"]
     # sweeps run for the main subject only ("main"); a stage-2 sweep job needs its stage 1

@@ -580,3 +580,13 @@ def test_world_takes_more_subjects(tmp_path):
     assert not (own[0] & own[1]) and not (own[1] & own[2])
     with pytest.raises(ValueError, match="at least 1"):
         build(preset="micro", out=tmp_path / "none", models=False, n_subjects=0)
+
+
+def test_build_stamp_ignores_layout_comments_and_docstrings_but_not_code():
+    from lib.toyworld.build import _code_fingerprint
+
+    base = 'def f(x):\n    """Twice x."""\n    return 2 * x  # double\n'
+    relaid = 'def f(\n    x,\n):\n    """Twice x, re-worded."""\n    return (2\n            * x)\n'
+    changed = 'def f(x):\n    """Twice x."""\n    return 3 * x\n'
+    assert _code_fingerprint(base) == _code_fingerprint(relaid)
+    assert _code_fingerprint(base) != _code_fingerprint(changed)

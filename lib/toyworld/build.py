@@ -11,10 +11,10 @@
                          phase (world steps, each model; lib.toyworld.timing)
 
 A build is skipped when ``out/BUILD.json`` records the same preset, seed and code version
-(a hash of ``lib/toyworld/**/*.py``, leaving out the CLI and notebook helpers). The world and
-the models are also cached on their own (``out/truth/WORLD.json``: world sources;
-``out/MODELS.json``: ``models/`` plus scenes and captions), so a change to one does not
-redo the other.
+(a hash of the syntax trees of ``lib/toyworld/**/*.py``, leaving out the CLI and notebook
+helpers). The world and the models are also cached on their own (``out/truth/WORLD.json``:
+world sources; ``out/MODELS.json``: ``models/`` plus scenes and captions), so a change to one
+does not redo the other.
 
 A *null world* (``null=True``; CLI ``--null``) is the same world with brain responses that
 carry no information about the images (:func:`lib.toyworld.brain.null_signal_rows`); its
@@ -29,6 +29,7 @@ The world itself is made by :func:`lib.toyworld.world.build_world`.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import dataclasses
 import hashlib
@@ -53,10 +54,12 @@ _NOT_OUTPUT_SOURCES = ("__init__.py", "__main__.py", "explore.py")
 
 
 def code_version(files: list[Path] | None = None) -> str:
-    """SHA-256 (first 16 hex digits) of the toy-world sources.
+    """SHA-256 (first 16 hex digits) of the toy-world sources' syntax trees.
 
     By default ``lib/toyworld/**/*.py`` except the files that do not change the outputs
-    (:data:`_NOT_OUTPUT_SOURCES` at the top level).
+    (:data:`_NOT_OUTPUT_SOURCES` at the top level). Each file counts by its syntax tree without
+    docstrings (:func:`_code_fingerprint`), so re-wrapping lines, comments and documentation do
+    not invalidate a build that takes minutes; any change to what the code does does.
     """
     if files is None:
         files = [f for f in _TOYWORLD.rglob("*.py")
@@ -64,8 +67,21 @@ def code_version(files: list[Path] | None = None) -> str:
     h = hashlib.sha256()
     for f in sorted(files):
         h.update(str(f.relative_to(_TOYWORLD)).encode())
-        h.update(f.read_bytes())
+        h.update(_code_fingerprint(f.read_text()).encode())
     return h.hexdigest()[:16]
+
+
+def _code_fingerprint(source: str) -> str:
+    """The syntax tree of ``source`` with docstrings removed, as text (no comments, no layout)."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                and body and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree, annotate_fields=False, include_attributes=False)
 
 
 def default_out(preset: str, null: bool = False) -> Path:
