@@ -21,7 +21,10 @@ from lib.nsd import (
     NSDGridMismatchError,
     NSDMissingFileError,
     PreparedSubject,
+    plan_subject,
     prepare_subject,
+    write_prepared,
+    zscore_session,
 )
 from lib.nsd.layout import NSDLayout
 
@@ -231,6 +234,34 @@ def test_zscore_uses_training_trials_only(mini):
         np.testing.assert_allclose(z[train].std(0), 1, atol=1e-4)
         # including the test trials would have given a different answer
         assert np.abs(z[train | test].mean(0)).max() > 1e-3
+
+
+def test_zscore_session_ignores_test_trials():
+    rng = np.random.default_rng(0)
+    betas = (rng.normal(size=(40, 7)) * 3 + 5).astype(np.float32)
+    is_test = np.arange(40) % 5 == 0
+    z, mean, std = zscore_session(betas, is_test)
+    assert z is not betas and mean.shape == std.shape == (7,)
+    np.testing.assert_allclose(z[~is_test].mean(0), 0, atol=1e-5)
+    np.testing.assert_allclose(z[~is_test].std(0), 1, atol=1e-5)
+    # the test trials are transformed with the same statistics but never change them
+    shifted = betas.copy()
+    shifted[is_test] += 100.0
+    z2, mean2, std2 = zscore_session(shifted, is_test, inplace=True)
+    assert z2 is shifted
+    np.testing.assert_array_equal(mean2, mean)
+    np.testing.assert_array_equal(z2[~is_test], z[~is_test])
+    assert (z2[is_test] > z[is_test]).all()
+
+
+def test_steps_give_prepare_subject(mini, tmp_path):
+    root, _facts, _out, path = mini
+    plan = plan_subject(root, 1)
+    assert plan.trial.size == plan.is_test.size and plan.n_voxels == plan.ijk.shape[0]
+    again = write_prepared(plan, tmp_path, progress=False)
+    with h5py.File(path, "r") as a, h5py.File(again, "r") as b:
+        np.testing.assert_array_equal(a["betas"][:], b["betas"][:])
+        np.testing.assert_array_equal(a["zscore_stats/std"][:], b["zscore_stats/std"][:])
 
 
 @pytest.mark.parametrize("mode", ["global", "none"])

@@ -1,7 +1,8 @@
 """Natural Scenes Dataset: raw layout, preparation, prepared-subject reader and download.
 
->>> from lib.nsd import prepare_subject, PreparedSubject   # doctest: +SKIP
->>> path = prepare_subject("data/toy/nsd", 1, "data/derived/toy")  # doctest: +SKIP
+>>> from lib.nsd import plan_subject, write_prepared, PreparedSubject   # doctest: +SKIP
+>>> plan = plan_subject("data/toy/nsd", 1)  # design, sessions, voxels, labels  # doctest: +SKIP
+>>> path = write_prepared(plan, "data/derived/toy")  # read, z-score, write  # doctest: +SKIP
 >>> subj = PreparedSubject(path)  # doctest: +SKIP
 >>> X, ids = subj.averaged_betas("train", roi="V1")  # doctest: +SKIP
 """
@@ -15,9 +16,11 @@ from lib.nsd.errors import (
     NSDMissingFileError,
 )
 from lib.nsd.layout import ROI_FILES, ROI_LABELS, NSDLayout
-from lib.nsd.prepare import prepare_subject
+from lib.nsd.plan import PreparationPlan, plan_subject
+from lib.nsd.prepare import prepare_subject, read_session_betas, write_prepared
 from lib.nsd.reader import ROI_GROUPS, PreparedSubject
 from lib.nsd.summary import roi_atlas, session_value_table, split_table
+from lib.nsd.zscore import zscore_session
 
 __all__ = [
     "ROI_FILES",
@@ -30,12 +33,17 @@ __all__ = [
     "NSDGridMismatchError",
     "NSDLayout",
     "NSDMissingFileError",
+    "PreparationPlan",
     "PreparedSubject",
     "load_coco_captions",
     "load_expdesign",
     "load_stim_info",
+    "plan_subject",
     "prepare_subject",
+    "read_session_betas",
     "roi_atlas",
     "session_value_table",
     "split_table",
+    "write_prepared",
+    "zscore_session",
 ]

@@ -82,6 +82,49 @@ def load_label_volume(path: str | Path, grid_shape, affine=None, what: str = "RO
     return np.rint(data).astype(np.int32)
 
 
+def _check_betas_shape(path: Path, shape: tuple, grid_shape, n_volumes) -> None:
+    """A clear error unless ``shape`` is (X, Y, Z, T) on ``grid_shape`` with T = n_volumes."""
+    if len(shape) != 4 or shape[:3] != tuple(grid_shape):
+        raise NSDGridMismatchError(
+            f"Betas file {path} has shape {shape}; expected a 4-D volume on the grid "
+            f"{tuple(grid_shape)} (the grid of the other sessions and the ROI files)."
+        )
+    if n_volumes is not None and shape[3] != n_volumes:
+        raise NSDGridMismatchError(
+            f"Betas file {path} holds {shape[3]} trials, but the design (stimpattern) has "
+            f"{n_volumes} stimulus trials in this session. Check that the file belongs to this "
+            "session and subject, or download it again."
+        )
+
+
+def _stream_into(path: Path, fh, out: np.ndarray, flat: np.ndarray, dtype, n_vol_elems: int,
+                 chunk_bytes: int) -> None:
+    """Fill ``out`` (T, n_voxels) from the open stream ``fh``, a few volumes at a time."""
+    vol_bytes = n_vol_elems * dtype.itemsize
+    n_total = out.shape[0]
+    per_chunk = max(1, chunk_bytes // vol_bytes)
+    buf = bytearray(per_chunk * vol_bytes)
+    view = memoryview(buf)
+    t = 0
+    while t < n_total:
+        n = min(per_chunk, n_total - t)
+        want = n * vol_bytes
+        got = 0
+        while got < want:
+            k = fh.readinto(view[got:want])
+            if not k:
+                break
+            got += k
+        if got < want:
+            raise NSDCorruptFileError(
+                f"Betas file {path} ended after {t + got // vol_bytes} of {n_total} "
+                f"volumes (truncated). {_FIX}"
+            )
+        block = np.frombuffer(buf, dtype=dtype, count=n * n_vol_elems)
+        out[t : t + n] = block.reshape(n, n_vol_elems)[:, flat]
+        t += n
+
+
 def read_masked_volumes(
     path: str | Path,
     grid_shape,
@@ -112,55 +155,21 @@ def read_masked_volumes(
     path = Path(path)
     img = load_header(path)
     shape = tuple(int(s) for s in img.shape)
-    if len(shape) != 4 or shape[:3] != tuple(grid_shape):
-        raise NSDGridMismatchError(
-            f"Betas file {path} has shape {shape}; expected a 4-D volume on the grid "
-            f"{tuple(grid_shape)} (the grid of the other sessions and the ROI files)."
-        )
-    if n_volumes is not None and shape[3] != n_volumes:
-        raise NSDGridMismatchError(
-            f"Betas file {path} holds {shape[3]} trials, but the design (stimpattern) has "
-            f"{n_volumes} stimulus trials in this session. Check that the file belongs to this "
-            "session and subject, or download it again."
-        )
+    _check_betas_shape(path, shape, grid_shape, n_volumes)
     proxy = img.dataobj
-    dtype = np.dtype(proxy.dtype)
-    order = getattr(proxy, "order", "F")
-    n_vol_elems = int(np.prod(shape[:3]))
-    vol_bytes = n_vol_elems * dtype.itemsize
-    if order == "F":
-        flat = np.ravel_multi_index(tuple(np.asarray(ijk).T), shape[:3], order="F")
-    else:  # pragma: no cover - NIfTI is always Fortran order on disk
-        raise NSDCorruptFileError(f"{path}: unexpected array order {order!r}.")
+    if getattr(proxy, "order", "F") != "F":  # pragma: no cover - NIfTI is Fortran order on disk
+        raise NSDCorruptFileError(f"{path}: unexpected array order {proxy.order!r}.")
+    flat = np.ravel_multi_index(tuple(np.asarray(ijk).T), shape[:3], order="F")
     slope = float(proxy.slope) if np.isfinite(proxy.slope) and proxy.slope != 0 else 1.0
     inter = float(proxy.inter) if np.isfinite(proxy.inter) else 0.0
 
     out = np.empty((shape[3], flat.size), dtype=np.float32)
-    per_chunk = max(1, chunk_bytes // vol_bytes)
-    buf = bytearray(per_chunk * vol_bytes)
-    view = memoryview(buf)
     opener = _gzip.open if path.name.endswith(".gz") else open
-    t = 0
     try:
         with opener(path, "rb") as fh:
             fh.seek(int(proxy.offset))
-            while t < shape[3]:
-                n = min(per_chunk, shape[3] - t)
-                want = n * vol_bytes
-                got = 0
-                while got < want:
-                    k = fh.readinto(view[got:want])
-                    if not k:
-                        break
-                    got += k
-                if got < want:
-                    raise NSDCorruptFileError(
-                        f"Betas file {path} ended after {t + got // vol_bytes} of {shape[3]} "
-                        f"volumes (truncated). {_FIX}"
-                    )
-                block = np.frombuffer(buf, dtype=dtype, count=n * n_vol_elems)
-                out[t : t + n] = block.reshape(n, n_vol_elems)[:, flat]
-                t += n
+            _stream_into(path, fh, out, flat, np.dtype(proxy.dtype),
+                         int(np.prod(shape[:3])), chunk_bytes)
     except _READ_ERRORS as exc:
         if isinstance(exc, NSDCorruptFileError):
             raise
