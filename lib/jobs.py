@@ -217,9 +217,17 @@ def _needed(job: Job, by_name: dict[str, list[Job]]) -> list[Job]:
     return found
 
 
-def _local_path_stamp(value: Any, cwd: Path) -> list[str]:
-    """Sizes and modification times of the files a parameter value names (none if no path)."""
+def _local_path_stamp(name: str, value: Any, cwd: Path) -> list[str]:
+    """Sizes and modification times of the files a parameter value names (none if no path).
+
+    A value counts as a path when it looks like one (a separator or a file suffix) or when the
+    parameter's name says so (``*_root``, ``*_dir``): a plain word such as
+    ``retrieval_rule: book`` must not stamp the folder that happens to share its name.
+    """
     if not isinstance(value, str) or not value or "\n" in value:
+        return []
+    looks_like_path = "/" in value or os.sep in value or bool(Path(value).suffix)
+    if not (looks_like_path or name.endswith(("_root", "_dir"))):
         return []
     path = Path(value) if Path(value).is_absolute() else cwd / value
     if not path.exists():
@@ -264,16 +272,16 @@ def fingerprints(jobs: list[Job], parameters: dict[str, dict[str, Any]],
         ``job.key -> sha256 hex digest``.
     """
     lib_digest = _lib_digest()
-    stamps: dict[str, list[str]] = {}
+    stamps: dict[tuple[str, str], list[str]] = {}
     result: dict[str, str] = {}
     for job in jobs:
         received = parameters[job.key]
         inputs = {k: v for k, v in received.items() if k not in OUTPUT_PARAMS}
         files = {}
         for k, v in inputs.items():
-            if isinstance(v, str) and v not in stamps:
-                stamps[v] = _local_path_stamp(v, Path(cwd))
-            files[k] = stamps.get(v, []) if isinstance(v, str) else []
+            if isinstance(v, str) and (k, v) not in stamps:
+                stamps[k, v] = _local_path_stamp(k, v, Path(cwd))
+            files[k] = stamps.get((k, v), []) if isinstance(v, str) else []
         record = {
             "code": _code_digest(job.source),
             "lib": lib_digest,

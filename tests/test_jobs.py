@@ -225,3 +225,14 @@ def test_distributed_micro_run_equals_the_serial_run(micro_root, tmp_path):
     # the two subjects are different brains: their predictions differ
     assert not np.allclose(predictions["serial"][1]["test_pred"],
                            predictions["serial"][2]["test_pred"])
+
+
+def test_only_path_parameters_stamp_files(tmp_path):
+    # `retrieval_rule: book` once stamped the repository's book/ folder, whose executed notebooks
+    # change with every run, so a second call re-ran chapter 05 and everything after it
+    (tmp_path / "book").mkdir()
+    (tmp_path / "book" / "page.md").write_text("x")
+    assert jobgraph._local_path_stamp("retrieval_rule", "book", tmp_path) == []
+    assert jobgraph._local_path_stamp("nsd_root", "book", tmp_path)  # named as a folder
+    assert jobgraph._local_path_stamp("zoo", "book/page.md", tmp_path)  # looks like a path
+    assert jobgraph._local_path_stamp("zoo", "book/missing.json", tmp_path) == []
