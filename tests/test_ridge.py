@@ -427,10 +427,11 @@ def test_backend_setting_probe_and_environment(monkeypatch):
     probe = probe_blas()
     assert probe["numpy"] > 0 and probe["torch"] > 0 and probe["faster"] in BACKENDS
     monkeypatch.delenv("LIB_RIDGE_BACKEND", raising=False)
-    assert get_backend("auto", "cpu").name == probe["faster"]
+    # never chosen by timing: the choice (and so the rounding) must not depend on the load
+    assert get_backend("auto", "cpu").name == "numpy"
     X, Y, _, _ = _problem(30, 10, 2)
     m = RidgeCV(device="cpu", warn_edge=None).fit(X, Y)
-    assert m.backend_ == probe["faster"] and m.fit_info_["blas_gflops"] == probe
+    assert m.backend_ == "numpy" and m.fit_info_["blas_gflops"] == probe
     for name in BACKENDS:
         monkeypatch.setenv("LIB_RIDGE_BACKEND", name)
         assert get_backend("auto", "cpu").name == name

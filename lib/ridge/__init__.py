@@ -11,8 +11,8 @@ Modules
   eigendecomposition for every alpha), :func:`loo_cholesky` (one Cholesky factorisation per
   alpha) and :func:`kfold`, each returning a :class:`CVResult`.
 - :mod:`lib.ridge.design`: centred designs in feature blocks, Gram matrices, thin spectra.
-- :mod:`lib.ridge.backends`: NumPy/SciPy and torch (CPU, CUDA) backends, chosen by a measured
-  float32 matmul probe (:func:`probe_blas`) or a setting.
+- :mod:`lib.ridge.backends`: NumPy/SciPy and torch (CPU, CUDA) backends: CUDA where available,
+  else NumPy, or a setting; :func:`probe_blas` measures both BLAS libraries.
 - :mod:`lib.ridge.splits`: k-fold and group-aware splits.
 
 Numerics: eigenvalues below ``max(s) * max(n, p) * eps`` are dropped (this removes the

@@ -8,10 +8,13 @@ to and from the host). One backend serves a whole fit.
 Which backend is fastest depends on the machine: torch's CPU wheels bring their own BLAS
 (MKL on x86), NumPy and SciPy bring OpenBLAS; on AMD CPUs OpenBLAS's float32 matrix
 product can be ~1.5x faster than torch's, on Intel CPUs the reverse. :func:`get_backend`
-with ``"auto"`` therefore measures both once per process (:func:`probe_blas`, a short
-float32 matmul timing) and picks the faster, unless CUDA is asked for or available. The
+with ``"auto"`` uses CUDA when it is asked for or available, else NumPy, always: a choice by
+timing (:func:`probe_blas` measures both) flips with the machine's load when the two are
+close, and the two BLAS libraries round differently, enough to change some voxels' chosen
+alpha, so the same run would give different numbers from one day to the next. NumPy is also
+the BLAS scikit-learn uses, so benchmarks against it compare algorithms, not libraries. The
 environment variable ``LIB_RIDGE_BACKEND`` (``numpy``, ``torch`` or ``torch_cuda``)
-overrides ``"auto"``.
+overrides ``"auto"``; ``python -m bench ridge`` prints both throughputs.
 """
 
 from __future__ import annotations
@@ -312,7 +315,7 @@ def resolve_backend_name(backend: str = "auto", device: str = "auto") -> str:
 
     dev = resolve_device(device)
     if backend == "auto":
-        return "torch_cuda" if dev.type == "cuda" else probe_blas()["faster"]
+        return "torch_cuda" if dev.type == "cuda" else "numpy"  # not by timing: see above
     if backend != "torch_cuda" and dev.type == "cuda" and device != "auto":
         raise ValueError(f"backend={backend!r} runs on the CPU but device={device!r}; use "
                          "backend='torch_cuda' (or 'auto') for CUDA.")
@@ -326,8 +329,8 @@ def get_backend(backend: str = "auto", device: str = "auto"):
     ----------
     backend : {"auto", "numpy", "torch", "torch_cuda"}
         ``"auto"``: ``$LIB_RIDGE_BACKEND`` if set, else ``torch_cuda`` when ``device``
-        resolves to CUDA, else whichever of NumPy and torch multiplies float32 matrices
-        faster on this CPU (:func:`probe_blas`).
+        resolves to CUDA, else NumPy (never chosen by timing, which would make results
+        depend on the machine's load; see the module's docstring).
     device : {"auto", "cpu", "cuda", "cuda:N"}
         Device of the torch backends (``"auto"``: CUDA when available).
 

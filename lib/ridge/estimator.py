@@ -96,8 +96,7 @@ class RidgeCV(RegressorMixin, BaseEstimator):
         the smallest or the largest alpha of the grid; None never warns.
     backend : {"auto", "numpy", "torch", "torch_cuda"}, default "auto"
         Array backend (:func:`lib.ridge.backends.get_backend`); ``"auto"`` picks CUDA when
-        ``device`` resolves to it, else the faster float32 matmul of NumPy and torch on
-        this CPU, unless ``$LIB_RIDGE_BACKEND`` names one.
+        ``device`` resolves to it, else NumPy, unless ``$LIB_RIDGE_BACKEND`` names one.
 
     Attributes
     ----------
