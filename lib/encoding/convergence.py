@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from lib.encoding.fit import encode_layers
+from lib.encoding.fit import check_disjoint, encode_layers
 from lib.encoding.options import EncodingOptions
 from lib.encoding.rois import summarize_rois
 from lib.encoding.zoo import count_parameters, n_hidden_states
@@ -52,8 +52,7 @@ class ConvergenceData:
     cache_dir: Path
 
     def __post_init__(self):
-        leaked = np.intersect1d(self.train_ids, self.test_ids)
-        assert leaked.size == 0, f"{leaked.size} test images are among the training images."
+        check_disjoint(self.train_ids, self.test_ids)
         self.cache_dir = Path(self.cache_dir)
 
     @property

@@ -119,6 +119,18 @@ def fit_layer(X_train: np.ndarray, Y_train: np.ndarray, X_test: np.ndarray, Y_te
     return out
 
 
+def check_disjoint(train_ids: np.ndarray, test_ids: np.ndarray) -> None:
+    """Stop (``AssertionError``) when any test image is among the training images.
+
+    Parameters
+    ----------
+    train_ids, test_ids : ndarray of shape (n_train,) and (n_test,)
+        Image ids of the two splits.
+    """
+    leaked = np.intersect1d(train_ids, test_ids)
+    assert leaked.size == 0, f"{leaked.size} test images are among the training images."
+
+
 def encode_layers(features: dict[int, np.ndarray], feature_ids: np.ndarray,
                   Y_train: np.ndarray, train_ids: np.ndarray,
                   Y_test: np.ndarray, test_ids: np.ndarray, options: EncodingOptions | None = None,
@@ -145,8 +157,7 @@ def encode_layers(features: dict[int, np.ndarray], feature_ids: np.ndarray,
         Per layer, the output of :func:`fit_layer`.
     """
     train_ids, test_ids = np.asarray(train_ids), np.asarray(test_ids)
-    leaked = np.intersect1d(train_ids, test_ids)
-    assert leaked.size == 0, f"{leaked.size} test images are among the training images."
+    check_disjoint(train_ids, test_ids)
     rows_train = rows_for(feature_ids, train_ids)
     rows_test = rows_for(feature_ids, test_ids)
     return {layer: fit_layer(X[rows_train], Y_train, X[rows_test], Y_test, options,
