@@ -35,12 +35,16 @@ import ast
 import os
 import subprocess
 import sys
+import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import nbformat
 import yaml
+from jupyter_client.manager import AsyncKernelManager
+from traitlets import default
 
 from lib.config import PARAMS_ENV, REPO_ROOT
 from lib.jobs import Job, plan_graph
@@ -121,6 +125,27 @@ def notebook_parameters(job: Job, params: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in merged.items() if k in declared}
 
 
+class SocketFileKernelManager(AsyncKernelManager):
+    """The kernel manager of papermill's kernels: Unix sockets on POSIX, TCP elsewhere.
+
+    Over TCP, jupyter_client picks five free ports and the kernel binds them when its
+    interpreter has started, seconds later under load; any connection opened in between can
+    take one, the kernel then dies at start and jupyter_client waits for its first reply
+    forever (jupyter/jupyter_client#7; it hung a test run here while other jobs ran). A Unix
+    socket per kernel, named uniquely in the temporary folder, has no such window.
+    """
+
+    @default("transport")
+    def _default_transport(self):
+        return "ipc" if os.name == "posix" else "tcp"
+
+    @default("ip")
+    def _default_ip(self):
+        if self.transport != "ipc":
+            return super()._ip_default()
+        return os.path.join(tempfile.gettempdir(), f"braincap-kernel-{uuid.uuid4().hex}")
+
+
 def run_job(job: Job, params: dict[str, Any], cwd: str | os.PathLike = REPO_ROOT) -> float:
     """Execute one notebook with papermill; return its wall time in seconds.
 
@@ -141,6 +166,7 @@ def run_job(job: Job, params: dict[str, Any], cwd: str | os.PathLike = REPO_ROOT
             cwd=str(cwd),
             progress_bar=False,
             log_output=False,
+            kernel_manager_class=SocketFileKernelManager,
         )
     except papermill.PapermillExecutionError as err:
         raise NotebookFailed(
