@@ -7,6 +7,7 @@ PY     := $(VENV)/bin/python
 PARAMS ?= notebooks/params/toy.yaml
 PRESET ?= toy
 SEED   ?= 0
+TEST_WORKERS ?= auto
 MATHJAX_VERSION := 3.2.2
 VENDOR := book/_static/vendor
 
@@ -18,7 +19,7 @@ help:
 	@echo "make test   - run the test suite (unit tests, micro notebooks, offline browser check)"
 	@echo "make lint   - ruff (lib, tests, bench, notebooks) and the notebooks-without-outputs check"
 	@echo "make bench  - run the benchmarks in bench/"
-	@echo "Variables: PARAMS=$(PARAMS) PRESET=$(PRESET) SEED=$(SEED)"
+	@echo "Variables: PARAMS=$(PARAMS) PRESET=$(PRESET) SEED=$(SEED) TEST_WORKERS=$(TEST_WORKERS)"
 
 # --- set-up ---------------------------------------------------------------
 $(VENV)/.installed: pyproject.toml
@@ -61,8 +62,11 @@ lab: setup
 	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)"
 
 # --- checks ---------------------------------------------------------------
+# Tests in TEST_WORKERS processes (pytest-xdist; `auto`: one per core, at most 4). The micro
+# book and the null micro book are session fixtures: tests/conftest.py keeps each one's tests in
+# one process (--dist loadgroup) and gives every process its share of the cores' threads.
 test: setup
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --maxprocesses 4 --dist loadgroup
 
 # The style checks alone (tests/test_style.py also runs them within `make test`).
 lint: $(VENV)/.installed

@@ -198,23 +198,25 @@ def test_slurm_recipe_writes_one_gpu_job_per_worker(tmp_path):
 
 
 @pytest.mark.slow
-def test_distributed_micro_run_equals_the_serial_run(micro_root, tmp_path):
-    """Preparation and stage 1 of both micro subjects on a 2-worker LocalCluster: same numbers."""
+def test_distributed_micro_run_equals_the_serial_run(micro_run, tmp_path):
+    """Preparation and stage 1 of both micro subjects on a 2-worker LocalCluster give the numbers
+    of the serial micro book (``micro_run``, the same parameters run one job after another)."""
     import numpy as np
 
     from lib.decoding.stage1 import read_predictions
 
-    params = run.load_params(REPO_ROOT / "notebooks" / "params" / "micro.yaml")
-    params.update(notebooks=["01_data_preparation", "03_alignment_ridge"], sweeps={},
-                  subjects=[1, 2], subject=1)
+    params, _, _ = micro_run
+    params = {**params, "notebooks": ["01_data_preparation", "03_alignment_ridge"], "sweeps": {},
+              "subjects": [1, 2], "subject": 1}
     predictions = {}
-    for name, scheduler in (("serial", None), ("dask", "local")):
-        derived = tmp_path / name / "derived"
-        path = tmp_path / f"{name}.yaml"
-        path.write_text(yaml.safe_dump({**params, "derived_root": str(derived)}))
-        times = run.run_book(path, tmp_path / name / "run", cwd=REPO_ROOT, log=lambda s: None,
-                             scheduler=scheduler)
-        assert len(times) == 4
+    for name, derived in (("serial", REPO_ROOT / params["derived_root"]),
+                          ("dask", tmp_path / "derived")):
+        if name == "dask":
+            path = tmp_path / "dask.yaml"
+            path.write_text(yaml.safe_dump({**params, "derived_root": str(derived)}))
+            times = run.run_book(path, tmp_path / "run", cwd=REPO_ROOT, log=lambda s: None,
+                                 scheduler="local")
+            assert len(times) == 4
         predictions[name] = {
             s: read_predictions(derived / params["dataset"] / f"subj0{s}" / "decoding" / "stage1")
             for s in (1, 2)}

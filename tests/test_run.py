@@ -109,3 +109,23 @@ def test_failure_names_notebook_cell_and_copy(tmp_path):
 def test_cli_exit_code_on_failure(tmp_path, capsys):
     assert run.main(["--params", str(tmp_path / "absent.yaml")]) == 1
     assert "not found" in capsys.readouterr().err
+
+
+def test_book_fixtures_keep_their_tests_in_one_test_process():
+    # `make test` runs pytest-xdist with --dist loadgroup: a test that needs the micro book (or
+    # the null micro book) must be grouped with the others, or a second process would run the
+    # whole book again and write the same files at the same time
+    from types import SimpleNamespace
+
+    from tests.conftest import book_fixture
+
+    def item(fixtures, **params):
+        return SimpleNamespace(fixturenames=fixtures, callspec=SimpleNamespace(params=params))
+
+    assert book_fixture(item(["micro_root", "micro_run", "tmp_path"])) == "micro_run"
+    assert book_fixture(item(["micro_null_run"])) == "micro_null_run"
+    assert book_fixture(item(["world", "run"], world="micro", run="stage1")) == "micro_run"
+    assert book_fixture(item(["null_world"], null_world="micro_null")) == "micro_null_run"
+    assert book_fixture(item(["world"], world="toy")) is None  # reads a finished toy book
+    assert book_fixture(item(["micro_root", "tmp_path"])) is None
+    assert book_fixture(SimpleNamespace()) is None  # a doctest item has neither
