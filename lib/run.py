@@ -128,11 +128,12 @@ def notebook_parameters(job: Job, params: dict[str, Any]) -> dict[str, Any]:
 class SocketFileKernelManager(AsyncKernelManager):
     """The kernel manager of papermill's kernels: Unix sockets on POSIX, TCP elsewhere.
 
-    Over TCP, jupyter_client picks five free ports and the kernel binds them when its
-    interpreter has started, seconds later under load; any connection opened in between can
-    take one, the kernel then dies at start and jupyter_client waits for its first reply
-    forever (jupyter/jupyter_client#7; it hung a test run here while other jobs ran). A Unix
-    socket per kernel, named uniquely in the temporary folder, has no such window.
+    A kernel that dies at start makes jupyter_client wait for its first reply forever
+    (jupyter/jupyter_client#7); one did and hung a test run here, on a loaded machine with
+    several processes starting kernels. The likely cause is TCP: jupyter_client picks five free
+    ports and the kernel binds them when its interpreter has started, seconds later under load,
+    and any connection opened in between can take one. A Unix socket per kernel, named uniquely
+    in the temporary folder, has no such window.
     """
 
     @default("transport")
