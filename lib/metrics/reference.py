@@ -140,11 +140,9 @@ def score_reference_runs(
             "tables of brain-decoding-with-blip2 (see reference/README.md in the repository)."
         )
     key = _cache_key(runs, n_items, seed, f"{shuffled_control}:{n_permutations}")
-    if cache_path is not None and Path(cache_path).exists():
-        cached = pd.read_csv(cache_path)
-        if "cache_key" in cached and (cached["cache_key"] == key).all():
-            return cached.drop(columns="cache_key")
-
+    cached = _read_cache(cache_path, key)
+    if cached is not None:
+        return cached
     rows = []
     with contextlib.ExitStack() as stack:
         if meteor is None:
@@ -153,38 +151,55 @@ def score_reference_runs(
             frame = read_reference_captions(path)
             if n_items is not None:
                 frame = frame.iloc[:n_items]
-            hyps, refs = frame["caption"].tolist(), frame["references"].tolist()
-            conditions = [("decoded", hyps)]
-            if shuffled_control:
-                perm = np.random.default_rng(seed).permutation(len(hyps))
-                conditions.append(("shuffled", [hyps[j] for j in perm]))
-            first = len(rows)
-            per_item = []
-            for condition, h in conditions:
-                m = caption_metrics(h, refs, per_item=True, meteor=meteor)
-                per_item.append(m["per_item"])
-                rows.append(
-                    {
-                        "file": path.name,
-                        "stage": "stage1 (ridge)" if typ == 0 else "stage2 (contrastive)",
-                        "type": typ,
-                        "memory": mem,
-                        "condition": condition,
-                        "n": m["n"],
-                        **{k: m[k] for k in CAPTION_METRICS},
-                    }
-                )
-            if shuffled_control:
-                for name in ("CIDEr", "METEOR"):
-                    test = permutation_test(
-                        per_item[0][name], per_item[1][name], n_permutations, seed=seed
-                    )
-                    rows[first][f"p_{name}"] = test["p_value"]
+            rows += _score_run(frame, path.name, typ, mem, meteor, shuffled_control, seed,
+                               n_permutations)
     table = pd.DataFrame(rows)
     if cache_path is not None:
         with atomic_path(cache_path) as tmp:
             table.assign(cache_key=key).to_csv(tmp, index=False)
     return table
+
+
+def _read_cache(cache_path, key: str) -> pd.DataFrame | None:
+    """The cached table when ``cache_path`` holds one written under ``key``, else None."""
+    if cache_path is None or not Path(cache_path).exists():
+        return None
+    cached = pd.read_csv(cache_path)
+    if "cache_key" in cached and (cached["cache_key"] == key).all():
+        return cached.drop(columns="cache_key")
+    return None
+
+
+def _score_run(frame: pd.DataFrame, name: str, typ: int, mem: int, meteor: MeteorScorer,
+               shuffled_control: bool, seed: int, n_permutations: int) -> list[dict]:
+    """Rows of one released file: decoded, then (optionally) shuffled with the paired test."""
+    hyps, refs = frame["caption"].tolist(), frame["references"].tolist()
+    conditions = [("decoded", hyps)]
+    if shuffled_control:
+        perm = np.random.default_rng(seed).permutation(len(hyps))
+        conditions.append(("shuffled", [hyps[j] for j in perm]))
+    rows, per_item = [], []
+    for condition, h in conditions:
+        m = caption_metrics(h, refs, per_item=True, meteor=meteor)
+        per_item.append(m["per_item"])
+        rows.append(
+            {
+                "file": name,
+                "stage": "stage1 (ridge)" if typ == 0 else "stage2 (contrastive)",
+                "type": typ,
+                "memory": mem,
+                "condition": condition,
+                "n": m["n"],
+                **{k: m[k] for k in CAPTION_METRICS},
+            }
+        )
+    if shuffled_control:
+        for metric in ("CIDEr", "METEOR"):
+            test = permutation_test(
+                per_item[0][metric], per_item[1][metric], n_permutations, seed=seed
+            )
+            rows[0][f"p_{metric}"] = test["p_value"]
+    return rows
 
 
 def load_published(
