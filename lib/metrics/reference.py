@@ -76,11 +76,17 @@ def read_reference_captions(path: str | os.PathLike) -> pd.DataFrame:
 
 
 def _run_files(reference_dir: Path) -> list[tuple[Path, int, int]]:
+    """The released ``(path, type, memory)`` files of ``reference_dir``, sorted; at least one."""
     runs = []
     for p in sorted(reference_dir.glob("pt_type*_mem*_captions.csv")):
         m = _RUN_RE.search(p.name)
         if m:
             runs.append((p, int(m.group(1)), int(m.group(2))))
+    if not runs:
+        raise FileNotFoundError(
+            f"No pt_type*_mem*_captions.csv files in {reference_dir}; expected the released "
+            "tables of brain-decoding-with-blip2 (see reference/README.md in the repository)."
+        )
     runs.sort(key=lambda r: (r[1], r[2]))
     return runs
 
@@ -134,11 +140,6 @@ def score_reference_runs(
     """
     reference_dir = Path(reference_dir)
     runs = _run_files(reference_dir)
-    if not runs:
-        raise FileNotFoundError(
-            f"No pt_type*_mem*_captions.csv files in {reference_dir}; expected the released "
-            "tables of brain-decoding-with-blip2 (see reference/README.md in the repository)."
-        )
     key = _cache_key(runs, n_items, seed, f"{shuffled_control}:{n_permutations}")
     cached = _read_cache(cache_path, key)
     if cached is not None:
@@ -155,9 +156,14 @@ def score_reference_runs(
                                n_permutations)
     table = pd.DataFrame(rows)
     if cache_path is not None:
-        with atomic_path(cache_path) as tmp:
-            table.assign(cache_key=key).to_csv(tmp, index=False)
+        _write_cache(table, cache_path, key)
     return table
+
+
+def _write_cache(table: pd.DataFrame, cache_path, key: str) -> None:
+    """Store ``table`` atomically with a ``cache_key`` column."""
+    with atomic_path(cache_path) as tmp:
+        table.assign(cache_key=key).to_csv(tmp, index=False)
 
 
 def _read_cache(cache_path, key: str) -> pd.DataFrame | None:
