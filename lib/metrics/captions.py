@@ -351,17 +351,50 @@ def caption_metrics(
     TypeError
         A single str where a list of captions is expected.
     """
-    from pycocoevalcap.bleu.bleu import Bleu
-    from pycocoevalcap.cider.cider import Cider
-    from pycocoevalcap.rouge.rouge import Rouge
-
     hyps, refs = _validate(hypotheses, references)
+    gts, res = _tokenized(hyps, refs)
+    out, items = _coco_scores(gts, res, meteor)
+    if spice:
+        s, s_items = _spice(gts, res)
+        out["SPICE"] = s
+        if s_items is not None:
+            items["SPICE"] = s_items
+    out["n"] = len(hyps)
+    if per_item:
+        out["per_item"] = items
+    return out
+
+
+def _tokenized(hyps: list[str], refs: list[list[str]]) -> tuple[dict, dict]:
+    """PTB-tokenize every caption in one Java call; pycocoevalcap's ``gts`` and ``res``.
+
+    Returns
+    -------
+    gts : dict of int to list of str
+        Item i -> its tokenized references.
+    res : dict of int to list of str
+        Item i -> [its tokenized hypothesis].
+    """
     tokens = ptb_tokenize(hyps + [r for ref in refs for r in ref])
     res = {i: [tokens[i]] for i in range(len(hyps))}
     gts, pos = {}, len(hyps)
     for i, ref in enumerate(refs):
         gts[i] = tokens[pos : pos + len(ref)]
         pos += len(ref)
+    return gts, res
+
+
+def _coco_scores(gts: dict, res: dict, meteor: MeteorScorer | None) -> tuple[dict, dict]:
+    """Corpus and per-item BLEU-1..4, METEOR, ROUGE-L and CIDEr (in that order).
+
+    Returns
+    -------
+    corpus : dict of str to float
+    items : dict of str to ndarray of shape (n,)
+    """
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
 
     out: dict = {}
     items: dict = {}
@@ -379,12 +412,4 @@ def caption_metrics(
     out["ROUGE-L"], items["ROUGE-L"] = float(r), np.asarray(r_items, dtype=float)
     c, c_items = Cider().compute_score(gts, res)
     out["CIDEr"], items["CIDEr"] = float(c), np.asarray(c_items, dtype=float)
-    if spice:
-        s, s_items = _spice(gts, res)
-        out["SPICE"] = s
-        if s_items is not None:
-            items["SPICE"] = s_items
-    out["n"] = len(hyps)
-    if per_item:
-        out["per_item"] = items
-    return out
+    return out, items
