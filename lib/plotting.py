@@ -131,6 +131,8 @@ def plot_roi_slices(img_or_labels, bg_img=None, title: str | None = None,
     return fig
 
 
+# size: 9 parameters, the map plus nilearn's display options (plot_surf_stat_map: cmap, vmin,
+# vmax, threshold, views, hemis) and the projection radius; all keywords with defaults
 def plot_surface(volume_img, title: str | None = None, cmap: str = "inferno",
                  vmin: float | None = None, vmax: float | None = None,
                  threshold: float | None = None, views=SURFACE_VIEWS,
@@ -165,10 +167,8 @@ def plot_surface(volume_img, title: str | None = None, cmap: str = "inferno",
     import matplotlib.pyplot as plt
     from nilearn import plotting
 
-    surf = _inflated(volume_to_surface(volume_img, radius=radius))
-    _, sulc = _fsaverage5()
-    vmin, vmax = _color_range(surf, vmin, vmax)
-    threshold = _EPS if threshold is None else threshold
+    surf, sulc, vmin, vmax, threshold = _surface_inputs(volume_img, radius, vmin, vmax,
+                                                       threshold)
     fig, axes = plt.subplots(len(hemis), len(views), subplot_kw={"projection": "3d"},
                              figsize=(3.0 * len(views), 2.6 * len(hemis)), squeeze=False)
     for i, hemi in enumerate(hemis):
@@ -186,6 +186,15 @@ def plot_surface(volume_img, title: str | None = None, cmap: str = "inferno",
     return fig
 
 
+def _surface_inputs(volume_img, radius, vmin, vmax, threshold):
+    """Inflated surface map, sulcal background, colour range and display threshold."""
+    surf = _inflated(volume_to_surface(volume_img, radius=radius))
+    _, sulc = _fsaverage5()
+    vmin, vmax = _color_range(surf, vmin, vmax)
+    threshold = _EPS if threshold is None else threshold
+    return surf, sulc, vmin, vmax, threshold
+
+
 def _color_range(surf, vmin, vmax):
     """Default colour range of a surface map: [0, 99th percentile of non-zero values]."""
     import numpy as np
@@ -201,6 +210,8 @@ def _color_range(surf, vmin, vmax):
     return vmin, vmax
 
 
+# size: 9 parameters, plot_surface's options with one hemisphere and view (nilearn's plotly
+# engine draws one)
 def surface_plotly(volume_img, title: str | None = None, cmap: str = "inferno",
                    vmin: float | None = None, vmax: float | None = None,
                    threshold: float | None = None, hemi: str = "left", view: str = "ventral",
@@ -229,10 +240,8 @@ def surface_plotly(volume_img, title: str | None = None, cmap: str = "inferno",
     """
     from nilearn import plotting
 
-    surf = _inflated(volume_to_surface(volume_img, radius=radius))
-    _, sulc = _fsaverage5()
-    vmin, vmax = _color_range(surf, vmin, vmax)
-    threshold = _EPS if threshold is None else threshold
+    surf, sulc, vmin, vmax, threshold = _surface_inputs(volume_img, radius, vmin, vmax,
+                                                       threshold)
     sfig = plotting.plot_surf_stat_map(
         stat_map=surf, bg_map=sulc, hemi=hemi, view=view, cmap=cmap, threshold=threshold,
         vmin=vmin, vmax=vmax, engine="plotly", title=title, colorbar=True,
@@ -395,32 +404,44 @@ def plot_depth_profiles(scores, rois=("V1", "hV4", "faces", "places", "nsdgenera
     for ax in axes.ravel()[len(rois):]:
         ax.set_visible(False)
     for ax, roi in zip(axes.ravel(), rois):
-        r = d[d["roi"] == roi]
-        for family, g in r.groupby("family"):
-            sizes = np.log(g["n_params"].astype(float))
-            lo, hi = sizes.min(), sizes.max()
-            for _, m in g.groupby("model"):
-                m = m.sort_values("depth")
-                rank = 0.5 if hi == lo else (np.log(float(m["n_params"].iloc[0])) - lo) / (hi - lo)
-                ax.plot(m["depth"], m["score"], color=colors[family], alpha=0.35 + 0.65 * rank,
-                        lw=0.8 + 1.6 * rank, label=family)
-                top = m[m["selected"].astype(bool)]
-                ax.plot(top["depth"], top["score"], "o", color=colors[family], ms=3)
+        _depth_panel(ax, d[d["roi"] == roi], colors)
         ax.set_title(roi)
         ax.grid(alpha=0.3)
+    _label_depth_figure(fig, axes, colors, title)
+    return fig
+
+
+def _depth_panel(ax, rows, colors) -> None:
+    """One ROI's depth profiles: a line per model (darker/thicker = larger within its family),
+    a dot at its selected layer."""
+    import numpy as np
+
+    for family, g in rows.groupby("family"):
+        sizes = np.log(g["n_params"].astype(float))
+        lo, hi = sizes.min(), sizes.max()
+        for _, m in g.groupby("model"):
+            m = m.sort_values("depth")
+            rank = 0.5 if hi == lo else (np.log(float(m["n_params"].iloc[0])) - lo) / (hi - lo)
+            ax.plot(m["depth"], m["score"], color=colors[family], alpha=0.35 + 0.65 * rank,
+                    lw=0.8 + 1.6 * rank, label=family)
+            top = m[m["selected"].astype(bool)]
+            ax.plot(top["depth"], top["score"], "o", color=colors[family], ms=3)
+
+
+def _label_depth_figure(fig, axes, colors, title) -> None:
+    """Axis labels, the family legend on the right and the title of the depth-profile grid."""
+    from matplotlib.lines import Line2D
+
     for ax in axes[-1]:
         ax.set_xlabel("normalised depth")
     for ax in axes[:, 0]:
         ax.set_ylabel("test Pearson r")
-    from matplotlib.lines import Line2D
-
     handles = [Line2D([], [], color=c, lw=2.4) for c in colors.values()]
     fig.legend(handles, list(colors), loc="center right", fontsize=8, frameon=False,
                title="family", title_fontsize=8)
     if title:
         fig.suptitle(title)
     fig.tight_layout(rect=(0, 0, 1 - 1.4 / fig.get_figwidth(), 1))
-    return fig
 
 
 def plot_roi_comparison(best, rois=("V1", "V2", "V3", "hV4", "faces", "bodies", "places",
