@@ -1,8 +1,8 @@
 """Feature extraction: per-layer hidden states of vision and language models, cached to HDF5.
 
-Submodules are imported lazily (``lib.features.cache``, ``lib.features.hidden``,
-``lib.features.qformer``), so importing this package is cheap and a missing optional
-submodule does not break the others.
+Submodules are imported lazily (``lib.features.cache``, ``lib.features.hidden`` with
+``lib.features.loading`` and ``lib.features.pooling``, ``lib.features.qformer``), so importing
+this package is cheap and a missing optional submodule does not break the others.
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ _LAZY = {
     "vision_layer_features": "hidden",
     "language_layer_features": "hidden",
     "model_layer_features": "hidden",
-    "n_layers": "hidden",
 }
+
+__all__ = sorted(_LAZY)
 
 
 def __getattr__(name):

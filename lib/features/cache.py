@@ -50,28 +50,10 @@ def extract_cached(
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    keys = np.asarray(list(keys), dtype=np.int64)
-    if keys.ndim != 1:
-        raise ValueError(f"keys must be one-dimensional, got shape {keys.shape}.")
-    if len(np.unique(keys)) != len(keys):
-        raise ValueError("keys must be unique.")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    keys = _check_keys(keys, batch_size)
     n = len(keys)
-
     with h5py.File(path, "a") as f:
-        if "key" in f:
-            stored = f["key"][()]
-            if stored.shape != keys.shape or not np.array_equal(stored, keys):
-                raise ValueError(
-                    f"Cache {path} was written for other keys ({len(stored)} stored, {n} asked); "
-                    "delete it or choose another cache path."
-                )
-        else:
-            f.create_dataset("key", data=keys)
-            f.create_dataset("done", data=np.zeros(n, dtype=bool))
-        done = f["done"][()]
-        todo = np.flatnonzero(~done)
+        todo = np.flatnonzero(~_done_rows(f, keys, path))
         batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
         with tqdm(total=n, initial=n - len(todo), desc=desc or path.stem, unit="item") as bar:
             for rows in batches:
@@ -79,6 +61,34 @@ def extract_cached(
                 bar.update(len(rows))
         names = [k for k in f.keys() if k not in ("key", "done")]
         return {name: f[name][()] for name in names}
+
+
+def _check_keys(keys, batch_size: int) -> np.ndarray:
+    """``keys`` as a unique int64 array of shape (n,), after checking ``batch_size``."""
+    keys = np.asarray(list(keys), dtype=np.int64)
+    if keys.ndim != 1:
+        raise ValueError(f"keys must be one-dimensional, got shape {keys.shape}.")
+    if len(np.unique(keys)) != len(keys):
+        raise ValueError("keys must be unique.")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    return keys
+
+
+def _done_rows(f, keys: np.ndarray, path: Path) -> np.ndarray:
+    """The ``done`` mask (n,) of the open cache ``f``; starts one for ``keys`` if it is new."""
+    n = len(keys)
+    if "key" in f:
+        stored = f["key"][()]
+        if stored.shape != keys.shape or not np.array_equal(stored, keys):
+            raise ValueError(
+                f"Cache {path} was written for other keys ({len(stored)} stored, {n} asked); "
+                "delete it or choose another cache path."
+            )
+    else:
+        f.create_dataset("key", data=keys)
+        f.create_dataset("done", data=np.zeros(n, dtype=bool))
+    return f["done"][()]
 
 
 def _write_batch(f, rows, out, n, batch_size, path) -> None:

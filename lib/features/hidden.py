@@ -13,6 +13,8 @@ over its tokens (padding and special tokens excluded), then over the image's cap
 the original study.
 
 Layer 0 is the embedding output (``hidden_states[0]``), layer ``i`` the output of block ``i``.
+Models are loaded by :mod:`lib.features.loading`; layers are chosen and pooled by
+:mod:`lib.features.pooling`.
 """
 
 from __future__ import annotations
@@ -24,140 +26,18 @@ import numpy as np
 
 from lib.features.cache import extract_cached
 
-#: Config model types whose ``AutoModel`` holds a vision tower under ``vision_model``.
-_DUAL_ENCODERS = ("clip", "siglip", "siglip2", "blip", "blip-2", "align", "altclip")
+# re-exported: lib.encoding.zoo uses _DUAL_ENCODERS and _check_local_or_hub, tests parse_pooling
+from lib.features.loading import (  # noqa: F401
+    _DUAL_ENCODERS,
+    _check_local_or_hub,
+    load_language_model,
+    load_vision_model,
+)
+from lib.features.pooling import parse_pooling, pool_hidden_state, select_layers  # noqa: F401
 
 
 def _layer_name(layer: int) -> str:
     return f"layer_{layer:03d}"
-
-
-def select_layers(n_hidden: int, layers=None) -> list[int]:
-    """Indices into ``hidden_states`` to keep.
-
-    Parameters
-    ----------
-    n_hidden : int
-        Number of hidden states the model returns (blocks + 1 for the embeddings).
-    layers : None, int or sequence of int
-        ``None``: every layer; an int ``k``: ``k`` layers evenly spaced from the first to the
-        last (both included); a sequence: those indices (negative ones count from the end).
-
-    Returns
-    -------
-    layers : list of int
-        Sorted unique non-negative indices.
-    """
-    if layers is None:
-        return list(range(n_hidden))
-    if isinstance(layers, (int, np.integer)):
-        k = int(layers)
-        if k < 1:
-            raise ValueError(f"layers={layers}: ask for at least one layer.")
-        return sorted({int(round(x)) for x in np.linspace(0, n_hidden - 1, min(k, n_hidden))})
-    out = set()
-    for layer in layers:
-        layer = int(layer)
-        if not -n_hidden <= layer < n_hidden:
-            raise ValueError(
-                f"layer {layer} does not exist: the model returns {n_hidden} hidden states "
-                f"(0 = embeddings .. {n_hidden - 1} = last block)."
-            )
-        out.add(layer % n_hidden)
-    return sorted(out)
-
-
-def _load_kwargs(device):
-    import torch
-
-    return {"dtype": torch.bfloat16} if device.type == "cuda" else {}
-
-
-def _check_local_or_hub(path) -> str:
-    """A model reference as a string: an existing folder, or something shaped like a hub id."""
-    from lib.features.sources import is_hub_id
-
-    local = Path(str(path)).expanduser()
-    if local.exists():
-        return str(local)
-    text = str(path)
-    if is_hub_id(text):
-        return text  # hub id such as "facebook/dinov2-small"
-    raise FileNotFoundError(
-        f"Model {text!r} is neither an existing folder nor a Hugging Face hub id "
-        "('org/name'). Build the toy world (python -m lib.toyworld build) or fix the zoo path."
-    )
-
-
-def load_vision_model(path, device="auto"):
-    """Load a vision model and its image processor for feature extraction.
-
-    Parameters
-    ----------
-    path : str or path-like
-        Hugging Face hub id or local folder saved with ``save_pretrained``.
-    device : str
-        ``"auto"``, ``"cpu"`` or ``"cuda"``.
-
-    Returns
-    -------
-    model : torch.nn.Module
-        In eval mode on ``device`` (bfloat16 weights on CUDA); for dual encoders (CLIP, ...)
-        the vision tower only. MAE's random patch masking is switched off.
-    processor : transformers image processor
-    """
-    from transformers import AutoConfig, AutoImageProcessor, AutoModel
-
-    from lib.config import resolve_device
-
-    device = resolve_device(device)
-    ref = _check_local_or_hub(path)
-    config = AutoConfig.from_pretrained(ref)
-    if hasattr(config, "mask_ratio"):  # MAE: see every patch, no random masking
-        config.mask_ratio = 0.0
-    model = AutoModel.from_pretrained(ref, config=config, **_load_kwargs(device))
-    if config.model_type in _DUAL_ENCODERS and hasattr(model, "vision_model"):
-        model = model.vision_model
-    processor = AutoImageProcessor.from_pretrained(ref)
-    return model.eval().to(device), processor
-
-
-def load_language_model(path, device="auto", quantize=None):
-    """Load a causal language model and its tokenizer (padding on the right).
-
-    Parameters
-    ----------
-    path : str or path-like
-        Hugging Face hub id or local folder.
-    device : str
-    quantize : {None, "8bit", "4bit"}
-        Load the weights in 8 or 4 bits with bitsandbytes (CUDA only; the ``[gpu]`` extra), as
-        the original study loaded its 13B models; ``None``: bfloat16 on CUDA, float32 on CPU.
-
-    Returns
-    -------
-    model : torch.nn.Module
-        In eval mode on ``device`` (bfloat16 weights on CUDA, unless quantized).
-    tokenizer : transformers tokenizer
-        A pad token is set to the EOS token when the tokenizer has none.
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from lib.config import resolve_device
-    from lib.features.sources import quantization_kwargs
-
-    device = resolve_device(device)
-    ref = _check_local_or_hub(path)
-    quantized = quantization_kwargs(quantize, device)
-    tokenizer = AutoTokenizer.from_pretrained(ref)  # first: a missing tokenizer library fails fast
-    model = AutoModelForCausalLM.from_pretrained(ref, **(quantized or _load_kwargs(device)))
-    if tokenizer.pad_token is None:
-        if tokenizer.eos_token is None:
-            raise ValueError(f"Tokenizer of {path!r} has neither a pad nor an EOS token.")
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "right"
-    model = model.eval()
-    return (model if quantized else model.to(device)), tokenizer  # quantized: already placed
 
 
 def _autocast(device):
@@ -168,78 +48,6 @@ def _autocast(device):
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
-
-
-def _n_prefix_tokens(config, n_tokens: int) -> int:
-    """Number of non-patch tokens (CLS, distillation, registers) at the start of a sequence."""
-    image_size = getattr(config, "image_size", None)
-    patch_size = getattr(config, "patch_size", None)
-    if isinstance(image_size, (list, tuple)):
-        image_size = image_size[0]
-    if isinstance(patch_size, (list, tuple)):
-        patch_size = patch_size[0]
-    if image_size and patch_size:
-        n_patches = (int(image_size) // int(patch_size)) ** 2
-        if 0 <= n_tokens - n_patches < n_tokens:
-            return n_tokens - n_patches
-    return 1
-
-
-def parse_pooling(pooling: str) -> tuple[str, int]:
-    """Split a pooling name into its kind and grid size.
-
-    ``"mean"`` and ``"cls"`` give grid size 1; ``"grid<k>"`` (e.g. ``"grid4"``) averages the
-    patch tokens or feature map within each cell of a ``k`` x ``k`` grid over the image.
-    """
-    if pooling in ("mean", "cls"):
-        return pooling, 1
-    if isinstance(pooling, str) and pooling.startswith("grid") and pooling[4:].isdigit():
-        k = int(pooling[4:])
-        if k >= 1:
-            return "grid", k
-    raise ValueError(f"pooling must be 'mean', 'cls' or 'grid<k>' (e.g. 'grid4'), got {pooling!r}.")
-
-
-def pool_hidden_state(h, config, pooling: str = "mean"):
-    """Pool one layer's hidden state to one vector per image.
-
-    Parameters
-    ----------
-    h : torch.Tensor of shape (batch, tokens, dim) or (batch, channels, height, width)
-        Token sequence or convolutional feature map.
-    config : transformers config
-        The model's config (to count the prefix tokens of a token model).
-    pooling : {"mean", "cls", "grid<k>"}
-        ``"mean"``: mean over patch tokens (prefix tokens such as CLS excluded) or over the
-        feature map; ``"cls"``: the first token (feature maps are averaged); ``"grid<k>"``:
-        the mean within each cell of a ``k`` x ``k`` grid over the image, which keeps where
-        things are (what retinotopic early visual cortex needs); the patch grid must be square.
-
-    Returns
-    -------
-    features : torch.Tensor of shape (batch, dim) or, for ``grid<k>``, (batch, dim * k * k)
-        Grid features are ordered channel-major (all cells of channel 0 first).
-    """
-    import torch.nn.functional as F
-
-    kind, k = parse_pooling(pooling)
-    if h.ndim == 4:
-        if kind != "grid":
-            return h.mean(dim=(2, 3))
-        return F.adaptive_avg_pool2d(h, k).flatten(1)
-    if h.ndim != 3:
-        raise ValueError(f"Unexpected hidden-state shape {tuple(h.shape)}.")
-    if kind == "cls":
-        return h[:, 0]
-    patches = h[:, _n_prefix_tokens(config, h.shape[1]) :]
-    if kind == "mean":
-        return patches.mean(dim=1)
-    side = round(patches.shape[1] ** 0.5)
-    if side * side != patches.shape[1]:
-        raise ValueError(f"pooling={pooling!r} needs a square patch grid; got "
-                         f"{patches.shape[1]} patch tokens.")
-    fmap = patches.transpose(1, 2).reshape(h.shape[0], h.shape[2], side, side)
-    return F.adaptive_avg_pool2d(fmap, k).flatten(1)
 
 
 def vision_hidden_states(model, processor, images: np.ndarray, pooling: str = "mean",
@@ -321,6 +129,8 @@ def language_hidden_states(model, tokenizer, texts: Sequence[str], layers=None,
             for i in keep}
 
 
+# size: 9 independent options: the model (model_path, device), the rows (images, keys), the
+# cache (cache_path, batch_size, desc) and what is kept (pooling, layers); callers use keywords
 def vision_layer_features(model_path, images: Callable[[list[int]], np.ndarray],
                           keys: Sequence[int], cache_path, pooling: str = "mean", layers=None,
                           batch_size: int = 32, device: str = "auto",
@@ -362,6 +172,8 @@ def vision_layer_features(model_path, images: Callable[[list[int]], np.ndarray],
     return _by_layer(out)
 
 
+# size: 11 independent options: vision_layer_features' (less pooling) plus quantize and the
+# two text options of language_hidden_states (max_length, exclude_special_tokens)
 def language_layer_features(model_path, captions: Callable[[list[int]], list[list[str]]],
                             keys: Sequence[int], cache_path, layers=None,
                             batch_size: int = 32, device: str = "auto", max_length: int = 64,
@@ -401,22 +213,10 @@ def language_layer_features(model_path, captions: Callable[[list[int]], list[lis
         if not state:
             state["model"], state["tokenizer"] = load_language_model(model_path, device,
                                                                      quantize)
-        per_image = captions(batch)
-        if len(per_image) != len(batch):
-            raise ValueError(f"captions() returned {len(per_image)} lists for {len(batch)} ids.")
-        texts, owner = [], []
-        for row, caps in enumerate(per_image):
-            if not caps:
-                raise ValueError(f"Image {batch[row]} has no captions.")
-            texts.extend(caps)
-            owner.extend([row] * len(caps))
+        texts, avg = _caption_texts(captions(batch), batch)
         feats = language_hidden_states(state["model"], state["tokenizer"], texts,
                                        layers=layers, max_length=max_length,
                                        exclude_special_tokens=exclude_special_tokens)
-        owner = np.asarray(owner)
-        avg = np.zeros((len(batch), len(texts)), dtype=np.float32)
-        avg[owner, np.arange(len(texts))] = 1.0
-        avg /= avg.sum(axis=1, keepdims=True)
         return {_layer_name(i): avg @ v for i, v in feats.items()}
 
     out = extract_cached(cache_path, keys, compute, batch_size=batch_size,
@@ -424,6 +224,33 @@ def language_layer_features(model_path, captions: Callable[[list[int]], list[lis
     return _by_layer(out)
 
 
+def _caption_texts(per_image: list[list[str]], batch: list[int]) -> tuple[list[str], np.ndarray]:
+    """Every caption of a batch of images, and the matrix that averages them per image.
+
+    Returns
+    -------
+    texts : list of str, length n_texts
+        The captions of ``batch``'s images, image after image.
+    avg : ndarray of shape (len(batch), n_texts), float32
+        Row i holds 1 / (captions of image i) at image i's captions, 0 elsewhere.
+    """
+    if len(per_image) != len(batch):
+        raise ValueError(f"captions() returned {len(per_image)} lists for {len(batch)} ids.")
+    texts, owner = [], []
+    for row, caps in enumerate(per_image):
+        if not caps:
+            raise ValueError(f"Image {batch[row]} has no captions.")
+        texts.extend(caps)
+        owner.extend([row] * len(caps))
+    owner = np.asarray(owner)
+    avg = np.zeros((len(batch), len(texts)), dtype=np.float32)
+    avg[owner, np.arange(len(texts))] = 1.0
+    avg /= avg.sum(axis=1, keepdims=True)
+    return texts, avg
+
+
+# size: 10 parameters: a zoo entry front end forwarding the options of
+# vision_layer_features / language_layer_features that lib.encoding passes
 def model_layer_features(entry: dict, subject, keys: Sequence[int], cache_dir,
                          models_root=None, layers=None, pooling: str = "mean",
                          batch_size: int = 32, device: str = "auto",

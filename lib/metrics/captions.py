@@ -2,14 +2,7 @@
 
 BLEU-1..4, METEOR, ROUGE-L and CIDEr(-D) are computed by pycocoevalcap's own scorers on
 captions tokenized by the Stanford PTB tokenizer it ships, exactly as in the COCO caption
-evaluation server. Two thin runners replace pycocoevalcap's Java wrappers so that they are
-robust in a long-running analysis (the scores are identical, which the tests check):
-
-- the PTB tokenizer writes its temporary file to the system temporary folder (pycocoevalcap
-  writes into its own package folder, which may be read-only), and reads and writes UTF-8;
-- METEOR runs in a context-managed Java subprocess that is always closed, speaks the same
-  ``SCORE``/``EVAL`` protocol as pycocoevalcap's wrapper, and streams all segments in one
-  go (a writer thread avoids pipe dead-locks), which keeps ~1,000 captions to a few seconds.
+evaluation server, through the Java runners of :mod:`lib.metrics.java_tools`.
 
 Captions are sanitized before scoring: Unicode NFKC normalization, every line break,
 tab or control character becomes a space, ``|`` (METEOR's field separator) becomes a
@@ -21,44 +14,20 @@ Published tables print them x100 (see :func:`lib.metrics.reference.to_published_
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import subprocess
-import tempfile
-import threading
 import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from .java_tools import MeteorScorer, _package_dir, ptb_tokenize
+
 #: Metric names returned by :func:`caption_metrics`, in display order.
 CAPTION_METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
 
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029|]")
 _SPACES_RE = re.compile(r"\s+")
-
-
-def _package_dir() -> Path:
-    try:
-        import pycocoevalcap
-    except ImportError as err:  # pragma: no cover - dependency of the project
-        raise ImportError(
-            "lib.metrics needs pycocoevalcap (pip install pycocoevalcap) and a Java runtime."
-        ) from err
-    return Path(next(iter(pycocoevalcap.__path__)))
-
-
-def _java() -> str:
-    java = shutil.which("java")
-    if java is None:
-        raise RuntimeError(
-            "Caption metrics need a Java runtime (the PTB tokenizer and METEOR are Java "
-            "programs shipped with pycocoevalcap), but `java` is not on PATH. Install one "
-            "(e.g. `apt-get install default-jre-headless` or `conda install openjdk`)."
-        )
-    return java
 
 
 def sanitize_caption(text: str) -> str:
@@ -118,185 +87,9 @@ def _validate(hypotheses, references) -> tuple[list[str], list[list[str]]]:
     return hyps, refs
 
 
-def ptb_tokenize(captions: Sequence[str]) -> list[str]:
-    """Tokenize captions as pycocoevalcap's ``PTBTokenizer`` does.
-
-    Stanford PTBTokenizer (``-preserveLines -lowerCase``, the jar shipped with
-    pycocoevalcap), then pycocoevalcap's punctuation tokens are dropped.
-
-    Parameters
-    ----------
-    captions : sequence of str, length n
-        Sanitized captions (no line breaks; see :func:`sanitize_caption`).
-
-    Returns
-    -------
-    tokenized : list of str, length n
-        Lower-cased tokens joined by single spaces.
-    """
-    from pycocoevalcap.tokenizer.ptbtokenizer import PUNCTUATIONS, STANFORD_CORENLP_3_4_1_JAR
-
-    captions = list(captions)
-    if any("\n" in c or "\r" in c for c in captions):
-        raise ValueError("ptb_tokenize: captions must not contain line breaks; sanitize first.")
-    jar = _package_dir() / "tokenizer" / STANFORD_CORENLP_3_4_1_JAR
-    fd, name = tempfile.mkstemp(prefix="braincap_ptb_", suffix=".txt")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write("\n".join(captions).encode("utf-8"))
-        cmd = [
-            _java(),
-            "-Dfile.encoding=UTF-8",
-            "-cp",
-            str(jar),
-            "edu.stanford.nlp.process.PTBTokenizer",
-            "-preserveLines",
-            "-lowerCase",
-            name,
-        ]
-        proc = subprocess.run(cmd, capture_output=True, check=False)
-    finally:
-        os.remove(name)
-    if proc.returncode != 0:
-        raise RuntimeError(
-            f"PTB tokenizer failed (exit {proc.returncode}): "
-            f"{proc.stderr.decode(errors='replace')[-2000:]}"
-        )
-    lines = proc.stdout.decode("utf-8", errors="replace").split("\n")
-    if len(lines) < len(captions):
-        raise RuntimeError(
-            f"PTB tokenizer returned {len(lines)} lines for {len(captions)} captions."
-        )
-    punct = set(PUNCTUATIONS)
-    return [
-        " ".join(w for w in line.rstrip().split(" ") if w not in punct)
-        for line in lines[: len(captions)]
-    ]
-
-
-class MeteorScorer:
-    """METEOR 1.5 (pycocoevalcap's jar and settings) in a context-managed subprocess.
-
-    Use as ``with MeteorScorer() as m: score, scores = m.compute_score(gts, res)``; the Java
-    process is closed on exit, also after an error.
-
-    Parameters
-    ----------
-    max_memory : str
-        Java heap limit (pycocoevalcap uses ``"2G"``).
-    """
-
-    def __init__(self, max_memory: str = "2G"):
-        from pycocoevalcap.meteor.meteor import METEOR_JAR
-
-        jar_dir = _package_dir() / "meteor"
-        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed in close())
-        cmd = [
-            _java(),
-            "-Dfile.encoding=UTF-8",
-            "-jar",
-            f"-Xmx{max_memory}",
-            METEOR_JAR,
-            "-",
-            "-",
-            "-stdio",
-            "-l",
-            "en",
-            "-norm",
-        ]
-        self._proc = subprocess.Popen(
-            cmd, cwd=jar_dir, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr
-        )
-
-    def __enter__(self) -> MeteorScorer:  # noqa: PYI034
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Terminate the Java process (idempotent)."""
-        proc = getattr(self, "_proc", None)
-        if proc is None:
-            return
-        self._proc = None
-        try:
-            if proc.stdin:
-                proc.stdin.close()
-        except OSError:
-            pass
-        proc.kill()
-        proc.wait()
-        if proc.stdout:
-            proc.stdout.close()
-        self._stderr.close()
-
-    def __del__(self):
-        self.close()
-
-    def _readline(self) -> str:
-        line = self._proc.stdout.readline()
-        if not line:
-            self._stderr.seek(0)
-            err = self._stderr.read().decode(errors="replace")[-2000:]
-            raise RuntimeError(f"METEOR process ended unexpectedly. Its stderr:\n{err}")
-        return line.decode("utf-8", errors="replace").strip()
-
-    def compute_score(self, gts: dict, res: dict) -> tuple[float, list[float]]:
-        """Same inputs and outputs as ``pycocoevalcap.meteor.meteor.Meteor.compute_score``.
-
-        Parameters
-        ----------
-        gts : dict
-            id -> list of tokenized reference captions.
-        res : dict
-            id -> [tokenized hypothesis].
-
-        Returns
-        -------
-        score : float
-            Corpus METEOR (from the pooled statistics, as pycocoevalcap).
-        scores : list of float
-            Per-caption METEOR.
-        """
-        if self._proc is None:
-            raise RuntimeError("MeteorScorer is closed.")
-        if gts.keys() != res.keys():
-            raise ValueError("gts and res must have the same keys.")
-        ids = list(gts.keys())
-        lines = []
-        for i in ids:
-            if len(res[i]) != 1:
-                raise ValueError(f"res[{i!r}] must hold exactly one hypothesis.")
-            hyp = res[i][0].replace("|||", "").replace("  ", " ")
-            lines.append(" ||| ".join(("SCORE", " ||| ".join(gts[i]), hyp)) + "\n")
-        if any(line.count("\n") != 1 for line in lines):
-            raise ValueError("METEOR inputs must not contain line breaks; sanitize first.")
-
-        # Stream every SCORE line from a thread while reading their statistics here, so that
-        # neither side blocks on a full pipe.
-        def _write():
-            try:
-                for line in lines:
-                    self._proc.stdin.write(line.encode("utf-8"))
-                self._proc.stdin.flush()
-            except (BrokenPipeError, OSError):
-                pass
-
-        writer = threading.Thread(target=_write, daemon=True)
-        writer.start()
-        stats = [self._readline() for _ in ids]
-        writer.join()
-        self._proc.stdin.write(("EVAL ||| " + " ||| ".join(stats) + "\n").encode("utf-8"))
-        self._proc.stdin.flush()
-        scores = [float(self._readline()) for _ in ids]
-        score = float(self._readline())
-        return score, scores
-
-
 def _spice(gts: dict, res: dict):
     """SPICE when its Stanford CoreNLP models are installed, else a 'skipped' string."""
-    lib = _package_dir() / "spice" / "lib"
+    lib = Path(_package_dir(), "spice", "lib")
     if not list(lib.glob("stanford-corenlp-3.6.0*.jar")):
         return (
             "skipped: SPICE needs Stanford CoreNLP 3.6.0 models (pycocoevalcap/spice/lib), "
@@ -351,17 +144,50 @@ def caption_metrics(
     TypeError
         A single str where a list of captions is expected.
     """
-    from pycocoevalcap.bleu.bleu import Bleu
-    from pycocoevalcap.cider.cider import Cider
-    from pycocoevalcap.rouge.rouge import Rouge
-
     hyps, refs = _validate(hypotheses, references)
+    gts, res = _tokenized(hyps, refs)
+    out, items = _coco_scores(gts, res, meteor)
+    if spice:
+        s, s_items = _spice(gts, res)
+        out["SPICE"] = s
+        if s_items is not None:
+            items["SPICE"] = s_items
+    out["n"] = len(hyps)
+    if per_item:
+        out["per_item"] = items
+    return out
+
+
+def _tokenized(hyps: list[str], refs: list[list[str]]) -> tuple[dict, dict]:
+    """PTB-tokenize every caption in one Java call; pycocoevalcap's ``gts`` and ``res``.
+
+    Returns
+    -------
+    gts : dict of int to list of str
+        Item i -> its tokenized references.
+    res : dict of int to list of str
+        Item i -> [its tokenized hypothesis].
+    """
     tokens = ptb_tokenize(hyps + [r for ref in refs for r in ref])
     res = {i: [tokens[i]] for i in range(len(hyps))}
     gts, pos = {}, len(hyps)
     for i, ref in enumerate(refs):
         gts[i] = tokens[pos : pos + len(ref)]
         pos += len(ref)
+    return gts, res
+
+
+def _coco_scores(gts: dict, res: dict, meteor: MeteorScorer | None) -> tuple[dict, dict]:
+    """Corpus and per-item BLEU-1..4, METEOR, ROUGE-L and CIDEr (in that order).
+
+    Returns
+    -------
+    corpus : dict of str to float
+    items : dict of str to ndarray of shape (n,)
+    """
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
 
     out: dict = {}
     items: dict = {}
@@ -379,12 +205,4 @@ def caption_metrics(
     out["ROUGE-L"], items["ROUGE-L"] = float(r), np.asarray(r_items, dtype=float)
     c, c_items = Cider().compute_score(gts, res)
     out["CIDEr"], items["CIDEr"] = float(c), np.asarray(c_items, dtype=float)
-    if spice:
-        s, s_items = _spice(gts, res)
-        out["SPICE"] = s
-        if s_items is not None:
-            items["SPICE"] = s_items
-    out["n"] = len(hyps)
-    if per_item:
-        out["per_item"] = items
-    return out
+    return out, items

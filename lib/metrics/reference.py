@@ -76,11 +76,17 @@ def read_reference_captions(path: str | os.PathLike) -> pd.DataFrame:
 
 
 def _run_files(reference_dir: Path) -> list[tuple[Path, int, int]]:
+    """The released ``(path, type, memory)`` files of ``reference_dir``, sorted; at least one."""
     runs = []
     for p in sorted(reference_dir.glob("pt_type*_mem*_captions.csv")):
         m = _RUN_RE.search(p.name)
         if m:
             runs.append((p, int(m.group(1)), int(m.group(2))))
+    if not runs:
+        raise FileNotFoundError(
+            f"No pt_type*_mem*_captions.csv files in {reference_dir}; expected the released "
+            "tables of brain-decoding-with-blip2 (see reference/README.md in the repository)."
+        )
     runs.sort(key=lambda r: (r[1], r[2]))
     return runs
 
@@ -134,17 +140,10 @@ def score_reference_runs(
     """
     reference_dir = Path(reference_dir)
     runs = _run_files(reference_dir)
-    if not runs:
-        raise FileNotFoundError(
-            f"No pt_type*_mem*_captions.csv files in {reference_dir}; expected the released "
-            "tables of brain-decoding-with-blip2 (see reference/README.md in the repository)."
-        )
     key = _cache_key(runs, n_items, seed, f"{shuffled_control}:{n_permutations}")
-    if cache_path is not None and Path(cache_path).exists():
-        cached = pd.read_csv(cache_path)
-        if "cache_key" in cached and (cached["cache_key"] == key).all():
-            return cached.drop(columns="cache_key")
-
+    cached = _read_cache(cache_path, key)
+    if cached is not None:
+        return cached
     rows = []
     with contextlib.ExitStack() as stack:
         if meteor is None:
@@ -153,38 +152,60 @@ def score_reference_runs(
             frame = read_reference_captions(path)
             if n_items is not None:
                 frame = frame.iloc[:n_items]
-            hyps, refs = frame["caption"].tolist(), frame["references"].tolist()
-            conditions = [("decoded", hyps)]
-            if shuffled_control:
-                perm = np.random.default_rng(seed).permutation(len(hyps))
-                conditions.append(("shuffled", [hyps[j] for j in perm]))
-            first = len(rows)
-            per_item = []
-            for condition, h in conditions:
-                m = caption_metrics(h, refs, per_item=True, meteor=meteor)
-                per_item.append(m["per_item"])
-                rows.append(
-                    {
-                        "file": path.name,
-                        "stage": "stage1 (ridge)" if typ == 0 else "stage2 (contrastive)",
-                        "type": typ,
-                        "memory": mem,
-                        "condition": condition,
-                        "n": m["n"],
-                        **{k: m[k] for k in CAPTION_METRICS},
-                    }
-                )
-            if shuffled_control:
-                for name in ("CIDEr", "METEOR"):
-                    test = permutation_test(
-                        per_item[0][name], per_item[1][name], n_permutations, seed=seed
-                    )
-                    rows[first][f"p_{name}"] = test["p_value"]
+            rows += _score_run(frame, path.name, typ, mem, meteor, shuffled_control, seed,
+                               n_permutations)
     table = pd.DataFrame(rows)
     if cache_path is not None:
-        with atomic_path(cache_path) as tmp:
-            table.assign(cache_key=key).to_csv(tmp, index=False)
+        _write_cache(table, cache_path, key)
     return table
+
+
+def _write_cache(table: pd.DataFrame, cache_path, key: str) -> None:
+    """Store ``table`` atomically with a ``cache_key`` column."""
+    with atomic_path(cache_path) as tmp:
+        table.assign(cache_key=key).to_csv(tmp, index=False)
+
+
+def _read_cache(cache_path, key: str) -> pd.DataFrame | None:
+    """The cached table when ``cache_path`` holds one written under ``key``, else None."""
+    if cache_path is None or not Path(cache_path).exists():
+        return None
+    cached = pd.read_csv(cache_path)
+    if "cache_key" in cached and (cached["cache_key"] == key).all():
+        return cached.drop(columns="cache_key")
+    return None
+
+
+def _score_run(frame: pd.DataFrame, name: str, typ: int, mem: int, meteor: MeteorScorer,
+               shuffled_control: bool, seed: int, n_permutations: int) -> list[dict]:
+    """Rows of one released file: decoded, then (optionally) shuffled with the paired test."""
+    hyps, refs = frame["caption"].tolist(), frame["references"].tolist()
+    conditions = [("decoded", hyps)]
+    if shuffled_control:
+        perm = np.random.default_rng(seed).permutation(len(hyps))
+        conditions.append(("shuffled", [hyps[j] for j in perm]))
+    rows, per_item = [], []
+    for condition, h in conditions:
+        m = caption_metrics(h, refs, per_item=True, meteor=meteor)
+        per_item.append(m["per_item"])
+        rows.append(
+            {
+                "file": name,
+                "stage": "stage1 (ridge)" if typ == 0 else "stage2 (contrastive)",
+                "type": typ,
+                "memory": mem,
+                "condition": condition,
+                "n": m["n"],
+                **{k: m[k] for k in CAPTION_METRICS},
+            }
+        )
+    if shuffled_control:
+        for metric in ("CIDEr", "METEOR"):
+            test = permutation_test(
+                per_item[0][metric], per_item[1][metric], n_permutations, seed=seed
+            )
+            rows[0][f"p_{metric}"] = test["p_value"]
+    return rows
 
 
 def load_published(

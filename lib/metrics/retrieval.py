@@ -64,6 +64,23 @@ def _hits(diag: np.ndarray, others: np.ndarray, sub: np.ndarray, axis: int, tie:
     return np.where(diag >= best_other, 1.0 / n_tied, 0.0)
 
 
+def _draw_hits(sim: np.ndarray, idx: np.ndarray, tie: str) -> tuple[np.ndarray, np.ndarray]:
+    """Forward and backward per-item scores of every draw, each of shape (n_draws, k)."""
+    sub = sim[idx[:, :, None], idx[:, None, :]]  # (draws, k, k)
+    diag = np.diagonal(sub, axis1=1, axis2=2)  # (draws, k)
+    others = np.where(np.eye(idx.shape[1], dtype=bool)[None], -np.inf, sub)
+    fwd = _hits(diag, others, sub, 2, tie)  # each row (query) among the k candidates
+    bwd = _hits(diag, others, sub, 1, tie)  # each column (candidate) among the k queries
+    return fwd, bwd
+
+
+def _draws_note(n: int, k: int, made: int) -> str:
+    """The sentence recorded under ``options["draws"]``."""
+    if k == n:
+        return f"one draw holding all {n} items (k = n_items)"
+    return f"{made} random draws of {k} of {n} items without replacement"
+
+
 def _summary(acc: np.ndarray, hits: np.ndarray, idx: np.ndarray, n: int, k: int) -> dict:
     mean = float(acc.mean())
     lo, hi = np.percentile(acc, [2.5, 97.5])
@@ -79,6 +96,27 @@ def _summary(acc: np.ndarray, hits: np.ndarray, idx: np.ndarray, n: int, k: int)
     }
 
 
+def _check_similarity(sim, k: int, n_draws: int, tie: str, directions) -> np.ndarray:
+    """``sim`` as a finite float64 (n, n) array, n >= 2, after checking the options."""
+    sim = np.asarray(sim, dtype=np.float64)
+    n = sim.shape[0]
+    if sim.ndim != 2 or sim.shape != (n, n) or n < 2:
+        raise ValueError(f"sim must be a square (n, n) matrix with n >= 2, got {sim.shape}.")
+    if not np.all(np.isfinite(sim)):
+        raise ValueError("sim contains NaN or infinite values.")
+    if k < 2:
+        raise ValueError(f"k must be at least 2, got {k}.")
+    if n_draws < 1:
+        raise ValueError(f"n_draws must be at least 1, got {n_draws}.")
+    if tie not in TIE_RULES:
+        raise ValueError(f"tie={tie!r}; expected one of {TIE_RULES}.")
+    if len(directions) != 2 or directions[0] == directions[1]:
+        raise ValueError(f"directions must be two different names, got {directions!r}.")
+    return sim
+
+
+# size: 9 parameters, each a retrieval option written into the result's "options"; callers
+# pass them as keywords (lib.decoding.retrieval builds them per rule)
 def retrieval_from_similarity(sim, k: int = 300, n_draws: int = 30, seed: int = 0, *,
                               repeat_averaged: bool | None, tie: str = "strict",
                               directions: tuple[str, str] = ("forward", "backward"),
@@ -121,46 +159,23 @@ def retrieval_from_similarity(sim, k: int = 300, n_draws: int = 30, seed: int = 
         ``"n_items"``, ``"n_draws"`` (draws actually made), ``"seed"`` and ``"options"`` (every
         option above, with ``k_requested``, ``n_draws_requested`` and ``draws``, a sentence).
     """
-    sim = np.asarray(sim, dtype=np.float64)
+    sim = _check_similarity(sim, k, n_draws, tie, directions)
     n = sim.shape[0]
-    if sim.ndim != 2 or sim.shape != (n, n) or n < 2:
-        raise ValueError(f"sim must be a square (n, n) matrix with n >= 2, got {sim.shape}.")
-    if not np.all(np.isfinite(sim)):
-        raise ValueError("sim contains NaN or infinite values.")
-    if k < 2:
-        raise ValueError(f"k must be at least 2, got {k}.")
-    if n_draws < 1:
-        raise ValueError(f"n_draws must be at least 1, got {n_draws}.")
-    if tie not in TIE_RULES:
-        raise ValueError(f"tie={tie!r}; expected one of {TIE_RULES}.")
-    if len(directions) != 2 or directions[0] == directions[1]:
-        raise ValueError(f"directions must be two different names, got {directions!r}.")
     k_used = min(int(k), n)
     idx = _draws(n, k_used, int(n_draws), seed)
-    sub = sim[idx[:, :, None], idx[:, None, :]]  # (draws, k, k)
-    diag = np.diagonal(sub, axis1=1, axis2=2)  # (draws, k)
-    others = np.where(np.eye(k_used, dtype=bool)[None], -np.inf, sub)
-    fwd = _hits(diag, others, sub, 2, tie)  # each row (query) among the k candidates
-    bwd = _hits(diag, others, sub, 1, tie)  # each column (candidate) among the k queries
+    fwd, bwd = _draw_hits(sim, idx, tie)
     made = int(idx.shape[0])
-    draws = (f"one draw holding all {n} items (k = n_items)" if k_used == n
-             else f"{made} random draws of {k_used} of {n} items without replacement")
     options = {"k_requested": int(k), "k": k_used, "n_draws_requested": int(n_draws),
-               "n_draws": made, "draws": draws, "seed": int(seed), "tie": tie,
-               "repeat_averaged": repeat_averaged, "similarity": similarity,
+               "n_draws": made, "draws": _draws_note(n, k_used, made), "seed": int(seed),
+               "tie": tie, "repeat_averaged": repeat_averaged, "similarity": similarity,
                "centring": centring}
-    return {
-        directions[0]: _summary(fwd.mean(axis=1), fwd, idx, n, k_used),
-        directions[1]: _summary(bwd.mean(axis=1), bwd, idx, n, k_used),
-        "chance": 1.0 / k_used,
-        "k": k_used,
-        "n_items": n,
-        "n_draws": made,
-        "seed": int(seed),
-        "options": options,
-    }
+    return {directions[0]: _summary(fwd.mean(axis=1), fwd, idx, n, k_used),
+            directions[1]: _summary(bwd.mean(axis=1), bwd, idx, n, k_used),
+            "chance": 1.0 / k_used, "k": k_used, "n_items": n, "n_draws": made,
+            "seed": int(seed), "options": options}
 
 
+# size: 9 parameters: retrieval_from_similarity's options plus the embeddings and centring
 def retrieval_topk(pred, true, k: int = 300, n_draws: int = 30, seed: int = 0, *,
                    repeat_averaged: bool | None, center: str = "candidates",
                    tie: str = "strict",

@@ -76,6 +76,33 @@ def _create_datasets(h5: h5py.File, plan: PreparationPlan, dtype: str):
     return betas, stat_mean, stat_std
 
 
+def _write_session(plan: PreparationPlan, session: int, betas, zscore: str,
+                   stats: GlobalStats | None):
+    """Read one session's betas, z-score them as ``zscore`` says and store them in ``betas``.
+
+    Returns
+    -------
+    session_stats : pair of ndarray of shape (n_voxels,) or None
+        The session's training mean and std with ``zscore="session"``, else None (``"global"``
+        adds the session to ``stats`` instead).
+    """
+    t0 = time.perf_counter()
+    rows = plan.rows(session)
+    x = read_session_betas(plan, session)
+    test_s = plan.is_test[rows]
+    session_stats = None
+    if zscore == "session":
+        x, mean, std = zscore_session(x, test_s, inplace=True)
+        session_stats = (mean, std)
+    elif stats is not None:
+        stats.add(x, test_s)
+    betas[rows] = x
+    del x  # keep one session in memory, not two
+    logger.info("%s session %02d: %d trials (%d test) in %.1f s", plan.name, session,
+                rows.stop - rows.start, int(test_s.sum()), time.perf_counter() - t0)
+    return session_stats
+
+
 def _apply_global(betas, stat_mean, stat_std, stats: GlobalStats, dtype: str) -> None:
     """Second pass of ``zscore="global"``: z-score the stored betas block by block."""
     mean, std = stats.mean_std()
@@ -150,18 +177,9 @@ def write_prepared(
         bar = tqdm(plan.sessions, desc=f"{name} sessions", unit="session",
                    disable=not show_progress(progress))
         for k, s in enumerate(bar):
-            t0 = time.perf_counter()
-            rows = plan.rows(s)
-            x = read_session_betas(plan, s)
-            test_s = plan.is_test[rows]
-            if zscore == "session":
-                x, stat_mean[k], stat_std[k] = zscore_session(x, test_s, inplace=True)
-            elif stats is not None:
-                stats.add(x, test_s)
-            betas[rows] = x
-            del x  # keep one session in memory, not two
-            logger.info("%s session %02d: %d trials (%d test) in %.1f s", name, s,
-                        rows.stop - rows.start, int(test_s.sum()), time.perf_counter() - t0)
+            session_stats = _write_session(plan, s, betas, zscore, stats)
+            if session_stats is not None:
+                stat_mean[k], stat_std[k] = session_stats
         if stats is not None:
             assert stats.n_train == int((~plan.is_test).sum())
             _apply_global(betas, stat_mean, stat_std, stats, dtype)
