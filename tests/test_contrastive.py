@@ -365,3 +365,16 @@ def test_resume_discards_a_checkpoint_of_other_starting_weights(tmp_path):
         result = fit(other, Stage2Data(train, val, test_ids=[1]), _config(epochs=1), tmp_path,
                      progress=False)
     assert result.resumed_from is None
+
+
+def test_memory_accounting_reads_stage2_overrides():
+    """The preflight's accounting sees a batch size set through ``stage2_overrides``."""
+    from lib.decoding import memory_table
+
+    shapes = {"n_voxels": 1000, "n_train_trials": 2000, "n_train_images": 500,
+              "n_test_images": 50}
+    via_dict = memory_table({"stage2_overrides": {"batch_size": 256}}, shapes)
+    via_key = memory_table({"stage2_batch_size": 256}, shapes)
+    default = memory_table({}, shapes)
+    assert via_dict.equals(via_key)
+    assert via_dict["bytes"].sum() > default["bytes"].sum()
