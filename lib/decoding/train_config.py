@@ -35,20 +35,36 @@ class TrainConfig:
 
     Attributes
     ----------
-    lr, brain_lr_factor, weight_decay, betas : AdamW; the brain map learns at
-        ``lr * brain_lr_factor``.
-    batch_size, grad_accum : pairs per micro-batch, micro-batches per optimizer step.
-    epochs, warmup_steps : cosine schedule with linear warm-up (in optimizer steps).
-    clip_norm : gradient-norm clipping.
-    eval_every, checkpoint_every : validation and resumable-checkpoint intervals (steps).
-    patience : stop after this many validations without improvement (None: never).
-    select_by : {"val_loss", "val_top1"}, the validation criterion of the best checkpoint.
-    seed : batch order, validation draw, head initialisation and validation split.
-    amp : bf16 autocast on CUDA.
-    max_length : caption tokens.
-    val_fraction : training images held out for validation (:func:`lib.decoding.stage2_data`).
-    mse_weight, contrastive_weight, label_smoothing, brain_projection_init, train_itm :
-        the heads and loss of :class:`lib.decoding.BrainTextContrastive` (:meth:`model_kwargs`).
+    lr, brain_lr_factor, weight_decay : float
+        AdamW; the brain map learns at ``lr * brain_lr_factor``.
+    betas : tuple of float
+        AdamW's moment coefficients.
+    batch_size, grad_accum : int
+        Pairs per micro-batch; micro-batches per optimizer step.
+    epochs, warmup_steps : int
+        Length of training; linear warm-up (optimizer steps) before the cosine decay.
+    clip_norm : float
+        Gradient-norm clipping.
+    eval_every, checkpoint_every : int
+        Validation and resumable-checkpoint intervals, in optimizer steps.
+    patience : int or None
+        Stop after this many validations without improvement (None: never).
+    select_by : {"val_loss", "val_top1"}
+        Validation criterion of the best checkpoint.
+    seed : int
+        Batch order, validation draw, head initialisation and validation split.
+    amp : bool
+        bf16 autocast on CUDA.
+    max_length : int
+        Caption tokens.
+    val_fraction : float
+        Training images held out for validation (:func:`lib.decoding.stage2_data`).
+    mse_weight, contrastive_weight, label_smoothing : float
+        Loss of :class:`lib.decoding.BrainTextContrastive` (:meth:`model_kwargs`).
+    brain_projection_init : {"fresh", "vision_projection"}
+        Initialisation of the brain projection.
+    train_itm : bool
+        Also fine-tune the ITM Q-Former and projections (the original did).
     """
 
     lr: float = 1e-3
