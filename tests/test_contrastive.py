@@ -13,6 +13,7 @@ from lib.decoding import (
     BrainTextContrastive,
     LeakageError,
     PairData,
+    Stage2Data,
     TrainConfig,
     assert_no_test_ids,
     contrastive_loss,
@@ -198,7 +199,8 @@ def test_training_reduces_loss(tmp_path):
     torch.manual_seed(0)
     model = BrainTextContrastive(_brain_map(), _tiny_itm())
     train, val = _data(model)
-    res = fit(model, train, val, _config(epochs=6), tmp_path, test_ids=[1, 2], progress=False)
+    res = fit(model, Stage2Data(train, val, test_ids=[1, 2]), _config(epochs=6), tmp_path,
+              progress=False)
     tr = [h for h in res.history if h["split"] == "train"]
     va = [h for h in res.history if h["split"] == "val"]
     assert np.mean([h["loss"] for h in tr[-3:]]) < np.mean([h["loss"] for h in tr[:3]])
@@ -222,7 +224,7 @@ def test_resume_after_kill_is_bit_identical(tmp_path, kill_at, update):
     ref = make()
     train, val = _data(ref)
     cfg = _config()
-    res_ref = fit(ref, train, val, cfg, tmp_path / "ref", test_ids=[1], progress=False)
+    res_ref = fit(ref, Stage2Data(train, val, test_ids=[1]), cfg, tmp_path / "ref", progress=False)
 
     def killer(step, rec):
         if step == kill_at:
@@ -230,11 +232,11 @@ def test_resume_after_kill_is_bit_identical(tmp_path, kill_at, update):
 
     run = make()
     with pytest.raises(_Kill):
-        fit(run, train, val, cfg, tmp_path / "run", test_ids=[1], callback=killer,
+        fit(run, Stage2Data(train, val, test_ids=[1]), cfg, tmp_path / "run", callback=killer,
             progress=False)
     torch.manual_seed(123)  # the global RNG is restored from the checkpoint
     fresh = make()
-    res = fit(fresh, train, val, cfg, tmp_path / "run", test_ids=[1], progress=False)
+    res = fit(fresh, Stage2Data(train, val, test_ids=[1]), cfg, tmp_path / "run", progress=False)
     assert res.resumed_from == (kill_at // 2) * 2
     from safetensors.torch import load_file
 
@@ -256,11 +258,11 @@ def test_resume_after_kill_is_bit_identical(tmp_path, kill_at, update):
 def test_resume_discards_a_checkpoint_of_other_settings(tmp_path):
     model = BrainTextContrastive(_brain_map(), _tiny_itm())
     train, val = _data(model)
-    fit(model, train, val, _config(epochs=1), tmp_path, test_ids=[1], progress=False)
+    fit(model, Stage2Data(train, val, test_ids=[1]), _config(epochs=1), tmp_path, progress=False)
     fresh = BrainTextContrastive(_brain_map(), _tiny_itm())
     with pytest.warns(UserWarning, match="other training settings"):
-        result = fit(fresh, train, val, _config(epochs=1, lr=1.0), tmp_path, test_ids=[1],
-                     progress=False)
+        result = fit(fresh, Stage2Data(train, val, test_ids=[1]), _config(epochs=1, lr=1.0),
+                     tmp_path, progress=False)
     assert result.resumed_from is None
 
 
@@ -269,14 +271,38 @@ def test_leakage_assertion_fires(tmp_path):
     train, val = _data(model)
     leaked = int(val.image_ids[0])
     with pytest.raises(LeakageError, match="validation"):
-        fit(model, train, val, _config(), tmp_path, test_ids=[leaked], progress=False)
+        fit(model, Stage2Data(train, val, test_ids=[leaked]), _config(), tmp_path, progress=False)
     with pytest.raises(LeakageError, match="training"):
-        fit(model, train, val, _config(), tmp_path, test_ids=[int(train.image_ids[3])],
-            progress=False)
+        fit(model, Stage2Data(train, val, test_ids=[int(train.image_ids[3])]), _config(),
+            tmp_path, progress=False)
     with pytest.raises(ValueError, match="test_ids"):
-        fit(model, train, val, _config(), tmp_path, test_ids=None, progress=False)
+        fit(model, Stage2Data(train, val, test_ids=None), _config(), tmp_path, progress=False)
     with pytest.raises(LeakageError):
         assert_no_test_ids([1, 2, 3], [3], "x")
+
+
+def test_train_config_overrides_and_unknown_key():
+    config = TrainConfig.from_overrides({"lr": 1e-4, "label_smoothing": 0.0}, epochs=5, seed=2)
+    assert (config.lr, config.label_smoothing, config.epochs, config.seed) == (1e-4, 0.0, 5, 2)
+    assert config.batch_size == TrainConfig().batch_size  # the rest are the defaults
+    assert config.model_kwargs()["label_smoothing"] == 0.0 and config.model_kwargs()["seed"] == 2
+    assert TrainConfig.from_overrides(None) == TrainConfig()
+    with pytest.raises(ValueError, match=r"stage2_overrides: unknown key\(s\) \['lrr'\]; "
+                                         r"valid keys: .*\blr\b.*warmup_steps"):
+        TrainConfig.from_overrides({"lrr": 1e-4})
+    with pytest.raises(ValueError, match=r"\['epochs'\] have a parameter of their own"):
+        TrainConfig.from_overrides({"epochs": 4}, epochs=5)
+    with pytest.raises(ValueError, match="must be a dict"):
+        TrainConfig.from_overrides("lr=1e-4")
+
+
+def test_fingerprint_ignores_model_and_split_fields_and_eval_every():
+    """Checkpoints written before the model and split settings joined TrainConfig still resume;
+    the loop settings still start a fresh run."""
+    base = TrainConfig()
+    assert TrainConfig(val_fraction=0.2, label_smoothing=0.0, eval_every=7).fingerprint() \
+        == base.fingerprint()
+    assert TrainConfig(lr=0.5).fingerprint() != base.fingerprint()
 
 
 def test_split_train_val_disjoint_and_reproducible():
@@ -322,7 +348,7 @@ def test_memory_window_decoder_trains(tmp_path):
     X = train.X[:3]
     expected = dec([X[:, : N_VOX // 2], X[:, N_VOX // 2:]])
     torch.testing.assert_close(model.predict_tokens(X), expected)
-    fit(model, train, val, _config(epochs=1), tmp_path, test_ids=[1], progress=False)
+    fit(model, Stage2Data(train, val, test_ids=[1]), _config(epochs=1), tmp_path, progress=False)
     assert not torch.equal(model.brain_map.weight, dec.weight)
     model.brain_map.save(tmp_path / "dec")
     back = load_decoder(tmp_path / "dec")
@@ -333,8 +359,22 @@ def test_resume_discards_a_checkpoint_of_other_starting_weights(tmp_path):
     """A checkpoint from another stage-1 map (e.g. before the toy models were rebuilt) is stale."""
     model = BrainTextContrastive(_brain_map(seed=0), _tiny_itm())
     train, val = _data(model)
-    fit(model, train, val, _config(epochs=1), tmp_path, test_ids=[1], progress=False)
+    fit(model, Stage2Data(train, val, test_ids=[1]), _config(epochs=1), tmp_path, progress=False)
     other = BrainTextContrastive(_brain_map(seed=1), _tiny_itm())
     with pytest.warns(UserWarning, match="starting weights or data"):
-        result = fit(other, train, val, _config(epochs=1), tmp_path, test_ids=[1], progress=False)
+        result = fit(other, Stage2Data(train, val, test_ids=[1]), _config(epochs=1), tmp_path,
+                     progress=False)
     assert result.resumed_from is None
+
+
+def test_memory_accounting_reads_stage2_overrides():
+    """The preflight's accounting sees a batch size set through ``stage2_overrides``."""
+    from lib.decoding import memory_table
+
+    shapes = {"n_voxels": 1000, "n_train_trials": 2000, "n_train_images": 500,
+              "n_test_images": 50}
+    via_dict = memory_table({"stage2_overrides": {"batch_size": 256}}, shapes)
+    via_key = memory_table({"stage2_batch_size": 256}, shapes)
+    default = memory_table({}, shapes)
+    assert via_dict.equals(via_key)
+    assert via_dict["bytes"].sum() > default["bytes"].sum()

@@ -91,6 +91,7 @@ def test_real_widths_pipeline(prepared, tmp_path):
     from lib.decoding import (
         BrainTextContrastive,
         PairData,
+        Stage2Data,
         TrainConfig,
         encode_texts,
         fit,
@@ -128,9 +129,10 @@ def test_real_widths_pipeline(prepared, tmp_path):
     for part in parts:
         part.text_feats = encode_texts(model, itm_processor.tokenizer, part.captions, 16)
         assert part.text_feats.shape == (len(part.captions), ITM_DIM)
-    config = TrainConfig(batch_size=8, grad_accum=1, epochs=1, eval_every=1000,
-                         checkpoint_every=1000, max_length=16)
-    res = fit(model, *parts, config, tmp_path / "stage2", test_ids=test_ids, progress=False)
+    config = TrainConfig(lr=1e-4, batch_size=8, grad_accum=1, epochs=1, warmup_steps=0,
+                         eval_every=1000, checkpoint_every=1000, max_length=16)
+    res = fit(model, Stage2Data(*parts, test_ids=test_ids), config, tmp_path / "stage2",
+              progress=False)
     assert res.steps >= 1 and np.isfinite(res.history[-1]["loss"])
     assert model.delta_out.abs().sum() > 0  # the update moved
     pred = model.predict_tokens(torch.as_tensor(X[rows[:4]]))

@@ -6,7 +6,8 @@
 - stage 2, in parts: :mod:`lib.decoding.pairs` (brain-caption pairs, the train/validation split
   and its leakage checks), :mod:`lib.decoding.itm` (the ITM checkpoint, its text side, the ITC
   similarity and loss, brain <-> text retrieval), :mod:`lib.decoding.contrastive` (the model
-  and its predictions), :mod:`lib.decoding.loop` (the training loop),
+  and its predictions), :mod:`lib.decoding.train_config` (its settings, ``TrainConfig``),
+  :mod:`lib.decoding.loop` (the training loop),
   :mod:`lib.decoding.checkpoints` (weights, resumable checkpoints, the retrieval head);
 - :mod:`lib.decoding.evaluate` — the pieces of a run's evaluation: controls, caption scores,
   the permutation test, the ratio to the image upper bound, ``metrics.json`` and its tables;
@@ -48,7 +49,7 @@ from lib.decoding.itm import (
     pick_captions,
     soft_targets,
 )
-from lib.decoding.loop import TrainConfig, TrainResult, fit
+from lib.decoding.loop import TrainResult, fit
 from lib.decoding.memory import memory_table, peak_memory
 from lib.decoding.pairs import PairData, Stage2Data, check_split, split_train_val, stage2_data
 from lib.decoding.retrieval import (
@@ -77,6 +78,7 @@ from lib.decoding.stage1 import (
     stage1_inputs,
     write_predictions,
 )
+from lib.decoding.train_config import TrainConfig
 
 __all__ = [
     "BrainTextContrastive", "CONDITION_COLUMNS", "CONTROL_DESCRIPTIONS", "LeakageError",

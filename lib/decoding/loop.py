@@ -20,13 +20,11 @@ best value, early-stopping counter), the only thing that changes and what a chec
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -43,38 +41,11 @@ from lib.decoding.checkpoints import (
 )
 from lib.decoding.itm import itc_similarity, tokenize_captions
 from lib.decoding.pairs import PairData, check_split
+from lib.decoding.train_config import TrainConfig
 from lib.io import write_json
 
 #: Losses logged for every training step and validation.
 LOSSES = ("loss", "mse", "contrastive", "brain_text")
-
-
-@dataclass
-class TrainConfig:
-    """Hyper-parameters of :func:`fit` (original study: lr 1e-4 from an LR finder, brain map
-    lr/5, batch 32, accumulate 2, clip 1.0, AdamW weight decay 0.01, 10 epochs)."""
-
-    lr: float = 1e-4
-    brain_lr_factor: float = 0.2
-    weight_decay: float = 0.01
-    betas: tuple = (0.9, 0.999)
-    batch_size: int = 32
-    grad_accum: int = 2
-    epochs: int = 10
-    warmup_steps: int = 0
-    clip_norm: float = 1.0
-    eval_every: int = 50
-    checkpoint_every: int = 50
-    patience: int | None = None
-    select_by: str = "val_loss"
-    seed: int = 0
-    amp: bool = True
-    max_length: int = 64
-
-    def fingerprint(self) -> str:
-        """Hash of the settings that change the trajectory (a checkpoint must match it)."""
-        keys = {k: v for k, v in asdict(self).items() if k not in ("eval_every",)}
-        return hashlib.sha1(json.dumps(keys, sort_keys=True, default=list).encode()).hexdigest()
 
 
 @dataclass
@@ -239,45 +210,29 @@ class _Run:
         return self.steps_per_epoch * self.config.epochs
 
 
-def fit(
-    model,
-    train: PairData,
-    val: PairData,
-    config: TrainConfig,
-    out_dir: str | os.PathLike,
-    test_ids: Sequence[int] | None = None,
-    device: str | torch.device = "cpu",
-    tokenizer=None,
-    resume: bool = True,
-    callback: Callable[[int, dict], None] | None = None,
-    progress: bool = True,
-) -> TrainResult:
-    """Train ``model`` on ``train`` pairs, validating on ``val``; resumable.
-
-    (11 parameters: the loop's inputs, its output folder and the run controls ``resume``,
-    ``callback`` and ``progress``; the hyper-parameters are grouped in ``config``.)
+def fit(model, data, config: TrainConfig, out_dir: str | os.PathLike, *, tokenizer=None,
+        resume: bool = True, callback: Callable[[int, dict], None] | None = None,
+        progress: bool = True) -> TrainResult:
+    """Train ``model`` on ``data.train`` pairs, validating on ``data.val``; resumable.
 
     Parameters
     ----------
     model : BrainTextContrastive
-    train, val : PairData
-        Training pairs and validation pairs; their images must be disjoint from each other and
-        from ``test_ids`` (:func:`lib.decoding.pairs.check_split`).
+        Trained where it is (its device); move it first (``model.to(device)``).
+    data : Stage2Data, or any object with ``train``, ``val`` (PairData) and ``test_ids``
+        The images of the three parts must be disjoint (:func:`lib.decoding.pairs.check_split`;
+        ``test_ids`` is required, so that leakage is always checked).
     config : TrainConfig
     out_dir : path-like
         Receives ``checkpoint.safetensors`` + ``checkpoint.json`` (for resuming),
-        ``best.safetensors`` (trainable weights of the best validation step) and
-        ``history.json``.
-    test_ids : sequence of int
-        The test images; required, so that leakage is always checked.
-    device : str or torch.device
+        ``best.safetensors`` (trainable weights of the best validation step), ``history.json``.
     tokenizer : tokenizer, optional
         Needed only when caption embeddings are not precomputed (``train_itm=True``).
     resume : bool
         Continue from ``out_dir``'s checkpoint when there is one (its settings must match).
     callback : callable, optional
         ``callback(step, record)`` after every optimizer step (``record`` holds the losses);
-        raising from it stops training (used by the tests to simulate a kill).
+        raising from it stops training (the tests simulate a kill this way).
     progress : bool
 
     Returns
@@ -285,12 +240,7 @@ def fit(
     result : TrainResult
         At return the model holds the **final** weights; load ``result.best_path`` for the best.
     """
-    if test_ids is None:
-        raise ValueError("fit needs test_ids to check that no test image is used in training")
-    check_split(train.image_ids.numpy(), val.image_ids.numpy(), test_ids)
-    if config.select_by not in ("val_loss", "val_top1"):
-        raise ValueError(f"select_by={config.select_by!r}; expected 'val_loss' or 'val_top1'")
-    run = _start(model, train, val, config, Path(out_dir), torch.device(device), tokenizer)
+    run = _start(model, data, config, Path(out_dir), tokenizer)
     state, resumed_from = _initial_state(run, resume)
     t0 = time.perf_counter()
     if state["step"] == 0 and not state["history"]:
@@ -316,10 +266,17 @@ def fit(
                        resumed_from=resumed_from)
 
 
-def _start(model, train, val, config, out_dir: Path, device: torch.device, tokenizer) -> _Run:
-    """Model on ``device``, optimizer, schedule and the number of steps per epoch."""
+def _start(model, data, config: TrainConfig, out_dir: Path, tokenizer) -> _Run:
+    """Check the split and the settings; optimizer, schedule and the steps per epoch."""
+    if getattr(data, "test_ids", None) is None:
+        raise ValueError("fit needs data.test_ids to check that no test image is used in "
+                         "training")
+    train, val = data.train, data.val
+    check_split(train.image_ids.numpy(), val.image_ids.numpy(), data.test_ids)
+    if config.select_by not in ("val_loss", "val_top1"):
+        raise ValueError(f"select_by={config.select_by!r}; expected 'val_loss' or 'val_top1'")
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.to(device)
+    device = model.temp.device
     n_micro = math.ceil(len(train) / config.batch_size)
     steps_per_epoch = math.ceil(n_micro / config.grad_accum)
     optimizer = make_optimizer(model, config, device)

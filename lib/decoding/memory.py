@@ -286,7 +286,9 @@ def memory_table(params: dict, shapes: dict) -> pd.DataFrame:
         ``itm_model`` (local folders are read; hub ids use the local cache or the real
         checkpoints' widths), ``device`` ("cpu" puts every row on the host), and the
         ``stage2_*`` keys (``stage2_brain_update`` default "low_rank", ``stage2_rank`` 64,
-        ``stage2_batch_size`` 32, ``stage2_train_itm`` False, ``stage2_head_only_control``).
+        ``stage2_batch_size`` 32, ``stage2_train_itm`` False, ``stage2_head_only_control``);
+        the keys of a ``stage2_overrides`` dict count as ``stage2_<key>`` (``batch_size``,
+        ``train_itm``, ``max_length``).
     shapes : dict
         ``n_voxels``, ``n_train_trials``, ``n_train_images``, ``n_test_images`` (optional:
         ``n_test_trials``, default the training repeats ratio; ``captions_per_image``, 5).
@@ -302,7 +304,8 @@ def memory_table(params: dict, shapes: dict) -> pd.DataFrame:
         raise KeyError(f"memory_table: shapes lacks {sorted(missing)}; give the prepared "
                        "subject's n_voxels, n_train_trials, n_train_images and n_test_images")
     sz = model_sizes(params)
-    prm = {**params, "captions_per_image": shapes.get("captions_per_image", 5)}
+    overrides = {f"stage2_{k}": v for k, v in (params.get("stage2_overrides") or {}).items()}
+    prm = {**params, **overrides, "captions_per_image": shapes.get("captions_per_image", 5)}
     gpu = "host" if str(params.get("device", "cuda")) == "cpu" else "gpu"
     update = params.get("stage2_brain_update", "low_rank")
     rows = []

@@ -157,6 +157,9 @@ class PairData:
 class Stage2Data:
     """Everything stage 2 trains and predicts on, with the splits checked.
 
+    :func:`stage2_data` fills every field; :func:`lib.decoding.fit` needs only ``train``,
+    ``val`` and ``test_ids`` (e.g. ``Stage2Data(train, val, test_ids=ids)``).
+
     Attributes
     ----------
     train, val : PairData
@@ -175,12 +178,12 @@ class Stage2Data:
 
     train: PairData
     val: PairData
-    X_test: np.ndarray
-    test_sample_ids: np.ndarray
-    X_train: np.ndarray
-    train_sample_ids: np.ndarray
-    test_ids: np.ndarray
-    val_ids: np.ndarray
+    X_test: np.ndarray | None = None
+    test_sample_ids: np.ndarray | None = None
+    X_train: np.ndarray | None = None
+    train_sample_ids: np.ndarray | None = None
+    test_ids: np.ndarray | None = None
+    val_ids: np.ndarray | None = None
 
 
 def stage2_data(subject, features, feature_ids, memory_size: int = 1,
