@@ -432,14 +432,14 @@ def predict_by_image(decoder, blocks: list, ids: np.ndarray) -> tuple[np.ndarray
 def fit_stage1(subject, features: np.ndarray, feature_ids: np.ndarray, memory_size: int = 1,
                memory_direction: str = "past", roi: str | None = None,
                alphas: Sequence[float] | None = None, cv: int = DEFAULT_CV_FOLDS,
-               device: str = "auto",
-               trials: bool | None = None, settings: dict | None = None,
+               device: str = "auto", trials: bool | None = None,
                exclude_ids: Sequence[int] | None = None) -> Stage1Result:
     """Fit the ridge map fMRI -> query tokens on training images; predict the test images.
 
     The steps of notebook 03, in one call for the code that refits a stage-1 map from a saved
     run's settings (04's starting map without its validation images, 05's memory-direction
-    effect, tests). Its 12 parameters are those settings (:func:`stage1_settings`), kept so.
+    effect, tests); its 11 parameters, over the house's 8, are the data and the settings such a
+    refit passes back (:func:`stage1_settings`).
 
     Parameters
     ----------
@@ -452,14 +452,13 @@ def fit_stage1(subject, features: np.ndarray, feature_ids: np.ndarray, memory_si
         See :func:`stage1_inputs`.
     alphas, cv, device
         See :func:`fit_ridge_map`.
-    settings : dict or None
-        Extra entries recorded in the decoder's settings.
     exclude_ids : sequence of int or None
         Training images left out of the fit (:func:`drop_images`).
 
     Returns
     -------
     result : Stage1Result
+        ``settings``: :func:`stage1_settings` and ``best_alpha_median``.
     """
     from lib.config import resolve_device
 
@@ -472,7 +471,7 @@ def fit_stage1(subject, features: np.ndarray, feature_ids: np.ndarray, memory_si
     decoder = decoder_from_ridge(ridge, [b.shape[1] for b in X], *features.shape[1:], {
         **stage1_settings(ridge, len(ids), memory_size, memory_direction, roi, trials,
                           exclude_ids),
-        **(settings or {}), "best_alpha_median": float(np.median(best))})
+        "best_alpha_median": float(np.median(best))})
     del ridge
     decoder.to(resolve_device(device))  # predictions where the solve ran (CPU: a no-op)
     train_pred, train_ids = predict_by_image(decoder, X, ids)
