@@ -10,10 +10,21 @@ or "both"), as in the original study; the neighbours enter as extra blocks of th
 ridge fit, so the concatenated design matrix is never built. When single trials are used, the
 predictions for an image are averaged over its repetitions.
 
+Notebook 03 runs the steps as cells: :func:`stage1_inputs` (samples), :func:`lookup_features`
+(targets), :func:`fit_ridge_map` (ridge, image-grouped CV), :func:`stage1_settings` and
+:func:`decoder_from_ridge` (the decoder), :func:`predict_by_image` (predictions per image);
+:func:`fit_stage1` composes them for the code that refits a map (notebooks 04, 05, tests).
+
 The fitted map is a :class:`QueryTokenDecoder` (a ``torch.nn.Module``), saved as
 ``decoder.safetensors`` with ``settings.json`` beside it, and predictions go to
 ``predictions.h5`` (described in ``book/reference/files.md``): ``test/pred``
 (n_test, n_query, hidden), ``test/nsd_id``, ``train/pred``, ``train/nsd_id``.
+
+Size: this module is over the ~400-line aim. The decoder class, its files and the prediction
+I/O belong in a module of their own (``decoder.py``), but chapter 04's modules
+(``contrastive``, ``pairs``), ``retrieval``, ``evaluate``, ``figures``, the bench and several
+tests import them from here by path; that move waits until issue 16's chapter-04 part has
+landed.
 """
 
 from __future__ import annotations
