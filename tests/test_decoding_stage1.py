@@ -401,3 +401,32 @@ def test_single_trial_predictions_are_one_trial_of_each_image(micro_subject, tmp
     again, _ = single_trial_predictions(tmp_path, micro_subject, seed=0)
     other, _ = single_trial_predictions(tmp_path, micro_subject, seed=1)
     assert np.array_equal(pred, again) and not np.array_equal(pred, other)
+
+
+def test_notebook_steps_compose_fit_stage1(micro_subject):
+    """Notebook 03's steps give fit_stage1's decoder, settings and predictions."""
+    from lib.decoding import (
+        decoder_from_ridge,
+        drop_images,
+        fit_ridge_map,
+        fit_stage1,
+        lookup_features,
+        predict_by_image,
+        stage1_inputs,
+        stage1_settings,
+    )
+
+    feats, ids = _targets(micro_subject, seed=5)
+    held = micro_subject.image_ids("train")[:4]
+    res = fit_stage1(micro_subject, feats, ids, alphas=[1.0, 1e3], cv=3, device="cpu",
+                     exclude_ids=held)
+    X, x_ids = drop_images(*stage1_inputs(micro_subject, "train"), held)
+    assert not np.isin(held, x_ids).any() and len(x_ids) == len(X[0])
+    ridge = fit_ridge_map(X, x_ids, lookup_features(feats, ids, x_ids), [1.0, 1e3], 3, "cpu")
+    settings = stage1_settings(ridge, len(x_ids), exclude_ids=held)
+    assert settings.items() <= res.settings.items() and settings["n_excluded_images"] == 4
+    dec = decoder_from_ridge(ridge, [b.shape[1] for b in X], 2, 3, settings)
+    np.testing.assert_array_equal(dec.weight.detach().numpy(), res.decoder.weight.detach().numpy())
+    pred, pred_ids = predict_by_image(dec, *stage1_inputs(micro_subject, "test"))
+    np.testing.assert_array_equal(pred_ids, res.test_ids)
+    np.testing.assert_allclose(pred, res.test_pred, rtol=1e-6)

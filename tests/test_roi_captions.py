@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from lib.decoding.category import null_patterns, null_test, permutation_p
 from lib.decoding.roi_captions import (
     auto_scale,
     indicator_tokens,
@@ -16,8 +17,6 @@ from lib.decoding.roi_captions import (
     mentions,
     named_categories,
     names_category,
-    null_patterns,
-    permutation_p,
 )
 from lib.decoding.stage1 import QueryTokenDecoder
 
@@ -236,15 +235,15 @@ def _retrieval_captioner(tokens, captions, temperature=0.1):
 
 
 def _face_test(world, n_captions):
-    from lib.decoding.roi_captions import category_test
+    from lib.decoding.category import category_patterns, category_test
 
     subject, tokens, has_face = world["subject"], world["tokens"], world["has_face"]
     decoders = {"knows": _brain_map(subject, tokens, has_face, True),
                 **{f"blind{s}": _brain_map(subject, tokens, has_face, False, seed=s)
                    for s in range(4)}}
-    return category_test(decoders, subject, _retrieval_captioner(tokens, world["captions"]),
-                         auto_scale(tokens), world["lexicon"], rois=["faces"], n_null=99,
-                         n_captions=n_captions, seed=0).set_index("stage")
+    patterns = category_patterns(subject, world["lexicon"], rois=["faces"], n_null=99, seed=0)
+    return category_test(decoders, patterns, _retrieval_captioner(tokens, world["captions"]),
+                         auto_scale(tokens), n_captions=n_captions, seed=0).set_index("stage")
 
 
 def test_category_test_finds_a_category_roi_and_only_a_real_one(face_world):
@@ -266,23 +265,24 @@ def test_one_greedy_caption_cannot_beat_a_high_base_rate(face_world):
 
 
 def test_category_test_with_blip2_and_rois_without_vocabulary(face_world):
-    from lib.decoding.roi_captions import blip2_captioner, category_test
+    from lib.decoding.category import blip2_captioner, category_patterns, category_test
 
     w = face_world
     lexicon = {**w["lexicon"], "missing": {"words": "COCO has no text category"}}
     lexicon["vocabulary"] = {k: v for k, v in lexicon["vocabulary"].items() if k != "words"}
     captioner = blip2_captioner(w["model"], w["processor"], max_new_tokens=8)
     dec = _brain_map(w["subject"], w["tokens"], w["has_face"], True)
-    table = category_test({"s": dec}, w["subject"], captioner, 1.0, lexicon,
-                          rois=["V1", "faces", "words"], n_null=4, n_captions=2)
+    patterns = category_patterns(w["subject"], lexicon, rois=["V1", "faces", "words"], n_null=4)
+    assert [p.roi for p in patterns] == ["faces", "words"] and patterns[1].patterns is None
+    assert patterns[0].patterns.shape == (5, len(w["subject"].voxel_ijk))
+    table = category_test({"s": dec}, patterns, captioner, 1.0, n_captions=2)
     assert list(table.roi) == ["faces", "words"]
     faces, words = table.iloc[0], table.iloc[1]
     assert 0 <= faces.mention_rate <= 1 and 0 <= faces.base_rate <= 1
     assert 0.2 <= faces.p_value <= 1       # (1 + k) / 5
     assert words.vocabulary.startswith("no category vocabulary available")
     assert np.isnan(words.p_value) and np.isnan(words.mention_rate)
-    again = category_test({"s": dec}, w["subject"], captioner, 1.0, lexicon, rois=["faces"],
-                          n_null=4, n_captions=2)
+    again = category_test({"s": dec}, patterns[:1], captioner, 1.0, n_captions=2)
     assert again.iloc[0].equals(faces)  # seeded: the sampled captions are reproducible
 
 
@@ -325,3 +325,12 @@ def test_the_toy_build_writes_its_lexicon(micro_root):
     lex = load_lexicon(micro_root / "truth" / "lexicon.json")
     assert lex["vocabulary"] == {k: tuple(v) for k, v in category_lexicon().items()}
     assert lex["missing"] == {}
+
+
+def test_null_test_summarises_the_rates():
+    rates = np.array([0.8, 0.0, 0.2, 0.8, 0.4])
+    out = null_test(rates)
+    assert out["mention_rate"] == 0.8 and out["base_rate"] == pytest.approx(0.35)
+    assert out["p_value"] == pytest.approx(permutation_p(0.8, rates[1:])) == pytest.approx(2 / 5)
+    assert json.loads(out["null_rates"]) == [0.0, 0.2, 0.8, 0.4]
+    assert out["null_q95"] == pytest.approx(np.quantile(rates[1:], 0.95))

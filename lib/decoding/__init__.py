@@ -16,10 +16,26 @@
 - :mod:`lib.decoding.memory` — GPU / host memory of every decoding stage from the real shapes
   (``memory_table``, ``peak_memory``; used by the preflight);
 - :mod:`lib.decoding.ablation` — the memory-size ablation and run names;
+- :mod:`lib.decoding.roi_captions` — captions of ROI indicator patterns and the category words;
+  :mod:`lib.decoding.category` — the category test of ROI captions against random regions;
 - :mod:`lib.decoding.figures` — stage-1 figures and stage-2 loss curves.
 """
 
-from lib.decoding.ablation import run_name
+from lib.decoding.ablation import (
+    ablation_figure,
+    ablation_figure_static,
+    memory_ablation,
+    run_name,
+    run_retrieval,
+)
+from lib.decoding.category import (
+    RoiPatterns,
+    blip2_captioner,
+    category_ceiling,
+    category_patterns,
+    category_test,
+    category_test_figure,
+)
 from lib.decoding.checkpoints import load_heads, load_weights, save_heads, save_weights
 from lib.decoding.contrastive import BrainTextContrastive, predict_tokens
 from lib.decoding.evaluate import (
@@ -61,6 +77,7 @@ from lib.decoding.retrieval import (
     single_trial_predictions,
     text_retrieval,
 )
+from lib.decoding.roi_captions import ROIS, auto_scale, caption_rois, load_lexicon, roi_sizes
 from lib.decoding.stage1 import (
     PREDICTIONS_FILE,
     LeakageError,
@@ -70,12 +87,17 @@ from lib.decoding.stage1 import (
     average_by_id,
     correlation_map,
     cosine_matrix,
+    decoder_from_ridge,
+    drop_images,
+    fit_ridge_map,
     fit_stage1,
     load_decoder,
     lookup_features,
+    predict_by_image,
     qformer_cache_path,
     read_predictions,
     stage1_inputs,
+    stage1_settings,
     write_predictions,
 )
 from lib.decoding.train_config import TrainConfig
@@ -95,4 +117,11 @@ __all__ = [
     "retrieval_options", "run_name", "save_heads", "save_weights", "score_captions",
     "score_conditions", "single_trial_predictions", "soft_targets", "split_train_val",
     "stage1_inputs", "stage2_data", "text_retrieval", "write_predictions", "write_run_outputs",
+    # stage 1, in steps (notebook 03)
+    "decoder_from_ridge", "drop_images", "fit_ridge_map", "predict_by_image", "stage1_settings",
+    # ROI captions, the category test and the memory ablation (notebook 06)
+    "ROIS", "RoiPatterns", "ablation_figure", "ablation_figure_static", "auto_scale",
+    "blip2_captioner", "category_ceiling", "category_patterns", "category_test",
+    "caption_rois", "category_test_figure", "load_lexicon", "memory_ablation", "roi_sizes",
+    "run_retrieval",
 ]

@@ -5,8 +5,8 @@ otherwise; likewise ``stage2``), written by separate papermill runs of notebooks
 (``lib.run`` sweeps). This module gathers what exists: caption metrics and image retrieval from
 ``decoding/metrics.json`` when notebook 05 evaluated the run; otherwise image retrieval is
 computed here directly from each run's ``predictions.h5`` and the true Q-Former features (so
-every run is scored by the same code on its current predictions), falling back to the
-retrieval in ``decoding/metrics.json`` when no features are given.
+every run is scored by the same code on its current predictions, :func:`run_retrieval`),
+falling back to the retrieval in ``decoding/metrics.json`` when no features are given.
 """
 
 from __future__ import annotations
@@ -25,6 +25,67 @@ def run_name(stage: str, memory_size: int) -> str:
     return stage if int(memory_size) == 1 else f"{stage}_mem{int(memory_size)}"
 
 
+#: Columns of :func:`memory_ablation`'s table.
+ABLATION_COLUMNS = ["stage", "memory_size", "run", "source", "top1", "ci95_low", "ci95_high",
+                    "chance", "k", "n_draws", "centring", "top1_shuffled", "CIDEr",
+                    "CIDEr_shuffled"]
+
+
+def run_retrieval(run_dir: str | os.PathLike, features: np.ndarray, feature_ids: np.ndarray,
+                  k: int = 300, n_draws: int = 30, seed: int = 0) -> tuple[dict, float]:
+    """Image retrieval of a run's test predictions, with notebook 05's options (book rule).
+
+    One prediction per image, averaged over its repeats; centred on the candidates' mean
+    (:data:`lib.decoding.retrieval.RETRIEVAL_CENTER`); the control pairs each prediction with
+    another image's (:func:`lib.decoding.evaluate.derangement`).
+
+    Parameters
+    ----------
+    run_dir : path-like
+        A decoding run's folder, with ``predictions.h5``.
+    features : ndarray of shape (n_images, n_query, hidden)
+    feature_ids : ndarray of shape (n_images,)
+        True Q-Former features and their nsd ids.
+    k, n_draws, seed
+        :func:`lib.metrics.retrieval_topk` settings.
+
+    Returns
+    -------
+    retrieval : dict
+        :func:`lib.metrics.retrieval_topk` output.
+    top1_shuffled : float
+        Brain -> image top-1 of the shuffled predictions.
+    """
+    from lib.decoding.evaluate import derangement
+    from lib.decoding.retrieval import RETRIEVAL_CENTER
+    from lib.decoding.stage1 import lookup_features, read_predictions
+    from lib.metrics import retrieval_topk
+
+    pred = read_predictions(run_dir)
+    true = lookup_features(np.asarray(features), np.asarray(feature_ids), pred["test_ids"])
+    kw = {"k": k, "n_draws": n_draws, "seed": seed, "repeat_averaged": True,
+          "center": RETRIEVAL_CENTER}
+    r = retrieval_topk(pred["test_pred"], true, **kw)
+    rs = retrieval_topk(pred["test_pred"][derangement(len(true), seed)], true, **kw)
+    return r, rs["brain_to_image"]["mean"]
+
+
+def _ablation_row(stage: str, size: int, retrieval: dict, source: str, shuffled: float,
+                  metrics: dict) -> dict:
+    """One row of :func:`memory_ablation`: a run's retrieval and its CIDEr (NaN if absent)."""
+    name = run_name(stage, size)
+    b2i = retrieval["brain_to_image"]
+    caps = metrics.get(name, {}).get("captions", {})
+    return {"stage": stage, "memory_size": int(size), "run": name, "source": source,
+            "top1": b2i["mean"], "ci95_low": b2i["ci95_binomial"][0],
+            "ci95_high": b2i["ci95_binomial"][1], "chance": retrieval["chance"],
+            "k": retrieval["k"], "n_draws": retrieval["n_draws"],
+            "centring": retrieval.get("options", {}).get("centring"),
+            "top1_shuffled": shuffled,
+            "CIDEr": caps.get("brain", {}).get("CIDEr", np.nan),
+            "CIDEr_shuffled": caps.get("shuffled_brain", {}).get("CIDEr", np.nan)}
+
+
 def memory_ablation(
     decoding_dir: str | os.PathLike,
     memory_sizes: Sequence[int] = (1, 3, 5, 7),
@@ -37,8 +98,9 @@ def memory_ablation(
 ) -> pd.DataFrame:
     """One row per existing run: memory size, image retrieval top-1 (+ interval), CIDEr.
 
-    CIDEr (brain and shuffled-brain captions) comes from ``metrics.json`` (notebook 05); runs
-    it has not captioned get NaN.
+    Retrieval is computed from the run's ``predictions.h5`` (:func:`run_retrieval`) when
+    ``features`` are given, else read from ``metrics.json`` (notebook 05); CIDEr (brain and
+    shuffled-brain captions) comes from ``metrics.json``; runs it has not captioned get NaN.
 
     Parameters
     ----------
@@ -47,8 +109,8 @@ def memory_ablation(
     memory_sizes : sequence of int
     stages : sequence of str
     features, feature_ids : ndarray, optional
-        True Q-Former features (n_images, n_query, hidden) and their nsd ids, used to compute
-        retrieval for runs that ``metrics.json`` does not cover. Without them such runs get NaN.
+        True Q-Former features (n_images, n_query, hidden) and their nsd ids. Without them,
+        runs that ``metrics.json`` does not cover are left out.
     k, n_draws, seed
         Retrieval settings for runs computed here (as in notebook 05).
 
@@ -63,10 +125,7 @@ def memory_ablation(
         ``n_draws`` (draws actually made), ``centring``, ``top1_shuffled`` (when known),
         ``CIDEr``, ``CIDEr_shuffled`` (NaN when the run was not captioned).
     """
-    from lib.decoding.evaluate import derangement
-    from lib.decoding.retrieval import RETRIEVAL_CENTER
-    from lib.decoding.stage1 import PREDICTIONS_FILE, lookup_features, read_predictions
-    from lib.metrics import retrieval_topk
+    from lib.decoding.stage1 import PREDICTIONS_FILE
 
     decoding_dir = Path(decoding_dir)
     mpath = decoding_dir / "metrics.json"
@@ -75,22 +134,10 @@ def memory_ablation(
     for stage in stages:
         for size in memory_sizes:
             name = run_name(stage, size)
-            row = {"stage": stage, "memory_size": int(size), "run": name, "source": None,
-                   "top1": np.nan, "ci95_low": np.nan, "ci95_high": np.nan, "chance": np.nan,
-                   "k": np.nan, "n_draws": np.nan, "centring": None,
-                   "top1_shuffled": np.nan, "CIDEr": np.nan, "CIDEr_shuffled": np.nan}
-            pred_path = decoding_dir / name / PREDICTIONS_FILE
-            if features is not None and pred_path.exists():
-                pred = read_predictions(decoding_dir / name)
-                true = lookup_features(np.asarray(features), np.asarray(feature_ids),
-                                       pred["test_ids"])
-                # the same options as notebook 05 (book rule): one prediction per image,
-                # averaged over its repeats; centred on the candidates' mean
-                kw = {"k": k, "n_draws": n_draws, "seed": seed, "repeat_averaged": True,
-                          "center": RETRIEVAL_CENTER}
-                r = retrieval_topk(pred["test_pred"], true, **kw)
-                rs = retrieval_topk(pred["test_pred"][derangement(len(true), seed)], true, **kw)
-                source, shuffled = "predictions.h5", rs["brain_to_image"]["mean"]
+            if features is not None and (decoding_dir / name / PREDICTIONS_FILE).exists():
+                r, shuffled = run_retrieval(decoding_dir / name, features, feature_ids, k,
+                                            n_draws, seed)
+                source = "predictions.h5"
             elif name in metrics:
                 r = metrics[name]["retrieval"]["brain"]
                 shuffled = metrics[name]["retrieval"].get("shuffled_brain", {}).get(
@@ -98,18 +145,8 @@ def memory_ablation(
                 source = "metrics.json"
             else:
                 continue
-            b2i = r["brain_to_image"]
-            row.update(source=source, top1=b2i["mean"], ci95_low=b2i["ci95_binomial"][0],
-                       ci95_high=b2i["ci95_binomial"][1], chance=r["chance"], k=r["k"],
-                       n_draws=r["n_draws"], centring=r.get("options", {}).get("centring"),
-                       top1_shuffled=shuffled)
-            caps = metrics.get(name, {}).get("captions", {})
-            row["CIDEr"] = caps.get("brain", {}).get("CIDEr", np.nan)
-            row["CIDEr_shuffled"] = caps.get("shuffled_brain", {}).get("CIDEr", np.nan)
-            rows.append(row)
-    cols = ["stage", "memory_size", "run", "source", "top1", "ci95_low", "ci95_high", "chance",
-            "k", "n_draws", "centring", "top1_shuffled", "CIDEr", "CIDEr_shuffled"]
-    return pd.DataFrame(rows, columns=cols)
+            rows.append(_ablation_row(stage, size, r, source, shuffled, metrics))
+    return pd.DataFrame(rows, columns=ABLATION_COLUMNS)
 
 
 def ablation_figure(table: pd.DataFrame):

@@ -10,10 +10,21 @@ or "both"), as in the original study; the neighbours enter as extra blocks of th
 ridge fit, so the concatenated design matrix is never built. When single trials are used, the
 predictions for an image are averaged over its repetitions.
 
+Notebook 03 runs the steps as cells: :func:`stage1_inputs` (samples), :func:`lookup_features`
+(targets), :func:`fit_ridge_map` (ridge, image-grouped CV), :func:`stage1_settings` and
+:func:`decoder_from_ridge` (the decoder), :func:`predict_by_image` (predictions per image);
+:func:`fit_stage1` composes them for the code that refits a map (notebooks 04, 05, tests).
+
 The fitted map is a :class:`QueryTokenDecoder` (a ``torch.nn.Module``), saved as
 ``decoder.safetensors`` with ``settings.json`` beside it, and predictions go to
 ``predictions.h5`` (described in ``book/reference/files.md``): ``test/pred``
 (n_test, n_query, hidden), ``test/nsd_id``, ``train/pred``, ``train/nsd_id``.
+
+Size: this module is over the ~400-line aim. The decoder class, its files and the prediction
+I/O belong in a module of their own (``decoder.py``), but chapter 04's modules
+(``contrastive``, ``pairs``), ``retrieval``, ``evaluate``, ``figures``, the bench and several
+tests import them from here by path; that move waits until issue 16's chapter-04 part has
+landed.
 """
 
 from __future__ import annotations
@@ -281,13 +292,165 @@ class Stage1Result:
     settings: dict = field(default_factory=dict)
 
 
+def drop_images(blocks: list, ids: np.ndarray, exclude_ids: Sequence[int] | None):
+    """Leave the samples of some training images out (e.g. stage 2's validation images).
+
+    Parameters
+    ----------
+    blocks : list of ndarray of shape (n_samples, n_voxels)
+        :func:`stage1_inputs` output; rows are removed one block at a time (peak memory = the
+        data + one block).
+    ids : ndarray of shape (n_samples,)
+        nsd id of each sample.
+    exclude_ids : sequence of int or None
+        Images to leave out (None or empty: keep all).
+
+    Returns
+    -------
+    blocks : list of ndarray of shape (n_kept, n_voxels)
+    ids : ndarray of shape (n_kept,)
+    """
+    if exclude_ids is None or not len(exclude_ids):
+        return blocks, ids
+    keep = ~np.isin(ids, np.asarray(exclude_ids))
+    for i in range(len(blocks)):
+        blocks[i] = blocks[i][keep]
+    return blocks, ids[keep]
+
+
+def fit_ridge_map(blocks: list, ids: np.ndarray, targets: np.ndarray,
+                  alphas: Sequence[float] | None = None, cv: int = DEFAULT_CV_FOLDS,
+                  device: str = "auto"):
+    """One multi-target ridge from the input blocks to every query-token value.
+
+    Each target gets its own penalty, chosen by ``cv``-fold cross-validation grouped by image
+    (scikit-learn's ``GroupKFold`` over ``ids``, in :meth:`lib.ridge.RidgeCV.fit`): an image's
+    repeated trials, and with memory windows all its samples, fall in one fold. Pass training
+    samples only. :class:`lib.ridge.RidgeCV` warns (``AlphaGridWarning``) when chosen penalties
+    sit at an edge of the grid.
+
+    Parameters
+    ----------
+    blocks : list of ndarray of shape (n_samples, n_voxels)
+        Input blocks (:func:`stage1_inputs`); several blocks enter as blocks of one ridge
+        design, never concatenated.
+    ids : ndarray of shape (n_samples,)
+        nsd id of each sample (the CV groups).
+    targets : ndarray of shape (n_samples, n_query, hidden)
+        True Q-Former outputs of each sample's image (:func:`lookup_features`).
+    alphas : sequence of float or None
+        Candidate penalties (default: :data:`lib.ridge.DEFAULT_ALPHAS`).
+    cv : int
+        Number of image-grouped folds.
+    device : str
+        Where the solve runs.
+
+    Returns
+    -------
+    ridge : lib.ridge.RidgeCV
+        Fitted: ``coef_`` (n_query * hidden, n_voxels_total), ``best_alphas_``.
+    """
+    from lib.ridge import DEFAULT_ALPHAS, RidgeCV
+
+    if isinstance(cv, str) or not isinstance(cv, (int, np.integer)):
+        raise TypeError(f"cv={cv!r}: stage 1 takes a number of image-grouped folds (e.g. 5); "
+                        "leave-one-trial-out would put an image's repeats on both sides.")
+    alphas = np.asarray(DEFAULT_ALPHAS if alphas is None else alphas, float)
+    Y = np.asarray(targets, np.float32).reshape(len(ids), -1)
+    ridge = RidgeCV(alphas=alphas, alpha_per_target=True, cv=int(cv), device=device, verbose=True)
+    ridge.fit(blocks if len(blocks) > 1 else blocks[0], Y, groups=ids)
+    return ridge
+
+
+def stage1_settings(ridge, n_samples: int, memory_size: int = 1, memory_direction: str = "past",
+                    roi: str | None = None, trials: bool | None = None,
+                    exclude_ids: Sequence[int] | None = None) -> dict:
+    """What a stage-1 decoder records in ``settings.json`` about its inputs and its ridge.
+
+    Parameters
+    ----------
+    ridge : lib.ridge.RidgeCV
+        Fitted by :func:`fit_ridge_map`.
+    n_samples : int
+        Number of training samples.
+    memory_size, memory_direction, roi, trials
+        See :func:`stage1_inputs`.
+    exclude_ids : sequence of int or None
+        Training images left out of the fit (:func:`drop_images`).
+
+    Returns
+    -------
+    settings : dict
+        ``memory_size``, ``memory_direction``, ``roi``, ``trials``, ``alphas``, ``cv``,
+        ``cv_folds``, ``alpha_at_grid_edge_fraction``, ``n_train_samples``,
+        ``n_excluded_images`` (JSON-serialisable; 04 and 05 refit from them).
+    """
+    return {
+        "memory_size": int(memory_size), "memory_direction": memory_direction, "roi": roi,
+        "trials": bool(memory_size > 1 if trials is None else trials),
+        "alphas": [float(a) for a in ridge.alphas], "cv": int(ridge.cv),
+        "cv_folds": f"{int(ridge.cv)} folds grouped by image (GroupKFold over nsd ids)",
+        "alpha_at_grid_edge_fraction": float(sum(ridge.alpha_edge_fraction_)),
+        "n_train_samples": int(n_samples),
+        "n_excluded_images": 0 if exclude_ids is None else len(np.unique(exclude_ids)),
+    }
+
+
+def decoder_from_ridge(ridge, block_sizes: Sequence[int], n_query: int, hidden: int,
+                       settings: dict | None = None) -> QueryTokenDecoder:
+    """A :class:`QueryTokenDecoder` whose weight *is* ``ridge.coef_`` (no copy, float32).
+
+    Parameters
+    ----------
+    ridge : lib.ridge.RidgeCV
+        Fitted; ``coef_`` of shape (n_query * hidden, sum(block_sizes)).
+    block_sizes : sequence of int
+        Voxels of each input block (``[b.shape[1] for b in blocks]``).
+    n_query, hidden : int
+    settings : dict or None
+        Saved with the weights (:func:`stage1_settings` and any extra entries).
+
+    Returns
+    -------
+    decoder : QueryTokenDecoder
+        In eval mode, on the CPU. Delete ``ridge`` afterwards: no second copy of the map.
+    """
+    decoder = QueryTokenDecoder([0], n_query, hidden, settings)  # no (n_out, p) zeros allocated
+    decoder.block_sizes = [int(b) for b in block_sizes]
+    coef = np.ascontiguousarray(ridge.coef_, dtype=np.float32)
+    decoder.weight = nn.Parameter(torch.from_numpy(coef))
+    decoder.bias = nn.Parameter(torch.from_numpy(np.asarray(ridge.intercept_, np.float32).copy()))
+    return decoder.eval()
+
+
+def predict_by_image(decoder, blocks: list, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted query tokens of each image, averaged over its samples (repeats, trials).
+
+    Parameters
+    ----------
+    decoder : QueryTokenDecoder
+    blocks : list of ndarray of shape (n_samples, n_voxels)
+    ids : ndarray of shape (n_samples,)
+
+    Returns
+    -------
+    pred : ndarray of shape (n_images, n_query, hidden), float32
+    image_ids : ndarray of shape (n_images,), sorted
+    """
+    return average_by_id(decoder.predict(blocks), ids)
+
+
 def fit_stage1(subject, features: np.ndarray, feature_ids: np.ndarray, memory_size: int = 1,
                memory_direction: str = "past", roi: str | None = None,
                alphas: Sequence[float] | None = None, cv: int = DEFAULT_CV_FOLDS,
-               device: str = "auto",
-               trials: bool | None = None, settings: dict | None = None,
+               device: str = "auto", trials: bool | None = None,
                exclude_ids: Sequence[int] | None = None) -> Stage1Result:
     """Fit the ridge map fMRI -> query tokens on training images; predict the test images.
+
+    The steps of notebook 03, in one call for the code that refits a stage-1 map from a saved
+    run's settings (04's starting map without its validation images, 05's memory-direction
+    effect, tests); its 11 parameters, over the house's 8, are the data and the settings such a
+    refit passes back (:func:`stage1_settings`).
 
     Parameters
     ----------
@@ -298,94 +461,40 @@ def fit_stage1(subject, features: np.ndarray, feature_ids: np.ndarray, memory_si
         nsd id of each row of ``features``.
     memory_size, memory_direction, roi, trials
         See :func:`stage1_inputs`.
-    alphas : sequence of float or None
-        Candidate penalties (default: :data:`lib.ridge.DEFAULT_ALPHAS`), chosen per target by
-        cross-validation on the training samples only.
-    cv : int
-        Number of cross-validation folds, grouped by image (scikit-learn's ``GroupKFold`` over
-        nsd ids, in :meth:`lib.ridge.RidgeCV.fit`): the repeated trials of an image, and with
-        memory windows all its samples, fall in one fold.
-    device : str
-        Where the ridge solve runs.
-    settings : dict or None
-        Extra entries recorded in the decoder's settings.
+    alphas, cv, device
+        See :func:`fit_ridge_map`.
     exclude_ids : sequence of int or None
-        Training images left out of the fit (e.g. the images stage 2 validates on, so that its
-        early stopping sees images the starting map never fitted).
+        Training images left out of the fit (:func:`drop_images`).
 
     Returns
     -------
     result : Stage1Result
+        ``settings``: :func:`stage1_settings` and ``best_alpha_median``.
     """
-    from lib.ridge import DEFAULT_ALPHAS, RidgeCV
-
-    if isinstance(cv, str) or not isinstance(cv, (int, np.integer)):
-        raise TypeError(f"cv={cv!r}: stage 1 takes a number of image-grouped folds (e.g. 5); "
-                         "leave-one-trial-out would put an image's repeats on both sides.")
-    features = np.asarray(features, np.float32)
-    feature_ids = np.asarray(feature_ids)
-    n_query, hidden = features.shape[1:]
-    alphas = np.asarray(DEFAULT_ALPHAS if alphas is None else alphas, float)
-
-    X_train, train_trial_ids = stage1_inputs(subject, "train", memory_size, memory_direction, roi,
-                                             trials)
-    if exclude_ids is not None and len(exclude_ids):
-        keep = ~np.isin(train_trial_ids, np.asarray(exclude_ids))
-        for i in range(len(X_train)):  # one block at a time: peak = data + one block
-            X_train[i] = X_train[i][keep]
-        train_trial_ids = train_trial_ids[keep]
-    test_image_ids = np.asarray(subject.image_ids("test"))
-    assert_no_test_ids(train_trial_ids, test_image_ids, "the stage-1 training samples")
-    Y_train = lookup_features(features, feature_ids, train_trial_ids)
-    Y_train = Y_train.reshape(len(train_trial_ids), -1)
-
-    # alpha selection: k folds over the training images only (GroupKFold: an image's repeats,
-    # and with memory windows all its samples, stay on one side); RidgeCV warns
-    # (AlphaGridWarning) when chosen alphas sit at an edge of the grid
-    ridge = RidgeCV(alphas=alphas, alpha_per_target=True, cv=int(cv), device=device, verbose=True)
-    ridge.fit(X_train if len(X_train) > 1 else X_train[0], Y_train, groups=train_trial_ids)
-    best = np.asarray(ridge.best_alphas_, float)
-    at_edge = float(sum(ridge.alpha_edge_fraction_))
-
-    all_settings = {
-        "memory_size": int(memory_size), "memory_direction": memory_direction, "roi": roi,
-        "trials": bool(memory_size > 1 if trials is None else trials),
-        "alphas": [float(a) for a in alphas], "cv": int(cv),
-        "cv_folds": f"{int(cv)} folds grouped by image (GroupKFold over nsd ids)",
-        "alpha_at_grid_edge_fraction": at_edge, "n_train_samples": len(train_trial_ids),
-        "n_excluded_images": 0 if exclude_ids is None else len(np.unique(exclude_ids)),
-        **(settings or {}),
-    }
-    decoder = _decoder_from_ridge(ridge, [b.shape[1] for b in X_train], n_query, hidden,
-                                  all_settings)
-    del ridge  # the decoder shares its coefficients: no second copy of the map
-
     from lib.config import resolve_device
 
+    features, feature_ids = np.asarray(features, np.float32), np.asarray(feature_ids)
+    X, ids = drop_images(*stage1_inputs(subject, "train", memory_size, memory_direction, roi,
+                                        trials), exclude_ids)
+    assert_no_test_ids(ids, subject.image_ids("test"), "the stage-1 training samples")
+    ridge = fit_ridge_map(X, ids, lookup_features(features, feature_ids, ids), alphas, cv, device)
+    best = np.asarray(ridge.best_alphas_, float)
+    decoder = decoder_from_ridge(ridge, [b.shape[1] for b in X], *features.shape[1:], {
+        **stage1_settings(ridge, len(ids), memory_size, memory_direction, roi, trials,
+                          exclude_ids),
+        "best_alpha_median": float(np.median(best))})
+    del ridge
     decoder.to(resolve_device(device))  # predictions where the solve ran (CPU: a no-op)
-    train_pred, train_ids = average_by_id(decoder.predict(X_train), train_trial_ids)
-    del X_train
-    X_test, test_trial_ids = stage1_inputs(subject, "test", memory_size, memory_direction, roi,
-                                           trials)
-    test_pred, test_ids = average_by_id(decoder.predict(X_test), test_trial_ids)
-    decoder.cpu()
-    decoder.settings["best_alpha_median"] = float(np.median(best))
+    train_pred, train_ids = predict_by_image(decoder, X, ids)
+    del X
+    test_pred, test_ids = predict_by_image(
+        decoder, *stage1_inputs(subject, "test", memory_size, memory_direction, roi, trials))
     return Stage1Result(
-        decoder=decoder, test_pred=test_pred,
+        decoder=decoder.cpu(), test_pred=test_pred,
         test_true=lookup_features(features, feature_ids, test_ids), test_ids=test_ids,
         train_pred=train_pred, train_true=lookup_features(features, feature_ids, train_ids),
         train_ids=train_ids, best_alphas=best, settings=decoder.settings,
     )
-
-
-def _decoder_from_ridge(ridge, block_sizes, n_query, hidden, settings) -> QueryTokenDecoder:
-    """A :class:`QueryTokenDecoder` whose weight *is* ``ridge.coef_`` (no copy, float32)."""
-    decoder = QueryTokenDecoder([0], n_query, hidden, settings)  # no (n_out, p) zeros allocated
-    decoder.block_sizes = [int(b) for b in block_sizes]
-    coef = np.ascontiguousarray(ridge.coef_, dtype=np.float32)
-    decoder.weight = nn.Parameter(torch.from_numpy(coef))
-    decoder.bias = nn.Parameter(torch.from_numpy(np.asarray(ridge.intercept_, np.float32).copy()))
-    return decoder.eval()
 
 
 def write_predictions(path: str | os.PathLike, test_pred: np.ndarray, test_ids: np.ndarray,
