@@ -296,13 +296,14 @@ def test_train_config_overrides_and_unknown_key():
         TrainConfig.from_overrides("lr=1e-4")
 
 
-def test_fingerprint_ignores_model_and_split_fields_and_eval_every():
-    """Checkpoints written before the model and split settings joined TrainConfig still resume;
-    the loop settings still start a fresh run."""
+def test_fingerprint_covers_every_setting_that_changes_training():
+    """A checkpoint trained with other loss weights must not be resumed; how often validation
+    runs does not matter."""
     base = TrainConfig()
-    assert TrainConfig(val_fraction=0.2, label_smoothing=0.0, eval_every=7).fingerprint() \
-        == base.fingerprint()
-    assert TrainConfig(lr=0.5).fingerprint() != base.fingerprint()
+    assert TrainConfig(eval_every=7).fingerprint() == base.fingerprint()
+    for change in ({"lr": 0.5}, {"label_smoothing": 0.0}, {"mse_weight": 0.5},
+                   {"contrastive_weight": 0.5}, {"val_fraction": 0.2}, {"train_itm": True}):
+        assert TrainConfig(**change).fingerprint() != base.fingerprint(), change
 
 
 def test_split_train_val_disjoint_and_reproducible():

@@ -17,9 +17,8 @@ from lib.decoding.contrastive import DEFAULT_CONTRASTIVE_WEIGHT, DEFAULT_MSE_WEI
 #: Fields of :class:`TrainConfig` that configure the model (:meth:`TrainConfig.model_kwargs`).
 MODEL_FIELDS = ("mse_weight", "contrastive_weight", "label_smoothing", "brain_projection_init",
                 "train_itm")
-#: Left out of the checkpoint fingerprint (as before the model and split fields joined the
-#: class, so that checkpoints written then still resume).
-_NOT_FINGERPRINTED = ("eval_every", "val_fraction") + MODEL_FIELDS
+#: Left out of the checkpoint fingerprint: how often validation runs does not change training.
+_NOT_FINGERPRINTED = ("eval_every",)
 
 
 @dataclass
@@ -122,10 +121,10 @@ class TrainConfig:
         return {k: getattr(self, k) for k in MODEL_FIELDS + ("seed",)}
 
     def fingerprint(self) -> str:
-        """Hash of the loop settings that change the trajectory (a checkpoint must match it).
-
-        ``eval_every`` and the model and split fields are left out, as before they were part
-        of this class, so that checkpoints written then still resume."""
+        """Hash of the settings that change the training trajectory (a checkpoint resumes only
+        when it matches): every field but ``eval_every``. The loss weights and label smoothing
+        change the trajectory without changing the starting weights, which the checkpoint's
+        other fingerprint covers."""
         keys = {k: v for k, v in asdict(self).items() if k not in _NOT_FINGERPRINTED}
         return hashlib.sha1(json.dumps(keys, sort_keys=True, default=list).encode()).hexdigest()
 
