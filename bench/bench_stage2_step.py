@@ -32,7 +32,7 @@ def build(voxels: int, n_query: int = 32, hidden: int = 768, dim: int = 256, see
     )
 
     from lib.decoding.contrastive import BrainTextContrastive
-    from lib.decoding.stage1 import QueryTokenDecoder
+    from lib.decoding.decoder import QueryTokenDecoder
 
     # the vision encoder is not used by stage 2: a 1-layer stand-in keeps construction cheap;
     # the Q-Former is the real blip2-itm-vit-g one (encoder_hidden_size 1408).

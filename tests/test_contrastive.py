@@ -341,7 +341,7 @@ def test_brain_text_retrieval_by_hand():
 
 def test_memory_window_decoder_trains(tmp_path):
     """A stage-1 decoder with 2 memory blocks: X holds them side by side."""
-    from lib.decoding.stage1 import QueryTokenDecoder, load_decoder
+    from lib.decoding.decoder import QueryTokenDecoder, load_decoder
 
     dec = QueryTokenDecoder([N_VOX // 2, N_VOX // 2], N_QUERY, HIDDEN, {"memory_size": 2})
     model = BrainTextContrastive(dec, _tiny_itm())

@@ -9,14 +9,13 @@ import pandas as pd
 import pytest
 import torch
 
-from lib.decoding.stage1 import (
+from lib.decoding.decoder import (
     QueryTokenDecoder,
-    average_by_id,
-    cosine_matrix,
     load_decoder,
     read_predictions,
     write_predictions,
 )
+from lib.decoding.stage1 import average_by_id, cosine_matrix
 
 
 def _random_decoder(block_sizes=(6, 6), n_query=3, hidden=5, seed=0):
@@ -186,7 +185,7 @@ def test_default_alphas_are_the_ridge_grid(micro_subject):
 
 
 def test_leakage_check_names_the_place():
-    from lib.decoding.stage1 import LeakageError, assert_no_test_ids
+    from lib.decoding.decoder import LeakageError, assert_no_test_ids
 
     assert_no_test_ids([1, 2], [3], "here")
     with pytest.raises(LeakageError, match="alpha selection"):

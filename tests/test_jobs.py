@@ -203,7 +203,7 @@ def test_distributed_micro_run_equals_the_serial_run(micro_run, tmp_path):
     of the serial micro book (``micro_run``, the same parameters run one job after another)."""
     import numpy as np
 
-    from lib.decoding.stage1 import read_predictions
+    from lib.decoding.decoder import read_predictions
 
     params, _, _ = micro_run
     params = {**params, "notebooks": ["01_data_preparation", "03_alignment_ridge"], "sweeps": {},

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from lib.decoding import BrainTextContrastive, TrainConfig, save_weights
+from lib.decoding.decoder import QueryTokenDecoder
 from lib.decoding.loop import make_optimizer
 from lib.decoding.memory import GIB, memory_table, model_sizes, peak_memory
-from lib.decoding.stage1 import QueryTokenDecoder
 from tests.test_contrastive import DIM, HIDDEN, N_QUERY, _tiny_itm
 from tests.tiny_blip2 import make_tiny_blip2
 

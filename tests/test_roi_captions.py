@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from lib.decoding.category import null_patterns, null_test, permutation_p
+from lib.decoding.decoder import QueryTokenDecoder
 from lib.decoding.roi_captions import (
     auto_scale,
     indicator_tokens,
@@ -18,7 +19,6 @@ from lib.decoding.roi_captions import (
     named_categories,
     names_category,
 )
-from lib.decoding.stage1 import QueryTokenDecoder
 
 
 def _decoder(block_sizes, n_query=3, hidden=5, seed=0):
@@ -194,7 +194,7 @@ def _brain_map(subject, tokens, has_face, roi_knows_faces, seed=0):
     mean); with ``roi_knows_faces``, the faces ROI's voxels are tuned to face images only,
     otherwise the ROI's voxels are tuned like any other (no category information).
     """
-    from lib.decoding.stage1 import QueryTokenDecoder
+    from lib.decoding.decoder import QueryTokenDecoder
 
     rng = np.random.default_rng(seed)
     dev = (tokens - tokens.mean(0)).reshape(len(tokens), -1)
@@ -288,7 +288,7 @@ def test_category_test_with_blip2_and_rois_without_vocabulary(face_world):
 
 def test_memory_ablation_reads_runs_and_metrics(tmp_path):
     from lib.decoding.ablation import ablation_figure, memory_ablation
-    from lib.decoding.stage1 import write_predictions
+    from lib.decoding.decoder import write_predictions
     from lib.metrics import retrieval_topk
 
     rng = np.random.default_rng(0)
@@ -305,7 +305,7 @@ def test_memory_ablation_reads_runs_and_metrics(tmp_path):
     assert list(table.run) == ["stage1", "stage1_mem3", "stage2"]
     assert table.set_index("run").loc["stage1", "CIDEr"] == 0.8
     assert np.isnan(table.set_index("run").loc["stage2", "CIDEr"])
-    from lib.decoding.stage1 import read_predictions
+    from lib.decoding.decoder import read_predictions
 
     p = read_predictions(tmp_path / "stage1_mem3")
     def flat(x):

@@ -1,7 +1,8 @@
 """fMRI -> BLIP-2 decoding: stage 1 (ridge), stage 2 (contrastive), captions and their evaluation.
 
-- :mod:`lib.decoding.stage1` — ridge map fMRI -> query tokens (:class:`QueryTokenDecoder`),
-  ``predictions.h5`` reader/writer, image-grouped folds and the test-image leakage check;
+- :mod:`lib.decoding.stage1` — the steps of the ridge map fMRI -> query tokens (chapter 03);
+- :mod:`lib.decoding.decoder` — the map itself (:class:`QueryTokenDecoder`), its files, the
+  ``predictions.h5`` reader/writer and the test-image leakage check;
 - :mod:`lib.decoding.generate` — captions from (predicted) query tokens, batched;
 - stage 2, in parts: :mod:`lib.decoding.pairs` (brain-caption pairs, the train/validation split
   and its leakage checks), :mod:`lib.decoding.itm` (the ITM checkpoint, its text side, the ITC
@@ -38,6 +39,15 @@ from lib.decoding.category import (
 )
 from lib.decoding.checkpoints import load_heads, load_weights, save_heads, save_weights
 from lib.decoding.contrastive import BrainTextContrastive, predict_tokens
+from lib.decoding.decoder import (
+    PREDICTIONS_FILE,
+    LeakageError,
+    QueryTokenDecoder,
+    assert_no_test_ids,
+    load_decoder,
+    read_predictions,
+    write_predictions,
+)
 from lib.decoding.evaluate import (
     CONDITION_COLUMNS,
     CONTROL_DESCRIPTIONS,
@@ -79,11 +89,7 @@ from lib.decoding.retrieval import (
 )
 from lib.decoding.roi_captions import ROIS, auto_scale, caption_rois, load_lexicon, roi_sizes
 from lib.decoding.stage1 import (
-    PREDICTIONS_FILE,
-    LeakageError,
-    QueryTokenDecoder,
     Stage1Result,
-    assert_no_test_ids,
     average_by_id,
     correlation_map,
     cosine_matrix,
@@ -91,14 +97,11 @@ from lib.decoding.stage1 import (
     drop_images,
     fit_ridge_map,
     fit_stage1,
-    load_decoder,
     lookup_features,
     predict_by_image,
     qformer_cache_path,
-    read_predictions,
     stage1_inputs,
     stage1_settings,
-    write_predictions,
 )
 from lib.decoding.train_config import TrainConfig
 

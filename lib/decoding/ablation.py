@@ -56,9 +56,10 @@ def run_retrieval(run_dir: str | os.PathLike, features: np.ndarray, feature_ids:
     top1_shuffled : float
         Brain -> image top-1 of the shuffled predictions.
     """
+    from lib.decoding.decoder import read_predictions
     from lib.decoding.evaluate import derangement
     from lib.decoding.retrieval import RETRIEVAL_CENTER
-    from lib.decoding.stage1 import lookup_features, read_predictions
+    from lib.decoding.stage1 import lookup_features
     from lib.metrics import retrieval_topk
 
     pred = read_predictions(run_dir)
@@ -125,7 +126,7 @@ def memory_ablation(
         ``n_draws`` (draws actually made), ``centring``, ``top1_shuffled`` (when known),
         ``CIDEr``, ``CIDEr_shuffled`` (NaN when the run was not captioned).
     """
-    from lib.decoding.stage1 import PREDICTIONS_FILE
+    from lib.decoding.decoder import PREDICTIONS_FILE
 
     decoding_dir = Path(decoding_dir)
     mpath = decoding_dir / "metrics.json"

@@ -183,7 +183,7 @@ class BrainTextContrastive(nn.Module):
         """A stand-alone copy of the tuned map (``W + U V^T``, ``b + delta_bias``), on CPU.
 
         For ``brain_update="low_rank"`` the map must have ``weight`` (n_out, n_features) and
-        ``bias`` (n_out,), like :class:`lib.decoding.stage1.QueryTokenDecoder`.
+        ``bias`` (n_out,), like :class:`lib.decoding.decoder.QueryTokenDecoder`.
         """
         merged = _cpu_copy(self.brain_map)
         if self.brain_update == "low_rank":
@@ -232,7 +232,7 @@ class BrainTextContrastive(nn.Module):
         """Query tokens predicted from brain data: (n, n_features) -> (n, n_query, hidden).
 
         When the brain map takes several input blocks (a memory window: ``block_sizes`` of a
-        :class:`lib.decoding.stage1.QueryTokenDecoder`), ``X`` holds them side by side and is
+        :class:`lib.decoding.decoder.QueryTokenDecoder`), ``X`` holds them side by side and is
         split here.
         """
         sizes = getattr(self.brain_map, "block_sizes", None)
@@ -388,7 +388,7 @@ def _brain_projection(hidden: int, dim: int, init: str, vision_projection: nn.Mo
 
 def _cpu_copy(brain_map: nn.Module) -> nn.Module:
     """A copy of the map on the host, without a second copy on the map's device."""
-    from lib.decoding.stage1 import QueryTokenDecoder
+    from lib.decoding.decoder import QueryTokenDecoder
 
     if not isinstance(brain_map, QueryTokenDecoder):
         return copy.deepcopy(brain_map).cpu()

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from lib.decoding.stage1 import LeakageError, assert_no_test_ids
+from lib.decoding.decoder import LeakageError, assert_no_test_ids
 
 
 def split_train_val(image_ids, val_fraction: float = 0.1, seed: int = 0):
@@ -44,7 +44,7 @@ def split_train_val(image_ids, val_fraction: float = 0.1, seed: int = 0):
 
 
 def check_split(train_ids, val_ids, test_ids) -> None:
-    """Raise :class:`~lib.decoding.stage1.LeakageError` unless the three image sets are disjoint.
+    """Raise :class:`~lib.decoding.decoder.LeakageError` unless the three image sets are disjoint.
 
     Parameters
     ----------

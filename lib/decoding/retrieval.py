@@ -64,7 +64,8 @@ def single_trial_predictions(run_dir: str | os.PathLike, subject, seed: int = 0,
     pred : ndarray of shape (n_test_images, n_query, hidden)
     nsd_ids : ndarray of shape (n_test_images,), sorted
     """
-    from lib.decoding.stage1 import load_decoder, stage1_inputs
+    from lib.decoding.decoder import load_decoder
+    from lib.decoding.stage1 import stage1_inputs
 
     decoder = load_decoder(run_dir, device=device)
     s = decoder.settings

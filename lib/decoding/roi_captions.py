@@ -129,7 +129,7 @@ def indicator_tokens(decoder, indicator: np.ndarray, scale: float) -> np.ndarray
     Parameters
     ----------
     decoder : torch.nn.Module
-        An affine brain map (e.g. :class:`lib.decoding.stage1.QueryTokenDecoder`); with several
+        An affine brain map (e.g. :class:`lib.decoding.decoder.QueryTokenDecoder`); with several
         input blocks (``block_sizes``), the pattern goes in block 0.
     indicator : ndarray of shape (n_voxels,) or (n_patterns, n_voxels)
     scale : float
