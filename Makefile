@@ -62,11 +62,10 @@ lab: setup
 	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)"
 
 # --- checks ---------------------------------------------------------------
-# Tests in TEST_WORKERS processes (pytest-xdist; `auto`: one per core, at most 4). The micro
-# book and the null micro book are session fixtures: tests/conftest.py keeps each one's tests in
-# one process (--dist loadgroup) and gives every process its share of the cores' threads.
+# Tests in TEST_WORKERS processes (pytest-xdist; `auto`: one per core, at most 4). Each micro
+# book is run once, by the first process that needs it (tests/conftest.py: `once`).
 test: setup
-	$(PY) -m pytest -n $(TEST_WORKERS) --maxprocesses 4 --dist loadgroup
+	$(PY) -m pytest -n $(TEST_WORKERS) --maxprocesses 4
 
 # The style checks alone (tests/test_style.py also runs them within `make test`).
 lint: $(VENV)/.installed

@@ -1,14 +1,15 @@
 """Shared fixtures: the micro toy world (built once, cached under data/micro) and the book's
 notebooks run once per session on the micro world and on its null world.
 
-``make test`` runs the suite in several processes (pytest-xdist, ``--dist loadgroup``). Each
-process builds the session fixtures its tests need, so the tests of the micro book and of the
-null micro book are kept in one process each (:func:`pytest_collection_modifyitems`), the world
-is built once (``build`` locks its folder), and every process gets its share of the cores' threads.
+``make test`` runs the suite in several processes (pytest-xdist). A notebook run is made once
+per session whichever process needs it first (:func:`once`, under a file lock in a folder the
+processes share); the others wait for it and read what it wrote. The world is built once
+(``build`` locks its folder), and every process gets its share of the cores' threads.
 """
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -17,10 +18,6 @@ import yaml
 from lib.config import REPO_ROOT
 
 PARAMS = REPO_ROOT / "notebooks" / "params"
-#: Session fixtures that run notebooks; the tests that use one share a pytest-xdist process.
-BOOK_FIXTURES = ("micro_run", "micro_null_run")
-#: Parametrized fixtures that pick a book by name at run time (tests/test_science.py).
-BOOK_BY_PARAM = {"world": {"micro": "micro_run"}, "null_world": {"micro_null": "micro_null_run"}}
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
@@ -37,25 +34,38 @@ def pytest_configure(config):
             os.environ[name] = threads
 
 
-def book_fixture(item) -> str | None:
-    """The notebook-running session fixture ``item`` needs, if any."""
-    for name in BOOK_FIXTURES:
-        if name in getattr(item, "fixturenames", ()):
-            return name
-    params = getattr(getattr(item, "callspec", None), "params", {})
-    for fixture, books in BOOK_BY_PARAM.items():
-        if params.get(fixture) in books:
-            return books[params[fixture]]
-    return None
+def once(tmp_path_factory, name: str, make):
+    """``make(folder)`` once per test session, shared by the pytest-xdist processes.
 
+    The first process to get here runs it in ``<session temp>/<name>`` under a file lock; the
+    others wait for the lock and then read its result. A failed ``make`` records nothing (the
+    next process tries again).
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
-def pytest_collection_modifyitems(config, items):
-    """Put the tests of each notebook-running fixture into one pytest-xdist group (process)."""
-    for item in items:
-        name = book_fixture(item)
-        if name:
-            item.add_marker(pytest.mark.xdist_group(name))
+    Parameters
+    ----------
+    tmp_path_factory : pytest.TempPathFactory
+    name : str
+        Folder and record name, unique per kind of work.
+    make : callable
+        ``make(folder) -> result``, ``result`` JSON-serialisable.
+
+    Returns
+    -------
+    folder : pathlib.Path
+    result : object
+        ``make``'s result, read back from JSON.
+    """
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the session's folder, above each process's own
+    folder, record = base / name, base / f"{name}.json"
+    with FileLock(str(base / f"{name}.lock")):
+        if not record.exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            record.write_text(json.dumps(make(folder)))
+    return folder, json.loads(record.read_text())
 
 
 @pytest.fixture(scope="session")
@@ -77,8 +87,8 @@ def micro_run(micro_root, tmp_path_factory):
     """
     from lib import run
 
-    out = tmp_path_factory.mktemp("micro_run")
-    times = run.run_book(PARAMS / "micro.yaml", out, cwd=REPO_ROOT)
+    out, times = once(tmp_path_factory, "micro_run",
+                      lambda out: run.run_book(PARAMS / "micro.yaml", out, cwd=REPO_ROOT))
     return run.load_params(PARAMS / "micro.yaml"), out, times
 
 
@@ -96,15 +106,18 @@ def micro_null_run(micro_root, tmp_path_factory):
     from lib.toyworld import build
 
     params = run.load_params(PARAMS / "micro_null.yaml")
-    build(preset=params["toy_preset"], seed=params["seed"], out=REPO_ROOT / params["toy_root"],
-          null=True, models_from=micro_root)
     params["notebooks"] = [n for n in params["notebooks"]
                            if n not in ("00_toy_world", "07_across_subjects")]
     params.update(subjects=[params["subject"]], sweeps={}, runs=["stage1", "stage2"],
                   memory_sizes=[1],
                   stage2_head_only_control=False)  # as null.yaml does for the toy world
-    out = tmp_path_factory.mktemp("micro_null_run")
-    path = out / "micro_null_test.yaml"
-    path.write_text(yaml.safe_dump(params))
-    times = run.run_book(path, out / "run", cwd=REPO_ROOT)
+
+    def make(out):
+        build(preset=params["toy_preset"], seed=params["seed"],
+              out=REPO_ROOT / params["toy_root"], null=True, models_from=micro_root)
+        path = out / "micro_null_test.yaml"
+        path.write_text(yaml.safe_dump(params))
+        return run.run_book(path, out / "run", cwd=REPO_ROOT)
+
+    out, times = once(tmp_path_factory, "micro_null_run", make)
     return params, out / "run", times

@@ -27,11 +27,18 @@ def copy_book_skeleton(dest):
     shutil.copytree(REPO_ROOT / "book", dest / "book", ignore=shutil.ignore_patterns("run"))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def small_book(tmp_path_factory):
     """A two-page book: the real intro and config, plus one executed notebook with plotly and
-    math."""
-    root = tmp_path_factory.mktemp("book")
+    math (built once per session)."""
+    from tests.conftest import once
+
+    root, _ = once(tmp_path_factory, "small_book", _build_small_book)
+    return root / "_build" / "html"
+
+
+def _build_small_book(root):
+    """Write and build the small book in ``root``."""
     copy_book_skeleton(root)
     write_notebook(
         root / "notebooks" / "01_figure.ipynb",
@@ -55,7 +62,6 @@ def small_book(tmp_path_factory):
     (root / "_toc.yml").write_text(yaml.safe_dump(toc))
     index = run.build_book(root)
     assert index.exists()
-    return root / "_build" / "html"
 
 
 def test_built_pages_hide_injected_parameters(small_book):

@@ -13,6 +13,7 @@ import pytest
 from lib import run
 from lib.config import REPO_ROOT, subject_dir
 from tests.browser import inspect_pages, requires_chromium
+from tests.conftest import once
 from tests.test_book import SCREENSHOTS, copy_book_skeleton
 
 MICRO = REPO_ROOT / "notebooks" / "params" / "micro.yaml"
@@ -25,16 +26,19 @@ def micro_params():
     return run.load_params(MICRO)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def micro_book(micro_run, tmp_path_factory):
     """The notebooks of micro.yaml, run once per session (``micro_run``, shared with the science
-    tests), with the real book built around the executed copies."""
+    tests), with the real book built around the executed copies (once per session too)."""
     _, executed, times = micro_run
-    root = tmp_path_factory.mktemp("micro_book")
-    copy_book_skeleton(root)
-    shutil.copy(REPO_ROOT / "_toc.yml", root / "_toc.yml")
-    shutil.copytree(executed, root / "book" / "run", dirs_exist_ok=True)
-    run.build_book(root)
+
+    def make(root):
+        copy_book_skeleton(root)
+        shutil.copy(REPO_ROOT / "_toc.yml", root / "_toc.yml")
+        shutil.copytree(executed, root / "book" / "run", dirs_exist_ok=True)
+        run.build_book(root)
+
+    root, _ = once(tmp_path_factory, "micro_book", make)
     return root, times
 
 

@@ -111,21 +111,20 @@ def test_cli_exit_code_on_failure(tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
 
 
-def test_book_fixtures_keep_their_tests_in_one_test_process():
-    # `make test` runs pytest-xdist with --dist loadgroup: a test that needs the micro book (or
-    # the null micro book) must be grouped with the others, or a second process would run the
-    # whole book again and write the same files at the same time
-    from types import SimpleNamespace
 
-    from tests.conftest import book_fixture
+def test_once_runs_the_work_once_and_shares_its_result(tmp_path_factory):
+    # the micro books are made by whichever pytest-xdist process needs them first; a second
+    # call (another process, or this one) must wait and reuse, not run the book again
+    from tests.conftest import once
 
-    def item(fixtures, **params):
-        return SimpleNamespace(fixturenames=fixtures, callspec=SimpleNamespace(params=params))
+    calls = []
 
-    assert book_fixture(item(["micro_root", "micro_run", "tmp_path"])) == "micro_run"
-    assert book_fixture(item(["micro_null_run"])) == "micro_null_run"
-    assert book_fixture(item(["world", "run"], world="micro", run="stage1")) == "micro_run"
-    assert book_fixture(item(["null_world"], null_world="micro_null")) == "micro_null_run"
-    assert book_fixture(item(["world"], world="toy")) is None  # reads a finished toy book
-    assert book_fixture(item(["micro_root", "tmp_path"])) is None
-    assert book_fixture(SimpleNamespace()) is None  # a doctest item has neither
+    def make(folder):
+        calls.append(folder)
+        (folder / "out.txt").write_text("made")
+        return {"seconds": 1.5}
+
+    first = once(tmp_path_factory, "once-probe", make)
+    second = once(tmp_path_factory, "once-probe", make)
+    assert len(calls) == 1 and first == second
+    assert (first[0] / "out.txt").read_text() == "made" and first[1] == {"seconds": 1.5}
