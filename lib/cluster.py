@@ -189,6 +189,7 @@ def _cuda_device_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
+# size: 9 parameters, each an #SBATCH setting of dask-jobqueue's SLURMCluster (with its names).
 def slurm_cluster(n_workers: int = 1, queue: str | None = None, account: str | None = None,
                   cores: int = 8, memory: str = "64GB", walltime: str = "08:00:00",
                   gpus_per_worker: int = 1, log_directory: str = "logs/dask",

@@ -130,6 +130,8 @@ def _output_path(output_dir: Path, name: str, subject: int | None, main: int,
     return folder / f"{stem}.ipynb"
 
 
+# size: 62 lines, of which the signature and docstring are 28 (the body, 34, walks notebooks,
+# subjects and sweeps in one loop that reads as the graph it builds).
 def plan_graph(
     params: dict[str, Any],
     output_dir: str | os.PathLike,

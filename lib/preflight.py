@@ -15,6 +15,10 @@
 
 Every problem is one :class:`Problem` naming what is missing and the command that fixes it; all
 are reported at once.
+
+Size: over the ~400-line aim (about 450): one check per kind of input (files, models, disk,
+memory) beside the message it prints; the memory accounting itself is in
+:mod:`lib.decoding.memory` and :mod:`lib.resources`.
 """
 
 from __future__ import annotations

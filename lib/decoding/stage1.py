@@ -281,6 +281,7 @@ def predict_by_image(decoder, blocks: list, ids: np.ndarray) -> tuple[np.ndarray
     return average_by_id(decoder.predict(blocks), ids)
 
 
+# size: 11 parameters: the data and the settings a refit passes back (see the docstring).
 def fit_stage1(subject, features: np.ndarray, feature_ids: np.ndarray, memory_size: int = 1,
                memory_direction: str = "past", roi: str | None = None,
                alphas: Sequence[float] | None = None, cv: int = DEFAULT_CV_FOLDS,
