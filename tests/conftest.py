@@ -34,7 +34,7 @@ def pytest_configure(config):
             os.environ[name] = threads
 
 
-def once(tmp_path_factory, name: str, make):
+def once(tmp_path_factory, name: str, make, while_busy=None):
     """``make(folder)`` once per test session, shared by the pytest-xdist processes.
 
     The first process to get here runs it in ``<session temp>/<name>`` under a file lock; the
@@ -48,6 +48,10 @@ def once(tmp_path_factory, name: str, make):
         Folder and record name, unique per kind of work.
     make : callable
         ``make(folder) -> result``, ``result`` JSON-serialisable.
+    while_busy : callable or None
+        Called, without holding a lock, when another process is making it: other work this
+        process will need (the micro book and the null micro book make each other while busy,
+        so two processes run them side by side instead of one waiting).
 
     Returns
     -------
@@ -55,16 +59,28 @@ def once(tmp_path_factory, name: str, make):
     result : object
         ``make``'s result, read back from JSON.
     """
-    from filelock import FileLock
+    from filelock import FileLock, Timeout
 
     base = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
         base = base.parent  # the session's folder, above each process's own
     folder, record = base / name, base / f"{name}.json"
-    with FileLock(str(base / f"{name}.lock")):
+    lock = FileLock(str(base / f"{name}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        if while_busy is not None:
+            try:
+                while_busy()
+            except Exception:  # its own tests run it again and report the error
+                pass
+        lock.acquire()
+    try:
         if not record.exists():
             folder.mkdir(parents=True, exist_ok=True)
             record.write_text(json.dumps(make(folder)))
+    finally:
+        lock.release()
     return folder, json.loads(record.read_text())
 
 
@@ -87,9 +103,15 @@ def micro_run(micro_root, tmp_path_factory):
     """
     from lib import run
 
-    out, times = once(tmp_path_factory, "micro_run",
-                      lambda out: run.run_book(PARAMS / "micro.yaml", out, cwd=REPO_ROOT))
+    out, times = once(tmp_path_factory, "micro_run", _make_micro_book,
+                      while_busy=lambda: _null_book(micro_root, tmp_path_factory))
     return run.load_params(PARAMS / "micro.yaml"), out, times
+
+
+def _make_micro_book(out):
+    from lib import run
+
+    return run.run_book(PARAMS / "micro.yaml", out, cwd=REPO_ROOT)
 
 
 @pytest.fixture(scope="session")
@@ -102,6 +124,11 @@ def micro_null_run(micro_root, tmp_path_factory):
     1; ``micro_run`` covers two subjects), the memory sweep and stage 2's head-only control.
     Returns (params, run dir, times).
     """
+    return _null_book(micro_root, tmp_path_factory,
+                      while_busy=lambda: once(tmp_path_factory, "micro_run", _make_micro_book))
+
+
+def _null_book(micro_root, tmp_path_factory, while_busy=None):
     from lib import run
     from lib.toyworld import build
 
@@ -119,5 +146,5 @@ def micro_null_run(micro_root, tmp_path_factory):
         path.write_text(yaml.safe_dump(params))
         return run.run_book(path, out / "run", cwd=REPO_ROOT)
 
-    out, times = once(tmp_path_factory, "micro_null_run", make)
+    out, times = once(tmp_path_factory, "micro_null_run", make, while_busy=while_busy)
     return params, out / "run", times

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import nbformat
 import pytest
@@ -128,3 +129,26 @@ def test_once_runs_the_work_once_and_shares_its_result(tmp_path_factory):
     second = once(tmp_path_factory, "once-probe", make)
     assert len(calls) == 1 and first == second
     assert (first[0] / "out.txt").read_text() == "made" and first[1] == {"seconds": 1.5}
+
+
+@pytest.mark.timeout(120)  # without the other work the lock is never released: fail, not hang
+def test_once_does_other_work_while_another_process_makes_it(tmp_path_factory):
+    # a second process that finds the micro book being made runs the null book meanwhile
+    from filelock import FileLock
+
+    from tests.conftest import once
+
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+    other = FileLock(str(base / "once-busy-probe.lock"))  # another process, making it
+    other.acquire()
+    meanwhile = []
+
+    def other_work():
+        meanwhile.append("null book")
+        other.release()  # the other process finishes
+
+    _, result = once(tmp_path_factory, "once-busy-probe", lambda folder: 7,
+                     while_busy=other_work)
+    assert meanwhile == ["null book"] and result == 7
