@@ -14,6 +14,8 @@ _LAZY = {
     "vision_layer_features": "hidden",
     "language_layer_features": "hidden",
     "model_layer_features": "hidden",
+    "extract_qformer_features": "qformer",
+    "qformer_features": "qformer",
 }
 
 __all__ = sorted(_LAZY)

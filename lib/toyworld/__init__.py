@@ -16,5 +16,6 @@ from __future__ import annotations
 # Eager on purpose: the submodule ``lib.toyworld.build`` would otherwise shadow the function
 # once imported. It is light (NumPy only); torch, nilearn and the models load when used.
 from .build import build
+from .presets import get_preset
 
-__all__ = ["build"]
+__all__ = ["build", "get_preset"]
