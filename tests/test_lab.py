@@ -95,21 +95,6 @@ def _started(prompts: list[str]) -> bool:
     return any("*" in t or t.strip("[]: \u00a0").isdigit() for t in prompts)
 
 
-def _close_dialogs(page) -> None:
-    """Close any modal dialog JupyterLab opened (Escape), printing its text for the log.
-
-    A dialog once covered the notebook in a loaded test run and swallowed every click; whatever
-    it said, the run below still has to complete every cell for the test to pass.
-    """
-    dialogs = page.locator(".jp-Dialog")
-    for _ in range(5):
-        if not dialogs.count():
-            return
-        print("JupyterLab dialog closed:", " ".join(dialogs.first.inner_text().split())[:300])
-        page.keyboard.press("Escape")
-        page.wait_for_timeout(1000)
-
-
 def _run_all_cells(page, timeout_s: float = 900) -> None:
     """Run every cell with JupyterLab's own command; wait until none is queued or running.
 
@@ -119,7 +104,6 @@ def _run_all_cells(page, timeout_s: float = 900) -> None:
     page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=120_000)
     prompts = page.locator(".jp-CodeCell .jp-InputArea-prompt")
     for _ in range(3):  # a click before the kernel is connected can be lost: try again
-        _close_dialogs(page)
         page.locator(".jp-Notebook .jp-Cell").first.click()
         page.click(".lm-MenuBar-item:has-text('Run')")
         page.click(".lm-Menu-item[data-command='runmenu:run-all']")
