@@ -34,6 +34,14 @@ def pytest_configure(config):
             os.environ[name] = threads
 
 
+def session_dir(tmp_path_factory):
+    """The test session's temporary folder, shared by its pytest-xdist processes."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # above each process's own folder
+    return base
+
+
 def once(tmp_path_factory, name: str, make, while_busy=None):
     """``make(folder)`` once per test session, shared by the pytest-xdist processes.
 
@@ -61,9 +69,7 @@ def once(tmp_path_factory, name: str, make, while_busy=None):
     """
     from filelock import FileLock, Timeout
 
-    base = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        base = base.parent  # the session's folder, above each process's own
+    base = session_dir(tmp_path_factory)
     folder, record = base / name, base / f"{name}.json"
     lock = FileLock(str(base / f"{name}.lock"))
     try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import nbformat
 import pytest
@@ -136,12 +135,10 @@ def test_once_does_other_work_while_another_process_makes_it(tmp_path_factory):
     # a second process that finds the micro book being made runs the null book meanwhile
     from filelock import FileLock
 
-    from tests.conftest import once
+    from tests.conftest import once, session_dir
 
-    base = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        base = base.parent
-    other = FileLock(str(base / "once-busy-probe.lock"))  # another process, making it
+    # another process, making it
+    other = FileLock(str(session_dir(tmp_path_factory) / "once-busy-probe.lock"))
     other.acquire()
     meanwhile = []
 
