@@ -113,17 +113,52 @@ def paired_bootstrap_mean_r(y_true, pred_a, pred_b, n_boot: int = 1000, seed: in
     y, a = _pair(y_true, pred_a)
     _, b = _pair(y_true, pred_b)
     n = y.shape[0]
-
-    def mean_r(idx):
-        return float(np.nanmean(pearson_r(y[idx], a[idx])) - np.nanmean(pearson_r(y[idx], b[idx])))
-
     rng = np.random.default_rng(seed)
-    boots = np.array([mean_r(rng.integers(0, n, n)) for _ in range(int(n_boot))])
+    # resample k as counts of each row; the full sample is the last "resample"
+    counts = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(int(n_boot))]
+                      + [np.ones(n, dtype=np.int64)]).astype(np.float64)
+    diff = _weighted_mean_r(counts, y, a) - _weighted_mean_r(counts, y, b)
+    boots = diff[:-1]
     tail = (1 - ci) / 2 * 100
-    return {"difference": mean_r(np.arange(n)),
+    return {"difference": float(diff[-1]),
             "ci_low": float(np.percentile(boots, tail)),
             "ci_high": float(np.percentile(boots, 100 - tail)),
             "p_value": float(np.mean(boots <= 0))}
+
+
+def _weighted_mean_r(counts, y_true, y_pred, chunk: int = 2048) -> np.ndarray:
+    """Mean over targets of the Pearson r of every resample given as row counts.
+
+    Parameters
+    ----------
+    counts : ndarray of shape (n_resamples, n_samples)
+        How often each sample is drawn in each resample (rows sum to the resample size).
+    y_true, y_pred : ndarray of shape (n_samples, n_targets)
+
+    Returns
+    -------
+    mean_r : ndarray of shape (n_resamples,)
+        ``nanmean`` over targets of each resample's r (NaN where a column is constant in it).
+    """
+    size = counts.sum(1, keepdims=True)
+    total = np.zeros(counts.shape[0])
+    finite = np.zeros(counts.shape[0])
+    for j in range(0, y_true.shape[1], chunk):
+        a = y_true[:, j : j + chunk].astype(np.float64)
+        b = y_pred[:, j : j + chunk].astype(np.float64)
+        a -= a.mean(0)  # centred on the full sample: r is unchanged, the sums lose less
+        b -= b.mean(0)
+        sa, sb = counts @ a, counts @ b
+        cov = counts @ (a * b) - sa * sb / size
+        var_a = counts @ (a * a) - sa * sa / size
+        var_b = counts @ (b * b) - sb * sb / size
+        den = np.sqrt(np.clip(var_a, 0, None) * np.clip(var_b, 0, None))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r = np.where(den > 0, cov / den, np.nan)
+        total += np.nansum(r, 1)
+        finite += np.isfinite(r).sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return total / finite
 
 
 def r2_score(y_true, y_pred, chunk: int = _CHUNK) -> np.ndarray:

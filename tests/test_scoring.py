@@ -151,3 +151,25 @@ def test_paired_bootstrap_mean_r_orders_models_and_covers_the_difference():
     same = paired_bootstrap_mean_r(y, good, good, n_boot=50)
     assert same["difference"] == same["ci_low"] == same["ci_high"] == 0.0
     assert paired_bootstrap_mean_r(y, good, poor, n_boot=300, seed=1) == res  # seeded
+
+
+def test_paired_bootstrap_mean_r_scores_each_resample_as_pearson_r_of_its_rows():
+    """The resamples are scored from row counts; that must equal scoring the drawn rows."""
+    from lib.scoring import paired_bootstrap_mean_r
+
+    rng = np.random.default_rng(3)
+    y = rng.standard_normal((9, 40))
+    a = y + rng.standard_normal(y.shape)
+    b = y + 3.0 * rng.standard_normal(y.shape)
+    a[:, 5] = 2.0  # a constant prediction: NaN, left out of that resample's mean
+    draws = np.random.default_rng(7)
+    boots = []
+    for _ in range(200):
+        rows = draws.integers(0, 9, 9)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            boots.append(np.nanmean(pearson_r(y[rows], a[rows]))
+                         - np.nanmean(pearson_r(y[rows], b[rows])))
+    res = paired_bootstrap_mean_r(y, a, b, n_boot=200, seed=7)
+    assert res["ci_low"] == pytest.approx(np.percentile(boots, 2.5), abs=1e-12)
+    assert res["ci_high"] == pytest.approx(np.percentile(boots, 97.5), abs=1e-12)
+    assert res["p_value"] == np.mean(np.array(boots) <= 0)
