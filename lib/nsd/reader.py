@@ -7,7 +7,6 @@ from disk on demand in row blocks, keeping only the voxels asked for.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import h5py
@@ -391,8 +390,3 @@ class PreparedSubject:
             vol = np.full(self.grid_shape + (values.shape[0],), fill, dtype=np.float32)
             vol[i, j, k, :] = values.T
         return nib.Nifti1Image(vol, self.affine)
-
-
-def open_prepared(path: str | os.PathLike) -> PreparedSubject:
-    """Shorthand for :class:`PreparedSubject` (``path`` to ``prepared.h5``)."""
-    return PreparedSubject(path)
