@@ -133,7 +133,9 @@ class SocketFileKernelManager(AsyncKernelManager):
     several processes starting kernels. The likely cause is TCP: jupyter_client picks five free
     ports and the kernel binds them when its interpreter has started, seconds later under load,
     and any connection opened in between can take one. A Unix socket per kernel, named uniquely
-    in the temporary folder, has no such window.
+    in the temporary folder, has no such window. On Linux the sockets are in the abstract
+    namespace (a name starting with ``@``): no file, so a kernel killed with its worker (as
+    a Dask worker can be) leaves nothing behind.
     """
 
     @default("transport")
@@ -144,7 +146,10 @@ class SocketFileKernelManager(AsyncKernelManager):
     def _default_ip(self):
         if self.transport != "ipc":
             return super()._ip_default()
-        return os.path.join(tempfile.gettempdir(), f"braincap-kernel-{uuid.uuid4().hex}")
+        name = f"braincap-kernel-{uuid.uuid4().hex}"
+        if sys.platform.startswith("linux"):
+            return "@" + name
+        return os.path.join(tempfile.gettempdir(), name)
 
 
 def run_job(job: Job, params: dict[str, Any], cwd: str | os.PathLike = REPO_ROOT) -> float:

@@ -149,3 +149,46 @@ def test_once_does_other_work_while_another_process_makes_it(tmp_path_factory):
     _, result = once(tmp_path_factory, "once-busy-probe", lambda folder: 7,
                      while_busy=other_work)
     assert meanwhile == ["null book"] and result == 7
+
+
+
+KERNEL_THEN_WAIT = """
+import asyncio, sys, time
+from lib.run import SocketFileKernelManager
+
+async def main():
+    km = SocketFileKernelManager(kernel_name="python3")
+    await km.start_kernel()
+    client = km.client()
+    client.start_channels()
+    await client.wait_for_ready(timeout=60)
+    print(km.transport, km.ip, km.provisioner.pid, flush=True)
+    time.sleep(600)
+
+asyncio.run(main())
+"""
+
+
+def test_a_killed_run_leaves_no_kernel_socket_files(tmp_path):
+    """A process running a kernel killed with it (a Dask worker killed mid-job, say) leaves
+    no socket files behind: on Linux the kernel's sockets are abstract (no file)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+
+    proc = subprocess.Popen([sys.executable, "-c", KERNEL_THEN_WAIT], stdout=subprocess.PIPE,
+                            text=True, cwd=run.REPO_ROOT)
+    try:
+        transport, ip, kernel_pid = proc.stdout.readline().split()
+    finally:
+        proc.kill()
+        proc.wait()
+    os.kill(int(kernel_pid), signal.SIGKILL)
+    assert transport == "ipc"
+    name = os.path.basename(ip.lstrip("@"))
+    left = [f for d in (tempfile.gettempdir(), tmp_path, run.REPO_ROOT) for f in os.listdir(d)
+            if name in f]
+    if sys.platform.startswith("linux"):
+        assert ip.startswith("@") and not left
