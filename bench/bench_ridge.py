@@ -228,8 +228,9 @@ def part_a(quick: bool, device: str, repeat: int = 1) -> dict:
     print("phases of lib.ridge (LOO), last round: "
           + ", ".join(f"{k} {v:.2f}s" for k, v in res[OURS]["phase_s"].items()))
     print("speed-up of lib.ridge (LOO) over the fastest alternative, same round: "
-          + ", ".join(f"{v:.1f}x" for v in speedups)
-          + f" (median {np.median(speedups):.1f}x; target >= 3x)")
+          + ", ".join(f"{v:.2f}x" for v in speedups)
+          + f" (median {np.median(speedups):.2f}x; target >= 3x: "
+          + ("met)" if np.median(speedups) >= 3 else "NOT met)"))
     return {"sizes": [n, p, t], "results": res, "speedups": speedups,
             "speedup_vs_fastest_alternative": float(np.median(speedups)), "blas_probe": probe,
             "backend": backend, "load": _load()}
