@@ -490,6 +490,23 @@ def test_embedding_similarity_skipped_offline(monkeypatch):
     assert out == {"skipped": "model not available: braincap-test/not-a-model"}
 
 
+
+def test_embedding_models_load_once_per_process_and_a_missing_one_is_retried(monkeypatch):
+    """Chapter 05 scores every run and condition with the same two models: loaded once."""
+    from lib.metrics import embeddings
+
+    calls = []
+
+    def fake_load(model):
+        calls.append(model)
+        return None if model == "missing" else ("config", "tokenizer", f"net of {model}")
+
+    monkeypatch.setattr(embeddings, "_load_uncached", fake_load)
+    monkeypatch.setattr(embeddings, "_LOADED", {})
+    assert embeddings._load("m") is embeddings._load("m")
+    assert embeddings._load("missing") is None and embeddings._load("missing") is None
+    assert calls == ["m", "missing", "missing"]
+
 # ----------------------------------------------------------------- published captions
 def test_reference_data_is_inside_the_repository():
     from lib.config import REPO_ROOT

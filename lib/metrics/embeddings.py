@@ -17,8 +17,22 @@ SENTENCE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 CLIP_MODEL = "openai/clip-vit-base-patch32"
 
 
+#: Models loaded in this process: chapter 05 scores every run and condition with the same two.
+_LOADED: dict = {}
+
+
 def _load(model: str):
-    """(config, tokenizer, model) from a local path or the HF cache, or None."""
+    """(config, tokenizer, model) from a local path or the HF cache (loaded once per process),
+    or None (not remembered: a model downloaded meanwhile is found on the next call)."""
+    if model not in _LOADED:
+        loaded = _load_uncached(model)
+        if loaded is None:
+            return None
+        _LOADED[model] = loaded
+    return _LOADED[model]
+
+
+def _load_uncached(model: str):
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     try:
