@@ -20,6 +20,7 @@ def _check_repeats(repeats) -> np.ndarray:
         raise ValueError(f"repeats has {R.shape[1]} repeat(s) per image; at least 2 are needed.")
     return R
 
+
 def _anova(R: np.ndarray, chunk: int = _CHUNK):
     """One-way ANOVA of every voxel: images are the groups, repeats the observations.
 
@@ -55,6 +56,7 @@ def _anova(R: np.ndarray, chunk: int = _CHUNK):
         resid = np.where(valid[:, :, None], x - mean_i[:, None, :], 0.0)
         ms_w[j : j + chunk] = (resid**2).sum((0, 1)) / df_w
     return ms_b, ms_w, float(k0), df_b, df_w
+
 
 def noise_ceiling(repeats, n_average: int | None = None, pooled: bool = False):
     """Noise ceiling: the share of the variance of ``n_average``-trial means due to the image.
@@ -96,9 +98,11 @@ def noise_ceiling(repeats, n_average: int | None = None, pooled: bool = False):
         nc = np.where(den > 0, var_signal / np.where(den > 0, den, 1.0), np.nan)
     return float(nc) if pooled else nc
 
+
 def _shuffle_images(R: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Repeats with image labels shuffled independently in each repeat slot."""
     return np.stack([R[rng.permutation(R.shape[0]), k] for k in range(R.shape[1])], axis=1)
+
 
 def noise_ceiling_null(repeats, n_average: int | None = None, pooled: bool = True,
                        n_permutations: int = 100, seed: int = 0) -> np.ndarray:
@@ -124,6 +128,7 @@ def noise_ceiling_null(repeats, n_average: int | None = None, pooled: bool = Tru
     return np.array([noise_ceiling(_shuffle_images(R, rng), n_average, pooled)
                      for _ in range(int(n_permutations))])
 
+
 def noise_ceiling_pvalues(repeats) -> np.ndarray:
     """ANOVA F-test of ``var_signal > 0`` for every voxel (one-sided p-values).
 
@@ -143,6 +148,7 @@ def noise_ceiling_pvalues(repeats) -> np.ndarray:
     ms_b, ms_w, _, df_b, df_w = _anova(_check_repeats(repeats))
     with np.errstate(invalid="ignore", divide="ignore"):
         return f_dist.sf(ms_b / ms_w, df_b, df_w)
+
 
 def significant_noise_ceiling(repeats, n_average: int | None = None, q: float = 0.05) -> dict:
     """Per-voxel :func:`noise_ceiling` and the voxels whose ANOVA F-test passes, FDR-corrected.

@@ -13,6 +13,7 @@ def _as_np(a) -> np.ndarray:
         return a.detach().cpu().numpy()
     return np.asarray(a)
 
+
 def _pair(y_true, y_pred):
     yt, yp = _as_np(y_true), _as_np(y_pred)
     if yt.shape != yp.shape:
@@ -25,6 +26,7 @@ def _pair(y_true, y_pred):
     if yt.shape[0] < 2:
         raise ValueError("scores need at least 2 samples.")
     return yt, yp
+
 
 def pearson_r(y_true, y_pred, chunk: int = _CHUNK) -> np.ndarray:
     """Pearson correlation of every target (column) between truth and prediction.
@@ -51,6 +53,7 @@ def pearson_r(y_true, y_pred, chunk: int = _CHUNK) -> np.ndarray:
         with np.errstate(invalid="ignore", divide="ignore"):
             out[j : j + chunk] = np.where(den > 0, (a * b).sum(0) / den, np.nan)
     return out
+
 
 def paired_bootstrap_mean_r(y_true, pred_a, pred_b, n_boot: int = 1000, seed: int = 0,
                             ci: float = 0.95) -> dict:
@@ -82,7 +85,8 @@ def paired_bootstrap_mean_r(y_true, pred_a, pred_b, n_boot: int = 1000, seed: in
     # resample k as counts of each row; the full sample is the last "resample"
     counts = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(int(n_boot))]
                       + [np.ones(n, dtype=np.int64)]).astype(np.float64)
-    diff = _weighted_mean_r(counts, y, a) - _weighted_mean_r(counts, y, b)
+    mean_r_a, mean_r_b = _resampled_mean_r(counts, y, (a, b))
+    diff = mean_r_a - mean_r_b
     boots = diff[:-1]
     tail = (1 - ci) / 2 * 100
     return {"difference": float(diff[-1]),
@@ -90,39 +94,47 @@ def paired_bootstrap_mean_r(y_true, pred_a, pred_b, n_boot: int = 1000, seed: in
             "ci_high": float(np.percentile(boots, 100 - tail)),
             "p_value": float(np.mean(boots <= 0))}
 
-def _weighted_mean_r(counts, y_true, y_pred, chunk: int = 2048) -> np.ndarray:
+
+def _resampled_mean_r(counts, y_true, predictions, chunk: int = 2048) -> list[np.ndarray]:
     """Mean over targets of the Pearson r of every resample given as row counts.
 
     Parameters
     ----------
     counts : ndarray of shape (n_resamples, n_samples)
         How often each sample is drawn in each resample (rows sum to the resample size).
-    y_true, y_pred : ndarray of shape (n_samples, n_targets)
+    y_true : ndarray of shape (n_samples, n_targets)
+    predictions : sequence of ndarrays of shape (n_samples, n_targets)
+        Scored against the same ``y_true`` (its resampled sums are computed once).
 
     Returns
     -------
-    mean_r : ndarray of shape (n_resamples,)
+    mean_r : list of ndarrays of shape (n_resamples,), one per prediction
         ``nanmean`` over targets of each resample's r (NaN where a column is constant in it).
     """
+    def centred(x, j):  # on the full sample: r is unchanged, the sums lose less
+        x = x[:, j : j + chunk].astype(np.float64)
+        return x - x.mean(0)
+
     size = counts.sum(1, keepdims=True)
-    total = np.zeros(counts.shape[0])
-    finite = np.zeros(counts.shape[0])
+    total = [np.zeros(counts.shape[0]) for _ in predictions]
+    finite = [np.zeros(counts.shape[0]) for _ in predictions]
     for j in range(0, y_true.shape[1], chunk):
-        a = y_true[:, j : j + chunk].astype(np.float64)
-        b = y_pred[:, j : j + chunk].astype(np.float64)
-        a -= a.mean(0)  # centred on the full sample: r is unchanged, the sums lose less
-        b -= b.mean(0)
-        sa, sb = counts @ a, counts @ b
-        cov = counts @ (a * b) - sa * sb / size
+        a = centred(y_true, j)
+        sa = counts @ a
         var_a = counts @ (a * a) - sa * sa / size
-        var_b = counts @ (b * b) - sb * sb / size
-        den = np.sqrt(np.clip(var_a, 0, None) * np.clip(var_b, 0, None))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            r = np.where(den > 0, cov / den, np.nan)
-        total += np.nansum(r, 1)
-        finite += np.isfinite(r).sum(1)
+        for k, pred in enumerate(predictions):
+            b = centred(pred, j)
+            sb = counts @ b
+            cov = counts @ (a * b) - sa * sb / size
+            var_b = counts @ (b * b) - sb * sb / size
+            den = np.sqrt(np.clip(var_a, 0, None) * np.clip(var_b, 0, None))
+            with np.errstate(invalid="ignore", divide="ignore"):
+                r = np.where(den > 0, cov / den, np.nan)
+            total[k] += np.nansum(r, 1)
+            finite[k] += np.isfinite(r).sum(1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return total / finite
+        return [t / f for t, f in zip(total, finite)]
+
 
 def r2_score(y_true, y_pred, chunk: int = _CHUNK) -> np.ndarray:
     """Coefficient of determination of every target: ``1 - SS_res / SS_tot``.

@@ -34,6 +34,7 @@ def fdr_mask(p_values, q: float = 0.05) -> np.ndarray:
         mask[finite] = p[finite] <= cut
     return mask
 
+
 def pearson_pvalues(r, n: int) -> np.ndarray:
     """One-sided p-values of Pearson correlations under the null of no correlation.
 
@@ -57,6 +58,7 @@ def pearson_pvalues(r, n: int) -> np.ndarray:
     r = np.clip(np.asarray(r, dtype=np.float64), -1 + 1e-12, 1 - 1e-12)
     with np.errstate(invalid="ignore"):
         return t_dist.sf(r * np.sqrt((n - 2) / (1 - r**2)), n - 2)
+
 
 def significant_r(r, n: int, q: float = 0.05) -> dict:
     """Voxels whose Pearson r over ``n`` samples passes a one-sided test, FDR-corrected.
@@ -83,6 +85,7 @@ def significant_r(r, n: int, q: float = 0.05) -> dict:
     return _significance(r, pearson_pvalues(r, n), q, int(n),
                          f"one-sided Pearson t-test over {n} images, Benjamini-Hochberg FDR "
                          f"q < {q:g}", "r")
+
 
 def _significance(values: np.ndarray, p: np.ndarray, q: float, n: int, test: str,
                   name: str) -> dict:
