@@ -227,7 +227,6 @@ def test_fit_stage1_and_evaluate_end_to_end(micro_subject, tmp_path):
     from lib.decoding import (
         CONDITION_COLUMNS,
         brain_vs_shuffled,
-        caption_images,
         derangement,
         fit_stage1,
         generate_captions,
@@ -241,7 +240,7 @@ def test_fit_stage1_and_evaluate_end_to_end(micro_subject, tmp_path):
     )
     from lib.features.qformer import extract_qformer_features
     from lib.metrics import jsonable, retrieval_topk
-    from tests.tiny_blip2 import make_tiny_blip2
+    from tests.tiny_blip2 import caption_images, make_tiny_blip2
 
     model_path = make_tiny_blip2(tmp_path / "blip2-opt", kind="opt")
     feats, ids = extract_qformer_features(micro_subject, model_path, tmp_path / "q.h5",

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lib.decoding.generate import caption_images, generate_captions, load_captioner, prompt_ids
+from lib.decoding.generate import generate_captions, load_captioner, prompt_ids
 from lib.features.qformer import load_qformer_encoder, qformer_features
-from tests.tiny_blip2 import make_tiny_blip2
+from tests.tiny_blip2 import caption_images, make_tiny_blip2
 
 
 @pytest.fixture(scope="module", params=["opt", "t5"])

@@ -65,7 +65,7 @@ from lib.decoding.evaluate import (
     write_run_outputs,
 )
 from lib.decoding.figures import loss_curves, plot_correlations, plot_pred_vs_true
-from lib.decoding.generate import caption_images, generate_captions, load_captioner, prompt_ids
+from lib.decoding.generate import generate_captions, load_captioner, prompt_ids
 from lib.decoding.itm import (
     brain_text_retrieval,
     contrastive_loss,
@@ -110,7 +110,7 @@ __all__ = [
     "PERMUTATION_METRICS", "PREDICTIONS_FILE", "PairData", "QueryTokenDecoder", "RATIO_METRICS",
     "RETRIEVAL_CENTER", "RETRIEVAL_RULES", "Stage1Result", "Stage2Data", "TrainConfig",
     "TrainResult", "assert_no_test_ids", "average_by_id", "brain_text_retrieval",
-    "brain_vs_shuffled", "caption_embeddings", "caption_images", "check_split", "compare_runs",
+    "brain_vs_shuffled", "caption_embeddings", "check_split", "compare_runs",
     "contrastive_loss", "correlation_map", "cosine_matrix", "derangement", "encode_texts", "fit",
     "fit_stage1", "generate_captions", "itc_image_caption_scores", "itc_similarity",
     "load_captioner", "load_decoder", "load_heads", "load_itm", "load_weights", "lookup_features",

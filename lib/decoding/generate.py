@@ -18,7 +18,6 @@ captions are identical (tested).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -205,52 +204,4 @@ def generate_captions(
                                                 **generate_kwargs)
         out = _strip_prompt(out, input_ids, model.config.use_decoder_only_language_model)
         captions.extend(s.strip() for s in tokenizer.batch_decode(out, skip_special_tokens=True))
-    return captions
-
-
-def caption_images(
-    images: np.ndarray | Sequence,
-    model,
-    processor,
-    prompt: str | None = None,
-    batch_size: int = 16,
-    num_beams: int = 1,
-    max_new_tokens: int = 30,
-) -> list[str]:
-    """BLIP-2 captioning the images themselves with the library's own ``generate``.
-
-    The reference path that :func:`generate_captions` must reproduce when it is given the
-    images' true Q-Former outputs (tested).
-
-    Parameters
-    ----------
-    images : ndarray of shape (n_images, H, W, 3), uint8
-    model, processor, prompt, batch_size, num_beams, max_new_tokens
-        As in :func:`generate_captions`.
-
-    Returns
-    -------
-    captions : list of str
-    """
-    import torch
-
-    device = model.language_projection.weight.device
-    ids = prompt_ids(model, processor, prompt)
-    captions: list[str] = []
-    for start in range(0, len(images), batch_size):
-        batch = [np.asarray(im) for im in images[start : start + batch_size]]
-        pixels = processor.image_processor(images=batch, return_tensors="pt")["pixel_values"]
-        input_ids = torch.tensor([ids] * len(batch), device=device)
-        with torch.inference_mode():
-            out = model.generate(
-                pixel_values=pixels.to(device, model.vision_model.dtype),
-                input_ids=input_ids,
-                attention_mask=torch.ones_like(input_ids),
-                num_beams=num_beams,
-                do_sample=False,
-                max_new_tokens=max_new_tokens,
-            )
-        out = _strip_prompt(out, input_ids, model.config.use_decoder_only_language_model)
-        text = processor.tokenizer.batch_decode(out, skip_special_tokens=True)
-        captions.extend(s.strip() for s in text)
     return captions
