@@ -26,6 +26,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from .blip2 import caption_pixels, retrieval_top1
+
 #: Presets: sizes of the training sets, architectures and schedules.
 PRESETS: dict = {
     "toy": {
@@ -286,4 +288,4 @@ def _train_language_part(models_dir, cfg, train, val, tok, seed, phases, quality
                         "trained": trained})
 
 
-__all__ = ["PRESETS", "get_preset", "train_all"]
+__all__ = ["PRESETS", "caption_pixels", "get_preset", "retrieval_top1", "train_all"]

@@ -443,9 +443,12 @@ def _train_language_side(model, encoded, corpus, processor, spec: dict, seed: in
 
 
 # --------------------------------------------------------------------------- evaluation
-def generate_captions(model, processor, images: np.ndarray, batch_size: int = 100,
-                      max_new_tokens: int = 32) -> list[str]:
+def caption_pixels(model, processor, images: np.ndarray, batch_size: int = 100,
+                   max_new_tokens: int = 32) -> list[str]:
     """Greedy captions from pixels, through ``model.generate`` as for the real checkpoint.
+
+    (:func:`lib.decoding.generate_captions` captions query tokens, such as those decoded from
+    the brain, instead of pixels.)
 
     ``max_new_tokens`` is passed explicitly: ``Blip2ForConditionalGeneration.generate``
     hands over to the inner language model's generation defaults (20 new tokens).
@@ -509,7 +512,7 @@ def retrieval_top1(itm_model, processor, images: np.ndarray, texts: list[str]) -
 
 def evaluate(itm_model, opt_model, processor, corpus, n_examples: int = 8) -> dict:
     """Quality from pixels on held-out scenes (see module docstring)."""
-    hyps = generate_captions(opt_model, processor, corpus.images)
+    hyps = caption_pixels(opt_model, processor, corpus.images)
     scores = bleu_cider(hyps, corpus.captions)
     scores.update(retrieval_top1(itm_model, processor, corpus.images,
                                  [c[0] for c in corpus.captions]))
