@@ -3,7 +3,8 @@
 They use the same classes and file layout as ``Salesforce/blip2-opt-2.7b`` (OPT language model)
 and ``Salesforce/blip2-flan-t5-xl`` (encoder-decoder T5 language model), with a small
 word-level tokenizer, and are saved with ``save_pretrained`` so that every loader in ``lib``
-reads them by path exactly as it reads the real checkpoints.
+reads them by path exactly as it reads the real checkpoints. :func:`caption_images` captions
+pixels with transformers' own ``generate``: the reference that ``lib.decoding`` must match.
 """
 
 from __future__ import annotations
