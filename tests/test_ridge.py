@@ -133,6 +133,28 @@ def test_loo_scores_equal_brute_force_refits(n, p, solver, fit_intercept):
     np.testing.assert_allclose(ours.cv_r2_, 1 + ours.cv_scores_ / var, rtol=1e-12)
 
 
+@pytest.mark.parametrize("fit_intercept", [True, False])
+def test_loo_eigen_of_a_rank_deficient_dual_design_equals_brute_force(fit_intercept):
+    """Rank 6 (7 uncentred) with 25 samples: the spectrum does not span the sample space, so the
+    residuals and leverages need their parts outside it (``Y_perp``, ``q``)."""
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((25, 6)) @ rng.standard_normal((6, 40)) + 0.5
+    Y = X[:, :3] @ rng.standard_normal((3, 4)) + rng.standard_normal((25, 4)) + 1.0
+    ours = RidgeCV(alphas=ALPHAS, fit_intercept=fit_intercept, dtype="float64",
+                   solver="eigen").fit(X, Y)
+    assert ours.fit_info_["solver"] == "eigen" and ours.fit_info_["rank"] == 7 - fit_intercept
+    for k, a in enumerate(ALPHAS):
+        err = np.empty_like(Y)
+        for i in range(25):
+            keep = np.arange(25) != i
+            m = Ridge(alpha=a, fit_intercept=fit_intercept).fit(X[keep], Y[keep])
+            err[i] = Y[i] - m.predict(X[i : i + 1])[0]
+        np.testing.assert_allclose(ours.cv_scores_[k], -(err**2).mean(0), rtol=1e-7)
+    assert _rel(ours.coef_, _closed_form(X, Y, ours.best_alphas_) if fit_intercept else
+                np.stack([Ridge(alpha=a, fit_intercept=False).fit(X, Y[:, j]).coef_
+                          for j, a in enumerate(ours.best_alphas_)])) < 1e-8
+
+
 @pytest.mark.parametrize("n,p", [(50, 90), (90, 20)], ids=["dual", "primal"])
 @pytest.mark.parametrize("fit_intercept", [True, False])
 def test_kfold_scores_equal_brute_force(n, p, fit_intercept):

@@ -129,6 +129,10 @@ class NumpyBackend:
         """Column-wise dot products ``sum_i a_ij b_ij`` (no temporary array)."""
         return np.einsum("ij,ij->j", a, b)
 
+    def copy_columns(self, dst, src, mask):
+        """``dst[:, mask] = src[:, mask]`` in place, for a boolean ``mask`` (k,)."""
+        np.copyto(dst, src, where=mask[None, :])
+
     def randn(self, n: int, k: int, dtype, seed: int = 0):
         return np.random.default_rng(seed).standard_normal((n, k)).astype(dtype)
 
@@ -211,6 +215,10 @@ class TorchBackend:
 
     def coldot(self, a, b):
         return self.torch.einsum("ij,ij->j", a, b)
+
+    def copy_columns(self, dst, src, mask):
+        idx = self.index(np.flatnonzero(mask))
+        dst.index_copy_(1, idx, src.index_select(1, idx))
 
     def randn(self, n: int, k: int, dtype, seed: int = 0):
         return self.asarray(np.random.default_rng(seed).standard_normal((n, k)), dtype)

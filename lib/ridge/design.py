@@ -182,7 +182,7 @@ def batches(n: int, p: int, t: int, r: int, size: int | None = None,
             budget: int = 512 * 2**20) -> list[slice]:
     """Target slices of ``size`` (None: about ``budget`` bytes of float32 work arrays)."""
     if size is None:
-        per_target = 4 * (4 * n + 2 * r + p)  # Y, C, fitted, residual, coef columns
+        per_target = 4 * (5 * n + 2 * r + p)  # Y, C, dual, best dual, residual, coef
         size = int(max(64, min(t, budget // max(per_target, 1))))
     size = max(1, int(size))
     return [slice(j, min(j + size, t)) for j in range(0, t, size)]

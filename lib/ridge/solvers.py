@@ -169,9 +169,28 @@ def coef_from_spectrum(spec, targets: Targets, alphas, slices) -> np.ndarray:
     return coef
 
 
+def _improved(acc: HeldOut, k: int, sl: slice, best: np.ndarray) -> np.ndarray:
+    """Mask (batch,) of the targets of batch ``sl`` whose held-out error alpha ``k`` lowers
+    (all of them for ``k = 0``); records ``k`` for them in ``best`` (t,).
+
+    Strictly lower, so that ties keep the first alpha, as ``np.argmax`` of the scores.
+    """
+    lower = (acc.see[k, sl] < acc.see[best[sl], np.arange(sl.start, sl.stop)]) | (k == 0)
+    best[sl][lower] = k
+    return lower
+
+
 def loo_eigen(design: Design, targets: Targets, alphas, options: Options | None = None,
               K=None) -> CVResult:
     """Exact leave-one-out for every alpha from one eigendecomposition.
+
+    For each alpha the dual coefficients ``A = U diag(1/(s+alpha)) C`` (one product) give
+    the residuals ``(I - H) Yc = alpha A + Y_perp`` and ``1 - h_i = q_i + sum_j U_ij^2
+    alpha/(s_j+alpha)``, with ``Y_perp = Yc - U C`` and ``q_i = 1 - 1/n - sum_j U_ij^2``.
+    When ``U`` spans the centred sample space (rank ``n - 1`` with an intercept, the usual
+    dual case) both are zero: no subtraction of nearly equal numbers at small alphas. The
+    dual coefficients of each target's best alpha so far are kept, so the refit costs one
+    product ``Xc^T A`` instead of two.
 
     Parameters
     ----------
@@ -190,39 +209,56 @@ def loo_eigen(design: Design, targets: Targets, alphas, options: Options | None 
     """
     opt = options or Options()
     bk, n, t, na = design.bk, design.n, targets.t, len(alphas)
-    spec = spectrum(design, t, K, opt.eigh_dtype, Clock(bk, opt.times, opt.verbose))
+    per_target = opt.alpha_per_target
+    spec = spectrum(design, None if per_target else t, K, opt.eigh_dtype,
+                    Clock(bk, opt.times, opt.verbose))
     clock = Clock(bk, opt.times)
-    U, s = spec.U, spec.s
+    U, s, r = spec.U, spec.s, int(spec.s.shape[0])
     a_t = bk.asarray(np.asarray(alphas), targets.dtype)
-    F = s[:, None] / (s[:, None] + a_t[None, :])  # (r, n_alphas) shrinkage factors
-    H = (1.0 / n if design.fit_intercept else 0.0) + (U * U) @ F  # hat diagonals (n, n_alphas)
-    inv_1mh = 1.0 / bk.maximum(1.0 - H, float(finfo(targets.dtype).eps))
-    del H
+    inv_s = 1.0 / (s[:, None] + a_t[None, :])  # (r, n_alphas)
+    UU = U * U
+    one_minus_h = UU @ (inv_s * a_t[None, :])  # (n, n_alphas)
+    spans = r + int(design.fit_intercept) == n
+    if not spans:
+        one_minus_h += ((1.0 - 1.0 / n if design.fit_intercept else 1.0) - UU.sum(1))[:, None]
+    inv_1mh = 1.0 / bk.maximum(one_minus_h, float(finfo(targets.dtype).eps))
+    del UU, one_minus_h
     acc = HeldOut(na, t)
-    best = np.empty(t, dtype=np.int64)
+    best = np.zeros(t, dtype=np.int64)
     coef = np.empty((t, design.p), dtype=_host_dtype(bk, targets.dtype))
-    slices = batches(n, design.p, t, int(s.shape[0]), opt.batch_size)
+    slices = batches(n, design.p, t, r, opt.batch_size)
     for sl in opt.progress(slices, len(slices), "ridge LOO"):
         Yc = targets.batch(sl)
         C = U.T @ Yc
+        Y_perp = None if spans else Yc - U @ C
+        A_best = None
         clock("targets")
         for k in range(na):
-            R = Yc - U @ (F[:, k : k + 1] * C)
-            R *= inv_1mh[:, k : k + 1]
-            acc.add(bk, k, sl, Yc, R, first=k == 0)
-            del R
+            A = U @ (C * inv_s[:, k : k + 1])
+            E = A * float(alphas[k])
+            if Y_perp is not None:
+                E += Y_perp
+            E *= inv_1mh[:, k : k + 1]
+            acc.add(bk, k, sl, Yc, E, first=k == 0)
+            if per_target:  # keep the dual coefficients of each target's best alpha
+                lower = _improved(acc, k, sl, best)
+                if k == 0:
+                    A_best = A  # not modified below: E is a new array
+                else:
+                    bk.copy_columns(A_best, A, lower)
+            del A, E
         clock("loo")
-        if opt.alpha_per_target:
-            best[sl] = np.argmax(acc.scores()[:, sl], 0)
-            coef[sl] = bk.to_numpy(spec.coef(C, a_t[bk.index(best[sl])]).T)
+        if per_target:
+            coef[sl] = bk.to_numpy((design.cross(A_best) if spec.W is None else
+                                    spec.coef(C, a_t[bk.index(best[sl])])).T)
             clock("coef")
-        del C, Yc
+        del C, Yc, Y_perp, A_best
     scores = acc.scores()
-    if not opt.alpha_per_target:
+    if not per_target:
         best = _choose(scores, False)
         coef = coef_from_spectrum(spec, targets, np.asarray(alphas)[best], slices)
         clock("coef")
-    return CVResult(scores, best, coef, acc.y_var(), acc.r(), "eigen", int(s.shape[0]))
+    return CVResult(scores, best, coef, acc.y_var(), acc.r(), "eigen", r)
 
 
 def cholesky_is_accurate(K, alphas, bk) -> bool:
@@ -320,10 +356,7 @@ def loo_cholesky(design: Design, targets: Targets, alphas, options: Options | No
             Yc = single if single is not None else targets.batch(sl)
             A = bk.cho_solve(L, Yc)
             acc.add(bk, k, sl, Yc, A * w, first=k == 0)
-            better = acc.see[k, sl] < acc.see[best[sl], np.arange(sl.start, sl.stop)]
-            cols = np.flatnonzero(better | (k == 0))  # keep the dual coefficients of the best
-            best[sl.start + cols] = k
-            A_best[:, bk.index(sl.start + cols)] = A[:, bk.index(cols)]
+            bk.copy_columns(A_best[:, sl], A, _improved(acc, k, sl, best))  # keep the best
             del A, Yc
         clock("loo")
     if not opt.alpha_per_target:
