@@ -7,9 +7,11 @@ shared alpha) by exact leave-one-out on the training data, or by k-fold cross-va
 Modules
 -------
 - :mod:`lib.ridge.estimator`: :class:`RidgeCV`, a scikit-learn estimator (``score`` is R^2).
-- :mod:`lib.ridge.solvers`: the solvers as functions, :func:`loo_eigen` (one
-  eigendecomposition for every alpha), :func:`loo_cholesky` (one Cholesky factorisation per
-  alpha) and :func:`kfold`, each returning a :class:`CVResult`.
+- :mod:`lib.ridge.solvers`: the leave-one-out solvers as functions, :func:`loo_eigen` (one
+  eigendecomposition for every alpha) and :func:`loo_cholesky` (one Cholesky factorisation
+  per alpha), each returning a :class:`CVResult`.
+- :mod:`lib.ridge.kfold`: :func:`kfold`, k-fold or any given splits, one eigendecomposition
+  per fold, returning a :class:`CVResult` as well.
 - :mod:`lib.ridge.design`: centred designs in feature blocks, Gram matrices, thin spectra.
 - :mod:`lib.ridge.backends`: NumPy/SciPy and torch (CPU, CUDA) backends: CUDA where available,
   else NumPy, or a setting; :func:`probe_blas` measures both BLAS libraries.
@@ -25,11 +27,11 @@ scikit-learn to ~1e-10. Where the time goes, per phase, is in ``bench/README.md`
 from lib.ridge.backends import BACKENDS, NumpyBackend, TorchBackend, get_backend, probe_blas
 from lib.ridge.design import Design, Targets, spectrum
 from lib.ridge.estimator import DEFAULT_ALPHAS, AlphaGridWarning, RidgeCV
+from lib.ridge.kfold import kfold
 from lib.ridge.solvers import (
     CVResult,
     Options,
     cholesky_is_accurate,
-    kfold,
     loo_cholesky,
     loo_eigen,
 )

@@ -12,10 +12,10 @@ from sklearn.utils.validation import check_array, check_consistent_length, check
 
 from lib.ridge.backends import get_backend, probe_blas
 from lib.ridge.design import Clock, Design, Targets, batches
+from lib.ridge.kfold import kfold
 from lib.ridge.solvers import (
     Options,
     cholesky_is_accurate,
-    kfold,
     loo_cholesky,
     loo_eigen,
 )

@@ -14,7 +14,7 @@ target, the chosen alpha of every target and the coefficients refitted on all sa
   with ``1 - h_i = alpha [G^-1]_ii - 1/n``. BLAS-3 only, so faster than ``eigh`` on CPUs
   for short grids, but accurate only while ``s_max / alpha`` is moderate
   (:func:`cholesky_is_accurate`).
-- :func:`kfold`: k-fold (or any given splits), one eigendecomposition per fold.
+- :func:`lib.ridge.kfold.kfold` (its own module): k-fold or any given splits.
 
 Alpha selection minimises the mean squared error per target (as scikit-learn's
 ``RidgeCV(alpha_per_target=True)``); ``scores`` hold its negative (higher is better).
@@ -23,7 +23,6 @@ Targets are processed in batches so that no ``(n_alphas, n, t)`` array is materi
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,7 +32,6 @@ from lib.ridge.design import (
     Design,
     Targets,
     batches,
-    eigh_clipped,
     finfo,
     largest_eigenvalue,
     spectrum,
@@ -149,7 +147,9 @@ class HeldOut:
             return np.where(den > 0, cov / den, np.nan)
 
 
-def _choose(scores: np.ndarray, per_target: bool) -> np.ndarray:
+def choose_alphas(scores: np.ndarray, per_target: bool) -> np.ndarray:
+    """Index (t,) of the chosen alpha of every target from ``scores`` (n_alphas, t): each
+    target's best, or (``per_target=False``) the alpha with the best mean score for all."""
     if per_target:
         return np.argmax(scores, 0)
     return np.full(scores.shape[1], int(np.argmax(scores.mean(1))))
@@ -255,7 +255,7 @@ def loo_eigen(design: Design, targets: Targets, alphas, options: Options | None 
         del C, Yc, Y_perp, A_best
     scores = acc.scores()
     if not per_target:
-        best = _choose(scores, False)
+        best = choose_alphas(scores, False)
         coef = coef_from_spectrum(spec, targets, np.asarray(alphas)[best], slices)
         clock("coef")
     return CVResult(scores, best, coef, acc.y_var(), acc.r(), "eigen", r)
@@ -360,7 +360,7 @@ def loo_cholesky(design: Design, targets: Targets, alphas, options: Options | No
             del A, Yc
         clock("loo")
     if not opt.alpha_per_target:
-        best = _choose(acc.scores(), False)
+        best = choose_alphas(acc.scores(), False)
         L, _ = _factor(Kb, float(alphas[best[0]]), bk, 0.0)
         for sl in slices:
             A_best[:, sl] = bk.cho_solve(L, targets.batch(sl))
@@ -369,70 +369,3 @@ def loo_cholesky(design: Design, targets: Targets, alphas, options: Options | No
         coef[sl] = bk.to_numpy(design.cross(A_best[:, sl]).T)
     clock("coef")
     return CVResult(acc.scores(), best, coef, acc.y_var(), acc.r(), "cholesky", None)
-
-
-def _fold_operators(design: Design, K, tr, va, eigh_dtype):
-    """``(U, s, P)`` of one fold: training spectrum and validation projections ``P``."""
-    bk = design.bk
-    if K is not None:  # dual: the fold's Gram matrices, re-centred on the training rows
-        itr, iva = bk.index(tr), bk.index(va)
-        Ktr, Kva = K[itr][:, itr], K[iva][:, itr]
-        if design.fit_intercept:
-            m_tr = Ktr.mean(1)
-            c = m_tr.mean()
-            Kva = Kva - Kva.mean(1)[:, None] - m_tr[None, :] + c
-            Ktr = Ktr - m_tr[:, None] - m_tr[None, :] + c
-        s, U = eigh_clipped(Ktr, bk, eigh_dtype)
-        return U, s, Kva @ U  # Kva U = Xva_c V diag(sqrt s)
-    dtr = design.rows(tr)
-    sp = spectrum(dtr, eigh_dtype=eigh_dtype, dual=False)
-    return sp.U, sp.s, design.rows(va, means=dtr.means).times(sp.W)
-
-
-def kfold(design: Design, targets: Targets, alphas, splits, options: Options | None = None
-          ) -> CVResult:
-    """Held-out errors over given splits, one eigendecomposition per fold.
-
-    Parameters
-    ----------
-    design, targets, alphas, options
-        As :func:`loo_eigen`.
-    splits : list of (train, validation) index arrays
-        From :func:`lib.ridge.splits.cv_splits`.
-
-    Returns
-    -------
-    result : CVResult
-        ``coef`` refitted on all samples with the chosen alphas.
-    """
-    opt = options or Options()
-    bk, n, t, na = design.bk, design.n, targets.t, len(alphas)
-    a_t = bk.asarray(np.asarray(alphas), targets.dtype)
-    acc = HeldOut(na, t)
-    dual = n <= design.p
-    clock = Clock(bk, opt.times, opt.verbose)
-    K = design.gram() if dual else None  # shift-invariant: re-centred per fold
-    clock("gram")
-    for tr, va in opt.progress(splits, len(splits), "ridge k-fold"):
-        U, s, P = _fold_operators(design, K, tr, va, opt.eigh_dtype)
-        for sl in batches(len(tr), design.p, t, int(s.shape[0]), opt.batch_size):
-            ytr = bk.asarray(targets.Y[tr, sl], targets.dtype)
-            yva = bk.asarray(targets.Y[va, sl], targets.dtype)
-            y_ref = yva - targets.mean[sl]  # relative to the overall mean, as in every fold
-            if design.fit_intercept:
-                mu = bk.mean64(ytr, 0)
-                ytr, yva = ytr - mu, yva - mu
-            C = U.T @ ytr
-            for k in range(na):
-                E = yva - P @ (C / (s[:, None] + a_t[k]))
-                acc.add(bk, k, sl, y_ref, E, first=k == 0)
-    clock("folds")
-    scores = acc.scores()
-    best = _choose(scores, opt.alpha_per_target)
-    spec = spectrum(design, t, K, opt.eigh_dtype, Clock(bk, opt.times, opt.verbose))
-    del K
-    clock.t = time.perf_counter()
-    slices = batches(n, design.p, t, int(spec.s.shape[0]), opt.batch_size)
-    coef = coef_from_spectrum(spec, targets, np.asarray(alphas)[best], slices)
-    clock("coef")
-    return CVResult(scores, best, coef, acc.y_var(), acc.r(), "eigen", int(spec.s.shape[0]))
