@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 _CHUNK = 8192
 
 
 def _as_np(a) -> np.ndarray:
-    if isinstance(a, torch.Tensor):
+    if hasattr(a, "detach"):  # a torch tensor (torch is not imported for NumPy inputs)
         return a.detach().cpu().numpy()
     return np.asarray(a)
 
