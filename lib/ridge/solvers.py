@@ -101,15 +101,21 @@ class CVResult:
 
 
 class HeldOut:
-    """Running sums of held-out residuals ``e`` against targets ``y``, per alpha and target.
+    """Running sums of held-out residuals ``e`` and predictions ``p = y - e``, per alpha and
+    target, against targets ``y``.
 
-    Gives the mean squared error and the Pearson r of the predictions ``y - e``:
-    ``sum P = Sy - Se``, ``sum P^2 = Syy - 2 Sey + See``, ``sum P y = Syy - Sey``.
+    Gives the mean squared error (from ``sum e^2``) and the Pearson r of the predictions (from
+    ``sum p``, ``sum p^2`` and ``sum p y``). The prediction sums are taken from ``p`` itself,
+    not derived from the residuals' sums (``sum p^2 = sum y^2 - 2 sum e y + sum e^2``): under
+    heavy shrinkage a leave-one-out prediction is about ``-y / (n - 1)``, so ``sum p^2`` is
+    ``n^2`` times smaller than the terms it would be the difference of, and in float32 that
+    difference is rounding noise (correlations off by more than 1 were seen).
     """
 
     def __init__(self, n_alphas: int, n_targets: int):
         self.n, self.sy, self.syy = (np.zeros(n_targets) for _ in range(3))
-        self.se, self.see, self.sey = (np.zeros((n_alphas, n_targets)) for _ in range(3))
+        self.see, self.sp, self.spp, self.spy = (np.zeros((n_alphas, n_targets))
+                                                 for _ in range(4))
 
     def add(self, bk, k: int, sl: slice, y, e, first: bool):
         """Add held-out rows: targets ``y`` and residuals ``e`` (rows, batch) of alpha ``k``."""
@@ -123,9 +129,11 @@ class HeldOut:
             self.n[sl] += y.shape[0]
             self.sy[sl] += total(y)
             self.syy[sl] += dot(y, y)
-        self.se[k, sl] += total(e)
+        p = y - e
         self.see[k, sl] += dot(e, e)
-        self.sey[k, sl] += dot(e, y)
+        self.sp[k, sl] += total(p)
+        self.spp[k, sl] += dot(p, p)
+        self.spy[k, sl] += dot(p, y)
 
     def scores(self) -> np.ndarray:
         """Negative mean squared error, (n_alphas, t)."""
@@ -137,11 +145,10 @@ class HeldOut:
     def r(self) -> np.ndarray:
         """Pearson r of held-out predictions and targets, (n_alphas, t)."""
         n = self.n[None, :]
-        sp = self.sy - self.se
-        spp = self.syy - 2 * self.sey + self.see
-        cov = (self.syy - self.sey) / n - sp * self.sy / n**2
-        var_p = spp / n - (sp / n) ** 2
-        var_y = self.syy / n - (self.sy / n) ** 2
+        mp, my = self.sp / n, self.sy / n
+        cov = self.spy / n - mp * my
+        var_p = self.spp / n - mp**2
+        var_y = self.syy / n - my**2
         den = np.sqrt(np.clip(var_p, 0, None) * np.clip(var_y, 0, None))
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(den > 0, cov / den, np.nan)
