@@ -153,14 +153,21 @@ def test_dask_run_equals_serial_and_survives_a_killed_worker(project):
         path.unlink()
     with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster, \
             Client(cluster) as client:
-        killed = []
+        killed, logged = [], []
 
         def kill_a_busy_worker():
+            # Kill a worker while it runs a stage-1 job, once the runner has received both
+            # preparations' results. A stage-1 job runs where its preparation's result lives;
+            # killing the worker before the client gathered that result makes distributed
+            # (2026.8) raise "Event ... bound to a different event loop" from
+            # Future.result() in the main thread (seen once in CI): a bug of the library,
+            # not the scenario this test is about.
             deadline = time.time() + 60
             while time.time() < deadline and not killed:
+                prepared = sum("01_data_preparation" in line for line in logged)
                 busy = [w for w, keys in client.processing().items()
                         if any("03_alignment_ridge" in str(k) for k in keys)]
-                if busy:
+                if busy and prepared == 2:
                     pid = client.run(os.getpid, workers=[busy[0]])[busy[0]]
                     os.kill(pid, signal.SIGKILL)
                     killed.append(pid)
@@ -169,7 +176,7 @@ def test_dask_run_equals_serial_and_survives_a_killed_worker(project):
         killer = threading.Thread(target=kill_a_busy_worker)
         killer.start()
         times = run.run_book(params, tmp_path / "dask", notebook_dir=nbdir, cwd=tmp_path,
-                             log=lambda s: None, scheduler=cluster.scheduler_address)
+                             log=logged.append, scheduler=cluster.scheduler_address)
         killer.join()
         assert killed, "no worker was busy with a stage-1 job to kill"
         assert len(client.scheduler_info()["workers"]) == 2  # the nanny replaced the worker
