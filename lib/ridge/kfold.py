@@ -36,7 +36,7 @@ def kfold(design: Design, targets: Targets, alphas, splits, options: Options | N
     Parameters
     ----------
     design, targets, alphas, options
-        As :func:`loo_eigen`.
+        As :func:`lib.ridge.solvers.loo_eigen`.
     splits : list of (train, validation) index arrays
         From :func:`lib.ridge.splits.cv_splits`.
 
