@@ -230,6 +230,7 @@ def loo_eigen(design: Design, targets: Targets, alphas, options: Options | None 
         one_minus_h += ((1.0 - 1.0 / n if design.fit_intercept else 1.0) - UU.sum(1))[:, None]
     inv_1mh = 1.0 / bk.maximum(one_minus_h, float(finfo(targets.dtype).eps))
     del UU, one_minus_h
+    keep_dual = per_target and spec.W is None  # refit from the kept dual coefficients
     acc = HeldOut(na, t)
     best = np.zeros(t, dtype=np.int64)
     coef = np.empty((t, design.p), dtype=_host_dtype(bk, targets.dtype))
@@ -247,16 +248,15 @@ def loo_eigen(design: Design, targets: Targets, alphas, options: Options | None 
                 E += Y_perp
             E *= inv_1mh[:, k : k + 1]
             acc.add(bk, k, sl, Yc, E, first=k == 0)
-            if per_target:  # keep the dual coefficients of each target's best alpha
-                lower = _improved(acc, k, sl, best)
-                if k == 0:
-                    A_best = A  # not modified below: E is a new array
-                else:
-                    bk.copy_columns(A_best, A, lower)
+            lower = _improved(acc, k, sl, best) if per_target else None
+            if keep_dual and k == 0:  # the dual coefficients of each target's best alpha
+                A_best = A  # not modified below: E is a new array
+            elif keep_dual:
+                bk.copy_columns(A_best, A, lower)
             del A, E
         clock("loo")
         if per_target:
-            coef[sl] = bk.to_numpy((design.cross(A_best) if spec.W is None else
+            coef[sl] = bk.to_numpy((design.cross(A_best) if keep_dual else
                                     spec.coef(C, a_t[bk.index(best[sl])])).T)
             clock("coef")
         del C, Yc, Y_perp, A_best
