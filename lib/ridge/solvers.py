@@ -118,7 +118,10 @@ class HeldOut:
                                                  for _ in range(4))
 
     def add(self, bk, k: int, sl: slice, y, e, first: bool):
-        """Add held-out rows: targets ``y`` and residuals ``e`` (rows, batch) of alpha ``k``."""
+        """Add held-out rows: targets ``y`` and residuals ``e`` (rows, batch) of alpha ``k``.
+
+        ``e`` is overwritten (with the predictions ``y - e``): callers pass a work array.
+        """
         def total(a):  # column sums in the compute dtype (targets are centred)
             return bk.to_numpy(a.sum(0)).astype(np.float64)
 
@@ -129,8 +132,8 @@ class HeldOut:
             self.n[sl] += y.shape[0]
             self.sy[sl] += total(y)
             self.syy[sl] += dot(y, y)
-        p = y - e
         self.see[k, sl] += dot(e, e)
+        p = bk.subtract_from(y, e)
         self.sp[k, sl] += total(p)
         self.spp[k, sl] += dot(p, p)
         self.spy[k, sl] += dot(p, y)
@@ -229,6 +232,8 @@ def loo_eigen(design: Design, targets: Targets, alphas, options: Options | None 
     if not spans:
         one_minus_h += ((1.0 - 1.0 / n if design.fit_intercept else 1.0) - UU.sum(1))[:, None]
     inv_1mh = 1.0 / bk.maximum(one_minus_h, float(finfo(targets.dtype).eps))
+    if spans:  # residuals A * alpha / (1 - h): one weight per sample and alpha
+        inv_1mh *= a_t[None, :]
     del UU, one_minus_h
     keep_dual = per_target and spec.W is None  # refit from the kept dual coefficients
     acc = HeldOut(na, t)
@@ -239,27 +244,31 @@ def loo_eigen(design: Design, targets: Targets, alphas, options: Options | None 
         Yc = targets.batch(sl)
         C = U.T @ Yc
         Y_perp = None if spans else Yc - U @ C
-        A_best = None
+        A_best, A_work = None, None  # each target's best dual coefficients; a work array
         clock("targets")
         for k in range(na):
-            A = U @ (C * inv_s[:, k : k + 1])
-            E = A * float(alphas[k])
-            if Y_perp is not None:
+            A = bk.matmul(U, C * inv_s[:, k : k + 1], out=A_work)
+            if Y_perp is None:
+                E = A * inv_1mh[:, k : k + 1]
+            else:
+                E = A * float(alphas[k])
                 E += Y_perp
-            E *= inv_1mh[:, k : k + 1]
+                E *= inv_1mh[:, k : k + 1]
             acc.add(bk, k, sl, Yc, E, first=k == 0)
             lower = _improved(acc, k, sl, best) if per_target else None
-            if keep_dual and k == 0:  # the dual coefficients of each target's best alpha
-                A_best = A  # not modified below: E is a new array
+            if keep_dual and k == 0:
+                A_best = A
             elif keep_dual:
                 bk.copy_columns(A_best, A, lower)
+            if A_work is None and k < na - 1:
+                A_work = bk.empty(A.shape, A.dtype) if keep_dual else A
             del A, E
         clock("loo")
         if per_target:
             coef[sl] = bk.to_numpy((design.cross(A_best) if keep_dual else
                                     spec.coef(C, a_t[bk.index(best[sl])])).T)
             clock("coef")
-        del C, Yc, Y_perp, A_best
+        del C, Yc, Y_perp, A_best, A_work
     scores = acc.scores()
     if not per_target:
         best = choose_alphas(scores, False)
