@@ -232,8 +232,8 @@ def loo_eigen(design: Design, targets: Targets, alphas, options: Options | None 
     if not spans:
         one_minus_h += ((1.0 - 1.0 / n if design.fit_intercept else 1.0) - UU.sum(1))[:, None]
     inv_1mh = 1.0 / bk.maximum(one_minus_h, float(finfo(targets.dtype).eps))
-    if spans:  # residuals A * alpha / (1 - h): one weight per sample and alpha
-        inv_1mh *= a_t[None, :]
+    # LOO residuals alpha A / (1 - h) when U spans: one weight per sample and alpha
+    weight = inv_1mh * a_t[None, :] if spans else None
     del UU, one_minus_h
     keep_dual = per_target and spec.W is None  # refit from the kept dual coefficients
     acc = HeldOut(na, t)
@@ -249,7 +249,7 @@ def loo_eigen(design: Design, targets: Targets, alphas, options: Options | None 
         for k in range(na):
             A = bk.matmul(U, C * inv_s[:, k : k + 1], out=A_work)
             if Y_perp is None:
-                E = A * inv_1mh[:, k : k + 1]
+                E = A * weight[:, k : k + 1]
             else:
                 E = A * float(alphas[k])
                 E += Y_perp
