@@ -231,3 +231,28 @@ def test_model_scenes_are_apart_from_the_experiment():
     ours = make_corpus(5, seed=0, stream=0).scenes
     assert ours != sample_scenes(5, np.random.default_rng(0))
     assert ours == make_corpus(5, seed=0, stream=0).scenes
+
+
+def test_workers_train_the_same_models_as_one_process(tmp_path):
+    """Training in two worker processes gives the weights, quality and zoo rows of training
+    in this process on as many threads per model (a process changes nothing but the clock)."""
+    from lib.toyworld.models import training_workers
+
+    spec = {**PRESETS["micro"], "n_train": 32, "n_val": 8}
+    spec["vision"] = {**spec["vision"], "n_train": 32}
+    here = train_all(tmp_path / "here", spec, seed=1, threads=1, workers=1)
+    apart = train_all(tmp_path / "apart", spec, seed=1, threads=2, workers=2)
+    assert (here["workers"], apart["workers"], apart["threads"]) == (1, 2, 1)
+    assert apart["zoo"] == here["zoo"]
+    assert json.dumps(apart["quality"], sort_keys=True) == json.dumps(here["quality"],
+                                                                     sort_keys=True)
+    assert list(apart["phases"]) == list(here["phases"])
+    files = sorted(p.relative_to(tmp_path / "here")
+                   for p in (tmp_path / "here").rglob("*.safetensors"))
+    assert len(files) == 14
+    for f in files:
+        assert (tmp_path / "apart" / f).read_bytes() == (tmp_path / "here" / f).read_bytes(), f
+    # the workers' CPU time is counted in the total
+    assert apart["total"]["cpu_s"] >= sum(v["cpu_s"] for v in apart["phases"].values()) - 0.5
+    assert training_workers(8, 4, 4) <= 4 and training_workers(1, 4, 4) == 1
+    assert training_workers(2, 1, 4) == 1 and training_workers(2, 4, 1) == 1

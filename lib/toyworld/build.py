@@ -304,7 +304,8 @@ def _train_models(models_dir: Path, preset: str, seed: int):
     """Train every toy model with ``lib.toyworld.models.train_all``; return its report."""
     from .models import train_all
 
-    with Stopwatch() as sw:
-        result = train_all(models_dir, preset, seed)
-    print(f"[toyworld] models trained in {sw.wall_s:.1f} s ({sw.cpu_s:.1f} s CPU)", flush=True)
+    result = train_all(models_dir, preset, seed)
+    total, workers = result["total"], result["workers"]
+    print(f"[toyworld] models trained in {total['wall_s']:.1f} s ({total['cpu_s']:.1f} s CPU"
+          f"{f', {workers} processes' if workers > 1 else ''})", flush=True)
     return json.loads(json.dumps(result, default=str))

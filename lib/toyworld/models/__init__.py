@@ -35,6 +35,7 @@ PRESETS: dict = {
         "n_train": 12000,
         "n_val": 100,
         "min_count": 2,
+        "max_workers": 4,
         "blip2": {
             "vision_hidden": 96, "vision_layers": 4, "patch_size": 8,
             "vision_pretrain_epochs": 4, "vision_pretrain_batch": 64, "vision_pretrain_lr": 2e-3,
@@ -70,6 +71,7 @@ PRESETS["micro"] = {
     "n_train": 96,
     "n_val": 16,
     "min_count": 1,
+    "max_workers": 1,  # seconds of training: starting a process (torch, transformers) costs more
     "blip2": {
         **PRESETS["toy"]["blip2"],
         "vision_hidden": 32, "vision_layers": 1, "patch_size": 16, "qformer_hidden": 32,
@@ -127,36 +129,49 @@ def _save_dir(path: Path, *objects) -> Path:
 
 def train_all(models_dir, preset: str | dict = "toy", seed: int = 0,
               threads: int | str | None = "auto",
-              parts=("blip2", "vision", "language")) -> dict:
+              parts=("blip2", "vision", "language"), workers: int | str = "auto") -> dict:
     """Train and save every toy model (see the module docstring for the layout).
+
+    The models are trained in independent tasks (BLIP-2, each vision family, the language zoo),
+    in ``workers`` processes side by side. The toy models are small: their matrix products
+    keep one core busy far better than two, so on 2 cores two tasks on one thread each finish
+    sooner than one task after the other on two threads.
 
     Parameters
     ----------
     models_dir : path-like
         Output folder (``<toy_root>/models``); created if needed.
     preset : {"toy", "micro"} or dict
-        ``toy``: the book's models (a few minutes on 2 CPU cores); ``micro``: tiny models for
-        the tests (seconds), same folders and classes.
+        ``toy``: the book's models (about a quarter of an hour on 2 CPU cores); ``micro``: tiny
+        models for the tests (seconds), same folders and classes.
     seed : int
         World seed. The models' scenes come from ``numpy.random.default_rng([seed, 1000 + k])``,
         a stream apart from the simulated experiment's stimuli.
     threads : int, "auto" or None
-        torch intra-op threads while training (restored afterwards): ``"auto"`` is
-        ``OMP_NUM_THREADS`` when set, else the number of physical cores
+        torch intra-op threads for the whole training (restored afterwards), shared among the
+        workers (each gets ``threads // workers``): ``"auto"`` is ``OMP_NUM_THREADS`` when
+        set, else the number of physical cores
         (:func:`lib.toyworld.models._train.auto_threads`; more threads than cores slows the
-        small matrix products down), ``None`` keeps the current setting.
+        small matrix products down), ``None`` keeps the current setting (one worker).
     parts : sequence of {"blip2", "vision", "language"}
         Which models to train (all by default). Each part depends only on the preset and
         seed, so parts trained in separate calls equal those of one call.
+    workers : int or "auto"
+        Processes training side by side; ``1`` trains in this process. ``"auto"``: one per
+        thread, at most the preset's ``max_workers`` (toy 4, micro 1) and at most one per
+        3 GB of available memory (:func:`training_workers`). A model's weights depend on the
+        threads it trained on (float sums), not on which process trained it.
 
     Returns
     -------
     report : dict
-        ``preset``, ``seed``, ``phases`` (``{phase: {"wall_s", "cpu_s"}}``: the corpus, each
-        BLIP-2 step, each zoo model), ``total`` (``{"wall_s", "cpu_s"}``), ``quality``
-        (held-out BLEU/CIDEr of ``blip2-toy-opt``, retrieval of ``blip2-toy-itm``, loss/mAP of
-        the zoo models) and ``zoo`` (the rows of ``zoo.json``). Also written to
-        ``models_dir/TRAINING.json``.
+        ``preset``, ``seed``, ``threads`` (per worker), ``workers``,
+        ``worker_peak_rss_gb`` (the largest worker's peak memory; None in one process), ``phases``
+        (``{phase: {"wall_s", "cpu_s"}}``: the corpus, each BLIP-2 step, each zoo model; the
+        workers' phases overlap in time), ``total`` (``{"wall_s", "cpu_s"}``, the workers'
+        CPU time included), ``quality`` (held-out BLEU/CIDEr of ``blip2-toy-opt``, retrieval
+        of ``blip2-toy-itm``, loss/mAP of the zoo models) and ``zoo`` (the rows of
+        ``zoo.json``). Also written to ``models_dir/TRAINING.json``.
     """
     from ...io import write_json
     from ..timing import PhaseTimes, Stopwatch
@@ -170,28 +185,121 @@ def train_all(models_dir, preset: str | dict = "toy", seed: int = 0,
     models_dir.mkdir(parents=True, exist_ok=True)
     size = int(cfg["image_size"])
     phases = PhaseTimes(prefix="[toyworld] models:")
-    quality: dict = {}
-    zoo: list = []
+    tasks = _tasks(cfg, parts)
     threads = auto_threads() if threads == "auto" else threads
+    if workers == "auto":
+        workers = training_workers(threads or 1, int(cfg.get("max_workers", 1)), len(tasks))
+    workers = max(1, min(int(workers), len(tasks)))
+    per_worker = max(1, (threads or 1) // workers) if workers > 1 else threads
     with num_threads(threads), Stopwatch() as total:
         with phases.phase("corpus (render + caption)"):
             train = make_corpus(cfg["n_train"], seed, stream=0, image_size=size,
                                 desc="train scenes")
             val = make_corpus(cfg["n_val"], seed, stream=1, image_size=size, desc="val scenes")
             tok = build_tokenizer([c for caps in train.captions for c in caps], cfg["min_count"])
-        if "blip2" in parts:
-            _train_blip2_part(models_dir, cfg, train, val, tok, seed, phases, quality)
-        if "vision" in parts:
-            _train_vision_part(models_dir, cfg, train, val, seed, phases, quality, zoo)
-        if "language" in parts:
-            _train_language_part(models_dir, cfg, train, val, tok, seed, phases, quality, zoo)
-        if zoo:
-            write_json(models_dir / "zoo.json", zoo)
-    report = {"preset": name, "seed": int(seed), "threads": threads,
-              "phases": phases.as_dict(), "total": total.as_dict(),
+        children_cpu = _children_cpu()
+        results = _run_tasks(tasks, workers, per_worker,
+                             (models_dir, cfg, train, val, tok, seed))
+        children_cpu = _children_cpu() - children_cpu
+    quality: dict = {}
+    zoo: list = []
+    for result in results:  # in task order, whichever finished first
+        phases.phases.update(result["phases"])
+        quality.update(result["quality"])
+        zoo.extend(result["zoo"])
+    if zoo:
+        write_json(models_dir / "zoo.json", zoo)
+    total_times = total.as_dict()
+    total_times["cpu_s"] = round(total_times["cpu_s"] + children_cpu, 3)
+    report = {"preset": name, "seed": int(seed), "threads": per_worker, "workers": workers,
+              "phases": phases.as_dict(), "total": total_times,
+              "worker_peak_rss_gb": _children_peak_rss_gb() if workers > 1 else None,
               "quality": quality, "zoo": zoo, "config": cfg}
     write_json(models_dir / "TRAINING.json", report)
     return report
+
+
+def training_workers(threads: int, max_workers: int, n_tasks: int) -> int:
+    """Processes to train in: one per thread, capped by the preset, the tasks and memory.
+
+    A worker holds the training scenes, one family's pixels and its models: about 1-2.5 GB on
+    the toy preset, so each gets 3 GB of the memory available now (``psutil``; no cap when it
+    cannot tell).
+    """
+    workers = max(1, min(int(threads), int(max_workers), int(n_tasks)))
+    try:
+        import psutil
+
+        workers = min(workers, max(1, int(psutil.virtual_memory().available // (3 * 2**30))))
+    except ImportError:  # pragma: no cover - psutil comes with dask.distributed
+        pass
+    return workers
+
+
+def _tasks(cfg: dict, parts) -> list[tuple]:
+    """Independent training tasks, the costliest first (``(part, vision family or None)``)."""
+    tasks = [("blip2", None)] if "blip2" in parts else []
+    if "vision" in parts:
+        tasks += [("vision", fam) for fam in cfg["vision"]["sizes"]]
+    if "language" in parts:
+        tasks.append(("language", None))
+    return tasks
+
+
+def _run_tasks(tasks: list, workers: int, threads, args: tuple) -> list[dict]:
+    """Run :func:`_train_task` for every task, here or in ``workers`` processes (in order)."""
+    if workers <= 1:
+        return [_train_task(task, *args) for task in tasks]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    print(f"[toyworld] models: {len(tasks)} parts in {workers} processes, {threads} thread(s) "
+          "each (one line per model as it finishes)", flush=True)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_start_worker, initargs=(threads,)) as pool:
+        futures = [pool.submit(_train_task, task, *args, threads=threads) for task in tasks]
+        return [future.result() for future in futures]
+
+
+def _start_worker(threads: int) -> None:
+    """Worker set-up: its thread count before torch starts, no progress bars (they'd interleave)."""
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[name] = str(threads)
+    os.environ["TQDM_DISABLE"] = "1"
+
+
+def _children_cpu() -> float:
+    """CPU seconds of this process's finished child processes so far (user + system)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _children_peak_rss_gb() -> float:
+    """Largest peak resident memory of this process's finished child processes, in GB."""
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20, 2)  # KiB
+
+
+def _train_task(task: tuple, models_dir, cfg, train, val, tok, seed, threads=None) -> dict:
+    """Train one task's models (in this process); return its phases, quality and zoo rows."""
+    from ..timing import PhaseTimes
+    from ._train import num_threads
+
+    part, family = task
+    phases = PhaseTimes(prefix="[toyworld] models:")
+    quality: dict = {}
+    zoo: list = []
+    with num_threads(threads):
+        if part == "blip2":
+            _train_blip2_part(models_dir, cfg, train, val, tok, seed, phases, quality)
+        elif part == "vision":
+            _train_vision_part(models_dir, cfg, train, val, seed, phases, quality, zoo, family)
+        else:
+            _train_language_part(models_dir, cfg, train, val, tok, seed, phases, quality, zoo)
+    return {"phases": phases.as_dict(), "quality": quality, "zoo": zoo}
 
 
 def _train_blip2_part(models_dir, cfg, train, val, tok, seed, phases, quality):
@@ -210,7 +318,8 @@ def _train_blip2_part(models_dir, cfg, train, val, tok, seed, phases, quality):
         quality["blip2"][f"final_train_{key}"] = float(sum(tail) / max(len(tail), 1))
 
 
-def _train_vision_part(models_dir, cfg, train, val, seed, phases, quality, zoo):
+def _train_vision_part(models_dir, cfg, train, val, seed, phases, quality, zoo, family):
+    """Train (and save) one vision family's models; its three sizes share one pass of pixels."""
     import torch
     from tqdm.auto import tqdm
 
@@ -222,32 +331,29 @@ def _train_vision_part(models_dir, cfg, train, val, seed, phases, quality, zoo):
     n_v = min(int(vspec["n_train"]), len(train))
     labels = torch.from_numpy(train.labels[:n_v])
     val_labels = torch.from_numpy(val.labels)
-    stream = 100
-    jobs = [(fam, s) for fam, sizes in vspec["sizes"].items() for s in sizes]
-    pixels = {}  # one pass of each family's image processor serves its three sizes
-    for fam, s in tqdm(jobs, desc="vision zoo", leave=False):
-        stream += 1
-        mname = f"{fam}-{s}"
-        if fam not in pixels:
-            with phases.phase(f"vision/{fam} pixels"):
-                proc = vision_zoo.image_processor(fam, size)
-                pixels = {fam: (proc, proc(list(train.images[:n_v]), return_tensors="pt")[
-                    "pixel_values"], proc(list(val.images), return_tensors="pt")["pixel_values"])}
-        proc, px, val_px = pixels[fam]
+    # seed streams 101, 102, ... over every family's sizes, whichever family this task trains
+    streams = {job: 101 + k for k, job in enumerate(
+        (fam, s) for fam, sizes in vspec["sizes"].items() for s in sizes)}
+    with phases.phase(f"vision/{family} pixels"):
+        proc = vision_zoo.image_processor(family, size)
+        px = proc(list(train.images[:n_v]), return_tensors="pt")["pixel_values"]
+        val_px = proc(list(val.images), return_tensors="pt")["pixel_values"]
+    for s in tqdm(vspec["sizes"][family], desc=f"vision zoo ({family})", leave=False):
+        mname, stream = f"{family}-{s}", streams[family, s]
         variants = [(mname, True)]
         if mname in vspec.get("untrained", []):
             variants.append((f"{mname}-untrained", False))
         for vname, trained in variants:
             with phases.phase(f"vision/{vname}"):
-                model = vision_zoo.build_vision_model(fam, vspec["sizes"][fam][s], size, seed,
-                                                      stream)
+                model = vision_zoo.build_vision_model(family, vspec["sizes"][family][s], size,
+                                                      seed, stream)
                 if trained:
                     vision_zoo.train_vision_model(model, px, labels, vspec, seed, stream, vname)
                 model.eval()
                 quality[f"vision/{vname}"] = vision_zoo.evaluate_vision_model(model, val_px,
                                                                               val_labels)
                 _save_dir(models_dir / "vision" / vname, model, proc)
-            zoo.append({"name": vname, "path": f"vision/{vname}", "family": fam,
+            zoo.append({"name": vname, "path": f"vision/{vname}", "family": family,
                         "modality": "vision", "n_params": count_params(model.base_model),
                         "trained": trained})
 
@@ -288,4 +394,5 @@ def _train_language_part(models_dir, cfg, train, val, tok, seed, phases, quality
                         "trained": trained})
 
 
-__all__ = ["PRESETS", "caption_pixels", "get_preset", "retrieval_top1", "train_all"]
+__all__ = ["PRESETS", "caption_pixels", "get_preset", "retrieval_top1", "train_all",
+           "training_workers"]
