@@ -256,3 +256,25 @@ def test_workers_train_the_same_models_as_one_process(tmp_path):
     assert apart["total"]["cpu_s"] >= sum(v["cpu_s"] for v in apart["phases"].values()) - 0.5
     assert training_workers(8, 4, 4) <= 4 and training_workers(1, 4, 4) == 1
     assert training_workers(2, 1, 4) == 1 and training_workers(2, 4, 1) == 1
+
+
+def test_a_script_without_main_guard_gets_a_clear_error(tmp_path):
+    """Workers start with 'spawn', which re-imports the calling script: a script with no
+    ``if __name__ == "__main__":`` guard must get an error that says so, not a bare
+    BrokenProcessPool."""
+    import subprocess
+    import sys
+
+    from lib.config import REPO_ROOT
+
+    script = tmp_path / "train_no_guard.py"
+    script.write_text(
+        "from lib.toyworld.models import PRESETS, train_all\n"
+        "spec = {**PRESETS['micro'], 'n_train': 16, 'n_val': 4}\n"
+        "spec['vision'] = {**spec['vision'], 'n_train': 16}\n"
+        f"train_all({str(tmp_path / 'models')!r}, spec, threads=2, workers=2, parts=['vision'])\n")
+    done = subprocess.run([sys.executable, str(script)], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode != 0
+    assert "RuntimeError: a toy-model training process died" in done.stderr
+    assert "workers=1" in done.stderr

@@ -160,7 +160,9 @@ def train_all(models_dir, preset: str | dict = "toy", seed: int = 0,
         Processes training side by side; ``1`` trains in this process. ``"auto"``: one per
         thread, at most the preset's ``max_workers`` (toy 4, micro 1) and at most one per
         3 GB of available memory (:func:`training_workers`). A model's weights depend on the
-        threads it trained on (float sums), not on which process trained it.
+        threads it trained on (float sums), not on which process trained it. The processes
+        start with ``spawn``: a script that trains with more than one worker needs the usual
+        ``if __name__ == "__main__":`` guard (``python -m lib.toyworld`` and notebooks do not).
 
     Returns
     -------
@@ -255,10 +257,21 @@ def _run_tasks(tasks: list, workers: int, threads, args: tuple) -> list[dict]:
 
     print(f"[toyworld] models: {len(tasks)} parts in {workers} processes, {threads} thread(s) "
           "each (one line per model as it finishes)", flush=True)
+    from concurrent.futures.process import BrokenProcessPool
+
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_start_worker, initargs=(threads,)) as pool:
         futures = [pool.submit(_train_task, task, *args, threads=threads) for task in tasks]
-        return [future.result() for future in futures]
+        try:
+            return [future.result() for future in futures]
+        except BrokenProcessPool as err:
+            raise RuntimeError(
+                f"a toy-model training process died. Either it ran out of memory (each of the "
+                f"{workers} processes needs up to about 3 GB), or the script that started the "
+                "build has no `if __name__ == \"__main__\":` guard (the processes are started "
+                "with 'spawn', which imports the script again; see the message above). Train "
+                "in one process with lib.toyworld.models.train_all(..., workers=1), or run the "
+                "build as `python -m lib.toyworld build`.") from err
 
 
 def _start_worker(threads: int) -> None:
