@@ -254,11 +254,10 @@ def _run_tasks(tasks: list, workers: int, threads, args: tuple) -> list[dict]:
         return [_train_task(task, *args) for task in tasks]
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
 
     print(f"[toyworld] models: {len(tasks)} parts in {workers} processes, {threads} thread(s) "
           "each (one line per model as it finishes)", flush=True)
-    from concurrent.futures.process import BrokenProcessPool
-
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_start_worker, initargs=(threads,)) as pool:
         futures = [pool.submit(_train_task, task, *args, threads=threads) for task in tasks]
