@@ -31,8 +31,6 @@ import subprocess
 import sys
 import time
 
-_THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-
 
 def train_slice(model_name: str, samples: int) -> dict:
     """Train ``model_name`` (e.g. ``"vit-l"``) on ``samples`` toy scenes; time it (this process)."""
@@ -56,7 +54,9 @@ def train_slice(model_name: str, samples: int) -> dict:
 
 
 def _spawn(model_name: str, samples: int, threads: int) -> subprocess.Popen:
-    env = {**os.environ, "TQDM_DISABLE": "1", **{k: str(threads) for k in _THREAD_VARIABLES}}
+    from lib.config import THREAD_VARIABLES
+
+    env = {**os.environ, "TQDM_DISABLE": "1", **{k: str(threads) for k in THREAD_VARIABLES}}
     return subprocess.Popen([sys.executable, "-m", "bench.bench_toy_training", "--worker",
                              model_name, "--samples", str(samples)],
                             stdout=subprocess.PIPE, env=env, text=True)

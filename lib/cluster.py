@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lib.config import PARAMS_ENV
+from lib.config import PARAMS_ENV, set_thread_variables
 from lib.jobs import Job, clear_done, fingerprints, is_done, mark_done
 
 #: Threads a notebook may use on a Dask worker (Dask's nanny sets OMP_NUM_THREADS=1 in workers).
@@ -79,8 +79,7 @@ def execute(job: Job, params: dict[str, Any], cwd: str, fingerprint: str, force:
     os.environ.pop(PARAMS_ENV, None)  # a worker started from JupyterLab: the parameter file decides
     threads = os.environ.get(THREADS_ENV)
     if threads:  # the notebook's kernel inherits this process's environment
-        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-            os.environ[name] = threads
+        set_thread_variables(threads)
     try:
         seconds = run_job(job, params, cwd)
     except NotebookFailed as err:

@@ -42,6 +42,19 @@ def data_root(path: str | os.PathLike | None = None) -> Path:
     return env if env.is_absolute() else _absolute(REPO_ROOT / env)
 
 
+#: Environment variables that set the thread count of OpenMP, MKL and OpenBLAS.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def set_thread_variables(threads: int | str) -> None:
+    """Set :data:`THREAD_VARIABLES` to ``threads`` in this process's environment.
+
+    Takes effect for libraries loaded afterwards and for child processes (kernels, workers).
+    """
+    for name in THREAD_VARIABLES:
+        os.environ[name] = str(threads)
+
+
 def resolve_device(device: str = "auto"):
     """Turn ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` into a :class:`torch.device`.
 

@@ -15,10 +15,9 @@ import os
 import pytest
 import yaml
 
-from lib.config import REPO_ROOT
+from lib.config import REPO_ROOT, THREAD_VARIABLES, set_thread_variables
 
 PARAMS = REPO_ROOT / "notebooks" / "params"
-_THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
 def pytest_configure(config):
@@ -28,10 +27,8 @@ def pytest_configure(config):
     when its threads outnumber the cores.
     """
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    if workers > 1 and not any(name in os.environ for name in _THREAD_VARIABLES):
-        threads = str(max(1, (os.cpu_count() or 1) // workers))
-        for name in _THREAD_VARIABLES:
-            os.environ[name] = threads
+    if workers > 1 and not any(name in os.environ for name in THREAD_VARIABLES):
+        set_thread_variables(max(1, (os.cpu_count() or 1) // workers))
 
 
 def session_dir(tmp_path_factory):

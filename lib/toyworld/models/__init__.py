@@ -275,8 +275,9 @@ def _run_tasks(tasks: list, workers: int, threads, args: tuple) -> list[dict]:
 
 def _start_worker(threads: int) -> None:
     """Worker set-up: its thread count before torch starts, no progress bars (they'd interleave)."""
-    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ[name] = str(threads)
+    from ...config import set_thread_variables
+
+    set_thread_variables(threads)
     os.environ["TQDM_DISABLE"] = "1"
 
 
