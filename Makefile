@@ -22,12 +22,11 @@ help:
 	@echo "Variables: PARAMS=$(PARAMS) PRESET=$(PRESET) SEED=$(SEED) TEST_WORKERS=$(TEST_WORKERS)"
 
 # --- set-up ---------------------------------------------------------------
-$(VENV)/.installed: pyproject.toml
+# tools/install.py: uv (pip's settings passed on), or pip where uv cannot be used; torch pinned
+# (a CPU build here, the CUDA build of the same version on a GPU machine).
+$(VENV)/.installed: pyproject.toml tools/install.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	# torch first and pinned: a CPU build here, the CUDA build of the same version on a GPU machine
-	$(PY) -m pip install -q "torch==2.13.0"
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) tools/install.py
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $@
 
