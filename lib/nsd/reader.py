@@ -358,7 +358,11 @@ class PreparedSubject:
             brick = h5["imgBrick"]
             if uniq.size and (uniq[0] < 0 or uniq[-1] >= brick.shape[0]):
                 raise ValueError(f"nsd ids must lie in [0, {brick.shape[0]}); got {uniq[[0, -1]]}.")
-            data = brick[uniq.tolist()] if uniq.size else np.zeros((0,) + brick.shape[1:], "uint8")
+            # one image at a time: h5py's list indexing built a selection 50x slower (64 ms
+            # against 1.2 ms for 32 toy images)
+            data = np.empty((uniq.size,) + brick.shape[1:], dtype=brick.dtype)
+            for row, nsd_id in enumerate(uniq.tolist()):
+                data[row] = brick[nsd_id]
         return data[np.searchsorted(uniq, ids)]
 
     def to_volume(self, values, fill: float = 0.0):
