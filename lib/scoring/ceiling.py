@@ -33,8 +33,9 @@ def _anova(R: np.ndarray, chunk: int = _CHUNK):
         Repeats per image (the ANOVA's average ``(N - sum k_i^2 / N) / (I - 1)``).
     df_between, df_within : int
     """
-    valid = np.isfinite(R[:, :, 0])
-    if np.isfinite(R).sum(2).ravel().tolist() != (valid.ravel() * R.shape[2]).tolist():
+    finite = np.isfinite(R)
+    valid = finite[:, :, 0]
+    if not finite.all() and (finite.sum(2) != valid * R.shape[2]).any():
         raise ValueError("repeats has NaN in some voxels of a trial but not in others; a missing "
                          "repeat must be NaN in every voxel.")
     counts = valid.sum(1)
@@ -48,13 +49,19 @@ def _anova(R: np.ndarray, chunk: int = _CHUNK):
     k0 = (n_all - (counts**2).sum() / n_all) / df_b
     ms_b = np.empty(R.shape[2])
     ms_w = np.empty(R.shape[2])
+    complete = bool(valid.all())  # no missing repeat: no masks (3x faster, the same sums)
     for j in range(0, R.shape[2], chunk):
-        x = np.where(valid[:, :, None], R[:, :, j : j + chunk].astype(np.float64), 0.0)
+        x = R[:, :, j : j + chunk].astype(np.float64)
+        if not complete:
+            x = np.where(valid[:, :, None], x, 0.0)
         mean_i = x.sum(1) / counts[:, None]
         grand = x.sum((0, 1)) / n_all
-        ms_b[j : j + chunk] = (counts[:, None] * (mean_i - grand) ** 2).sum(0) / df_b
-        resid = np.where(valid[:, :, None], x - mean_i[:, None, :], 0.0)
-        ms_w[j : j + chunk] = (resid**2).sum((0, 1)) / df_w
+        dev = (mean_i - grand) * np.sqrt(counts)[:, None]
+        ms_b[j : j + chunk] = np.einsum("ij,ij->j", dev, dev) / df_b
+        x -= mean_i[:, None, :]
+        if not complete:
+            x = np.where(valid[:, :, None], x, 0.0)
+        ms_w[j : j + chunk] = np.einsum("ijk,ijk->k", x, x) / df_w
     return ms_b, ms_w, float(k0), df_b, df_w
 
 
