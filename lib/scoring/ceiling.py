@@ -49,7 +49,7 @@ def _anova(R: np.ndarray, chunk: int = _CHUNK):
     k0 = (n_all - (counts**2).sum() / n_all) / df_b
     ms_b = np.empty(R.shape[2])
     ms_w = np.empty(R.shape[2])
-    complete = bool(valid.all())  # no missing repeat: no masks (3x faster, the same sums)
+    complete = bool(valid.all())  # no missing repeat: no masks (about 2x faster, same sums)
     for j in range(0, R.shape[2], chunk):
         x = R[:, :, j : j + chunk].astype(np.float64)
         if not complete:
