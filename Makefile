@@ -64,7 +64,7 @@ lab: setup
 
 # --- checks ---------------------------------------------------------------
 # Tests in TEST_WORKERS processes (pytest-xdist; by default one more than the cores, at most 4:
-# on 2 cores the suite took 543 s in 2 processes, 493 s in 3, 561 s in 4). Each micro
+# on 2 cores the suite took 543-569 s in 2 processes, 434-531 s in 3, 561 s in 4). Each micro
 # book is run once, by the first process that needs it (tests/conftest.py: `once`). The
 # JupyterLab test runs afterwards on its own: beside the other processes it failed twice in
 # CI (a modal dialog over the notebook; a kernel replaced at start), never alone.
