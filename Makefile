@@ -8,8 +8,8 @@ PARAMS ?= notebooks/params/toy.yaml
 PRESET ?= toy
 SEED   ?= 0
 # one test process more than the cores (at most 4): the suite's processes often wait on notebook
-# kernels, Java and Dask; `auto` (one per core) where this cannot be worked out
-TEST_WORKERS ?= $(shell $(PY) -c 'import os, psutil; n = min(len(os.sched_getaffinity(0)), psutil.cpu_count(logical=False) or 1); print(min(4, n + 1))' 2>/dev/null || echo auto)
+# kernels, Java and Dask; `auto` (one per core) before the set-up has made the virtualenv
+TEST_WORKERS ?= $(shell $(PY) -c 'from lib.config import physical_cores; print(min(4, physical_cores() + 1))' 2>/dev/null || echo auto)
 MATHJAX_VERSION := 3.2.2
 VENDOR := book/_static/vendor
 

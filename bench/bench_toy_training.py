@@ -90,7 +90,7 @@ def matmul_rates(repeats: int = 20) -> list[dict]:
 
 
 def main(argv=None) -> dict:
-    from lib.toyworld.models._train import physical_cores
+    from lib.config import physical_cores
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default="vit-l,vit-m,resnet-l")

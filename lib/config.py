@@ -55,6 +55,21 @@ def set_thread_variables(threads: int | str) -> None:
         os.environ[name] = str(threads)
 
 
+def physical_cores() -> int:
+    """Physical CPU cores available to this process (logical CPUs when unknown)."""
+    try:
+        logical = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS, Windows
+        logical = os.cpu_count() or 1
+    try:
+        import psutil
+
+        physical = psutil.cpu_count(logical=False) or logical
+    except ImportError:  # pragma: no cover
+        physical = logical
+    return max(1, min(physical, logical))
+
+
 def resolve_device(device: str = "auto"):
     """Turn ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` into a :class:`torch.device`.
 

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from ...config import physical_cores
 from ..timing import Stopwatch
 
 
@@ -171,23 +172,6 @@ def auto_threads() -> int:
 
     env = os.environ.get("OMP_NUM_THREADS", "").strip()
     return int(env) if env.isdigit() and int(env) > 0 else physical_cores()
-
-
-def physical_cores() -> int:
-    """Physical CPU cores available to this process (logical CPUs when unknown)."""
-    import os
-
-    try:
-        logical = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - macOS, Windows
-        logical = os.cpu_count() or 1
-    try:
-        import psutil
-
-        physical = psutil.cpu_count(logical=False) or logical
-    except ImportError:  # pragma: no cover
-        physical = logical
-    return max(1, min(physical, logical))
 
 
 @contextlib.contextmanager
