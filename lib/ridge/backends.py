@@ -133,6 +133,10 @@ class NumpyBackend:
         """``a @ b``, written into ``out`` when given (no new array per call in loops)."""
         return np.matmul(a, b, out=out)
 
+    def multiply(self, a, b, out=None):
+        """``a * b`` (broadcasting), written into ``out`` when given."""
+        return np.multiply(a, b, out=out)
+
     def subtract_from(self, y, e):
         """``y - e`` written into ``e`` (returns ``e``)."""
         return np.subtract(y, e, out=e)
@@ -230,6 +234,9 @@ class TorchBackend:
 
     def matmul(self, a, b, out=None):
         return self.torch.matmul(a, b, out=out)
+
+    def multiply(self, a, b, out=None):
+        return self.torch.mul(a, b, out=out)
 
     def subtract_from(self, y, e):
         return self.torch.sub(y, e, out=e)

@@ -210,9 +210,8 @@ def eigh_clipped(M, bk, eigh_dtype=None):
     s_np = bk.to_numpy(s)
     smax = float(np.abs(s_np).max()) if s_np.size else 0.0
     tol = max(smax * max(M.shape[0], 1) * finfo(work.dtype).eps, finfo(dt).tiny)
-    keep = np.flatnonzero(s_np > tol)
-    ix = bk.index(keep)
-    return s[ix], bk.copy(Q[:, ix])
+    first = int(np.searchsorted(s_np, tol, side="right"))  # LAPACK sorts them ascending
+    return s[first:], Q[:, first:]  # views: no copy of the (m, m) eigenvectors
 
 
 def largest_eigenvalue(K, bk, n_iter: int = 12) -> float:

@@ -245,13 +245,15 @@ def loo_eigen(design: Design, targets: Targets, alphas, options: Options | None 
         C = U.T @ Yc
         Y_perp = None if spans else Yc - U @ C
         A_best, A_work = None, None  # each target's best dual coefficients; a work array
+        D, E = None, None  # work arrays reused across alphas (no 2 x n x batch allocations each)
         clock("targets")
         for k in range(na):
-            A = bk.matmul(U, C * inv_s[:, k : k + 1], out=A_work)
+            D = bk.multiply(C, inv_s[:, k : k + 1], out=D)
+            A = bk.matmul(U, D, out=A_work)
             if Y_perp is None:
-                E = A * weight[:, k : k + 1]
+                E = bk.multiply(A, weight[:, k : k + 1], out=E)
             else:
-                E = A * float(alphas[k])
+                E = bk.multiply(A, float(alphas[k]), out=E)
                 E += Y_perp
                 E *= inv_1mh[:, k : k + 1]
             acc.add(bk, k, sl, Yc, E, first=k == 0)
@@ -262,13 +264,13 @@ def loo_eigen(design: Design, targets: Targets, alphas, options: Options | None 
                 bk.copy_columns(A_best, A, lower)
             if A_work is None and k < na - 1:
                 A_work = bk.empty(A.shape, A.dtype) if keep_dual else A
-            del A, E
+            del A
         clock("loo")
         if per_target:
             coef[sl] = bk.to_numpy((design.cross(A_best) if keep_dual else
                                     spec.coef(C, a_t[bk.index(best[sl])])).T)
             clock("coef")
-        del C, Yc, Y_perp, A_best, A_work
+        del C, Yc, Y_perp, A_best, A_work, D, E
     scores = acc.scores()
     if not per_target:
         best = choose_alphas(scores, False)
