@@ -101,8 +101,11 @@ def micro_root():
 def micro_run(micro_root, tmp_path_factory):
     """Every notebook of ``micro.yaml`` run once (papermill); returns (params, run dir, times).
 
-    Shared by the end-to-end test (which renders the book around the executed copies) and the
-    science tests (which read the files the stages write).
+    The book runs on a Dask LocalCluster (``python -m lib.run --scheduler local``): the two
+    subjects' chapters run side by side in two worker processes, so the tests that wait for the
+    book start sooner; ``test_jobs`` checks that a serial run gives the same numbers. Shared by
+    the end-to-end test (which renders the book around the executed copies) and the science
+    tests (which read the files the stages write).
     """
     from lib import run
 
@@ -114,7 +117,7 @@ def micro_run(micro_root, tmp_path_factory):
 def _make_micro_book(out):
     from lib import run
 
-    return run.run_book(PARAMS / "micro.yaml", out, cwd=REPO_ROOT)
+    return run.run_book(PARAMS / "micro.yaml", out, cwd=REPO_ROOT, scheduler="local")
 
 
 @pytest.fixture(scope="session")

@@ -205,35 +205,32 @@ def test_slurm_recipe_writes_one_gpu_job_per_worker(tmp_path):
 
 
 @pytest.mark.slow
-def test_distributed_micro_run_equals_the_serial_run(micro_run, tmp_path):
-    """Preparation and stage 1 of both micro subjects on a 2-worker LocalCluster give the numbers
-    of the serial micro book (``micro_run``, the same parameters run one job after another)."""
+def test_serial_run_equals_the_distributed_micro_book(micro_run, tmp_path):
+    """Preparation and stage 1 of subject 1 run one job after another in this process give the
+    numbers of the micro book (``micro_run``), which ran on a Dask LocalCluster."""
     import numpy as np
 
     from lib.decoding.decoder import read_predictions
 
     params, _, _ = micro_run
-    params = {**params, "notebooks": ["01_data_preparation", "03_alignment_ridge"], "sweeps": {},
-              "subjects": [1, 2], "subject": 1}
-    predictions = {}
-    for name, derived in (("serial", REPO_ROOT / params["derived_root"]),
-                          ("dask", tmp_path / "derived")):
-        if name == "dask":
-            path = tmp_path / "dask.yaml"
-            path.write_text(yaml.safe_dump({**params, "derived_root": str(derived)}))
-            times = run.run_book(path, tmp_path / "run", cwd=REPO_ROOT, log=lambda s: None,
-                                 scheduler="local")
-            assert len(times) == 4
-        predictions[name] = {
-            s: read_predictions(derived / params["dataset"] / f"subj0{s}" / "decoding" / "stage1")
-            for s in (1, 2)}
-    for s in (1, 2):
-        serial, dask = predictions["serial"][s], predictions["dask"][s]
-        np.testing.assert_array_equal(serial["test_ids"], dask["test_ids"])
-        np.testing.assert_allclose(serial["test_pred"], dask["test_pred"], rtol=1e-4, atol=1e-5)
+    derived = tmp_path / "derived"
+    path = tmp_path / "serial.yaml"
+    path.write_text(yaml.safe_dump({
+        **params, "notebooks": ["01_data_preparation", "03_alignment_ridge"], "sweeps": {},
+        "subjects": [1], "subject": 1, "derived_root": str(derived)}))
+    times = run.run_book(path, tmp_path / "run", cwd=REPO_ROOT, log=lambda s: None)
+    assert len(times) == 2
+
+    def predictions(root, subject):
+        return read_predictions(root / params["dataset"] / f"subj0{subject}" / "decoding"
+                                / "stage1")
+
+    book_root = REPO_ROOT / params["derived_root"]
+    serial, dask = predictions(derived, 1), predictions(book_root, 1)
+    np.testing.assert_array_equal(serial["test_ids"], dask["test_ids"])
+    np.testing.assert_allclose(serial["test_pred"], dask["test_pred"], rtol=1e-4, atol=1e-5)
     # the two subjects are different brains: their predictions differ
-    assert not np.allclose(predictions["serial"][1]["test_pred"],
-                           predictions["serial"][2]["test_pred"])
+    assert not np.allclose(dask["test_pred"], predictions(book_root, 2)["test_pred"])
 
 
 def test_only_path_parameters_stamp_files(tmp_path):
