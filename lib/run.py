@@ -172,6 +172,9 @@ def run_job(job: Job, params: dict[str, Any], cwd: str | os.PathLike = REPO_ROOT
             cwd=str(cwd),
             progress_bar=False,
             log_output=False,
+            # the copy is written at the start, every 30 s of a long cell and at the end (also
+            # after an error); rewriting it after every cell cost 0.5-2 s per notebook
+            request_save_on_cell_execute=False,
             kernel_manager_class=SocketFileKernelManager,
         )
     except papermill.PapermillExecutionError as err:
