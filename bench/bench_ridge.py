@@ -208,7 +208,7 @@ def _rows_a(rounds: list, Yt) -> tuple[list, dict]:
 
 def part_a(quick: bool, device: str, repeat: int = 1) -> dict:
     """Part (a): lib.ridge against scikit-learn and himalaya, ``repeat`` rounds."""
-    from lib.ridge import probe_blas
+    from lib.ridge import eigh_library, probe_blas
     from lib.ridge.backends import resolve_backend_name
 
     n, p, t = SIZES["a"]["quick" if quick else "full"]
@@ -219,7 +219,8 @@ def part_a(quick: bool, device: str, repeat: int = 1) -> dict:
     print(f"\n(a) {n} x {p} -> {t} targets, {len(ALPHAS_A)} alphas, alpha per target; {_load()}")
     print(f"float32 matmul (lib.ridge probe, 1024^3): numpy {probe['numpy']:.0f} GFLOP/s, "
           f"torch {probe['torch']:.0f} GFLOP/s; backend that ran: {backend} "
-          f"(himalaya runs on its backend of the same name)", flush=True)
+          f"(himalaya runs on its backend of the same name)"
+          + (f"; its eigensolver: {eigh_library()}" if backend == "numpy" else ""), flush=True)
     rounds = []
     for i in range(repeat):
         rounds.append(_round_a(X, Y, Xt, device, backend, other))

@@ -23,6 +23,7 @@ from lib.ridge import (
     RidgeCV,
     Targets,
     cv_splits,
+    eigh_library,
     get_backend,
     kfold,
     loo_cholesky,
@@ -466,6 +467,30 @@ def test_backends_agree_in_float32(cv, solver, n, p):
     same = a.best_alphas_ == b.best_alphas_
     assert _rel(a.predict(Xt)[:, same], b.predict(Xt)[:, same]) < 1e-4
     assert a.coef_.dtype == b.coef_.dtype == np.float32
+
+
+def test_eigensolver_setting_changes_rounding_only(monkeypatch):
+    from lib.ridge.backends import EIGH_ENV_VAR
+
+    X, Y, Xt, _ = _problem(200, 300, 40)
+    fits = {}
+    for name in ("scipy", "torch"):
+        monkeypatch.setenv(EIGH_ENV_VAR, name)
+        eigh_library.cache_clear()
+        assert eigh_library() == name
+        fits[name] = RidgeCV(backend="numpy", warn_edge=None).fit(X, Y)
+        assert fits[name].fit_info_["eigh"] == name
+    a, b = fits["scipy"], fits["torch"]
+    assert np.mean(a.best_alphas_ == b.best_alphas_) >= 0.95
+    same = a.best_alphas_ == b.best_alphas_
+    assert _rel(a.predict(Xt)[:, same], b.predict(Xt)[:, same]) < 1e-4
+    monkeypatch.setenv(EIGH_ENV_VAR, "lapack")
+    eigh_library.cache_clear()
+    with pytest.raises(ValueError, match=EIGH_ENV_VAR):
+        eigh_library()
+    monkeypatch.delenv(EIGH_ENV_VAR)
+    eigh_library.cache_clear()
+    assert eigh_library() in ("scipy", "torch")  # decided by the machine, not by a timing
 
 
 def test_backend_setting_probe_and_environment(monkeypatch):

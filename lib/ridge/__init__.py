@@ -14,7 +14,8 @@ Modules
   per fold, returning a :class:`CVResult` as well.
 - :mod:`lib.ridge.design`: centred designs in feature blocks, Gram matrices, thin spectra.
 - :mod:`lib.ridge.backends`: NumPy/SciPy and torch (CPU, CUDA) backends: CUDA where available,
-  else NumPy, or a setting; :func:`probe_blas` measures both BLAS libraries.
+  else NumPy, or a setting; :func:`probe_blas` measures both BLAS libraries;
+  :func:`eigh_library` names the NumPy backend's eigensolver (MKL's on Intel CPUs).
 - :mod:`lib.ridge.splits`: k-fold and group-aware splits.
 
 Numerics: eigenvalues below ``max(s) * max(n, p) * eps`` are dropped (this removes the
@@ -24,7 +25,14 @@ uses, so ``eigh_dtype`` defaults to the compute dtype; ``dtype="float64"`` match
 scikit-learn to ~1e-10. Where the time goes, per phase, is in ``bench/README.md``.
 """
 
-from lib.ridge.backends import BACKENDS, NumpyBackend, TorchBackend, get_backend, probe_blas
+from lib.ridge.backends import (
+    BACKENDS,
+    NumpyBackend,
+    TorchBackend,
+    eigh_library,
+    get_backend,
+    probe_blas,
+)
 from lib.ridge.design import Design, Targets, spectrum
 from lib.ridge.estimator import DEFAULT_ALPHAS, AlphaGridWarning, RidgeCV
 from lib.ridge.kfold import kfold
@@ -40,5 +48,5 @@ from lib.ridge.splits import cv_splits
 __all__ = [
     "BACKENDS", "DEFAULT_ALPHAS", "AlphaGridWarning", "CVResult", "Design", "NumpyBackend",
     "Options", "RidgeCV", "Targets", "TorchBackend", "cholesky_is_accurate", "cv_splits",
-    "get_backend", "kfold", "loo_cholesky", "loo_eigen", "probe_blas", "spectrum",
+    "eigh_library", "get_backend", "kfold", "loo_cholesky", "loo_eigen", "probe_blas", "spectrum",
 ]

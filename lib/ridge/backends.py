@@ -14,7 +14,8 @@ close, and the two BLAS libraries round differently, enough to change some voxel
 alpha, so the same run would give different numbers from one day to the next. NumPy is also
 the BLAS scikit-learn uses, so benchmarks against it compare algorithms, not libraries. The
 environment variable ``LIB_RIDGE_BACKEND`` (``numpy``, ``torch`` or ``torch_cuda``)
-overrides ``"auto"``; ``python -m bench ridge`` prints both throughputs.
+overrides ``"auto"``; ``python -m bench ridge`` prints both throughputs. The NumPy backend's
+eigendecompositions go through torch's LAPACK (MKL) on Intel CPUs (:func:`eigh_library`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import platform
 import time
 
 import numpy as np
@@ -29,6 +31,8 @@ import numpy as np
 #: Names accepted by :func:`get_backend`.
 BACKENDS = ("auto", "numpy", "torch", "torch_cuda")
 ENV_VAR = "LIB_RIDGE_BACKEND"
+#: Environment variable choosing the NumPy backend's eigensolver (see :func:`eigh_library`).
+EIGH_ENV_VAR = "LIB_RIDGE_EIGH"
 
 
 class NumpyBackend:
@@ -89,7 +93,14 @@ class NumpyBackend:
         pass
 
     def eigh(self, M, overwrite: bool = False):
-        """Eigenvalues (ascending) and eigenvectors of symmetric ``M`` (LAPACK ``syevd``)."""
+        """Eigenvalues (ascending) and eigenvectors of symmetric ``M`` (LAPACK ``syevd`` of
+        the library :func:`eigh_library` names)."""
+        if eigh_library() == "torch":
+            import torch
+
+            with _lapack_threads("torch", "eigh"):
+                s, Q = torch.linalg.eigh(torch.from_numpy(M))
+            return s.numpy(), Q.numpy()
         from scipy.linalg import eigh
 
         with _lapack_threads("numpy"):
@@ -215,7 +226,7 @@ class TorchBackend:
             self.torch.cuda.synchronize(self.device)
 
     def eigh(self, M, overwrite: bool = False):
-        with _lapack_threads(self.name):
+        with _lapack_threads(self.name, "eigh"):
             return self.torch.linalg.eigh(M)
 
     def cholesky(self, G, overwrite: bool = False):
@@ -262,8 +273,10 @@ def _best_gflops(fns: dict, flops: float, repeats: int) -> dict:
 
 
 @contextlib.contextmanager
-def _lapack_threads(backend: str):
-    """Run LAPACK factorisations on one thread where :func:`probe_blas` found that faster.
+def _lapack_threads(backend: str, task: str = "lapack"):
+    """Run LAPACK factorisations on one thread where :func:`probe_blas` found that faster
+    (``task="eigh"``: torch's eigendecomposition, probed on its own by
+    :func:`probe_torch_eigh`).
 
     Threaded LAPACK (``potrf``, ``syevd``; OpenBLAS's and torch's alike) synchronises its
     threads at every panel; when the cores are shared with other work this can make it
@@ -271,7 +284,11 @@ def _lapack_threads(backend: str):
     n = 3000 8-11 s on 2 threads, 0.55 s on one; ``syevd`` at n = 1500 13-18 s vs 1.2-2 s),
     while matrix products keep their speed.
     """
-    if backend == "torch_cuda" or probe_blas()[f"{backend}_lapack_threads"] != 1:
+    if backend == "torch_cuda":
+        yield
+        return
+    threads = probe_torch_eigh() if task == "eigh" else probe_blas()[f"{backend}_lapack_threads"]
+    if threads != 1:
         yield
         return
     if backend == "torch":
@@ -334,6 +351,70 @@ def probe_blas(n: int = 1024, repeats: int = 4) -> dict:
         out[f"{lib}_lapack_threads"] = 1 if chol[f"{lib}_1"] > chol[lib] else None
         out[f"{lib}_cholesky"] = max(chol[f"{lib}_1"], chol[lib])
     return out
+
+
+@functools.cache
+def probe_torch_eigh(n: int = 768, repeats: int = 2) -> int | None:
+    """1 when torch's ``syevd`` runs faster on one thread than on all, else None.
+
+    Measured once per process, the first time :class:`NumpyBackend` decomposes through torch
+    (:func:`eigh_library`): best of ``repeats`` alternating rounds at ``n x n``, about 0.3 s
+    (at n = 384 one thread won on a quiet 2-core Xeon where two threads were 1.6x faster at
+    n = 3000; from n = 768 on the two agree).
+    """
+    import torch
+
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    sym = torch.from_numpy(a @ a.T / n + np.eye(n, dtype=np.float32))
+
+    def one():
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        torch.linalg.eigh(sym)
+        torch.set_num_threads(before)
+
+    speed = _best_gflops({"one": one, "all": lambda: torch.linalg.eigh(sym)}, 1.0, repeats)
+    return 1 if speed["one"] > speed["all"] else None
+
+
+def _cpu_vendor() -> str:
+    """The CPU's vendor string (``GenuineIntel``, ``AuthenticAMD``; empty if unknown)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "GenuineIntel" if "intel" in platform.processor().lower() else ""
+
+
+@functools.cache
+def eigh_library() -> str:
+    """Which LAPACK runs the NumPy backend's eigendecompositions: ``"torch"`` or ``"scipy"``.
+
+    ``$LIB_RIDGE_EIGH`` (``torch`` or ``scipy``) decides when set. Otherwise torch's (MKL)
+    on Intel CPUs when torch was built with MKL, else SciPy's (OpenBLAS). On a 2-core Intel
+    Xeon MKL's ``ssyevd`` at n = 3000 took 1.11-1.27 s inside the fit against 1.40-1.72 s for
+    SciPy's (five alternating fits each), a tenth of a leave-one-out fit; on AMD CPUs it was
+    not measured, so SciPy's stays. The rule depends on the machine, never on a timing, so a
+    run gives the same numbers every day (the two libraries round differently).
+
+    Returns
+    -------
+    library : {"torch", "scipy"}
+    """
+    setting = os.environ.get(EIGH_ENV_VAR, "") or "auto"
+    if setting in ("torch", "scipy"):
+        return setting
+    if setting != "auto":
+        raise ValueError(f"{EIGH_ENV_VAR}={setting!r} is not one of ('torch', 'scipy', 'auto').")
+    try:
+        import torch
+    except ImportError:
+        return "scipy"
+    intel = _cpu_vendor() == "GenuineIntel"
+    return "torch" if intel and torch.backends.mkl.is_available() else "scipy"
 
 
 def resolve_backend_name(backend: str = "auto", device: str = "auto") -> str:

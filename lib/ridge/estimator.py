@@ -10,7 +10,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_array, check_consistent_length, check_is_fitted
 
-from lib.ridge.backends import get_backend, probe_blas
+from lib.ridge.backends import eigh_library, get_backend, probe_blas
 from lib.ridge.design import Clock, Design, Targets, batches
 from lib.ridge.kfold import kfold
 from lib.ridge.solvers import (
@@ -236,6 +236,7 @@ class RidgeCV(RegressorMixin, BaseEstimator):
             "dtype": self.dtype, "time_s": time.perf_counter() - t0, "phase_s": opt.times,
             "blas_gflops": probe_blas() if self.backend == "auto" and bk.name != "torch_cuda"
             else None,
+            "eigh": eigh_library() if bk.name == "numpy" else bk.name,
         }
         return self
 
