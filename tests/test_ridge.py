@@ -470,7 +470,7 @@ def test_backends_agree_in_float32(cv, solver, n, p):
 
 
 def test_eigensolver_setting_changes_rounding_only(monkeypatch):
-    from lib.ridge.backends import EIGH_ENV_VAR
+    from lib.ridge.machine import EIGH_ENV_VAR
 
     X, Y, Xt, _ = _problem(200, 300, 40)
     fits = {}

@@ -14,8 +14,9 @@ Modules
   per fold, returning a :class:`CVResult` as well.
 - :mod:`lib.ridge.design`: centred designs in feature blocks, Gram matrices, thin spectra.
 - :mod:`lib.ridge.backends`: NumPy/SciPy and torch (CPU, CUDA) backends: CUDA where available,
-  else NumPy, or a setting; :func:`probe_blas` measures both BLAS libraries;
-  :func:`eigh_library` names the NumPy backend's eigensolver (MKL's on Intel CPUs).
+  else NumPy, or a setting.
+- :mod:`lib.ridge.machine`: :func:`probe_blas` measures both BLAS libraries (and LAPACK's
+  threads); :func:`eigh_library` names the NumPy backend's eigensolver (MKL's on Intel CPUs).
 - :mod:`lib.ridge.splits`: k-fold and group-aware splits.
 
 Numerics: eigenvalues below ``max(s) * max(n, p) * eps`` are dropped (this removes the
@@ -25,17 +26,11 @@ uses, so ``eigh_dtype`` defaults to the compute dtype; ``dtype="float64"`` match
 scikit-learn to ~1e-10. Where the time goes, per phase, is in ``bench/README.md``.
 """
 
-from lib.ridge.backends import (
-    BACKENDS,
-    NumpyBackend,
-    TorchBackend,
-    eigh_library,
-    get_backend,
-    probe_blas,
-)
+from lib.ridge.backends import BACKENDS, NumpyBackend, TorchBackend, get_backend
 from lib.ridge.design import Design, Targets, spectrum
 from lib.ridge.estimator import DEFAULT_ALPHAS, AlphaGridWarning, RidgeCV
 from lib.ridge.kfold import kfold
+from lib.ridge.machine import eigh_library, probe_blas
 from lib.ridge.solvers import (
     CVResult,
     Options,

@@ -10,9 +10,10 @@ import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_array, check_consistent_length, check_is_fitted
 
-from lib.ridge.backends import eigh_library, get_backend, probe_blas
+from lib.ridge.backends import get_backend
 from lib.ridge.design import Clock, Design, Targets, batches
 from lib.ridge.kfold import kfold
+from lib.ridge.machine import eigh_library, probe_blas
 from lib.ridge.solvers import (
     Options,
     cholesky_is_accurate,
