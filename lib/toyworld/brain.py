@@ -42,10 +42,6 @@ from .scenes import COLOR_NAMES, KINDS, PLACES
 #: The ROI files the simulator draws (NSD's label tables live in :data:`lib.nsd.layout.ROI_LABELS`;
 #: ``nsdgeneral`` is drawn separately, as the mask around them).
 _DRAWN_ROI_FILES = tuple(f for f in ROI_LABELS if f != "nsdgeneral")
-#: Category of each floc file.
-FLOC_CATEGORY = {"floc-faces": "face", "floc-bodies": "body", "floc-words": "word",
-                 "floc-places": "place"}
-
 #: Centres (right hemisphere, MNI mm; mirrored for the left) and radii (mm) of category ROIs.
 #: Words are larger on the left (``radius_left``).
 _ROI_CENTRES = {

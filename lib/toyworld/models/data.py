@@ -113,6 +113,3 @@ def make_corpus(n: int, seed: int, stream: int, image_size: int = 64, desc: str 
     return Corpus(images=images, captions=captions, labels=labels, scenes=scenes)
 
 
-def word_texts(scenes) -> set[str]:
-    """Lower-cased letter strings written on ``word`` objects (kept out of the vocabulary)."""
-    return {o.text.lower() for s in scenes for o in s.objects if o.text}
