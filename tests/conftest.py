@@ -102,7 +102,7 @@ def micro_run(micro_root, tmp_path_factory):
     """Every notebook of ``micro.yaml`` run once (papermill); returns (params, run dir, times).
 
     The book runs on a Dask LocalCluster (``python -m lib.run --scheduler local``): the two
-    subjects' chapters run side by side in two worker processes, so the tests that wait for the
+    subjects' chapters run side by side (a worker process per core), so the tests that wait for the
     book start sooner; ``test_jobs`` checks that a serial run gives the same numbers. Shared by
     the end-to-end test (which renders the book around the executed copies) and the science
     tests (which read the files the stages write).

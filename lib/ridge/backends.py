@@ -12,11 +12,10 @@ with ``"auto"`` uses CUDA when it is asked for or available, else NumPy, always:
 by timing (:func:`lib.ridge.machine.probe_blas` measures both) flips with the machine's load
 when the two are close, and the two BLAS libraries round differently, enough to change some
 voxels' chosen alpha, so the same run would give different numbers from one day to the next.
-NumPy is also
-the BLAS scikit-learn uses, so benchmarks against it compare algorithms, not libraries. The
-environment variable ``LIB_RIDGE_BACKEND`` (``numpy``, ``torch`` or ``torch_cuda``)
-overrides ``"auto"``; ``python -m bench ridge`` prints both throughputs. The NumPy backend's
-eigendecompositions go through torch's LAPACK (MKL) on Intel CPUs
+NumPy is also the BLAS scikit-learn uses, so benchmarks against it compare algorithms, not
+libraries. The environment variable ``LIB_RIDGE_BACKEND`` (``numpy``, ``torch`` or
+``torch_cuda``) overrides ``"auto"``; ``python -m bench ridge`` prints both throughputs. The
+NumPy backend's eigendecompositions go through torch's LAPACK (MKL) on Intel CPUs
 (:func:`lib.ridge.machine.eigh_library`).
 """
 
