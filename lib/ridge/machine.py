@@ -36,6 +36,19 @@ def _best_gflops(fns: dict, flops: float, repeats: int) -> dict:
 
 
 @contextlib.contextmanager
+def _one_torch_thread():
+    """torch on one thread inside the block, its thread count restored after."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
 def lapack_threads(backend: str, task: str = "lapack"):
     """Run LAPACK factorisations on one thread where :func:`probe_blas` found that faster
     (``task="eigh"``: torch's eigendecomposition, probed on its own by
@@ -62,14 +75,8 @@ def lapack_threads(backend: str, task: str = "lapack"):
         yield
         return
     if backend == "torch":
-        import torch
-
-        before = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
+        with _one_torch_thread():
             yield
-        finally:
-            torch.set_num_threads(before)
         return
     from threadpoolctl import threadpool_limits
 
@@ -109,10 +116,8 @@ def probe_blas(n: int = 1024, repeats: int = 4) -> dict:
             lapack.spotrf(g, lower=1)
 
     def torch_one():
-        before = torch.get_num_threads()
-        torch.set_num_threads(1)
-        torch.linalg.cholesky(tg)
-        torch.set_num_threads(before)
+        with _one_torch_thread():
+            torch.linalg.cholesky(tg)
 
     chol = _best_gflops({"numpy_1": numpy_one, "numpy": lambda: lapack.spotrf(g, lower=1),
                          "torch_1": torch_one, "torch": lambda: torch.linalg.cholesky(tg)},
@@ -130,18 +135,19 @@ def probe_torch_eigh(n: int = 768, repeats: int = 2) -> int | None:
     Measured once per process, the first time :class:`NumpyBackend` decomposes through torch
     (:func:`eigh_library`): best of ``repeats`` alternating rounds at ``n x n``, about 0.3 s
     (at n = 384 one thread won on a quiet 2-core Xeon where two threads were 1.6x faster at
-    n = 3000; from n = 768 on the two agree).
+    n = 3000; from n = 768 on the two agree). Not measured when torch already runs on one
+    thread (each test process, a Dask worker on a shared machine): nothing to choose.
     """
     import torch
 
+    if torch.get_num_threads() == 1:
+        return None
     a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
     sym = torch.from_numpy(a @ a.T / n + np.eye(n, dtype=np.float32))
 
     def one():
-        before = torch.get_num_threads()
-        torch.set_num_threads(1)
-        torch.linalg.eigh(sym)
-        torch.set_num_threads(before)
+        with _one_torch_thread():
+            torch.linalg.eigh(sym)
 
     speed = _best_gflops({"one": one, "all": lambda: torch.linalg.eigh(sym)}, 1.0, repeats)
     return 1 if speed["one"] > speed["all"] else None
