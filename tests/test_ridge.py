@@ -469,8 +469,10 @@ def test_backends_agree_in_float32(cv, solver, n, p):
     assert a.coef_.dtype == b.coef_.dtype == np.float32
 
 
-def test_eigensolver_setting_changes_rounding_only(monkeypatch):
+def test_eigensolver_setting_changes_rounding_only(monkeypatch, request):
     from lib.ridge.machine import EIGH_ENV_VAR
+
+    request.addfinalizer(eigh_library.cache_clear)  # later tests read the restored setting
 
     X, Y, Xt, _ = _problem(200, 300, 40)
     fits = {}
