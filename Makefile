@@ -7,6 +7,9 @@ PY     := $(VENV)/bin/python
 PARAMS ?= notebooks/params/toy.yaml
 PRESET ?= toy
 SEED   ?= 0
+# the notebooks on a Dask LocalCluster (the two subjects' chapters side by side); SCHEDULER=
+# (empty) runs them one after another in one process
+SCHEDULER ?= local
 # one test process more than the cores (at most 4): the suite's processes often wait on notebook
 # kernels, Java and Dask; `auto` (one per core) before the set-up has made the virtualenv
 TEST_WORKERS ?= $(shell $(PY) -c 'from lib.config import physical_cores; print(min(4, physical_cores() + 1))' 2>/dev/null || echo auto)
@@ -21,7 +24,7 @@ help:
 	@echo "make test   - run the test suite (unit tests, micro notebooks, offline browser check)"
 	@echo "make lint   - ruff (lib, tests, bench, notebooks) and the notebooks-without-outputs check"
 	@echo "make bench  - run the benchmarks in bench/"
-	@echo "Variables: PARAMS=$(PARAMS) PRESET=$(PRESET) SEED=$(SEED) TEST_WORKERS=$(TEST_WORKERS)"
+	@echo "Variables: PARAMS=$(PARAMS) PRESET=$(PRESET) SEED=$(SEED) SCHEDULER=$(SCHEDULER) TEST_WORKERS=$(TEST_WORKERS)"
 
 # --- set-up ---------------------------------------------------------------
 # tools/install.py: uv (pip's settings passed on), or pip where uv cannot be used; torch pinned
@@ -51,7 +54,7 @@ toyworld: setup
 	$(PY) -m lib.toyworld build --preset $(PRESET) --seed $(SEED)
 
 notebooks: toyworld
-	$(PY) -m lib.run --params $(PARAMS)
+	$(PY) -m lib.run --params $(PARAMS) $(if $(SCHEDULER),--scheduler $(SCHEDULER))
 
 book: notebooks
 	$(VENV)/bin/jupyter-book build . --quiet

@@ -7,9 +7,11 @@ wall time and CPU time (user + system of the subprocess and everything it waited
   broken into the phases the build records itself in ``BUILD.json``
   (:mod:`lib.toyworld.timing`): each world step, the models' corpus, each BLIP-2 step, each
   zoo model;
-- ``notebooks``: each notebook of ``notebooks/params/<P>.yaml`` through
-  ``python -m lib.run --only NAME`` (sweep runs of a notebook are sub-rows, wall time as
-  lib.run prints it);
+- ``notebooks``: the job graph of ``notebooks/params/<P>.yaml`` as ``make book`` runs it,
+  ``python -m lib.run --scheduler local`` (a row for the graph, sub-rows with lib.run's wall
+  time of each job; jobs overlap); with ``--scheduler serial`` each notebook through
+  ``python -m lib.run --only NAME`` instead, one after another (a row each, sweep runs as
+  sub-rows);
 - ``jupyter-book``: ``jupyter-book build . --quiet``.
 
 The float32 matmul throughput of torch and of numpy (4096^3, best of 3) and the load average
@@ -18,8 +20,9 @@ are measured in the same run, before and after, so tables from different machine
 The set-up (virtualenv, pip) is not timed.
 
 Run: ``python -m bench book [--preset micro|toy] [--phases toyworld,notebooks,jupyter-book]
-[--seed 0] [--out DIR] [--json FILE]``; ``python -m bench book --compare BUILD_A BUILD_B``
-prints two finished builds' scientific outputs (:func:`science`) and phase times side by side.
+[--scheduler local|serial] [--seed 0] [--out DIR] [--json FILE]``;
+``python -m bench book --compare BUILD_A BUILD_B`` prints two finished builds' scientific
+outputs (:func:`science`) and phase times side by side.
 """
 
 from __future__ import annotations
@@ -112,23 +115,39 @@ def build_rows(out: Path) -> list[dict]:
 _DONE = re.compile(r"^\[\d+/\d+\] (.+) done in ([\d.]+) s")
 
 
-def notebook_rows(params: Path, output_dir: Path) -> list[dict]:
-    """Run each notebook of ``params`` with lib.run; one row each (sweep runs as sub-rows)."""
+def notebook_rows(params: Path, output_dir: Path, scheduler: str = "local") -> list[dict]:
+    """Run the notebooks of ``params`` with lib.run: the whole graph, or one notebook at a time.
+
+    ``scheduler="local"`` (as ``make book``): one ``lib.run --scheduler local`` run, a row for
+    it and a sub-row per job (lib.run's wall time; jobs overlap). ``"serial"``: one
+    ``lib.run --only NAME`` per notebook, a row each (sweep runs as sub-rows).
+    """
     from lib.run import load_params
 
+    base = [sys.executable, "-m", "lib.run", "--params", str(params),
+            "--output-dir", str(output_dir)]
+    if scheduler != "serial":
+        times, stdout = run_timed(base + ["--scheduler", scheduler])
+        print(f"notebooks ({scheduler}): {times['wall_s']:.1f} s wall, {times['cpu_s']:.1f} s "
+              "CPU", flush=True)
+        return [{"phase": f"notebooks (scheduler {scheduler})", **times}] + _job_rows(stdout)
     names = [str(n).removesuffix(".ipynb") for n in load_params(params)["notebooks"]]
     rows = []
     for name in names:
-        times, stdout = run_timed([sys.executable, "-m", "lib.run", "--params", str(params),
-                                   "--only", name, "--output-dir", str(output_dir)])
-        runs = [m.groups() for m in map(_DONE.match, stdout.splitlines()) if m]
+        times, stdout = run_timed(base + ["--only", name])
         rows.append({"phase": f"notebook {name}", **times})
         print(f"notebook {name}: {times['wall_s']:.1f} s wall, {times['cpu_s']:.1f} s CPU",
               flush=True)
-        if len(runs) > 1:  # a sweep: lib.run's own wall time per run
-            rows += [{"phase": f"  {label}", "wall_s": float(s), "cpu_s": None}
-                     for label, s in runs]
+        jobs = _job_rows(stdout)
+        if len(jobs) > 1:  # a sweep
+            rows += jobs
     return rows
+
+
+def _job_rows(stdout: str) -> list[dict]:
+    """Sub-rows from lib.run's ``[i/n] LABEL done in S s`` lines (wall time, no CPU)."""
+    return [{"phase": f"  {label}", "wall_s": float(s), "cpu_s": None}
+            for label, s in (m.groups() for m in map(_DONE.match, stdout.splitlines()) if m)]
 
 
 def jupyter_book_rows() -> list[dict]:
@@ -220,6 +239,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--output-dir", default=None,
                         help="executed notebooks (default: a temporary folder; book/run with "
                              "the jupyter-book phase, as make book)")
+    parser.add_argument("--scheduler", default="local", choices=["local", "serial"],
+                        help="notebooks as make book runs them (local: a Dask LocalCluster) "
+                             "or one notebook after another, a row each (serial)")
     parser.add_argument("--json", default=None, help="write the measurements to this JSON file")
     parser.add_argument("--matmul-n", type=int, default=4096,
                         help="size of the matmul probe (4096 as bench ridge; 2048 is 8x "
@@ -250,12 +272,12 @@ def main(argv=None) -> dict:
         rows += toyworld_rows(args.preset, args.seed, out)
     if "notebooks" in phases:
         if args.output_dir:
-            rows += notebook_rows(params, Path(args.output_dir))
+            rows += notebook_rows(params, Path(args.output_dir), args.scheduler)
         elif "jupyter-book" in phases:
-            rows += notebook_rows(params, REPO / "book" / "run")
+            rows += notebook_rows(params, REPO / "book" / "run", args.scheduler)
         else:
             with tempfile.TemporaryDirectory(prefix="bench_book_") as tmp:
-                rows += notebook_rows(params, Path(tmp))
+                rows += notebook_rows(params, Path(tmp), args.scheduler)
     if "jupyter-book" in phases:
         rows += jupyter_book_rows()
     after = machine(args.matmul_n)
@@ -264,7 +286,8 @@ def main(argv=None) -> dict:
              "cpu_s": sum(r["cpu_s"] for r in top)}
     print(table(rows + [total]))
     print("after: " + _machine_line(after))
-    result = {"preset": args.preset, "seed": args.seed, "phases": phases, "rows": rows,
+    result = {"preset": args.preset, "seed": args.seed, "phases": phases,
+              "scheduler": args.scheduler, "rows": rows,
               "total": total, "machine_before": before, "machine_after": after}
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))

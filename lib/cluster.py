@@ -8,6 +8,7 @@ run to the end. Three ways to run::
 
     python -m lib.run --params P                          # serial, in this process (default)
     python -m lib.run --params P --scheduler local        # LocalCluster: a worker per GPU or core
+                                                          # (make book uses it)
     python -m lib.run --params P --scheduler slurm        # dask-jobqueue SLURMCluster (``slurm:``)
     python -m lib.run --params P --scheduler tcp://host:8786   # a scheduler you started
 """
@@ -153,10 +154,15 @@ def _workers_have_gpus(client) -> bool:
 def local_cluster(n_workers: int | None = None):
     """A Dask cluster on this machine: one worker per GPU (each sees only its GPU), else per core.
 
+    On a CPU-only machine each worker runs one notebook at a time on ``cores // n_workers``
+    threads (:func:`cpu_workers`): on 2 cores the two subjects' chapters run side by side,
+    one thread each, which finishes the toy book's notebooks about a quarter sooner than one
+    notebook after the other on two threads (``book/course.md``, *How long it takes*).
+
     Parameters
     ----------
     n_workers : int or None
-        Number of workers on a CPU-only machine (default: the number of cores).
+        Number of workers on a CPU-only machine (default: :func:`cpu_workers`).
 
     Returns
     -------
@@ -164,20 +170,53 @@ def local_cluster(n_workers: int | None = None):
     """
     from distributed import LocalCluster, Nanny, Scheduler, SpecCluster
 
+    cores = os.cpu_count() or 1
     n_gpus = _cuda_device_count()
     if n_gpus:
         workers = {
             f"gpu{i}": {"cls": Nanny, "options": {
                 "nthreads": 1, "resources": {"GPU": 1},
-                "env": {"CUDA_VISIBLE_DEVICES": str(i),
-                        THREADS_ENV: str(max(1, (os.cpu_count() or 1) // n_gpus))}}}
+                "env": {"CUDA_VISIBLE_DEVICES": str(i), THREADS_ENV: str(max(1, cores // n_gpus))}}}
             for i in range(n_gpus)
         }
         return SpecCluster(workers=workers, scheduler={"cls": Scheduler, "options": {
             "dashboard_address": ":0"}})
-    n = n_workers or os.cpu_count() or 1
+    n = n_workers or cpu_workers(cores, _available_memory())
     return LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                        dashboard_address=":0")
+                        dashboard_address=":0", env={THREADS_ENV: str(max(1, cores // n))})
+
+
+#: Memory set aside per CPU worker, whose kernel runs one notebook at a time.
+WORKER_MEMORY_BYTES = 3 * 2**30
+
+
+def cpu_workers(cores: int, available_bytes: int | None) -> int:
+    """Workers of a CPU-only LocalCluster: one per core, at most one per 3 GB of free memory.
+
+    Parameters
+    ----------
+    cores : int
+        CPU cores of the machine.
+    available_bytes : int or None
+        Memory available now; None when unknown (no cap).
+
+    Returns
+    -------
+    n_workers : int
+        At least 1.
+    """
+    n = max(1, int(cores))
+    if available_bytes is not None:
+        n = min(n, max(1, int(available_bytes) // WORKER_MEMORY_BYTES))
+    return n
+
+
+def _available_memory() -> int | None:
+    try:
+        import psutil
+    except ImportError:  # pragma: no cover - psutil comes with dask.distributed
+        return None
+    return int(psutil.virtual_memory().available)
 
 
 def _cuda_device_count() -> int:

@@ -184,6 +184,16 @@ def test_dask_run_equals_serial_and_survives_a_killed_worker(project):
     assert results(tmp_path) == expected
 
 
+def test_local_cpu_cluster_has_a_worker_per_core_and_3_gb_each():
+    from lib.cluster import WORKER_MEMORY_BYTES, cpu_workers
+
+    assert cpu_workers(2, None) == 2
+    assert cpu_workers(2, 64 * 2**30) == 2
+    assert cpu_workers(16, 10 * 2**30) == 10 * 2**30 // WORKER_MEMORY_BYTES == 3
+    assert cpu_workers(4, 2**30) == 1  # too little memory for two notebooks at once
+    assert cpu_workers(0, None) == 1
+
+
 def test_slurm_recipe_writes_one_gpu_job_per_worker(tmp_path):
     pytest.importorskip("dask_jobqueue")
     from lib.cluster import slurm_cluster
