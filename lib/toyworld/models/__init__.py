@@ -5,10 +5,10 @@
 - ``blip2-toy-itm/``  :class:`~transformers.Blip2ForImageTextRetrieval` + ``Blip2Processor``
   (stand-in for ``Salesforce/blip2-itm-vit-g``), image-text contrastive training;
 - ``blip2-toy-opt/``  :class:`~transformers.Blip2ForConditionalGeneration` + ``Blip2Processor``
-  (stand-in for ``Salesforce/blip2-opt-2.7b``); vision encoder (the zoo's ``vit-l``, frozen),
-  Q-Former and query tokens equal to the ITM model's (stage 1 trains the last two with the
-  contrastive loss and a captioning loss through this model's OPT), then frozen while the
-  language side trains on (see :func:`lib.toyworld.models.blip2.train_blip2`);
+  (stand-in for ``Salesforce/blip2-opt-2.7b``); vision encoder, Q-Former and query tokens
+  equal to the ITM model's (stage 1 trains them with the contrastive loss and a captioning
+  loss through this model's OPT), then frozen while the language side trains on
+  (see :func:`lib.toyworld.models.blip2.train_blip2`);
 - ``vision/<name>/``  ViT and ResNet classifiers at three sizes (+ untrained baselines);
 - ``language/<name>/`` OPT causal language models at three sizes (+ an untrained baseline);
 - ``zoo.json``        ``[{name, path, family, modality, n_params, trained}]``;
@@ -37,7 +37,8 @@ PRESETS: dict = {
         "min_count": 2,
         "max_workers": 4,
         "blip2": {
-            "image_encoder": "vit-l",  # a trained zoo ViT, frozen (blip2.load_vit_encoder)
+            "vision_hidden": 96, "vision_layers": 4, "patch_size": 8,
+            "vision_pretrain_epochs": 4, "vision_pretrain_batch": 64, "vision_pretrain_lr": 2e-3,
             "qformer_hidden": 128, "qformer_layers": 2, "num_query_tokens": 8,
             "embed_dim": 64, "lm_hidden": 128, "lm_layers": 2,
             "itm_epochs": 3, "itm_batch": 32, "itm_lr": 1e-3, "temperature": 0.07,
@@ -73,9 +74,9 @@ PRESETS["micro"] = {
     "max_workers": 1,  # seconds of training: starting a process (torch, transformers) costs more
     "blip2": {
         **PRESETS["toy"]["blip2"],
-        "qformer_hidden": 32,
+        "vision_hidden": 32, "vision_layers": 1, "patch_size": 16, "qformer_hidden": 32,
         "qformer_layers": 1, "num_query_tokens": 4, "embed_dim": 16, "lm_hidden": 32,
-        "lm_layers": 1, "itm_epochs": 1, "itm_batch": 32,
+        "lm_layers": 1, "vision_pretrain_epochs": 1, "itm_epochs": 1, "itm_batch": 32,
         "opt_epochs": 1, "opt_batch": 32,
         "opt_pairs_per_epoch": 96, "max_new_tokens": 12,
     },
@@ -208,7 +209,6 @@ def train_all(models_dir, preset: str | dict = "toy", seed: int = 0,
         phases.phases.update(result["phases"])
         quality.update(result["quality"])
         zoo.extend(result["zoo"])
-    zoo.sort(key=lambda row: _zoo_order(cfg).index(row["name"]))
     if zoo:
         write_json(models_dir / "zoo.json", zoo)
     total_times = total.as_dict()
@@ -239,73 +239,29 @@ def training_workers(threads: int, max_workers: int, n_tasks: int) -> int:
 
 
 def _tasks(cfg: dict, parts) -> list[tuple]:
-    """Training tasks ``(part, vision family or None, sizes or None)``, the costliest first.
-
-    The vision size that BLIP-2 takes as its image encoder (``cfg["blip2"]["image_encoder"]``,
-    ``vit-l``) is a task of its own, ahead of its family's other sizes: the BLIP-2 task needs it
-    (:func:`_run_tasks` starts it when that task is done).
-    """
-    encoder = _image_encoder(cfg) if "blip2" in parts else None
-    tasks = []
-    if "vision" in parts or encoder:
-        for fam, sizes in cfg["vision"]["sizes"].items():
-            if encoder and encoder[0] == fam:
-                tasks.append(("vision", fam, (encoder[1],)))
-            rest = tuple(s for s in sizes if (fam, s) != encoder)
-            if "vision" in parts and rest:
-                tasks.append(("vision", fam, rest))
-    if "blip2" in parts:
-        tasks.append(("blip2", None, None))
+    """Independent training tasks, the costliest first (``(part, vision family or None)``)."""
+    tasks = [("blip2", None)] if "blip2" in parts else []
+    if "vision" in parts:
+        tasks += [("vision", fam) for fam in cfg["vision"]["sizes"]]
     if "language" in parts:
-        tasks.append(("language", None, None))
+        tasks.append(("language", None))
     return tasks
 
 
-def _zoo_order(cfg: dict) -> list[str]:
-    """Zoo model names in the preset's order (family, size, trained before untrained)."""
-    names = [f"{fam}-{s}" for fam, sizes in cfg["vision"]["sizes"].items() for s in sizes]
-    names += [f"opt-{s}" for s in cfg["language"]["sizes"]]
-    return [n for name in names for n in (name, f"{name}-untrained")]
-
-
-def _image_encoder(cfg: dict) -> tuple[str, str]:
-    """``(family, size)`` of the zoo ViT that BLIP-2 takes as its image encoder."""
-    name = cfg["blip2"]["image_encoder"]
-    family, _, size = name.rpartition("-")
-    if family != "vit" or size not in cfg["vision"]["sizes"].get(family, {}):
-        raise ValueError(f"blip2 image_encoder {name!r}: expected a ViT of the vision zoo "
-                         f"(vit-{'|'.join(cfg['vision']['sizes'].get('vit', {}))})")
-    return family, size
-
-
 def _run_tasks(tasks: list, workers: int, threads, args: tuple) -> list[dict]:
-    """Run :func:`_train_task` for every task, here or in ``workers`` processes (in order).
-
-    The tasks after the BLIP-2 task (it and the language zoo) are submitted once the image
-    encoder's task is done, so a free worker starts BLIP-2 before the cheaper language zoo.
-    """
-    held = next((i for i, t in enumerate(tasks) if t[0] == "blip2"), len(tasks))
+    """Run :func:`_train_task` for every task, here or in ``workers`` processes (in order)."""
     if workers <= 1:
         return [_train_task(task, *args) for task in tasks]
     import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
     print(f"[toyworld] models: {len(tasks)} parts in {workers} processes, {threads} thread(s) "
           "each (one line per model as it finishes)", flush=True)
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_start_worker, initargs=(threads,)) as pool:
-        def submit(task):
-            return pool.submit(_train_task, task, *args, threads=threads)
-
-        futures = [submit(task) for task in tasks[:held]]
+        futures = [pool.submit(_train_task, task, *args, threads=threads) for task in tasks]
         try:
-            if held < len(tasks):
-                encoder = futures[0]  # _tasks puts the image encoder's task first
-                while not encoder.done():
-                    wait([encoder], return_when=FIRST_COMPLETED)
-                encoder.result()
-                futures += [submit(task) for task in tasks[held:]]
             return [future.result() for future in futures]
         except BrokenProcessPool as err:
             raise RuntimeError(
@@ -345,7 +301,7 @@ def _train_task(task: tuple, models_dir, cfg, train, val, tok, seed, threads=Non
     from ..timing import PhaseTimes
     from ._train import num_threads
 
-    part, family, sizes = task
+    part, family = task
     phases = PhaseTimes(prefix="[toyworld] models:")
     quality: dict = {}
     zoo: list = []
@@ -353,28 +309,19 @@ def _train_task(task: tuple, models_dir, cfg, train, val, tok, seed, threads=Non
         if part == "blip2":
             _train_blip2_part(models_dir, cfg, train, val, tok, seed, phases, quality)
         elif part == "vision":
-            _train_vision_part(models_dir, cfg, train, val, seed, phases, quality, zoo, family,
-                               sizes)
+            _train_vision_part(models_dir, cfg, train, val, seed, phases, quality, zoo, family)
         else:
             _train_language_part(models_dir, cfg, train, val, tok, seed, phases, quality, zoo)
     return {"phases": phases.as_dict(), "quality": quality, "zoo": zoo}
 
 
 def _train_blip2_part(models_dir, cfg, train, val, tok, seed, phases, quality):
-    from transformers import AutoImageProcessor, ViTForImageClassification
-
     from . import blip2
 
     size = int(cfg["image_size"])
     spec = cfg["blip2"]
     processor = blip2.make_processor(tok, size, spec["num_query_tokens"])
-    path = models_dir / "vision" / spec["image_encoder"]
-    if not (path / "config.json").exists():
-        raise FileNotFoundError(f"{path}: BLIP-2's image encoder, the zoo's "
-                                f"{spec['image_encoder']}, is trained first (parts 'vision')")
-    encoder = (ViTForImageClassification.from_pretrained(path).eval(),
-               AutoImageProcessor.from_pretrained(path))
-    itm, opt, hist = blip2.train_blip2(train, processor, spec, encoder, seed, phases=phases)
+    itm, opt, hist = blip2.train_blip2(train, processor, spec, size, seed, phases=phases)
     with phases.phase("blip2/eval (held-out captions + retrieval) and save"):
         _save_dir(models_dir / "blip2-toy-itm", itm, processor)
         _save_dir(models_dir / "blip2-toy-opt", opt, processor)
@@ -384,8 +331,8 @@ def _train_blip2_part(models_dir, cfg, train, val, tok, seed, phases, quality):
         quality["blip2"][f"final_train_{key}"] = float(sum(tail) / max(len(tail), 1))
 
 
-def _train_vision_part(models_dir, cfg, train, val, seed, phases, quality, zoo, family, sizes):
-    """Train (and save) some sizes of one vision family (they share one pass of pixels)."""
+def _train_vision_part(models_dir, cfg, train, val, seed, phases, quality, zoo, family):
+    """Train (and save) one vision family's models; its three sizes share one pass of pixels."""
     import torch
     from tqdm.auto import tqdm
 
@@ -400,13 +347,11 @@ def _train_vision_part(models_dir, cfg, train, val, seed, phases, quality, zoo, 
     # seed streams 101, 102, ... over every family's sizes, whichever family this task trains
     streams = {job: 101 + k for k, job in enumerate(
         (fam, s) for fam, sizes in vspec["sizes"].items() for s in sizes)}
-    with phases.phase(f"vision/{family} pixels" + (f" ({', '.join(sizes)})"
-                                                   if len(sizes) < len(vspec["sizes"][family])
-                                                   else "")):
+    with phases.phase(f"vision/{family} pixels"):
         proc = vision_zoo.image_processor(family, size)
         px = proc(list(train.images[:n_v]), return_tensors="pt")["pixel_values"]
         val_px = proc(list(val.images), return_tensors="pt")["pixel_values"]
-    for s in tqdm(sizes, desc=f"vision zoo ({family})", leave=False):
+    for s in tqdm(vspec["sizes"][family], desc=f"vision zoo ({family})", leave=False):
         mname, stream = f"{family}-{s}", streams[family, s]
         variants = [(mname, True)]
         if mname in vspec.get("untrained", []):

@@ -3,9 +3,8 @@
 Both are the standard Hugging Face classes, so every later stage loads them exactly like the
 real checkpoints (``Salesforce/blip2-itm-vit-g``, ``Salesforce/blip2-opt-2.7b``):
 
-- :func:`train_blip2` takes a trained ViT of the vision zoo as its frozen image encoder (as
-  BLIP-2 starts from EVA-CLIP's pre-trained ViT-g; :func:`load_vit_encoder`), then trains the
-  Q-Former side of a
+- :func:`train_blip2` pre-trains a small ViT on the scene labels and freezes it (BLIP-2's
+  frozen image encoder), then trains the Q-Former side of a
   :class:`~transformers.Blip2ForImageTextRetrieval` (a few query tokens, text input) with the
   image-text contrastive loss (the maximum over query tokens of the cosine between projected
   query outputs and the projected text ``[BOS]`` token) plus a captioning loss through a small
@@ -62,30 +61,25 @@ def make_processor(tokenizer, image_size: int, num_query_tokens: int):
     )
 
 
-def blip2_config(tokenizer, spec: dict, vision_config):
-    """Blip2Config for the toy models from a preset's ``blip2`` section and the image encoder's.
+def blip2_config(tokenizer, spec: dict, image_size: int):
+    """Blip2Config for the toy models from a preset's ``blip2`` section.
 
     Parameters
     ----------
     tokenizer : PreTrainedTokenizerFast
     spec : dict
-        Keys ``qformer_hidden``, ``qformer_layers``, ``num_query_tokens``, ``embed_dim``,
-        ``lm_hidden``, ``lm_layers``.
-    vision_config : transformers.ViTConfig
-        The zoo ViT that becomes the image encoder: the vision config copies its sizes,
-        activation, layer-norm epsilon and image and patch size.
+        Keys ``vision_hidden``, ``vision_layers``, ``patch_size``, ``qformer_hidden``,
+        ``qformer_layers``, ``num_query_tokens``, ``embed_dim``, ``lm_hidden``, ``lm_layers``.
+    image_size : int
     """
     from transformers import Blip2Config, Blip2QFormerConfig, Blip2VisionConfig, OPTConfig
 
     vocab = len(tokenizer)
-    vh, qh, lh = vision_config.hidden_size, spec["qformer_hidden"], spec["lm_hidden"]
+    vh, qh, lh = spec["vision_hidden"], spec["qformer_hidden"], spec["lm_hidden"]
     vision = Blip2VisionConfig(
-        hidden_size=vh, intermediate_size=vision_config.intermediate_size,
-        num_hidden_layers=vision_config.num_hidden_layers,
-        num_attention_heads=vision_config.num_attention_heads,
-        image_size=vision_config.image_size, patch_size=vision_config.patch_size,
-        hidden_act=vision_config.hidden_act, layer_norm_eps=vision_config.layer_norm_eps,
-        qkv_bias=vision_config.qkv_bias, attention_dropout=0.0,
+        hidden_size=vh, intermediate_size=4 * vh, num_hidden_layers=spec["vision_layers"],
+        num_attention_heads=max(vh // 32, 1), image_size=int(image_size),
+        patch_size=spec["patch_size"], layer_norm_eps=1e-6, attention_dropout=0.0,
     )
     qformer = Blip2QFormerConfig(
         vocab_size=vocab, hidden_size=qh, num_hidden_layers=spec["qformer_layers"],
@@ -183,54 +177,54 @@ def itc_similarity(itm_model, queries, ids, mask):
     return sim, image_embeds
 
 
-def load_vit_encoder(vision_model, vit, vit_processor, processor) -> None:
-    """Load a trained zoo ViT into a BLIP-2 image encoder, in place; the two then compute the same.
+def pretrain_vision(vision_model, pixels, labels, spec: dict, seed: int) -> dict:
+    """Supervised pre-training of the BLIP-2 image encoder on the scene labels.
 
-    :class:`~transformers.Blip2VisionModel` is the ViT under other names (one ``qkv`` matrix
-    for three, ``post_layernorm`` for the final norm). The BLIP-2 processor normalises pixels
-    with CLIP's mean and standard deviation, the zoo's processor with its own; the difference
-    is a per-channel affine map, folded into the patch embedding (exact up to float rounding:
-    the patch convolution has no padding). So ``vision_model(blip2 pixels).last_hidden_state``
-    equals ``vit.vit(zoo pixels).last_hidden_state``.
+    BLIP-2 starts from an image encoder pre-trained elsewhere (EVA-CLIP's ViT-g) and keeps it
+    frozen; the toy analogue is a small ViT trained to tell which places, objects, colours and
+    object-colour pairs (and where) are in a scene. A linear head on the concatenated ``[CLS]``
+    output and the mean patch token is trained jointly with binary cross-entropy and discarded.
 
     Parameters
     ----------
     vision_model : Blip2VisionModel
-        Built from :func:`blip2_config` with ``vit.config``; its weights are replaced.
-    vit : ViTForImageClassification
-        A trained zoo model (its classifier head is not used).
-    vit_processor, processor : image processor, Blip2Processor
-        The zoo model's image processor and the BLIP-2 processor (their mean and std).
+        Trained in place.
+    pixels : FloatTensor of shape (n, 3, S, S)
+    labels : FloatTensor of shape (n, n_labels)
+        Multi-hot scene labels (:func:`lib.toyworld.models.data.scene_labels`).
+    spec : dict
+        ``vision_pretrain_epochs``, ``vision_pretrain_batch``, ``vision_pretrain_lr``.
+    seed : int
+
+    Returns
+    -------
+    history : dict
+        ``loss`` per step and ``seconds``.
     """
     import torch
+    import torch.nn.functional as F
 
-    ours = processor.image_processor
-    if ours.rescale_factor != vit_processor.rescale_factor:
-        raise ValueError("the BLIP-2 and ViT image processors rescale pixels differently")
-    src = vit.vit.state_dict()
-    mean_b, std_b, mean_v, std_v = (torch.tensor(x, dtype=torch.float32) for x in (
-        ours.image_mean, ours.image_std, vit_processor.image_mean, vit_processor.image_std))
-    scale, shift = std_b / std_v, (mean_b - mean_v) / std_v  # zoo pixels = scale * ours + shift
-    w = src["embeddings.patch_embeddings.projection.weight"]
-    state = {
-        "embeddings.class_embedding": src["embeddings.cls_token"],
-        "embeddings.position_embedding": src["embeddings.position_embeddings"],
-        "embeddings.patch_embedding.weight": w * scale[None, :, None, None],
-        "embeddings.patch_embedding.bias": (src["embeddings.patch_embeddings.projection.bias"]
-                                            + (w * shift[None, :, None, None]).sum((1, 2, 3))),
-        "post_layernorm.weight": src["layernorm.weight"],
-        "post_layernorm.bias": src["layernorm.bias"],
-    }
-    renames = {"attention.o_proj": "self_attn.projection", "layernorm_before": "layer_norm1",
-               "layernorm_after": "layer_norm2", "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2"}
-    for i in range(vit.config.num_hidden_layers):
-        a, b = f"layers.{i}.", f"encoder.layers.{i}."
-        for kind in ("weight", "bias"):
-            state[f"{b}self_attn.qkv.{kind}"] = torch.cat(
-                [src[f"{a}attention.{m}_proj.{kind}"] for m in "qkv"])
-            for old, new in renames.items():
-                state[f"{b}{new}.{kind}"] = src[f"{a}{old}.{kind}"]
-    vision_model.load_state_dict(state, strict=True)
+    epochs = int(spec.get("vision_pretrain_epochs") or 0)
+    if epochs == 0:
+        return {"loss": [], "seconds": 0.0}
+    hidden = vision_model.config.hidden_size
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed) * 7919 + 23)
+        head = torch.nn.Linear(2 * hidden, labels.shape[1])
+
+    def step_loss(idx):
+        out = vision_model(pixel_values=pixels[idx])
+        pooled = torch.cat([out.pooler_output, out.last_hidden_state[:, 1:].mean(1)], dim=1)
+        return F.binary_cross_entropy_with_logits(head(pooled), labels[idx])
+
+    rng = np.random.default_rng([int(seed), 2000])
+    vision_model.train()
+    history = train_epochs(step_loss, [*vision_model.parameters(), *head.parameters()],
+                           len(pixels), spec["vision_pretrain_batch"], epochs,
+                           float(spec["vision_pretrain_lr"]), rng, "blip2 vision encoder",
+                           weight_decay=0.05)
+    vision_model.eval()
+    return history
 
 
 def image_encoder_outputs(vision_model, pixels, batch_size: int = 256):
@@ -243,14 +237,13 @@ def image_encoder_outputs(vision_model, pixels, batch_size: int = 256):
     return torch.cat(out).clone()
 
 
-def train_blip2(corpus, processor, spec: dict, encoder: tuple, seed: int, phases=None):
+def train_blip2(corpus, processor, spec: dict, image_size: int, seed: int, phases=None):
     """Train the toy BLIP-2 pair: a retrieval model and a captioner sharing one vision side.
 
     As BLIP-2, in three steps:
 
-    0. **Image encoder.** A ViT of the vision zoo, trained on the scene labels
-       (``spec["image_encoder"]``, ``vit-l``), is loaded and frozen (:func:`load_vit_encoder`):
-       BLIP-2 starts from a pre-trained image encoder, EVA-CLIP's ViT-g.
+    0. **Image encoder.** The ViT is pre-trained on the scene labels
+       (:func:`pretrain_vision`), then frozen.
     1. **Q-Former.** The Q-Former, query tokens and projections (held by the
        ``Blip2ForImageTextRetrieval``) learn from the frozen encoder's outputs with the
        image-text contrastive loss (symmetric InfoNCE on the model's own similarity) plus an
@@ -262,9 +255,8 @@ def train_blip2(corpus, processor, spec: dict, encoder: tuple, seed: int, phases
        Q-Former and query tokens, frozen; its language projection and OPT keep training on
        cached query outputs (``opt_epochs``).
 
-    ``encoder`` is ``(vit, vit_processor)``: the zoo's ``ViTForImageClassification`` and its
-    image processor. ``phases`` (a :class:`lib.toyworld.timing.PhaseTimes`, optional) records
-    the wall and CPU time of the three steps.
+    ``phases`` (a :class:`lib.toyworld.timing.PhaseTimes`, optional) records the wall and CPU
+    time of the three steps.
 
     Returns
     -------
@@ -273,24 +265,24 @@ def train_blip2(corpus, processor, spec: dict, encoder: tuple, seed: int, phases
         Separate models (no shared tensors) in eval mode; their vision encoders, Q-Formers
         and query tokens are equal.
     history : dict
-        ``itm_loss``, ``lm_loss`` (step 1 per step), ``opt_loss`` (step 2).
+        ``vision_loss`` (step 0), ``itm_loss``, ``lm_loss`` (step 1 per step), ``opt_loss``
+        (step 2).
     """
     import torch
     import torch.nn.functional as F
     from transformers import Blip2ForConditionalGeneration, Blip2ForImageTextRetrieval
 
     tok = processor.tokenizer
-    vit, vit_processor = encoder
-    config = blip2_config(tok, spec, vit.config)
+    config = blip2_config(tok, spec, image_size)
     itm = seeded_init(Blip2ForImageTextRetrieval, config, seed, _INIT_ITM)
     opt = seeded_init(Blip2ForConditionalGeneration, config, seed, _INIT_OPT)
     nq, image_token = config.num_query_tokens, config.image_token_index
     phases = phases if phases is not None else PhaseTimes(prefix=None)
     labels = torch.from_numpy(corpus.labels)
-    with phases.phase("blip2/image encoder (the zoo's ViT; pixels, encoding)"):
-        load_vit_encoder(itm.vision_model, vit, vit_processor, processor)
-        itm.vision_model.requires_grad_(False)
+    with phases.phase("blip2/image encoder (pixels, pre-training, encoding)"):
         pixels = pixel_values(processor, corpus.images)
+        hist0 = pretrain_vision(itm.vision_model, pixels, labels, spec, seed)
+        itm.vision_model.requires_grad_(False)
         encoded = image_encoder_outputs(itm.vision_model, pixels)
         del pixels
 
@@ -308,7 +300,7 @@ def train_blip2(corpus, processor, spec: dict, encoder: tuple, seed: int, phases
             aux_head = torch.nn.Linear(nq * config.image_text_hidden_size, labels.shape[1])
         params += list(aux_head.parameters())
     lm_weight = float(spec.get("itm_lm_weight", 1.0))
-    history = {"itm_loss": [], "lm_loss": []}
+    history = {"vision_loss": hist0["loss"], "itm_loss": [], "lm_loss": []}
 
     def step_loss(idx):
         j = rng.integers(ids.shape[1], size=len(idx))
