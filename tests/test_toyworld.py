@@ -566,6 +566,19 @@ def test_bench_book_times_a_subprocess_wall_and_cpu():
         run_timed([sys.executable, "-c", "raise SystemExit(3)"])
 
 
+def test_bench_book_reads_each_jobs_time_from_lib_run():
+    from bench.bench_book import _job_rows
+
+    out = ("preflight: everything the run needs is there\n"
+           "[1/3] 00_toy_world done in 41.3 s -> book/run/00_toy_world.ipynb\n"
+           "[IPKernelApp] ERROR | KeyboardInterrupt caught in kernel.\n"
+           "[2/3] 03_alignment_ridge (subj01, memory_size=3) done in 38.1 s -> x.ipynb\n"
+           "[3/3] 02_convergence (subj02) failed: cell 12\n")
+    assert _job_rows(out) == [
+        {"phase": "  00_toy_world", "wall_s": 41.3, "cpu_s": None},
+        {"phase": "  03_alignment_ridge (subj01, memory_size=3)", "wall_s": 38.1, "cpu_s": None}]
+
+
 def test_world_takes_more_subjects(tmp_path):
     """``--subjects N``: every subject gets NSD's files, its own images besides the shared ones."""
     from scipy.io import loadmat
