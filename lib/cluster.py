@@ -181,7 +181,9 @@ def local_cluster(n_workers: int | None = None):
         }
         return SpecCluster(workers=workers, scheduler={"cls": Scheduler, "options": {
             "dashboard_address": ":0"}})
-    n = n_workers or cpu_workers(cores, _available_memory())
+    from lib.resources import host_memory
+
+    n = n_workers or cpu_workers(cores, host_memory()["available"])
     return LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
                         dashboard_address=":0", env={THREADS_ENV: str(max(1, cores // n))})
 
@@ -210,14 +212,6 @@ def cpu_workers(cores: int, available_bytes: int | None) -> int:
     if available_bytes is not None:
         n = min(n, max(1, int(available_bytes) // WORKER_MEMORY_BYTES))
     return n
-
-
-def _available_memory() -> int | None:
-    try:
-        import psutil
-    except ImportError:  # pragma: no cover - psutil comes with dask.distributed
-        return None
-    return int(psutil.virtual_memory().available)
 
 
 def _cuda_device_count() -> int:

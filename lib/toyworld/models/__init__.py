@@ -225,16 +225,15 @@ def training_workers(threads: int, max_workers: int, n_tasks: int) -> int:
     """Processes to train in: one per thread, capped by the preset, the tasks and memory.
 
     A worker holds the training scenes, one family's pixels and its models: about 1-2.5 GB on
-    the toy preset, so each gets 3 GB of the memory available now (``psutil``; no cap when it
-    cannot tell).
+    the toy preset, so each gets 3 GB of the memory available now
+    (:func:`lib.resources.host_memory`; no cap when it cannot tell).
     """
-    workers = max(1, min(int(threads), int(max_workers), int(n_tasks)))
-    try:
-        import psutil
+    from ...resources import host_memory
 
-        workers = min(workers, max(1, int(psutil.virtual_memory().available // (3 * 2**30))))
-    except ImportError:  # pragma: no cover - psutil comes with dask.distributed
-        pass
+    workers = max(1, min(int(threads), int(max_workers), int(n_tasks)))
+    available = host_memory()["available"]
+    if available is not None:
+        workers = min(workers, max(1, int(available // (3 * 2**30))))
     return workers
 
 
