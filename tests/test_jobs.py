@@ -100,7 +100,7 @@ def test_serial_run_skips_up_to_date_jobs_and_reruns_what_a_change_affects(proje
     out = tmp_path / "out"
     first = run.run_book(params, out, notebook_dir=nbdir, cwd=tmp_path, log=lambda s: None)
     assert len(first) == 10  # 01 x 2 subjects, 03 and 04 x 2 subjects x 2 memory sizes
-    assert results(tmp_path)["subj2/stage2_mem3.json"] == (20 + 3) * 2
+    assert results(tmp_path) == expected_results()
 
     lines = []
     start = time.perf_counter()
@@ -138,19 +138,23 @@ def test_a_failed_job_blocks_only_the_jobs_that_need_it(project):
     assert "subj2/prep.json" in done and "subj2/stage2_mem1.json" not in done
 
 
+def expected_results() -> dict[str, int]:
+    """What the three notebooks of ``project`` write for both subjects and memory sizes."""
+    out = {}
+    for subject in (1, 2):
+        out[f"subj{subject}/prep.json"] = subject * 10
+        for memory in (1, 3):
+            out[f"subj{subject}/stage1_mem{memory}.json"] = subject * 10 + memory
+            out[f"subj{subject}/stage2_mem{memory}.json"] = (subject * 10 + memory) * 2
+    return out
+
+
 @pytest.mark.slow
-def test_dask_run_equals_serial_and_survives_a_killed_worker(project):
+def test_dask_run_gives_every_result_and_survives_a_killed_worker(project):
     from distributed import Client, LocalCluster
 
     tmp_path, nbdir = project
-    serial = write_params(tmp_path)
-    run.run_book(serial, tmp_path / "serial", notebook_dir=nbdir, cwd=tmp_path,
-                 log=lambda s: None)
-    expected = results(tmp_path)
-
     params = write_params(tmp_path, sleep_s=3.0)
-    for path in (tmp_path / "results").rglob("*.json"):
-        path.unlink()
     with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster, \
             Client(cluster) as client:
         killed, logged = [], []
@@ -181,7 +185,7 @@ def test_dask_run_equals_serial_and_survives_a_killed_worker(project):
         assert killed, "no worker was busy with a stage-1 job to kill"
         assert len(client.scheduler_info()["workers"]) == 2  # the nanny replaced the worker
     assert len(times) == 10
-    assert results(tmp_path) == expected
+    assert results(tmp_path) == expected_results()
 
 
 def test_local_cpu_cluster_has_a_worker_per_core_and_3_gb_each():
