@@ -52,15 +52,9 @@ def machine(n: int = 4096) -> dict:
     import torch
 
     from bench.bench_ridge import matmul_gflops
+    from lib.resources import cpu_info
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_info()["model_name"] or platform.machine()
     return {"cpu": cpu, "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "load_average": [round(x, 2) for x in os.getloadavg()],
             "torch_matmul_gflops": round(matmul_gflops("cpu", n=n), 1),
@@ -191,10 +185,19 @@ def _time_cell(row: dict | None) -> str:
     return f"{row['wall_s']:.1f} s wall{cpu}"
 
 
+def _machine(out: Path) -> dict:
+    """``BUILD.json``'s ``machine`` (CPU, numpy and torch versions), {} for older builds."""
+    return json.loads((Path(out) / "BUILD.json").read_text()).get("machine", {})
+
+
 def compare(a: Path, b: Path) -> str:
-    """Markdown table of two builds side by side: science, then wall / CPU time per phase."""
-    sa, sb = science(a), science(b)
+    """Markdown table of two builds side by side: the machines, the science, then wall / CPU
+    time per phase (builds agree bit for bit only on the same CPU and libraries)."""
+    ma, mb = _machine(a), _machine(b)
     lines = [f"| quantity | {a} | {b} |", "|---|---:|---:|"]
+    lines += [f"| machine: {k} | {ma.get(k, '')} | {mb.get(k, '')} |"
+              for k in dict.fromkeys([*ma, *mb])]
+    sa, sb = science(a), science(b)
     lines += [f"| {k} | {sa.get(k, float('nan')):.4f} | {sb.get(k, float('nan')):.4f} |"
               for k in dict.fromkeys([*sa, *sb])]
     ra = {r["phase"]: r for r in build_rows(a)}

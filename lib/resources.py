@@ -6,7 +6,8 @@ model configurations only: no betas, no weights.
 - :func:`data_shapes`: voxel count from the nsdgeneral mask, trial and image counts from the
   design and the sessions used.
 - :func:`machine_resources`: free GPU memory (``torch.cuda.mem_get_info``), host memory
-  (``/proc/meminfo``) and free disk (``shutil.disk_usage``).
+  (``/proc/meminfo``) and free disk (``shutil.disk_usage``); :func:`cpu_info`: the CPU (model,
+  vector extensions), which float32 results can depend on.
 - :func:`model_shape`: parameter count, depth and widths of a model from its configuration.
 - :func:`preparation_memory`, :func:`convergence_memory`: the peak memory of stages 01 and 02
   as a table of components (stage 1 and 2: :func:`lib.decoding.memory.memory_table`).
@@ -81,6 +82,52 @@ def host_memory() -> dict:
         total = pages * os.sysconf("SC_PAGE_SIZE") if pages else None
         return {"total": total, "available": None}
     return {"total": info.get("MemTotal"), "available": info.get("MemAvailable")}
+
+
+#: Vector extensions that decide which BLAS and oneDNN kernels run (and so how sums round).
+ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile")
+
+
+def cpu_info(cpuinfo: str | None = None) -> dict:
+    """The CPU this process runs on, from ``/proc/cpuinfo`` (Linux) or :mod:`platform`.
+
+    BLAS and oneDNN choose their kernels and blocking from the CPU they find, so two runs of
+    the same float32 computation on CPUs that differ here may round differently.
+
+    Parameters
+    ----------
+    cpuinfo : str or None
+        The text of ``/proc/cpuinfo``; None reads it (and falls back to :mod:`platform` where
+        there is none).
+
+    Returns
+    -------
+    info : dict
+        ``vendor`` (``"GenuineIntel"``, ``"AuthenticAMD"``), ``model_name``, ``family``,
+        ``model``, ``stepping``, ``cache`` (as reported, e.g. ``"307200 KB"``): strings, empty
+        when unknown; ``isa``: the extensions of :data:`ISA_FLAGS` the CPU reports.
+    """
+    import platform
+
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        if not line.strip():
+            if fields:
+                break  # the first processor's block describes them all
+            continue
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    name = fields.get("model name") or platform.processor()
+    vendor = fields.get("vendor_id") or ("GenuineIntel" if "intel" in name.lower() else "")
+    flags = set(fields.get("flags", "").split())
+    return {"vendor": vendor, "model_name": name, "family": fields.get("cpu family", ""),
+            "model": fields.get("model", ""), "stepping": fields.get("stepping", ""),
+            "cache": fields.get("cache size", ""), "isa": [f for f in ISA_FLAGS if f in flags]}
 
 
 def machine_resources(path_for_disk) -> dict:

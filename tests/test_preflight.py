@@ -151,3 +151,29 @@ def test_peak_table_takes_the_largest_model_and_sums_other_stages():
     peaks = peak_table(rows).set_index(["stage", "memory_size"])["peak_bytes"] / gib
     assert peaks[("02 convergence", "")] == 12  # the big model, not the sum of both
     assert peaks[("04 stage 2", 1)] == 9 and peaks[("04 stage 2", 7)] == 20
+
+
+CPUINFO = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 23
+model\t\t: 49
+model name\t: AMD EPYC 7B12
+stepping\t: 0
+cache size\t: 512 KB
+flags\t\t: fpu sse2 avx avx2 fma
+
+processor\t: 1
+vendor_id\t: GenuineIntel
+model name\t: another CPU
+flags\t\t: avx512f amx_tile
+"""
+
+
+def test_cpu_info_reads_the_first_processor_and_its_vector_extensions():
+    from lib.resources import cpu_info
+
+    info = cpu_info(CPUINFO)
+    assert info == {"vendor": "AuthenticAMD", "model_name": "AMD EPYC 7B12", "family": "23",
+                    "model": "49", "stepping": "0", "cache": "512 KB", "isa": ["avx2"]}
+    bare = cpu_info("")  # no /proc/cpuinfo: platform's name, nothing invented
+    assert bare["family"] == bare["model"] == bare["cache"] == "" and bare["isa"] == []

@@ -527,6 +527,8 @@ def test_phase_times_record_wall_and_cpu(capsys):
 
 
 def test_build_records_wall_and_cpu_per_world_step(micro):
+    import torch
+
     from bench.bench_book import build_rows, table
 
     root, _ = micro
@@ -536,9 +538,14 @@ def test_build_records_wall_and_cpu_per_world_step(micro):
     rows = build_rows(root)
     assert [r["phase"] for r in rows] == [f"  world: {k}" for k in steps]
     assert table(rows).count("\n") == len(rows) + 1
+    machine = json.loads((root / "BUILD.json").read_text())["machine"]  # what bits depend on
+    assert machine["torch"] == torch.__version__ and machine["numpy"] == np.__version__
+    assert machine["cpu_capability"] and {"vendor", "model_name", "isa"} <= set(machine)
 
 
 def test_bench_book_compares_two_builds_science_side_by_side(micro):
+    import torch
+
     from bench.bench_book import compare, science
 
     root, _ = micro
@@ -547,7 +554,10 @@ def test_bench_book_compares_two_builds_science_side_by_side(micro):
     ceiling = {s: world["subjects"][s]["nsdgeneral"] for s in ("subj01", "subj02")}
     assert values == {f"noise ceiling {s} nsdgeneral {stat}": ceiling[s][stat]
                       for s in ceiling for stat in ("median", "mean")}
-    line = next(x for x in compare(root, root).splitlines() if "subj01 nsdgeneral median" in x)
+    lines = compare(root, root).splitlines()
+    torch_row = next(x for x in lines if x.startswith("| machine: torch |"))
+    assert torch_row.count(torch.__version__) == 2
+    line = next(x for x in lines if "subj01 nsdgeneral median" in x)
     a, b = line.strip("|").split("|")[1:]
     assert a == b and float(a) == pytest.approx(values["noise ceiling subj01 nsdgeneral median"],
                                                 abs=1e-4)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import platform
 import time
 
 import numpy as np
@@ -153,18 +152,6 @@ def probe_torch_eigh(n: int = 768, repeats: int = 2) -> int | None:
     return 1 if speed["one"] > speed["all"] else None
 
 
-def _cpu_vendor() -> str:
-    """The CPU's vendor string (``GenuineIntel``, ``AuthenticAMD``; empty if unknown)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "GenuineIntel" if "intel" in platform.processor().lower() else ""
-
-
 @functools.cache
 def eigh_library() -> str:
     """Which LAPACK runs the NumPy backend's eigendecompositions: ``"torch"`` or ``"scipy"``.
@@ -189,5 +176,7 @@ def eigh_library() -> str:
         import torch
     except ImportError:
         return "scipy"
-    intel = _cpu_vendor() == "GenuineIntel"
+    from lib.resources import cpu_info
+
+    intel = cpu_info()["vendor"] == "GenuineIntel"
     return "torch" if intel and torch.backends.mkl.is_available() else "scipy"

@@ -8,7 +8,8 @@
     out/models/...       the toy models (lib.toyworld.models.train_all)
     out/MODELS.json      the models' stamp (preset, seed, models code version)
     out/BUILD.json       written last: preset, seed, code version, wall and CPU time per
-                         phase (world steps, each model; lib.toyworld.timing)
+                         phase (world steps, each model; lib.toyworld.timing), and the
+                         machine (CPU, numpy and torch versions: :func:`build_machine`)
 
 A build is skipped when ``out/BUILD.json`` records the same preset, seed and code version
 (a hash of the syntax trees of ``lib/toyworld/**/*.py``, leaving out the CLI and notebook
@@ -201,7 +202,29 @@ def _build_locked(p, preset: str, seed: int, out: Path, force: bool, models: boo
         "models": models_result,
         "wall_s": round(total.wall_s, 2),
         "cpu_s": round(total.cpu_s, 2),
+        "machine": build_machine(),
     })
+
+
+def build_machine() -> dict:
+    """The CPU and numerical libraries of a build (``BUILD.json``'s ``machine``).
+
+    Builds agree bit for bit only where these agree: BLAS and oneDNN choose their kernels from
+    the CPU they find, so the same code and seed give slightly different models elsewhere.
+
+    Returns
+    -------
+    machine : dict
+        :func:`lib.resources.cpu_info`, plus the ``numpy`` and ``torch`` versions and torch's
+        ``cpu_capability`` (the vector extension its own kernels use).
+    """
+    import numpy as np
+    import torch
+
+    from lib.resources import cpu_info
+
+    return {**cpu_info(), "numpy": np.__version__, "torch": torch.__version__,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
 def _world_and_models(p, preset: str, seed: int, out: Path, force: bool, models: bool,
