@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -253,6 +254,51 @@ def test_resume_after_kill_is_bit_identical(tmp_path, kill_at, update):
     load_weights(best_ref, res_ref.best_path)
     for a, b in zip(best.parameters(), best_ref.parameters()):
         assert torch.equal(a, b)
+
+
+def _expected_stop(history, patience, total):
+    """The step where early stopping must end a run whose validation losses are ``history``'s."""
+    best, bad = None, 0
+    for h in (h for h in history if h["split"] == "val"):
+        if best is None or h["loss"] < best:
+            best, bad = h["loss"], 0
+        else:
+            bad += 1
+            if bad >= patience:
+                return h["step"]
+    return total
+
+
+def test_early_stopping_truncates_the_same_trajectory(tmp_path):
+    """With patience, training stops after that many validations without a better loss; until
+    then it is the full run's trajectory bit for bit (same records; the best weights are the
+    full run's weights at that step), and a stopped run resumed does not train again."""
+    cfg = _config(lr=0.3, epochs=10, eval_every=1, checkpoint_every=1, patience=None)
+
+    def model():
+        torch.manual_seed(0)
+        return BrainTextContrastive(_brain_map(), _tiny_itm())
+
+    full_model = model()
+    train, val = _data(full_model)
+    data = Stage2Data(train, val, test_ids=[1])
+    weights = {}
+
+    def snapshot(step, rec):
+        weights[step] = {k: v.clone() for k, v in full_model.state_dict().items()}
+
+    full = fit(full_model, data, cfg, tmp_path / "full", callback=snapshot, progress=False)
+    stop = _expected_stop(full.history, 2, full.steps)
+    early = fit(model(), data, replace(cfg, patience=2), tmp_path / "early", progress=False)
+    assert 0 < early.best_step < stop < full.steps  # the settings make the test bite
+    assert (early.steps, early.stopped_early, full.stopped_early) == (stop, True, False)
+    assert early.history == [h for h in full.history if h["step"] <= stop]
+    best = model()
+    load_weights(best, early.best_path)
+    for name, value in best.state_dict().items():
+        assert torch.equal(value, weights[early.best_step][name]), name
+    again = fit(model(), data, replace(cfg, patience=2), tmp_path / "early", progress=False)
+    assert (again.resumed_from, again.steps, again.history) == (stop, stop, early.history)
 
 
 def test_resume_discards_a_checkpoint_of_other_settings(tmp_path):

@@ -59,6 +59,7 @@ class TrainResult:
     steps: int = 0
     wall_time_s: float = 0.0
     resumed_from: int | None = None
+    stopped_early: bool = False
 
 
 def make_optimizer(model, config: TrainConfig, device) -> torch.optim.AdamW:
@@ -263,7 +264,7 @@ def fit(model, data, config: TrainConfig, out_dir: str | os.PathLike, *, tokeniz
                        best_value=state["best_value"],
                        best_path=run.out_dir / f"{BEST}.safetensors",
                        steps=state["step"], wall_time_s=time.perf_counter() - t0,
-                       resumed_from=resumed_from)
+                       resumed_from=resumed_from, stopped_early=state["stopped"])
 
 
 def _start(model, data, config: TrainConfig, out_dir: Path, tokenizer) -> _Run:

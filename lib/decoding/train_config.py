@@ -47,7 +47,9 @@ class TrainConfig:
     eval_every, checkpoint_every : int
         Validation and resumable-checkpoint intervals, in optimizer steps.
     patience : int or None
-        Stop after this many validations without improvement (None: never).
+        Stop after this many validations in a row without a better value (None: train every
+        epoch). Training until the stop follows the full run's trajectory, so the best
+        checkpoint is the full run's whenever that came before the stop.
     select_by : {"val_loss", "val_top1"}
         Validation criterion of the best checkpoint.
     seed : int
@@ -77,7 +79,7 @@ class TrainConfig:
     clip_norm: float = 1.0
     eval_every: int = 40
     checkpoint_every: int = 40
-    patience: int | None = None
+    patience: int | None = 5
     select_by: str = "val_loss"
     seed: int = 0
     amp: bool = True
