@@ -125,6 +125,40 @@ def notebook_parameters(job: Job, params: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in merged.items() if k in declared}
 
 
+def build_toy_world(job: Job, params: dict[str, Any], log=print) -> Path:
+    """Build the toy world that ``job`` (00_toy_world) would build, before the chapters start.
+
+    The chapters read only the world's files, not 00's outputs, so once the world is there
+    they run beside 00 (:data:`lib.jobs.NEEDS`). Returns at once when the world is up to date
+    (as after ``make book``'s build step); 00's own ``build`` call then finds it up to date.
+
+    Parameters
+    ----------
+    job : Job
+        The run's 00_toy_world job: its parameters (the file's, else the notebook's defaults)
+        say which world (``toy_root``, ``toy_preset``, ``seed``, ``null_world``, ``subjects``).
+    params : dict
+        The run's parameters.
+    log : callable
+
+    Returns
+    -------
+    root : Path
+        The world's folder.
+    """
+    from lib.config import resolve_parameter
+    from lib.toyworld import build, world_subjects
+
+    given = notebook_parameters(job, params)
+    toy_root, preset, seed, null, subjects = (
+        given[k] if k in given else declared_default(job.source, k)
+        for k in ("toy_root", "toy_preset", "seed", "null_world", "subjects"))
+    root = resolve_parameter("toy_root", toy_root)
+    log(f"toy world {preset} (seed {seed}) in {root}: built first if missing or out of date")
+    return build(preset=preset, seed=seed, out=root, null=null,
+                 n_subjects=world_subjects(preset, subjects))
+
+
 class SocketFileKernelManager(AsyncKernelManager):
     """The kernel manager of papermill's kernels: Unix sockets on POSIX, TCP elsewhere.
 
@@ -298,6 +332,9 @@ def run_book(
         os.environ.setdefault(name, value)
     os.environ.pop(PARAMS_ENV, None)  # JupyterLab's preset: the parameter file decides here
     total = time.perf_counter()
+    for job in jobs:
+        if job.name == "00_toy_world":
+            build_toy_world(job, params, log)
     if scheduler is None:
         results = cluster.run_serial(jobs, params, cwd, force=force, log=log)
     else:

@@ -77,9 +77,10 @@ def test_plan_of_the_book_fans_out_subjects_and_sweeps():
     params.update(subjects=[1, 2], subject=1, sweep_subjects="main")
     jobs = {j.key: j for j in jobgraph.plan_graph(params, "out")}
     assert jobs["00_toy_world"].subject is None and jobs["00_toy_world"].needs == []
-    # 00 rebuilds a stale toy world: no subject's preparation may start before it ends
+    # lib.run builds the toy world before the graph: the chapters start beside 00
+    assert not any("00_toy_world" in job.needs for job in jobs.values())
     for prep in ("01_data_preparation", "subjects/subj02/01_data_preparation"):
-        assert jobs[prep].needs == ["00_toy_world"]
+        assert jobs[prep].needs == []
     assert jobs["subjects/subj02/03_alignment_ridge"].needs == [
         "subjects/subj02/01_data_preparation"]
     # sweeps run for the main subject only ("main"); a stage-2 sweep job needs its stage 1
@@ -92,6 +93,82 @@ def test_plan_of_the_book_fans_out_subjects_and_sweeps():
         assert all(order.index(dep) < order.index(key) for dep in job.needs)
     with pytest.raises(ValueError, match="subject 3 is not in subjects"):
         jobgraph.plan_graph({**params, "subject": 3}, "out")
+
+
+def test_start_order_puts_the_longest_chain_of_jobs_first():
+    params = run.load_params(REPO_ROOT / "notebooks" / "params" / "toy.yaml")
+    jobs = jobgraph.plan_graph(params, "out")
+    order = [j.key for j in jobgraph.start_order(jobs)]
+    assert sorted(order) == sorted(j.key for j in jobs)
+    # 01 holds up 01 -> 03 -> 04 -> 05 -> 06 (5 jobs); 02 only 07 (2); 00 and 07 nothing
+    assert order[:2] == ["01_data_preparation", "subjects/subj02/01_data_preparation"]
+    assert order.index("03_alignment_ridge") < order.index("02_convergence")
+    assert order.index("02_convergence") < order.index("00_toy_world")
+    assert order[-1] == "07_across_subjects"
+    same_chain = ["03_alignment_ridge__memory_size-3", "03_alignment_ridge__memory_size-5"]
+    assert [k for k in order if k in same_chain] == same_chain  # ties keep the plan's order
+
+
+def test_dask_starts_ready_jobs_in_start_order_within_the_free_slots():
+    from distributed import Client, LocalCluster
+
+    from lib.cluster import JobResult, _start_when_ready
+
+    def job(key, needs=()):
+        return jobgraph.Job(key, REPO_ROOT / "x.ipynb", REPO_ROOT / f"{key}.ipynb",
+                            needs=list(needs), key=key)
+
+    def work(key, seconds):
+        time.sleep(seconds)
+        return JobResult(key, key, "done", seconds, "")
+
+    def run_with(slots):
+        started, finished = [], []
+        with LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                          dashboard_address=":0") as cluster, Client(cluster) as client:
+            def submit(j):
+                started.append((j.key, sorted(finished)))
+                return client.submit(work, j.key, 0.2, key=j.key, pure=False)
+
+            results = {}
+            waiting = [job("c", needs=["a"]), job("b"), job("a"), job("d", needs=["outside"])]
+            _start_when_ready(waiting, submit, lambda: slots, results,
+                              lambda line: finished.append(line.split()[1]), 4)
+        assert sorted(results) == ["a", "b", "c", "d"]
+        return started
+
+    # one slot: the first ready job of the list each time, "c" once "a" finished; a need
+    # outside the graph counts as done
+    started = run_with(1)
+    assert [k for k, _ in started] == ["b", "a", "c", "d"]
+    assert dict(started)["c"] == ["a", "b"]
+    # two slots: two jobs start before any finished, never a third
+    started = run_with(2)
+    assert [done for _, done in started[:2]] == [[], []] and started[2][1] != []
+
+
+def test_run_builds_the_world_of_its_toy_chapter_first(monkeypatch):
+    """lib.run builds (or finds up to date) the world 00_toy_world names, from the parameter
+    file and, for what it leaves out, the notebook's defaults."""
+    import lib.toyworld
+    from lib.config import data_root
+
+    calls = []
+    monkeypatch.setattr(lib.toyworld, "build", lambda **kw: calls.append(kw) or kw["out"])
+    params = run.load_params(REPO_ROOT / "notebooks" / "params" / "micro_null.yaml")
+    toy_job = jobgraph.plan_graph(params, "out")[0]
+    assert toy_job.name == "00_toy_world"
+    run.build_toy_world(toy_job, params, log=lambda line: None)
+    run.build_toy_world(toy_job, {**params, "subjects": [1, 4]}, log=lambda line: None)
+    bare = {"notebooks": params["notebooks"]}  # the notebook's defaults: the toy book's world
+    run.build_toy_world(toy_job, bare, log=lambda line: None)
+    assert calls == [
+        {"preset": "micro", "seed": 0, "out": str(data_root() / "micro_null"), "null": True,
+         "n_subjects": 2},
+        {"preset": "micro", "seed": 0, "out": str(data_root() / "micro_null"), "null": True,
+         "n_subjects": 4},
+        {"preset": "toy", "seed": 0, "out": str(data_root() / "toy"), "null": False,
+         "n_subjects": 2}]
 
 
 def test_serial_run_skips_up_to_date_jobs_and_reruns_what_a_change_affects(project):

@@ -6,7 +6,7 @@ Import-light: nothing heavy (torch, nilearn, the models) is imported until it is
 - :mod:`lib.toyworld.captions`  COCO-style captions from templates and paraphrases
 - :mod:`lib.toyworld.brain`     MNI 4 mm grid, ROIs and the simulated voxel responses
 - :mod:`lib.toyworld.layout`    writers for NSD's raw file layout
-- :mod:`lib.toyworld.build`     :func:`build` (world + models, cached);
+- :mod:`lib.toyworld.build`     :func:`build` (world + models, cached), :func:`world_subjects`;
   CLI ``python -m lib.toyworld``
 - :mod:`lib.toyworld.models`    the toy models (trained on scenes apart from the experiment)
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 # Eager on purpose: the submodule ``lib.toyworld.build`` would otherwise shadow the function
 # once imported. It is light (NumPy only); torch, nilearn and the models load when used.
-from .build import build
+from .build import build, world_subjects
 from .presets import get_preset
 
-__all__ = ["build", "get_preset"]
+__all__ = ["build", "get_preset", "world_subjects"]

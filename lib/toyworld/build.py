@@ -161,6 +161,24 @@ def build(preset: str = "toy", seed: int = 0, out: Path | None = None, force: bo
     return out
 
 
+def world_subjects(preset: str, subjects) -> int:
+    """Subjects the world of a run needs: the preset's, or up to the highest the run lists.
+
+    Parameters
+    ----------
+    preset : str
+        Toy preset (:mod:`lib.toyworld.presets`).
+    subjects : sequence of int
+        The run's subjects (``subjects`` of a parameter file).
+
+    Returns
+    -------
+    n_subjects : int
+        What :func:`build` takes as ``n_subjects`` (00_toy_world and :mod:`lib.run` pass it).
+    """
+    return max(get_preset(preset).n_subjects, *(int(s) for s in subjects))
+
+
 @contextlib.contextmanager
 def _exclusive(out: Path):
     """Hold an exclusive lock on ``out/.build.lock`` (POSIX; no-op elsewhere)."""
