@@ -133,13 +133,13 @@ def run_dask(jobs: list[Job], params: dict[str, Any], cwd, scheduler: str, *,
         log(f"Dask scheduler {client.scheduler.address}, dashboard {client.dashboard_link}")
         prints = fingerprints(jobs, job_parameters(jobs, params), cwd)
         resources = {"GPU": 1} if _workers_have_gpus(client) else None
+        results: dict[str, JobResult] = {}
 
         def submit(job: Job):
             return client.submit(execute, job, params, str(cwd), prints[job.key], force,
                                  *(results[k] for k in job.needs if k in results),
                                  key=f"job-{job.key}", pure=False, resources=resources)
 
-        results: dict[str, JobResult] = {}
         _start_when_ready(start_order(jobs), submit, lambda: _job_slots(client),
                           results, log, len(jobs))
         return [results[job.key] for job in jobs]

@@ -1,5 +1,6 @@
-"""Atomic file output (an interrupted stage never leaves a half-written result), and short
-fingerprints of files for the names of caches derived from them."""
+"""Atomic file output (an interrupted stage never leaves a half-written result), a lock that
+makes concurrent processes take turns on a file, and short fingerprints of files for the names
+of caches derived from them."""
 
 from __future__ import annotations
 
@@ -43,6 +44,40 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike, waiting: str | None = None) -> Iterator[None]:
+    """Hold an exclusive lock on the file ``path`` between processes (POSIX ``flock``).
+
+    Two chapters running side by side (on Dask workers) that fill the same cache take turns:
+    the second waits, then finds the work done. No-op where ``fcntl`` is missing (Windows).
+
+    Parameters
+    ----------
+    path : path-like
+        Lock file, created if missing (with its folder) and left in place.
+    waiting : str or None
+        Printed when another process holds the lock, before waiting for it.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(path, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting:
+                print(waiting, flush=True)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def write_json(path: str | os.PathLike, obj: Any, **kwargs: Any) -> Path:

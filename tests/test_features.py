@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -54,6 +56,36 @@ def test_extract_cached_resumes_after_kill(tmp_path):
     again = extract_cached(path, keys, compute, batch_size=5)
     assert resumed == []
     np.testing.assert_array_equal(again["x"], direct["x"])
+
+
+def _fill_cache(path, log, keys):
+    """Fill the cache at ``path``, writing every batch computed to the file ``log``."""
+    def compute(batch):
+        with open(log, "a") as fh:
+            fh.write(" ".join(map(str, batch)) + "\n")
+        time.sleep(0.05)
+        return _features(batch)
+
+    out = extract_cached(path, keys, compute, batch_size=4)
+    np.testing.assert_array_equal(out["x"], _features(keys)["x"])
+
+
+def test_processes_filling_one_cache_take_turns(tmp_path):
+    """Two processes on one cache (two chapters on two Dask workers): HDF5 refuses a second
+    writer, so without the lock one fails; with it, both return every row, computed once."""
+    import multiprocessing
+
+    keys, log = list(range(40)), tmp_path / "computed.txt"
+    fork = multiprocessing.get_context("fork")
+    procs = [fork.Process(target=_fill_cache, args=(tmp_path / "c.h5", log, keys))
+             for _ in range(2)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(60)
+    assert [proc.exitcode for proc in procs] == [0, 0]
+    computed = [int(k) for line in log.read_text().splitlines() for k in line.split()]
+    assert sorted(computed) == keys
 
 
 def test_extract_cached_rejects_other_keys(tmp_path):

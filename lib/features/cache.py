@@ -1,7 +1,9 @@
 """Resumable, batched feature extraction cached in one HDF5 file per feature set.
 
 A killed run leaves every finished batch on disk (each batch is flushed), and the next call
-computes only the missing ones.
+computes only the missing ones. Processes that fill the same cache at once (chapters side by side
+on Dask workers, e.g. stage 1 at two memory sizes) take turns: the second waits for the first,
+then finds its rows done.
 """
 
 from __future__ import annotations
@@ -48,11 +50,14 @@ def extract_cached(
     import h5py
     from tqdm.auto import tqdm
 
+    from lib.io import exclusive_lock
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     keys = _check_keys(keys, batch_size)
     n = len(keys)
-    with h5py.File(path, "a") as f:
+    lock = exclusive_lock(path.with_name(path.name + ".lock"),
+                          f"{path.name}: another process is filling this cache; waiting for it")
+    with lock, h5py.File(path, "a") as f:
         todo = np.flatnonzero(~_done_rows(f, keys, path))
         batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
         with tqdm(total=n, initial=n - len(todo), desc=desc or path.stem, unit="item") as bar:

@@ -31,7 +31,6 @@ The world itself is made by :func:`lib.toyworld.world.build_world`.
 from __future__ import annotations
 
 import ast
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -149,7 +148,10 @@ def build(preset: str = "toy", seed: int = 0, out: Path | None = None, force: bo
     if not force and done and all(done.get(k) == v for k, v in key.items()):
         log.info("toy world %s (seed %d) is up to date in %s", preset, seed, out)
         return out
-    with _exclusive(out):  # another process building the same folder: wait for it
+    from lib.io import exclusive_lock
+
+    with exclusive_lock(out / ".build.lock",  # another process building the same folder
+                        f"[toyworld] another process is building {out}; waiting for it"):
         done = _read_json(stamp)
         if not force and done and all(done.get(k) == v for k, v in key.items()):
             return out
@@ -177,27 +179,6 @@ def world_subjects(preset: str, subjects) -> int:
         What :func:`build` takes as ``n_subjects`` (00_toy_world and :mod:`lib.run` pass it).
     """
     return max(get_preset(preset).n_subjects, *(int(s) for s in subjects))
-
-
-@contextlib.contextmanager
-def _exclusive(out: Path):
-    """Hold an exclusive lock on ``out/.build.lock`` (POSIX; no-op elsewhere)."""
-    out.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    with open(out / ".build.lock", "w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"[toyworld] another process is building {out}; waiting for it", flush=True)
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _build_locked(p, preset: str, seed: int, out: Path, force: bool, models: bool, key: dict,
