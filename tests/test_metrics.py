@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import shutil
 
 import numpy as np
@@ -544,6 +545,46 @@ def test_score_reference_runs_subset(tmp_path, meteor):
     again = M.score_reference_runs(tmp_path, n_items=100, cache_path=cache)  # from the cache
     assert cache.stat().st_mtime_ns == mtime
     pd.testing.assert_frame_equal(again, table, check_dtype=False)
+
+
+def _score_into(folder, cache):
+    """score_reference_runs in a child process: the table's CIDEr column, to a file."""
+    table = M.score_reference_runs(folder, cache_path=cache, meteor=object())
+    (folder / f"result-{os.getpid()}.txt").write_text(" ".join(map(str, table["CIDEr"])))
+
+
+def test_two_processes_score_the_released_captions_once(tmp_path, monkeypatch):
+    """Two subjects' chapter 05 side by side: the second waits for the first's table instead
+    of scoring the released captions again (the scoring here a stand-in that logs its calls;
+    the real one takes about a minute)."""
+    import multiprocessing
+    import time
+
+    from lib.metrics import reference
+
+    for name in ("pt_type0_mem1_captions.csv", "pt_type1_mem1_captions.csv"):
+        shutil.copy(M.REFERENCE_RUNS / name, tmp_path)
+    log = tmp_path / "scored.txt"
+
+    def fake_score(frame, name, typ, mem, meteor, shuffled, seed, n_permutations):
+        with open(log, "a") as fh:
+            fh.write(name + "\n")
+        time.sleep(0.3)
+        return [{"file": name, "CIDEr": float(len(frame) + typ)}]
+
+    monkeypatch.setattr(reference, "_score_run", fake_score)
+    fork = multiprocessing.get_context("fork")
+    procs = [fork.Process(target=_score_into, args=(tmp_path, tmp_path / "scores.csv"))
+             for _ in range(2)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(60)
+    assert [proc.exitcode for proc in procs] == [0, 0]
+    assert sorted(log.read_text().split()) == ["pt_type0_mem1_captions.csv",
+                                               "pt_type1_mem1_captions.csv"]
+    results = {p.read_text() for p in tmp_path.glob("result-*.txt")}
+    assert len(results) == 1 and len(list(tmp_path.glob("result-*.txt"))) == 2
 
 
 def test_published_table_and_scale():

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from lib.config import REPO_ROOT
-from lib.io import atomic_path
+from lib.io import atomic_path, exclusive_lock
 
 from .captions import CAPTION_METRICS, MeteorScorer, caption_metrics
 from .stats import permutation_test
@@ -146,6 +146,13 @@ def score_reference_runs(
         return cached
     rows = []
     with contextlib.ExitStack() as stack:
+        if cache_path is not None:  # two subjects' chapter 05 side by side: one scores
+            stack.enter_context(exclusive_lock(
+                f"{cache_path}.lock", "another process is scoring the released captions; "
+                "waiting for its table"))
+            cached = _read_cache(cache_path, key)
+            if cached is not None:
+                return cached
         if meteor is None:
             meteor = stack.enter_context(MeteorScorer())
         for path, typ, mem in runs:
@@ -154,9 +161,9 @@ def score_reference_runs(
                 frame = frame.iloc[:n_items]
             rows += _score_run(frame, path.name, typ, mem, meteor, shuffled_control, seed,
                                n_permutations)
-    table = pd.DataFrame(rows)
-    if cache_path is not None:
-        _write_cache(table, cache_path, key)
+        table = pd.DataFrame(rows)
+        if cache_path is not None:
+            _write_cache(table, cache_path, key)
     return table
 
 
