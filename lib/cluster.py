@@ -117,9 +117,9 @@ def run_dask(jobs: list[Job], params: dict[str, Any], cwd, scheduler: str, *,
     A job is submitted when the jobs it needs have finished and a worker thread is free, the
     ready jobs in :func:`lib.jobs.start_order`; each receives the results of the jobs it needs.
     Submitting every job at once, with its dependencies as futures, let Dask start the jobs in
-    its own order (the dependants of a finished job queue on its worker): in a toy ``make book``
-    the notebooks took 474 s where this order takes about 400 (``bench/README.md``). Jobs ask
-    for one ``GPU`` resource when the workers advertise GPUs.
+    its own order (the dependants of a finished job queue on its worker): two workers were busy
+    83-92% of a toy ``make book``'s notebook time, and 99% in this order (``bench/README.md``).
+    Jobs ask for one ``GPU`` resource when the workers advertise GPUs.
     """
     from distributed import Client
 
