@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from lib.features.cache import extract_cached
+from tests.side_by_side import run_side_by_side
 
 
 def _features(keys):
@@ -73,17 +74,8 @@ def _fill_cache(path, log, keys):
 def test_processes_filling_one_cache_take_turns(tmp_path):
     """Two processes on one cache (two chapters on two Dask workers): HDF5 refuses a second
     writer, so without the lock one fails; with it, both return every row, computed once."""
-    import multiprocessing
-
     keys, log = list(range(40)), tmp_path / "computed.txt"
-    fork = multiprocessing.get_context("fork")
-    procs = [fork.Process(target=_fill_cache, args=(tmp_path / "c.h5", log, keys))
-             for _ in range(2)]
-    for proc in procs:
-        proc.start()
-    for proc in procs:
-        proc.join(60)
-    assert [proc.exitcode for proc in procs] == [0, 0]
+    assert run_side_by_side(_fill_cache, (tmp_path / "c.h5", log, keys)) == [0, 0]
     computed = [int(k) for line in log.read_text().splitlines() for k in line.split()]
     assert sorted(computed) == keys
 

@@ -557,10 +557,10 @@ def test_two_processes_score_the_released_captions_once(tmp_path, monkeypatch):
     """Two subjects' chapter 05 side by side: the second waits for the first's table instead
     of scoring the released captions again (the scoring here a stand-in that logs its calls;
     the real one takes about a minute)."""
-    import multiprocessing
     import time
 
     from lib.metrics import reference
+    from tests.side_by_side import run_side_by_side
 
     for name in ("pt_type0_mem1_captions.csv", "pt_type1_mem1_captions.csv"):
         shutil.copy(M.REFERENCE_RUNS / name, tmp_path)
@@ -573,14 +573,7 @@ def test_two_processes_score_the_released_captions_once(tmp_path, monkeypatch):
         return [{"file": name, "CIDEr": float(len(frame) + typ)}]
 
     monkeypatch.setattr(reference, "_score_run", fake_score)
-    fork = multiprocessing.get_context("fork")
-    procs = [fork.Process(target=_score_into, args=(tmp_path, tmp_path / "scores.csv"))
-             for _ in range(2)]
-    for proc in procs:
-        proc.start()
-    for proc in procs:
-        proc.join(60)
-    assert [proc.exitcode for proc in procs] == [0, 0]
+    assert run_side_by_side(_score_into, (tmp_path, tmp_path / "scores.csv")) == [0, 0]
     assert sorted(log.read_text().split()) == ["pt_type0_mem1_captions.csv",
                                                "pt_type1_mem1_captions.csv"]
     results = {p.read_text() for p in tmp_path.glob("result-*.txt")}
