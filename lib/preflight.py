@@ -103,8 +103,9 @@ def download_command(root, subject=None, sessions=None, coco_only: bool = False)
 
 
 def _built_by_toy_world(path, params: dict, planned) -> bool:
-    """Whether ``path`` will be written by 00_toy_world earlier in this run (the toy world is
-    planned and not built yet: no ``BUILD.json`` in ``toy_root``)."""
+    """Whether ``path`` will be written earlier in this run: :mod:`lib.run` builds the toy world
+    first when 00_toy_world is planned and the world is not built yet (no ``BUILD.json`` in
+    ``toy_root``)."""
     if "00_toy_world" not in planned or not params.get("toy_root"):
         return False
     toy = Path(params["toy_root"]).resolve()
@@ -395,7 +396,7 @@ def _run_preflight(params, planned, shapes, cache_dir) -> PreflightReport:
     report.problems += problems
     report.machine = machine_resources(params.get("derived_root") or ".")
     if shapes is None and toy_pending:
-        report.notes.append("memory and disk: not estimated (00_toy_world builds the data first)")
+        report.notes.append("memory and disk: not estimated (the run builds the toy world first)")
         return report
     if shapes is None:
         try:

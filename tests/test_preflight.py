@@ -130,7 +130,7 @@ def test_toy_world_to_be_built_is_not_missing(tmp_path):
                   blip2_model=str(tmp_path / "toy" / "models" / "blip2-toy-opt"),
                   itm_model=str(tmp_path / "toy" / "models" / "blip2-toy-itm"),
                   vision_zoo=[], language_zoo=[], derived_root=str(tmp_path / "derived"))
-    report = preflight.run_preflight(params)  # 00_toy_world builds all of it first
+    report = preflight.run_preflight(params)  # the run builds all of it first (00 is planned)
     assert report.ok, [str(p) for p in report.problems]
     params["notebooks"] = [n for n in params["notebooks"] if n != "00_toy_world"]
     report = preflight.run_preflight(params)
