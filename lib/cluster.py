@@ -140,8 +140,7 @@ def run_dask(jobs: list[Job], params: dict[str, Any], cwd, scheduler: str, *,
                                  *(results[k] for k in job.needs if k in results),
                                  key=f"job-{job.key}", pure=False, resources=resources)
 
-        _start_when_ready(start_order(jobs), submit, lambda: _job_slots(client),
-                          results, log, len(jobs))
+        _start_when_ready(start_order(jobs), submit, lambda: _job_slots(client), results, log)
         return [results[job.key] for job in jobs]
     finally:
         client.close()
@@ -149,12 +148,13 @@ def run_dask(jobs: list[Job], params: dict[str, Any], cwd, scheduler: str, *,
             cluster.close()
 
 
-def _start_when_ready(waiting: list[Job], submit, slots, results: dict, log, n_jobs: int):
+def _start_when_ready(waiting: list[Job], submit, slots, results: dict, log):
     """Submit each waiting job once its needs are in ``results`` and ``slots()`` has room for
     it; collect every result into ``results`` (a list scheduler over Dask futures)."""
     from distributed import wait
 
     planned = {job.key for job in waiting}
+    n_jobs = len(planned)
     running: dict = {}
     while waiting or running:
         room = slots() - len(running)

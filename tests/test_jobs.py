@@ -133,7 +133,7 @@ def test_dask_starts_ready_jobs_in_start_order_within_the_free_slots():
             results = {}
             waiting = [job("c", needs=["a"]), job("b"), job("a"), job("d", needs=["outside"])]
             _start_when_ready(waiting, submit, lambda: slots, results,
-                              lambda line: finished.append(line.split()[1]), 4)
+                              lambda line: finished.append(line.split()[1]))
         assert sorted(results) == ["a", "b", "c", "d"]
         return started
 
