@@ -26,8 +26,11 @@ from lib.ridge import (
     eigh_library,
     get_backend,
     kfold,
+    kfold_eigen,
+    kfold_per_fold,
     loo_cholesky,
     loo_eigen,
+    partitions,
     probe_blas,
 )
 from lib.scoring import pearson_r
@@ -184,6 +187,60 @@ def test_kfold_blocks_equal_concatenation():
     b = RidgeCV(alphas=ALPHAS, cv=3, dtype="float64").fit(X, Y)
     np.testing.assert_allclose(a.cv_scores_, b.cv_scores_, rtol=1e-9)
     assert _rel(a.predict(Xt), b.predict(Xt)) < 1e-9
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("n,p", [(60, 150), (150, 40)], ids=["dual", "primal"])
+@pytest.mark.parametrize("fit_intercept", [True, False])
+def test_kfold_from_one_eigendecomposition_equals_one_per_fold(backend, n, p, fit_intercept):
+    """Grouped folds: the held-out errors from the full fit's spectrum equal those of one
+    eigendecomposition per fold (float64), and one sample per fold is leave-one-out."""
+    X, Y, _, _ = _problem(n, p, 6, seed=21, offset=0.5)
+    groups = np.arange(n) // 3
+    folds = cv_splits(5, n, groups)
+    assert partitions(folds, n)
+
+    def fit(solver, *args):
+        return solver(*_design_targets(backend, X, Y, "float64", fit_intercept), ALPHAS, *args)
+
+    one = fit(kfold_eigen, [va for _, va in folds])
+    per_fold = fit(kfold_per_fold, folds)
+    np.testing.assert_allclose(one.scores, per_fold.scores, rtol=1e-9)
+    np.testing.assert_allclose(one.cv_r, per_fold.cv_r, rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(one.best, per_fold.best)
+    assert _rel(one.coef, per_fold.coef) < 1e-9
+    loo = fit(loo_eigen)
+    singletons = fit(kfold_eigen, [np.array([i]) for i in range(n)])
+    np.testing.assert_allclose(singletons.scores, loo.scores, rtol=1e-9)
+
+
+def test_kfold_uses_one_eigendecomposition_only_for_a_partition(monkeypatch):
+    """Splits whose training sets are not the complement of their validation sets (a gap,
+    a shuffle-split) go through one eigendecomposition per fold, and still equal brute force."""
+    import importlib
+
+    from sklearn.model_selection import ShuffleSplit
+
+    kfold_module = importlib.import_module("lib.ridge.kfold")  # lib.ridge.kfold is the function
+
+    n = 48
+    X, Y, _, _ = _problem(n, 70, 3, seed=22)
+    gap = [(np.r_[0:10, 18:n], np.arange(12, 16)), (np.arange(0, 30), np.arange(34, n))]
+    shuffled = list(ShuffleSplit(3, test_size=0.2, random_state=0).split(X))
+    assert partitions(cv_splits(4, n), n) and partitions(cv_splits(4, n, np.arange(n) // 4), n)
+    assert not partitions(gap, n) and not partitions(shuffled, n)
+    calls = []
+    monkeypatch.setattr(kfold_module, "kfold_eigen",
+                        lambda *a, **k: calls.append("eigen") or kfold_eigen(*a, **k))
+    for splits in (gap, shuffled, cv_splits(4, n)):
+        res = kfold(*_design_targets("numpy", X, Y, "float64"), ALPHAS, splits)
+        sse, count = np.zeros((len(ALPHAS), 3)), 0
+        for tr, va in splits:
+            count += len(va)
+            for k, a in enumerate(ALPHAS):
+                sse[k] += ((Y[va] - Ridge(alpha=a).fit(X[tr], Y[tr]).predict(X[va])) ** 2).sum(0)
+        np.testing.assert_allclose(res.scores, -sse / count, rtol=1e-8)
+    assert calls == ["eigen"]
 
 
 def test_float32_close_to_float64_and_batching_invariant():

@@ -10,8 +10,10 @@ Modules
 - :mod:`lib.ridge.solvers`: the leave-one-out solvers as functions, :func:`loo_eigen` (one
   eigendecomposition for every alpha) and :func:`loo_cholesky` (one Cholesky factorisation
   per alpha), each returning a :class:`CVResult`.
-- :mod:`lib.ridge.kfold`: :func:`kfold`, k-fold or any given splits, one eigendecomposition
-  per fold, returning a :class:`CVResult` as well.
+- :mod:`lib.ridge.kfold`: :func:`kfold`, k-fold or any given splits, returning a
+  :class:`CVResult` as well: :func:`kfold_eigen` when the folds partition the samples (k-fold,
+  grouped k-fold: every fold's held-out errors from the one eigendecomposition of all
+  samples), else :func:`kfold_per_fold` (one eigendecomposition per fold).
 - :mod:`lib.ridge.design`: centred designs in feature blocks, Gram matrices, thin spectra.
 - :mod:`lib.ridge.backends`: NumPy/SciPy and torch (CPU, CUDA) backends: CUDA where available,
   else NumPy, or a setting.
@@ -29,7 +31,7 @@ scikit-learn to ~1e-10. Where the time goes, per phase, is in ``bench/README.md`
 from lib.ridge.backends import BACKENDS, NumpyBackend, TorchBackend, get_backend
 from lib.ridge.design import Design, Targets, spectrum
 from lib.ridge.estimator import DEFAULT_ALPHAS, AlphaGridWarning, RidgeCV
-from lib.ridge.kfold import kfold
+from lib.ridge.kfold import kfold, kfold_eigen, kfold_per_fold, partitions
 from lib.ridge.machine import eigh_library, probe_blas
 from lib.ridge.solvers import (
     CVResult,
@@ -43,5 +45,6 @@ from lib.ridge.splits import cv_splits
 __all__ = [
     "BACKENDS", "DEFAULT_ALPHAS", "AlphaGridWarning", "CVResult", "Design", "NumpyBackend",
     "Options", "RidgeCV", "Targets", "TorchBackend", "cholesky_is_accurate", "cv_splits",
-    "eigh_library", "get_backend", "kfold", "loo_cholesky", "loo_eigen", "probe_blas", "spectrum",
+    "eigh_library", "get_backend", "kfold", "kfold_eigen", "kfold_per_fold", "loo_cholesky",
+    "loo_eigen", "partitions", "probe_blas", "spectrum",
 ]

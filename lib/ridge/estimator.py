@@ -71,7 +71,9 @@ class RidgeCV(RegressorMixin, BaseEstimator):
     cv : "loo", int, iterable of (train, test) index pairs, or a splitter with ``split``
         ``"loo"``: exact efficient leave-one-out. int ``k``: contiguous k-fold (no
         shuffling), or ``GroupKFold(k)`` when ``fit`` gets ``groups``; a splitter is called
-        as ``cv.split(X, y, groups)``.
+        as ``cv.split(X, y, groups)``. Folds that partition the samples get their held-out
+        errors from one eigendecomposition (:func:`~lib.ridge.kfold.kfold_eigen`), other
+        splits one per fold.
     fit_intercept : bool, default True
         Centre X and Y with their training means; the intercept is not penalised.
     device : {"auto", "cpu", "cuda", "cuda:N"}, default "auto"
