@@ -42,9 +42,9 @@ class JobResult:
 
 def job_parameters(jobs: list[Job], params: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The parameters each job's notebook receives, keyed by job."""
-    from lib.run import notebook_parameters
+    from lib.execute import job_parameters
 
-    return {job.key: notebook_parameters(job, params) for job in jobs}
+    return {job.key: job_parameters(job, params) for job in jobs}
 
 
 def execute(job: Job, params: dict[str, Any], cwd: str, fingerprint: str, force: bool,
@@ -69,7 +69,7 @@ def execute(job: Job, params: dict[str, Any], cwd: str, fingerprint: str, force:
     -------
     result : JobResult
     """
-    from lib.run import NotebookFailed, run_job
+    from lib.execute import NotebookFailed, run_job
 
     broken = [r.label for r in needed if r.status in ("failed", "blocked")]
     if broken:

@@ -6,7 +6,8 @@ import papermill
 import pytest
 
 from lib.config import REPO_ROOT
-from lib.run import CONTROL_KEYS, load_params
+from lib.execute import CONTROL_KEYS
+from lib.run import load_params
 
 PARAMS = sorted((REPO_ROOT / "notebooks" / "params").glob("*.yaml"))
 REFERENCE = (REPO_ROOT / "book" / "reference" / "parameters.md").read_text()
