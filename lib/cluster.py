@@ -40,9 +40,9 @@ class JobResult:
     message: str = ""
 
 
-def job_parameters(jobs: list[Job], params: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def parameters_by_job(jobs: list[Job], params: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The parameters each job's notebook receives, keyed by job."""
-    from lib.execute import job_parameters
+    from lib.notebook_job import job_parameters
 
     return {job.key: job_parameters(job, params) for job in jobs}
 
@@ -69,7 +69,7 @@ def execute(job: Job, params: dict[str, Any], cwd: str, fingerprint: str, force:
     -------
     result : JobResult
     """
-    from lib.execute import NotebookFailed, run_job
+    from lib.notebook_job import NotebookFailed, run_job
 
     broken = [r.label for r in needed if r.status in ("failed", "blocked")]
     if broken:
@@ -93,7 +93,7 @@ def execute(job: Job, params: dict[str, Any], cwd: str, fingerprint: str, force:
 def run_serial(jobs: list[Job], params: dict[str, Any], cwd, *, force: bool = False,
                log=print) -> list[JobResult]:
     """Run the jobs one after another in this process (the default of ``make book``)."""
-    prints = fingerprints(jobs, job_parameters(jobs, params), cwd)
+    prints = fingerprints(jobs, parameters_by_job(jobs, params), cwd)
     results: dict[str, JobResult] = {}
     for i, job in enumerate(jobs, 1):
         log(f"[{i}/{len(jobs)}] {job.label} ...")
@@ -131,7 +131,7 @@ def run_dask(jobs: list[Job], params: dict[str, Any], cwd, scheduler: str, *,
     client = Client(cluster if cluster is not None else scheduler)
     try:
         log(f"Dask scheduler {client.scheduler.address}, dashboard {client.dashboard_link}")
-        prints = fingerprints(jobs, job_parameters(jobs, params), cwd)
+        prints = fingerprints(jobs, parameters_by_job(jobs, params), cwd)
         resources = {"GPU": 1} if _workers_have_gpus(client) else None
         results: dict[str, JobResult] = {}
 

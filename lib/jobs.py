@@ -117,7 +117,7 @@ def subjects_of(params: dict[str, Any]) -> list[int]:
 
 def _sweep_values(name: str, params: dict[str, Any], source: Path) -> list[dict[str, Any]]:
     """Override sets of a notebook's sweep jobs (the main run, ``{}``, first)."""
-    from lib.execute import declared_default
+    from lib.notebook_job import declared_default
 
     runs: list[dict[str, Any]] = [{}]
     for param, values in ((params.get("sweeps") or {}).get(name) or {}).items():

@@ -23,7 +23,7 @@ papermill runs (used for the memory-size ablation)::
 
 :mod:`lib.jobs` plans the jobs and their dependencies and skips jobs that are up to date;
 :mod:`lib.cluster` executes them (serially, or on Dask), each through
-:func:`lib.execute.run_job`. Executed notebooks land in ``book/run/``
+:func:`lib.notebook_job.run_job`. Executed notebooks land in ``book/run/``
 (``<name>.ipynb``; sweep runs as ``<name>__<param>-<value>.ipynb``; other subjects under
 ``subjects/subjXX/``), where Jupyter Book picks them up. The cell papermill injects with the
 parameters is tagged ``remove-cell`` so the rendered book does not show it.
@@ -42,8 +42,8 @@ from typing import Any
 import yaml
 
 from lib.config import PARAMS_ENV, REPO_ROOT
-from lib.execute import NotebookFailed, declared_default, job_parameters
 from lib.jobs import Job, plan_graph
+from lib.notebook_job import NotebookFailed, declared_default, job_parameters
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 DEFAULT_OUTPUT_DIR = REPO_ROOT / "book" / "run"

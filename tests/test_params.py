@@ -6,7 +6,7 @@ import papermill
 import pytest
 
 from lib.config import REPO_ROOT
-from lib.execute import CONTROL_KEYS
+from lib.notebook_job import CONTROL_KEYS
 from lib.run import load_params
 
 PARAMS = sorted((REPO_ROOT / "notebooks" / "params").glob("*.yaml"))

@@ -154,7 +154,7 @@ def test_once_does_other_work_while_another_process_makes_it(tmp_path_factory):
 
 KERNEL_THEN_WAIT = """
 import asyncio, sys, time
-from lib.execute import SocketFileKernelManager
+from lib.notebook_job import SocketFileKernelManager
 
 async def main():
     km = SocketFileKernelManager(kernel_name="python3")
