@@ -36,10 +36,10 @@ def train_slice(model_name: str, samples: int) -> dict:
     """Train ``model_name`` (e.g. ``"vit-l"``) on ``samples`` toy scenes; time it (this process)."""
     import torch
 
-    from lib.toyworld.models import PRESETS, vision_zoo
+    from lib.toyworld.models import MODEL_PRESETS, vision_zoo
     from lib.toyworld.models.data import make_corpus
 
-    spec = {**PRESETS["toy"]["vision"], "epochs": 1}
+    spec = {**MODEL_PRESETS["toy"]["vision"], "epochs": 1}
     family, size = model_name.split("-")
     corpus = make_corpus(samples, 0, stream=0, image_size=64)
     processor = vision_zoo.image_processor(family, 64)

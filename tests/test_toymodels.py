@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from lib.toyworld.models import PRESETS, train_all
+from lib.toyworld.models import MODEL_PRESETS, train_all
 from lib.toyworld.models import blip2 as B
 from lib.toyworld.models.data import label_names, make_corpus, scene_labels
 from lib.toyworld.models.tokenizer import build_tokenizer
@@ -80,7 +80,7 @@ def test_blip2_folders_load_like_the_real_checkpoints(models_root, val_corpus):
         assert (ids[:, :nq] == model.config.image_token_index).all()
         assert (ids[:, nq] == proc.tokenizer.bos_token_id).all()
         assert int((ids == model.config.image_token_index).sum()) == 2 * nq
-        size = PRESETS["micro"]["image_size"]
+        size = MODEL_PRESETS["micro"]["image_size"]
         assert tuple(inputs["pixel_values"].shape) == (2, 3, size, size)
 
 
@@ -102,7 +102,7 @@ def test_generate_runs_and_matches_fast_training_path(models_root, val_corpus):
                   padding=True, return_tensors="pt")
     with torch.inference_mode():
         ref = model(**inputs).logits
-        q = B.query_outputs(model,
+        q = B.batched_query_outputs(model,
                             B.image_encoder_outputs(model.vision_model, inputs["pixel_values"]))
         fast = B.lm_logits(model, q, inputs["input_ids"], inputs["attention_mask"])
     torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-4)
@@ -122,8 +122,9 @@ def test_captioner_shares_the_itm_vision_side(models_root, val_corpus):
     assert itm.config.qformer_config.use_qformer_text_input
     px = Blip2Processor.from_pretrained(root / "blip2-toy-itm")(
         images=list(val_corpus.images[:2]), return_tensors="pt")["pixel_values"]
-    torch.testing.assert_close(B.query_outputs(itm, B.image_encoder_outputs(itm.vision_model, px)),
-                               B.query_outputs(opt, B.image_encoder_outputs(opt.vision_model, px)))
+    torch.testing.assert_close(
+        B.batched_query_outputs(itm, B.image_encoder_outputs(itm.vision_model, px)),
+        B.batched_query_outputs(opt, B.image_encoder_outputs(opt.vision_model, px)))
 
 
 def test_zoo_json_and_every_zoo_model_reloads(models_root, val_corpus):
@@ -196,7 +197,8 @@ def test_trained_differs_from_untrained(models_root):
 def test_training_is_repeatable():
     corpus = make_corpus(8, seed=3, stream=0)
     tok = build_tokenizer([c for caps in corpus.captions for c in caps])
-    spec = {**PRESETS["micro"]["blip2"], "itm_batch": 4, "opt_batch": 8, "opt_pairs_per_epoch": 16}
+    spec = {**MODEL_PRESETS["micro"]["blip2"], "itm_batch": 4, "opt_batch": 8,
+            "opt_pairs_per_epoch": 16}
     proc = B.make_processor(tok, 64, spec["num_query_tokens"])
     runs = [B.train_blip2(corpus, proc, spec, 64, seed=5) for _ in range(2)]
     (itm1, opt1, h1), (itm2, opt2, h2) = runs
@@ -219,8 +221,9 @@ def test_itc_shortcut_matches_the_model_forward(models_root, val_corpus):
     inputs = proc(images=list(val_corpus.images[:3]), text=texts, padding=True, return_tensors="pt")
     with torch.inference_mode():
         ref = itm(**inputs, use_image_text_matching_head=False).logits_per_image
-        q = B.query_outputs(itm, B.image_encoder_outputs(itm.vision_model, inputs["pixel_values"]))
-        sim, _ = B.itc_similarity(itm, q, inputs["input_ids"], inputs["attention_mask"])
+        encoded = B.image_encoder_outputs(itm.vision_model, inputs["pixel_values"])
+        q = B.batched_query_outputs(itm, encoded)
+        sim, _ = B.itc_logits(itm, q, inputs["input_ids"], inputs["attention_mask"])
     assert tuple(ref.shape) == (3, 4)
     torch.testing.assert_close(sim, ref, rtol=1e-5, atol=1e-5)
 
@@ -238,7 +241,7 @@ def test_workers_train_the_same_models_as_one_process(tmp_path):
     in this process on as many threads per model (a process changes nothing but the clock)."""
     from lib.toyworld.models import training_workers
 
-    spec = {**PRESETS["micro"], "n_train": 32, "n_val": 8}
+    spec = {**MODEL_PRESETS["micro"], "n_train": 32, "n_val": 8}
     spec["vision"] = {**spec["vision"], "n_train": 32}
     here = train_all(tmp_path / "here", spec, seed=1, threads=1, workers=1)
     apart = train_all(tmp_path / "apart", spec, seed=1, threads=2, workers=2)
@@ -269,8 +272,8 @@ def test_a_script_without_main_guard_gets_a_clear_error(tmp_path):
 
     script = tmp_path / "train_no_guard.py"
     script.write_text(
-        "from lib.toyworld.models import PRESETS, train_all\n"
-        "spec = {**PRESETS['micro'], 'n_train': 16, 'n_val': 4}\n"
+        "from lib.toyworld.models import MODEL_PRESETS, train_all\n"
+        "spec = {**MODEL_PRESETS['micro'], 'n_train': 16, 'n_val': 4}\n"
         "spec['vision'] = {**spec['vision'], 'n_train': 16}\n"
         f"train_all({str(tmp_path / 'models')!r}, spec, threads=2, workers=2, parts=['vision'])\n")
     done = subprocess.run([sys.executable, str(script)], cwd=REPO_ROOT, capture_output=True,

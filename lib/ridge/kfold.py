@@ -125,7 +125,7 @@ def kfold_eigen(design: Design, targets: Targets, alphas, folds, options: Option
     per_target = opt.alpha_per_target
     spec = spectrum(design, None if per_target else t, None, opt.eigh_dtype,
                     Clock(bk, opt.times, opt.verbose))
-    clock = Clock(bk, opt.times)
+    clock = Clock(bk, opt.times, opt.verbose)  # prints the one-time phases (folds)
     U, s, r = spec.U, spec.s, int(spec.s.shape[0])
     spans = r + int(design.fit_intercept) == n
     q_blocks = None
@@ -138,6 +138,7 @@ def kfold_eigen(design: Design, targets: Targets, alphas, folds, options: Option
     inverses = _fold_inverses(U, s, alphas, folds, bk, q_blocks)
     idx = [bk.index(va) for va in folds]
     clock("folds")
+    clock = Clock(bk, opt.times)  # per target batch: quiet
     a_t = bk.asarray(np.asarray(alphas), targets.dtype)
     inv_s = 1.0 / (s[:, None] + a_t[None, :])  # (r, n_alphas)
     keep_dual = per_target and spec.W is None  # refit from the kept dual coefficients

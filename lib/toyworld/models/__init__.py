@@ -29,7 +29,7 @@ from pathlib import Path
 from .blip2 import caption_pixels, retrieval_top1
 
 #: Presets: sizes of the training sets, architectures and schedules.
-PRESETS: dict = {
+MODEL_PRESETS: dict = {
     "toy": {
         "image_size": 64,
         "n_train": 12000,
@@ -66,14 +66,14 @@ PRESETS: dict = {
         },
     },
 }
-PRESETS["micro"] = {
+MODEL_PRESETS["micro"] = {
     "image_size": 64,
     "n_train": 96,
     "n_val": 16,
     "min_count": 1,
     "max_workers": 1,  # seconds of training: starting a process (torch, transformers) costs more
     "blip2": {
-        **PRESETS["toy"]["blip2"],
+        **MODEL_PRESETS["toy"]["blip2"],
         "vision_hidden": 32, "vision_layers": 1, "patch_size": 16, "qformer_hidden": 32,
         "qformer_layers": 1, "num_query_tokens": 4, "embed_dim": 16, "lm_hidden": 32,
         "lm_layers": 1, "vision_pretrain_epochs": 1, "itm_epochs": 1, "itm_batch": 32,
@@ -101,13 +101,14 @@ PRESETS["micro"] = {
 }
 
 
-def get_preset(preset: str | dict) -> dict:
+def model_preset(preset: str | dict) -> dict:
     """Return a deep copy of a named preset (or of a preset dict passed in)."""
     if isinstance(preset, dict):
         return copy.deepcopy(preset)
-    if preset not in PRESETS:
-        raise ValueError(f"unknown toy-model preset {preset!r}; expected one of {sorted(PRESETS)}")
-    return copy.deepcopy(PRESETS[preset])
+    if preset not in MODEL_PRESETS:
+        raise ValueError(f"unknown toy-model preset {preset!r}; expected one of "
+                         f"{sorted(MODEL_PRESETS)}")
+    return copy.deepcopy(MODEL_PRESETS[preset])
 
 
 def _save_dir(path: Path, *objects) -> Path:
@@ -182,7 +183,7 @@ def train_all(models_dir, preset: str | dict = "toy", seed: int = 0,
     from .tokenizer import build_tokenizer
 
     name = preset if isinstance(preset, str) else "custom"
-    cfg = get_preset(preset)
+    cfg = model_preset(preset)
     models_dir = Path(models_dir)
     models_dir.mkdir(parents=True, exist_ok=True)
     size = int(cfg["image_size"])
@@ -324,7 +325,7 @@ def _train_blip2_part(models_dir, cfg, train, val, tok, seed, phases, quality):
     with phases.phase("blip2/eval (held-out captions + retrieval) and save"):
         _save_dir(models_dir / "blip2-toy-itm", itm, processor)
         _save_dir(models_dir / "blip2-toy-opt", opt, processor)
-        quality["blip2"] = blip2.evaluate(itm, opt, processor, val)
+        quality["blip2"] = blip2.evaluate_from_pixels(itm, opt, processor, val)
     for key in ("itm_loss", "lm_loss", "opt_loss"):
         tail = hist[key][-10:]
         quality["blip2"][f"final_train_{key}"] = float(sum(tail) / max(len(tail), 1))
@@ -375,15 +376,15 @@ def _train_language_part(models_dir, cfg, train, val, tok, seed, phases, quality
 
     from . import language_zoo
     from ._train import count_params
-    from .language_zoo import encode_texts
+    from .language_zoo import caption_ids
 
     lspec = cfg["language"]
     with phases.phase("language/encode captions"):
         per_image = int(lspec.get("captions_per_image") or len(train.captions[0]))
         n_images = min(int(lspec.get("n_train") or len(train)), len(train))
         texts = [c for caps in train.captions[:n_images] for c in caps[:per_image]]
-        ids, mask = encode_texts(tok, texts)
-        val_ids, val_mask = encode_texts(tok, [c for caps in val.captions for c in caps])
+        ids, mask = caption_ids(tok, texts)
+        val_ids, val_mask = caption_ids(tok, [c for caps in val.captions for c in caps])
     stream = 200
     for s, size_spec in tqdm(list(lspec["sizes"].items()), desc="language zoo", leave=False):
         stream += 1
@@ -406,5 +407,5 @@ def _train_language_part(models_dir, cfg, train, val, tok, seed, phases, quality
                         "trained": trained})
 
 
-__all__ = ["PRESETS", "caption_pixels", "get_preset", "retrieval_top1", "train_all",
+__all__ = ["MODEL_PRESETS", "caption_pixels", "model_preset", "retrieval_top1", "train_all",
            "training_workers"]

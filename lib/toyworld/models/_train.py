@@ -60,7 +60,8 @@ def pad_sequences(seqs: list, pad_id: int):
     return torch.from_numpy(ids), torch.from_numpy(keep.astype(np.int64))
 
 
-def batches(n: int, batch_size: int, rng: np.random.Generator, drop_last: bool = True) -> Iterator:
+def shuffled_batches(n: int, batch_size: int, rng: np.random.Generator,
+                     drop_last: bool = True) -> Iterator:
     """Yield index arrays of one shuffled epoch over ``n`` items."""
     perm = rng.permutation(n)
     stop = n - n % batch_size if drop_last and n >= batch_size else n
@@ -76,7 +77,7 @@ def cosine_lr(step: int, total: int, lr: float, warmup: int) -> float:
     return lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
 
 
-def make_optimizer(model_or_params, lr: float, weight_decay: float = 0.01):
+def adamw(model_or_params, lr: float, weight_decay: float = 0.01):
     """AdamW over the trainable parameters (no decay on biases and norms)."""
     import torch
 
@@ -131,12 +132,12 @@ def train_epochs(step_loss, params, n: int, batch_size: int, epochs: int, lr: fl
     total = (n // bs) * int(epochs)
     if max_steps is not None:
         total = min(total, int(max_steps))
-    optimizer = make_optimizer(params, lr, weight_decay=weight_decay)
+    optimizer = adamw(params, lr, weight_decay=weight_decay)
     history: dict = {"loss": []}
     with Stopwatch() as timer, tqdm(total=total, desc=desc, leave=False) as bar:
         step = 0
         for _ in range(int(epochs)):
-            for idx in batches(n, bs, rng):
+            for idx in shuffled_batches(n, bs, rng):
                 if step >= total:
                     break
                 set_lr(optimizer, cosine_lr(step, total, lr, max(total // 20, 1)))

@@ -11,7 +11,7 @@ real checkpoints (``Salesforce/blip2-itm-vit-g``, ``Salesforce/blip2-opt-2.7b``)
   OPT, then builds the :class:`~transformers.Blip2ForConditionalGeneration` whose vision
   encoder, Q-Former and query tokens are frozen copies of the retrieval model's (as BLIP-2's
   stage 2 starts from stage 1) and trains its language projection and OPT to caption the scenes.
-- :func:`evaluate` scores both from pixels on held-out scenes: BLEU/CIDEr of generated
+- :func:`evaluate_from_pixels` scores both from pixels on held-out scenes: BLEU/CIDEr of generated
   captions against each image's five references, and image -> text retrieval.
 """
 
@@ -146,7 +146,7 @@ def _trim(ids, mask):
 
 
 # --------------------------------------------------------------------------- stage 1
-def itc_similarity(itm_model, queries, ids, mask):
+def itc_logits(itm_model, queries, ids, mask):
     """The ITM model's contrastive similarity from precomputed Q-Former query outputs.
 
     Same computation as ``Blip2ForImageTextRetrieval.forward(...,
@@ -164,8 +164,9 @@ def itc_similarity(itm_model, queries, ids, mask):
     sim : FloatTensor of shape (B_img, B_txt)
     image_embeds : FloatTensor of shape (B_img, num_query_tokens, embed_dim)
     """
-    import torch
     import torch.nn.functional as F
+
+    from lib.decoding.itm import itc_similarity
 
     nq = itm_model.config.num_query_tokens
     image_embeds = F.normalize(itm_model.vision_projection(queries), dim=-1)
@@ -173,8 +174,7 @@ def itc_similarity(itm_model, queries, ids, mask):
     text = itm_model.qformer(query_embeds=text_in, query_length=0,
                              attention_mask=mask[:, nq:]).last_hidden_state
     text_embeds = F.normalize(itm_model.text_projection(text[:, 0, :]), dim=-1)
-    sim = torch.einsum("iqd,td->itq", image_embeds, text_embeds).amax(-1)
-    return sim, image_embeds
+    return itc_similarity(image_embeds, text_embeds), image_embeds
 
 
 def pretrain_vision(vision_model, pixels, labels, spec: dict, seed: int) -> dict:
@@ -308,7 +308,7 @@ def train_blip2(corpus, processor, spec: dict, image_size: int, seed: int, phase
         emb = encoded[idx]
         q = qformer_query_outputs(itm, emb)
         b_ids, b_mask = _trim(ids[idx, j], mask[idx, j])
-        sim, image_embeds = itc_similarity(itm, q, b_ids, b_mask)
+        sim, image_embeds = itc_logits(itm, q, b_ids, b_mask)
         target = torch.arange(len(idx))
         logits = sim / spec["temperature"]
         itc = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
@@ -347,7 +347,7 @@ def train_blip2(corpus, processor, spec: dict, image_size: int, seed: int, phase
 
 
 # --------------------------------------------------------------------------- stage 2
-def query_outputs(model, encoded, batch_size: int = 256):
+def batched_query_outputs(model, encoded, batch_size: int = 256):
     """Q-Former outputs (n, num_query_tokens, qformer_hidden) of a BLIP-2 model, no grad.
 
     ``encoded`` holds the image encoder's last hidden states, (n, 1 + n_patches, hidden)
@@ -406,7 +406,7 @@ def _train_language_side(model, encoded, corpus, processor, spec: dict, seed: in
         module.requires_grad_(False)
     model.query_tokens.requires_grad_(False)
     model.eval()
-    queries = query_outputs(model, encoded)
+    queries = batched_query_outputs(model, encoded)
     ids, mask = encode_captions(tok, corpus.captions, cfg.num_query_tokens, cfg.image_token_id,
                                 add_eos=True)
     n_img, n_cap, length = ids.shape
@@ -510,7 +510,7 @@ def retrieval_top1(itm_model, processor, images: np.ndarray, texts: list[str]) -
     }
 
 
-def evaluate(itm_model, opt_model, processor, corpus, n_examples: int = 8) -> dict:
+def evaluate_from_pixels(itm_model, opt_model, processor, corpus, n_examples: int = 8) -> dict:
     """Quality from pixels on held-out scenes (see module docstring)."""
     hyps = caption_pixels(opt_model, processor, corpus.images)
     scores = bleu_cider(hyps, corpus.captions)

@@ -28,7 +28,7 @@ def build_language_model(tokenizer, size: dict, seed: int, stream: int):
     return seeded_init(OPTForCausalLM, config, seed, stream)
 
 
-def encode_texts(tokenizer, texts: list[str]):
+def caption_ids(tokenizer, texts: list[str]):
     """``<s> words </s>`` ids, right-padded.
 
     Returns
