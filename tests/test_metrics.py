@@ -97,6 +97,26 @@ def test_caption_metrics_equal_direct_pycocoevalcap():
     assert 0 < ours["BLEU-4"] < ours["BLEU-1"] < 1 and 0 < ours["CIDEr"] < 10
 
 
+def test_ptb_tokenize_cache_equals_one_java_run(monkeypatch):
+    """Captions seen before come from the cache, new ones from one Java run: the tokens equal
+    one run over the whole list (duplicates and quotes included, the cache filled in another
+    order), and a list of seen captions starts no Java."""
+    from lib.metrics import java_tools
+
+    captions = ['A "quoted" word.', "It's a dog's toy!", "two  spaces", 'he said "hi"',
+                "A man riding a wave on top of a surfboard.", "It's a dog's toy!", ""]
+    direct = java_tools._run_ptb_tokenizer(captions)
+    assert direct[1] == "it 's a dog 's toy" and direct[0] == "a quoted word"
+    monkeypatch.setattr(java_tools, "_TOKENS", {})
+    runs = []
+    run = java_tools._run_ptb_tokenizer
+    monkeypatch.setattr(java_tools, "_run_ptb_tokenizer", lambda c: runs.append(c) or run(c))
+    java_tools.ptb_tokenize(captions[::-2])
+    assert java_tools.ptb_tokenize(captions) == direct
+    assert java_tools.ptb_tokenize(captions[2:]) == direct[2:]
+    assert runs == [captions[::-2], ["It's a dog's toy!", 'he said "hi"']]  # the new ones
+
+
 def test_references_deduplicated(meteor):
     # Duplicates leave BLEU unchanged (clipped counts and closest length use the max over
     # references) but CIDEr averages over references, so duplicates would re-weight them.

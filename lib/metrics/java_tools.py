@@ -42,11 +42,18 @@ def _java() -> str:
     return java
 
 
+#: Tokenized captions of this process (caption -> tokens): each Java start costs ~0.3 s, and
+#: chapter 05 tokenizes the same references for every run and condition.
+_TOKENS: dict[str, str] = {}
+
+
 def ptb_tokenize(captions: Sequence[str]) -> list[str]:
     """Tokenize captions as pycocoevalcap's ``PTBTokenizer`` does.
 
     Stanford PTBTokenizer (``-preserveLines -lowerCase``, the jar shipped with
-    pycocoevalcap), then pycocoevalcap's punctuation tokens are dropped.
+    pycocoevalcap), then pycocoevalcap's punctuation tokens are dropped. Each line is
+    tokenized on its own, so captions seen before in this process are taken from a cache and
+    only new ones go to Java (one call for all of them).
 
     Parameters
     ----------
@@ -58,11 +65,19 @@ def ptb_tokenize(captions: Sequence[str]) -> list[str]:
     tokenized : list of str, length n
         Lower-cased tokens joined by single spaces.
     """
-    from pycocoevalcap.tokenizer.ptbtokenizer import PUNCTUATIONS, STANFORD_CORENLP_3_4_1_JAR
-
     captions = list(captions)
     if any("\n" in c or "\r" in c for c in captions):
         raise ValueError("ptb_tokenize: captions must not contain line breaks; sanitize first.")
+    new = list(dict.fromkeys(c for c in captions if c not in _TOKENS))
+    if new:
+        _TOKENS.update(zip(new, _run_ptb_tokenizer(new)))
+    return [_TOKENS[c] for c in captions]
+
+
+def _run_ptb_tokenizer(captions: list[str]) -> list[str]:
+    """One Java run of the PTB tokenizer over ``captions`` (one per line)."""
+    from pycocoevalcap.tokenizer.ptbtokenizer import PUNCTUATIONS, STANFORD_CORENLP_3_4_1_JAR
+
     jar = _package_dir() / "tokenizer" / STANFORD_CORENLP_3_4_1_JAR
     fd, name = tempfile.mkstemp(prefix="braincap_ptb_", suffix=".txt")
     try:
