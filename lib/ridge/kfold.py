@@ -20,9 +20,10 @@ from lib.ridge.solvers import (
     HeldOut,
     Options,
     _host_dtype,
-    _improved,
+    batch_coef,
     choose_alphas,
     coef_from_spectrum,
+    track_best,
 )
 
 
@@ -157,16 +158,12 @@ def kfold_eigen(design: Design, targets: Targets, alphas, folds, options: Option
             R = A * float(alphas[k]) if Y_perp is None else A * float(alphas[k]) + Y_perp
             for f, ix in enumerate(idx):
                 acc.add(bk, k, sl, Yc[ix], inverses[k][f] @ R[ix], first=k == 0)
-            lower = _improved(acc, k, sl, best) if per_target else None
-            if keep_dual and k == 0:
-                A_best = A
-            elif keep_dual:
-                bk.copy_columns(A_best, A, lower)
+            if per_target:
+                A_best = track_best(acc, k, sl, best, A_best, A if keep_dual else None, bk)
             del A, R
         clock("loo")
         if per_target:
-            coef[sl] = bk.to_numpy((design.cross(A_best) if keep_dual else
-                                    spec.coef(C, a_t[bk.index(best[sl])])).T)
+            coef[sl] = batch_coef(spec, C, a_t[bk.index(best[sl])], A_best)
             clock("coef")
         del C, Yc, Y_perp, A_best, D
     scores = acc.scores()

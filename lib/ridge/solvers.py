@@ -190,6 +190,26 @@ def _improved(acc: HeldOut, k: int, sl: slice, best: np.ndarray) -> np.ndarray:
     return lower
 
 
+def track_best(acc: HeldOut, k: int, sl: slice, best: np.ndarray, A_best, A, bk):
+    """After alpha ``k`` of target batch ``sl``: record in ``best`` (t,) the targets whose
+    held-out error it lowers, and keep their dual coefficients ``A`` (n, batch) in ``A_best``
+    (``A`` itself for the first alpha; nothing when ``A`` is None). Returns ``A_best``."""
+    lower = _improved(acc, k, sl, best)
+    if A is None or A_best is None:
+        return A
+    bk.copy_columns(A_best, A, lower)
+    return A_best
+
+
+def batch_coef(spec, C, alphas, A_best) -> np.ndarray:
+    """Coefficients (batch, p) of one target batch refitted with its chosen ``alphas``
+    (batch,): ``Xc^T A_best`` from the kept dual coefficients, else (``A_best`` None) from
+    the spectrum and ``C = U^T Yc``."""
+    if A_best is None:
+        return spec.design.bk.to_numpy(spec.coef(C, alphas).T)
+    return spec.design.bk.to_numpy(spec.design.cross(A_best).T)
+
+
 def loo_eigen(design: Design, targets: Targets, alphas, options: Options | None = None,
               K=None) -> CVResult:
     """Exact leave-one-out for every alpha from one eigendecomposition.
@@ -257,18 +277,14 @@ def loo_eigen(design: Design, targets: Targets, alphas, options: Options | None 
                 E += Y_perp
                 E *= inv_1mh[:, k : k + 1]
             acc.add(bk, k, sl, Yc, E, first=k == 0)
-            lower = _improved(acc, k, sl, best) if per_target else None
-            if keep_dual and k == 0:
-                A_best = A
-            elif keep_dual:
-                bk.copy_columns(A_best, A, lower)
+            if per_target:
+                A_best = track_best(acc, k, sl, best, A_best, A if keep_dual else None, bk)
             if A_work is None and k < na - 1:
                 A_work = bk.empty(A.shape, A.dtype) if keep_dual else A
             del A
         clock("loo")
         if per_target:
-            coef[sl] = bk.to_numpy((design.cross(A_best) if keep_dual else
-                                    spec.coef(C, a_t[bk.index(best[sl])])).T)
+            coef[sl] = batch_coef(spec, C, a_t[bk.index(best[sl])], A_best)
             clock("coef")
         del C, Yc, Y_perp, A_best, A_work, D, E
     scores = acc.scores()
