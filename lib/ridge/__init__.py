@@ -7,9 +7,9 @@ shared alpha) by exact leave-one-out on the training data, or by k-fold cross-va
 Modules
 -------
 - :mod:`lib.ridge.estimator`: :class:`RidgeCV`, a scikit-learn estimator (``score`` is R^2).
-- :mod:`lib.ridge.solvers`: the leave-one-out solvers as functions, :func:`loo_eigen` (one
-  eigendecomposition for every alpha) and :func:`loo_cholesky` (one Cholesky factorisation
-  per alpha), each returning a :class:`CVResult`.
+- :mod:`lib.ridge.solvers`: the result type :class:`CVResult` and :func:`loo_eigen`, leave-one-out
+  for every alpha from one eigendecomposition; :mod:`lib.ridge.cholesky`: :func:`loo_cholesky`,
+  one Cholesky factorisation per alpha.
 - :mod:`lib.ridge.kfold`: :func:`kfold`, k-fold or any given splits, returning a
   :class:`CVResult` as well: :func:`kfold_eigen` when the folds partition the samples (k-fold,
   grouped k-fold: every fold's held-out errors from the one eigendecomposition of all
@@ -29,17 +29,12 @@ scikit-learn to ~1e-10. Where the time goes, per phase, is in ``bench/README.md`
 """
 
 from lib.ridge.backends import BACKENDS, NumpyBackend, TorchBackend, get_backend
+from lib.ridge.cholesky import cholesky_is_accurate, loo_cholesky
 from lib.ridge.design import Design, Targets, spectrum
 from lib.ridge.estimator import DEFAULT_ALPHAS, AlphaGridWarning, RidgeCV
 from lib.ridge.kfold import kfold, kfold_eigen, kfold_per_fold, partitions
 from lib.ridge.machine import eigh_library, probe_blas
-from lib.ridge.solvers import (
-    CVResult,
-    Options,
-    cholesky_is_accurate,
-    loo_cholesky,
-    loo_eigen,
-)
+from lib.ridge.solvers import CVResult, Options, loo_eigen
 from lib.ridge.splits import cv_splits
 
 __all__ = [

@@ -11,15 +11,11 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_array, check_consistent_length, check_is_fitted
 
 from lib.ridge.backends import get_backend
+from lib.ridge.cholesky import cholesky_is_accurate, loo_cholesky
 from lib.ridge.design import Clock, Design, Targets, batches
 from lib.ridge.kfold import kfold
 from lib.ridge.machine import eigh_library, probe_blas
-from lib.ridge.solvers import (
-    Options,
-    cholesky_is_accurate,
-    loo_cholesky,
-    loo_eigen,
-)
+from lib.ridge.solvers import Options, loo_eigen
 from lib.ridge.splits import cv_splits
 
 #: The default alpha grid of the project (absolute ridge penalties, as in scikit-learn):
@@ -86,11 +82,11 @@ class RidgeCV(RegressorMixin, BaseEstimator):
         Precision of eigendecompositions; None uses ``dtype``.
     solver : {"auto", "eigen", "cholesky"}, default "auto"
         Leave-one-out in the dual form: ``"eigen"`` (:func:`~lib.ridge.solvers.loo_eigen`)
-        or ``"cholesky"`` (:func:`~lib.ridge.solvers.loo_cholesky`, one factorisation per
+        or ``"cholesky"`` (:func:`~lib.ridge.cholesky.loo_cholesky`, one factorisation per
         alpha). ``"auto"``: eigen on the NumPy backend (OpenBLAS's ``syevd`` is fast and
         every alpha then costs one matrix product); on the torch backends (MKL's ``eigh``
         is slow) Cholesky for at most 10 alphas when it is accurate
-        (:func:`~lib.ridge.solvers.cholesky_is_accurate`). k-fold and the primal form
+        (:func:`~lib.ridge.cholesky.cholesky_is_accurate`). k-fold and the primal form
         always use eigendecompositions.
     verbose : bool, default False
         Progress bars and phase times on stderr.

@@ -19,10 +19,10 @@ from lib.ridge.solvers import (
     CVResult,
     HeldOut,
     Options,
-    _host_dtype,
     batch_coef,
     choose_alphas,
     coef_from_spectrum,
+    host_dtype,
     track_best,
 )
 
@@ -145,7 +145,7 @@ def kfold_eigen(design: Design, targets: Targets, alphas, folds, options: Option
     keep_dual = per_target and spec.W is None  # refit from the kept dual coefficients
     acc = HeldOut(na, t)
     best = np.zeros(t, dtype=np.int64)
-    coef = np.empty((t, design.p), dtype=_host_dtype(bk, targets.dtype))
+    coef = np.empty((t, design.p), dtype=host_dtype(bk, targets.dtype))
     slices = batches(n, design.p, t, r, opt.batch_size)
     for sl in opt.progress(slices, len(slices), "ridge k-fold"):
         Yc = targets.batch(sl)

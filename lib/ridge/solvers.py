@@ -9,11 +9,8 @@ target, the chosen alpha of every target and the coefficients refitted on all sa
   With ``Xc = U diag(sqrt s) V^T`` and ``C = U^T Yc``: fitted values
   ``U diag(s/(s+alpha)) C``, hat diagonal ``h_i = 1/n + sum_j U_ij^2 s_j/(s_j+alpha)``
   (``1/n``: the unpenalised intercept), LOO residuals ``e_i = (y_i - yhat_i)/(1 - h_i)``.
-- :func:`loo_cholesky`: the same residuals from one Cholesky factorisation of
-  ``G = Kc + alpha I`` per alpha (dual form): ``A = G^-1 Yc``, ``e_i = alpha A_i / (1 - h_i)``
-  with ``1 - h_i = alpha [G^-1]_ii - 1/n``. BLAS-3 only, so faster than ``eigh`` on CPUs
-  for short grids, but accurate only while ``s_max / alpha`` is moderate
-  (:func:`cholesky_is_accurate`).
+- :func:`lib.ridge.cholesky.loo_cholesky` (its own module): the same residuals from one
+  Cholesky factorisation of ``G = Kc + alpha I`` per alpha (dual form).
 - :func:`lib.ridge.kfold.kfold` (its own module): k-fold or any given splits.
 
 Alpha selection minimises the mean squared error per target (as scikit-learn's
@@ -33,7 +30,6 @@ from lib.ridge.design import (
     Targets,
     batches,
     finfo,
-    largest_eigenvalue,
     spectrum,
 )
 
@@ -165,14 +161,15 @@ def choose_alphas(scores: np.ndarray, per_target: bool) -> np.ndarray:
     return np.full(scores.shape[1], int(np.argmax(scores.mean(1))))
 
 
-def _host_dtype(bk, dtype):
+def host_dtype(bk, dtype):
+    """NumPy dtype of host arrays for backend ``dtype`` (float64 or float32)."""
     return np.float64 if dtype == bk.float64 else np.float32
 
 
 def coef_from_spectrum(spec, targets: Targets, alphas, slices) -> np.ndarray:
     """Coefficients (t, p) for per-target ``alphas`` (t,) from a :class:`Spectrum`."""
     bk, design = targets.bk, spec.design
-    coef = np.empty((targets.t, design.p), dtype=_host_dtype(bk, targets.dtype))
+    coef = np.empty((targets.t, design.p), dtype=host_dtype(bk, targets.dtype))
     for sl in slices:
         C = spec.U.T @ targets.batch(sl)
         coef[sl] = bk.to_numpy(spec.coef(C, bk.asarray(alphas[sl], targets.dtype)).T)
@@ -258,7 +255,7 @@ def loo_eigen(design: Design, targets: Targets, alphas, options: Options | None 
     keep_dual = per_target and spec.W is None  # refit from the kept dual coefficients
     acc = HeldOut(na, t)
     best = np.zeros(t, dtype=np.int64)
-    coef = np.empty((t, design.p), dtype=_host_dtype(bk, targets.dtype))
+    coef = np.empty((t, design.p), dtype=host_dtype(bk, targets.dtype))
     slices = batches(n, design.p, t, r, opt.batch_size)
     for sl in opt.progress(slices, len(slices), "ridge LOO"):
         Yc = targets.batch(sl)
@@ -293,113 +290,3 @@ def loo_eigen(design: Design, targets: Targets, alphas, options: Options | None 
         coef = coef_from_spectrum(spec, targets, np.asarray(alphas)[best], slices)
         clock("coef")
     return CVResult(scores, best, coef, acc.y_var(), acc.r(), "eigen", r)
-
-
-def cholesky_is_accurate(K, alphas, bk) -> bool:
-    """Whether one Cholesky factorisation per alpha is accurate for this Gram matrix.
-
-    True when ``s_max / min(alphas)`` (largest eigenvalue of ``K`` by power iteration) is
-    below 1e4 in float32 (1e10 in float64).
-    """
-    limit = 1e4 if K.dtype == bk.float32 else 1e10
-    return largest_eigenvalue(K, bk) / float(np.min(alphas)) < limit
-
-
-def inv_diag(L, bk, block: int = 512):
-    """Diagonal of ``G^-1`` for ``G = L L^T``: column sums of squares of ``L^-1``.
-
-    ``L^-1`` is lower triangular, so its columns ``j:j+block`` solve only the trailing system
-    ``L[j:, j:] X = I[j:, j:j+block]``: ``n^3 / 3`` flops in large BLAS-3 triangular solves
-    (LAPACK's ``trtri`` does the same work several times slower in OpenBLAS).
-
-    Parameters
-    ----------
-    L : backend array of shape (n, n), lower triangular
-    bk : backend
-    block : int
-
-    Returns
-    -------
-    d : backend array of shape (n,)
-    """
-    n = L.shape[0]
-    parts = []
-    for j in range(0, n, block):
-        k = min(block, n - j)
-        X = bk.solve_lower(L[j:, j:], bk.eye_block(n - j, k, L.dtype))
-        parts.append(bk.coldot(X, X))
-    if len(parts) == 1:
-        return parts[0]
-    d = bk.empty(n, L.dtype)
-    for j, part in zip(range(0, n, block), parts):
-        d[j : j + len(part)] = part
-    return d
-
-
-def _factor(K, alpha: float, bk, h1: float):
-    """Cholesky factor of ``K + alpha I`` and LOO weights ``alpha / (1 - h)`` (n, 1)."""
-    G = bk.add_diag(bk.copy(K), alpha)
-    L = bk.cholesky(G, overwrite=True)
-    if L is None:
-        return None, None
-    one_minus_h = bk.maximum(alpha * (inv_diag(L, bk) - h1), float(finfo(K.dtype).tiny))
-    return L, (alpha / one_minus_h)[:, None]
-
-
-def loo_cholesky(design: Design, targets: Targets, alphas, options: Options | None = None,
-                 K=None) -> CVResult | None:
-    """Exact leave-one-out with one Cholesky factorisation per alpha (dual form).
-
-    ``c 1 1^T`` (``n c`` the mean eigenvalue) is added to ``Kc``: this leaves ``G^-1``
-    unchanged on centred vectors and gives ``1 - h_i = alpha ([G^-1]_ii - 1/(n (alpha + n c)))``
-    without cancellation.
-
-    Parameters
-    ----------
-    design, targets, alphas, options
-        As :func:`loo_eigen`.
-    K : backend array of shape (n, n) or None
-        The dual Gram matrix if already computed (left unchanged).
-
-    Returns
-    -------
-    result : CVResult, or None when a factorisation fails (use :func:`loo_eigen`)
-    """
-    opt = options or Options()
-    bk, n, t, na = design.bk, design.n, targets.t, len(alphas)
-    clock = Clock(bk, opt.times, opt.verbose)
-    K = design.gram() if K is None else K
-    clock("gram")
-    nc = float(bk.to_numpy(K.diagonal().sum())) / n if design.fit_intercept else 0.0
-    Kb = K + nc / n if design.fit_intercept else K
-
-    def h1(a):
-        return 1.0 / (n * (a + nc)) if design.fit_intercept else 0.0
-
-    acc = HeldOut(na, t)
-    best = np.zeros(t, dtype=np.int64)
-    A_best = bk.empty((n, t), targets.dtype)
-    slices = batches(n, design.p, t, n, opt.batch_size)
-    single = targets.batch(slices[0]) if len(slices) == 1 else None  # kept across alphas
-    for k, a in enumerate(opt.progress(alphas, na, "ridge LOO (Cholesky)")):
-        L, w = _factor(Kb, float(a), bk, h1(float(a)))
-        if L is None:
-            return None
-        clock("factor")
-        for sl in slices:
-            Yc = single if single is not None else targets.batch(sl)
-            A = bk.cho_solve(L, Yc)
-            acc.add(bk, k, sl, Yc, A * w, first=k == 0)
-            bk.copy_columns(A_best[:, sl], A, _improved(acc, k, sl, best))  # keep the best
-            del A, Yc
-        clock("loo")
-    if not opt.alpha_per_target:
-        best = choose_alphas(acc.scores(), False)
-        L, _ = _factor(Kb, float(alphas[best[0]]), bk, 0.0)
-        for sl in slices:
-            A_best[:, sl] = bk.cho_solve(L, targets.batch(sl))
-    coef = np.empty((t, design.p), dtype=_host_dtype(bk, targets.dtype))
-    for sl in slices:
-        coef[sl] = bk.to_numpy(design.cross(A_best[:, sl]).T)
-    clock("coef")
-    return CVResult(acc.scores(), best, coef, acc.y_var(), acc.r(), "cholesky", None)
