@@ -6,7 +6,8 @@ The package is the shared code behind the analysis book's notebooks:
 - :mod:`lib.io`        atomic writes
 - :mod:`lib.toyworld`  the simulated NSD and its small BLIP-2-family models
 - :mod:`lib.nsd`       raw NSD files -> one prepared file per subject; its reader; downloads
-- :mod:`lib.ridge`     fast multi-target ridge with leave-one-out alpha selection (NumPy or torch)
+- :mod:`lib.ridge`     fast multi-target ridge with leave-one-out or (grouped) k-fold alpha
+  selection (NumPy or torch)
 - :mod:`lib.scoring`   per-target correlation and R^2, noise ceilings
 - :mod:`lib.features`  cached per-layer features of vision and language models, BLIP-2
   Q-Former outputs
@@ -16,6 +17,8 @@ The package is the shared code behind the analysis book's notebooks:
 - :mod:`lib.metrics`   caption metrics (pycocoevalcap), retrieval, permutation tests
 - :mod:`lib.plotting`  offline plotly output, brain slices and surfaces, galleries
 - :mod:`lib.run`       run the book's notebooks with papermill for a parameter set
+  (:mod:`lib.jobs` plans the job graph, :mod:`lib.cluster` executes it, one notebook job
+  through :mod:`lib.notebook_job`)
 """
 
 __version__ = "0.1.0"
