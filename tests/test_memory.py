@@ -128,6 +128,11 @@ def test_stage1_design_and_coefficients_match_fit_stage1_shapes():
         assert rows["design matrix X (float32)"] == n * p * 4
         assert rows["coefficients (n_query*hidden x p)"] == t * p * 4
         assert rows["targets Y (n x n_query*hidden)"] == n * t * 4
+    # the k-fold's held-out inverses (17 alphas x 5 folds of 1,800) where they fit its budget
+    gpu = table.query("stage == 'stage1' and device == 'gpu'")
+    inverses = gpu[gpu.component.str.startswith("held-out inverses")]
+    assert inverses.memory_size.tolist() == [1]
+    assert inverses.bytes.tolist() == [17 * 5 * 1800**2 * 4]
 
 
 def test_nsd_fits_a_40_gb_gpu_and_64_gb_host():

@@ -216,7 +216,8 @@ def test_kfold_from_one_eigendecomposition_equals_one_per_fold(backend, n, p, fi
 
 def test_kfold_uses_one_eigendecomposition_only_for_a_partition(monkeypatch):
     """Splits whose training sets are not the complement of their validation sets (a gap,
-    a shuffle-split) go through one eigendecomposition per fold, and still equal brute force."""
+    a shuffle-split), or whose held-out inverses would exceed the memory budget, go through one
+    eigendecomposition per fold, and still equal brute force."""
     import importlib
 
     from sklearn.model_selection import ShuffleSplit
@@ -232,7 +233,8 @@ def test_kfold_uses_one_eigendecomposition_only_for_a_partition(monkeypatch):
     calls = []
     monkeypatch.setattr(kfold_module, "kfold_eigen",
                         lambda *a, **k: calls.append("eigen") or kfold_eigen(*a, **k))
-    for splits in (gap, shuffled, cv_splits(4, n)):
+    monkeypatch.setattr(kfold_module, "INVERSES_BUDGET", 7 * 12**2 * 4 * 8)  # 4 folds of 12
+    for splits in (gap, shuffled, cv_splits(4, n), cv_splits(3, n)):  # 3 folds: over budget
         res = kfold(*_design_targets("numpy", X, Y, "float64"), ALPHAS, splits)
         sse, count = np.zeros((len(ALPHAS), 3)), 0
         for tr, va in splits:

@@ -12,7 +12,9 @@ What is exact and what is estimated. Parameters, gradients and AdamW state (``ex
 (``tests/test_memory.py`` compares them with the tensors of the models and optimizers that
 ``lib.decoding`` builds). Data arrays are exact given the shapes. The ridge solve's work arrays
 follow :mod:`lib.ridge` (dual form: kernel, eigenvectors and cuSOLVER's ``syevd`` workspace of
-about ``2 n^2``). Activations and the CUDA context are estimates (rows named "estimate").
+about ``2 n^2``, and the k-fold's held-out inverses, ``17 n^2 / 5`` with the default grid, up
+to :data:`lib.ridge.kfold.INVERSES_BUDGET`).
+Activations and the CUDA context are estimates (rows named "estimate").
 
 Stages (rows ``stage``): ``stage1`` (ridge fMRI -> query tokens, 03), ``stage2`` (contrastive
 fine-tuning, 04; its host side includes the stage-1 refit without the validation images),
@@ -149,15 +151,25 @@ def _row(stage, m, phase, component, device, nbytes):
 
 
 def _ridge_rows(stage, m, s, t, dev, phase="ridge solve"):
-    """The ridge solve (:class:`lib.ridge.RidgeCV`, k-fold, float32) at its peak: the final
-    eigendecomposition (dual form when n <= p, primal otherwise)."""
+    """The ridge solve (:class:`lib.ridge.RidgeCV`, k-fold grouped by image, float32): the
+    eigendecomposition (dual form when n <= p, primal otherwise) and the held-out inverses of
+    :func:`lib.ridge.kfold.kfold_eigen` (the default grid and folds), counted together."""
+    from lib.decoding.stage1 import DEFAULT_CV_FOLDS
+    from lib.ridge import DEFAULT_ALPHAS
+    from lib.ridge.kfold import INVERSES_BUDGET
+
     n, p = s["n"], s["p"]
     k = min(n, p)
+    inverses = len(DEFAULT_ALPHAS) * DEFAULT_CV_FOLDS * math.ceil(n / DEFAULT_CV_FOLDS) ** 2
     rows = [_row(stage, m, phase, "design matrix X (float32)", dev, n * p * F32),
             _row(stage, m, phase, f"Gram matrix ({k} x {k})", dev, k * k * F32),
             _row(stage, m, phase, "eigenvectors", dev, k * k * F32),
             _row(stage, m, phase, "eigh workspace (cuSOLVER syevd, ~2 k^2)", dev,
                  (2 * k * k + 6 * k + 1) * F32)]
+    if inverses * F32 <= INVERSES_BUDGET:  # else one eigendecomposition per fold
+        rows.append(_row(stage, m, phase, f"held-out inverses ({len(DEFAULT_ALPHAS)} alphas x "
+                         f"{DEFAULT_CV_FOLDS} folds of n / {DEFAULT_CV_FOLDS} samples)", dev,
+                         inverses * F32))
     if n > p:  # primal: U = Xc V / sqrt(s), (n, p)
         rows.append(_row(stage, m, phase, "left singular vectors U (n x p)", dev, n * p * F32))
     return rows

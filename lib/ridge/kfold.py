@@ -43,12 +43,30 @@ def partitions(splits, n: int) -> bool:
     return bool(seen.all())
 
 
+#: Largest memory (bytes) that :func:`kfold` lets :func:`kfold_eigen` keep in held-out
+#: inverses (``n_alphas x sum |v|^2`` values); above it, one eigendecomposition per fold.
+#: With 17 alphas and 5 folds: up to about 12,500 samples in float32. NSD's stage 1 at memory
+#: 1 (9,000 images: 1.1 GB) and the toy book go through kfold_eigen; NSD with a memory window
+#: (each of 24,980 trials a sample: 8.5 GB) keeps one eigendecomposition per fold.
+INVERSES_BUDGET = 2 * 2**30
+
+
+def inverses_bytes(folds, n_alphas: int, itemsize: int) -> int:
+    """Memory of :func:`kfold_eigen`'s held-out inverses: ``n_alphas`` of ``|v| x |v|`` per
+    fold."""
+    return n_alphas * sum(len(va) ** 2 for va in folds) * itemsize
+
+
 def kfold(design: Design, targets: Targets, alphas, splits, options: Options | None = None
           ) -> CVResult:
     """Held-out errors over given splits: :func:`kfold_eigen` when the validation sets
-    partition the samples, else :func:`kfold_per_fold` (arguments as there)."""
-    if partitions(splits, design.n):
-        return kfold_eigen(design, targets, alphas, [va for _, va in splits], options)
+    partition the samples and its inverses fit :data:`INVERSES_BUDGET`, else
+    :func:`kfold_per_fold` (arguments as there; both exact)."""
+    folds = [va for _, va in splits]
+    itemsize = np.dtype(host_dtype(design.bk, targets.dtype)).itemsize
+    if (partitions(splits, design.n)
+            and inverses_bytes(folds, len(alphas), itemsize) <= INVERSES_BUDGET):
+        return kfold_eigen(design, targets, alphas, folds, options)
     return kfold_per_fold(design, targets, alphas, splits, options)
 
 
