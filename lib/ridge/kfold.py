@@ -121,7 +121,8 @@ def kfold_eigen(design: Design, targets: Targets, alphas, folds, options: Option
     Cost: the full fit's ``eigh`` (needed for the refit anyway) and, per alpha, one
     ``n x r`` by ``r x t`` product and a ``|v| x |v|`` inversion and product per fold; the
     inverses of every alpha and fold are kept (17 alphas, 5 folds: ``17 n^2 / 5`` floats,
-    1.1 GB at NSD's 8,859 training trials). A stage-1 fit of the toy book (3,105 trials,
+    1.1 GB at NSD's 9,000 training images; :func:`kfold` goes another way above
+    :data:`INVERSES_BUDGET`). A stage-1 fit of the toy book (3,105 trials,
     7,785 voxels, 1,024 targets, 17 alphas, 5 folds grouped by image) took 9.5 s instead of
     16.1 s on one thread of the 2-core Xeon, and 7.8 s instead of 9.0 s on two; in float32
     the scores agreed to 1e-5 relative and every target chose the same alpha
