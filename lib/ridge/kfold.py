@@ -19,11 +19,10 @@ from lib.ridge.solvers import (
     CVResult,
     HeldOut,
     Options,
-    batch_coef,
     choose_alphas,
     coef_from_spectrum,
     host_dtype,
-    track_best,
+    sweep_spectrum,
 )
 
 
@@ -141,11 +140,10 @@ def kfold_eigen(design: Design, targets: Targets, alphas, folds, options: Option
         ``coef`` refitted on all samples with the chosen alphas.
     """
     opt = options or Options()
-    bk, n, t, na = design.bk, design.n, targets.t, len(alphas)
-    per_target = opt.alpha_per_target
-    spec = spectrum(design, None if per_target else t, None, opt.eigh_dtype,
+    bk, n = design.bk, design.n
+    spec = spectrum(design, None if opt.alpha_per_target else targets.t, None, opt.eigh_dtype,
                     Clock(bk, opt.times, opt.verbose))
-    clock = Clock(bk, opt.times, opt.verbose)  # prints the one-time phases (folds)
+    clock = Clock(bk, opt.times, opt.verbose)
     U, s, r = spec.U, spec.s, int(spec.s.shape[0])
     spans = r + int(design.fit_intercept) == n
     q_blocks = None
@@ -158,39 +156,13 @@ def kfold_eigen(design: Design, targets: Targets, alphas, folds, options: Option
     inverses = _fold_inverses(U, s, alphas, folds, bk, q_blocks)
     idx = [bk.index(va) for va in folds]
     clock("folds")
-    clock = Clock(bk, opt.times)  # per target batch: quiet
-    a_t = bk.asarray(np.asarray(alphas), targets.dtype)
-    inv_s = 1.0 / (s[:, None] + a_t[None, :])  # (r, n_alphas)
-    keep_dual = per_target and spec.W is None  # refit from the kept dual coefficients
-    acc = HeldOut(na, t)
-    best = np.zeros(t, dtype=np.int64)
-    coef = np.empty((t, design.p), dtype=host_dtype(bk, targets.dtype))
-    slices = batches(n, design.p, t, r, opt.batch_size)
-    for sl in opt.progress(slices, len(slices), "ridge k-fold"):
-        Yc = targets.batch(sl)
-        C = U.T @ Yc
-        Y_perp = None if spans else Yc - U @ C
-        A_best, D = None, None
-        for k in range(na):
-            D = bk.multiply(C, inv_s[:, k : k + 1], out=D)
-            A = U @ D
-            R = A * float(alphas[k]) if Y_perp is None else A * float(alphas[k]) + Y_perp
-            for f, ix in enumerate(idx):
-                acc.add(bk, k, sl, Yc[ix], inverses[k][f] @ R[ix], first=k == 0)
-            if per_target:
-                A_best = track_best(acc, k, sl, best, A_best, A if keep_dual else None, bk)
-            del A, R
-        clock("loo")
-        if per_target:
-            coef[sl] = batch_coef(spec, C, a_t[bk.index(best[sl])], A_best)
-            clock("coef")
-        del C, Yc, Y_perp, A_best, D
-    scores = acc.scores()
-    if not per_target:
-        best = choose_alphas(scores, False)
-        coef = coef_from_spectrum(spec, targets, np.asarray(alphas)[best], slices)
-        clock("coef")
-    return CVResult(scores, best, coef, acc.y_var(), acc.r(), "eigen", r)
+
+    def held_out(acc, k, sl, Yc, A, Y_perp):
+        R = A * float(alphas[k]) if Y_perp is None else A * float(alphas[k]) + Y_perp
+        for f, ix in enumerate(idx):
+            acc.add(bk, k, sl, Yc[ix], inverses[k][f] @ R[ix], first=k == 0)
+
+    return sweep_spectrum(spec, targets, alphas, opt, held_out, "ridge k-fold")
 
 
 def _fold_operators(design: Design, K, tr, va, eigh_dtype):

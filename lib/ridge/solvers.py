@@ -207,6 +207,75 @@ def batch_coef(spec, C, alphas, A_best) -> np.ndarray:
     return spec.design.bk.to_numpy(spec.design.cross(A_best).T)
 
 
+def sweep_spectrum(spec, targets: Targets, alphas, opt: Options, held_out, desc: str
+                   ) -> CVResult:
+    """Every alpha over a thin spectrum, target batch by target batch, with the held-out
+    residuals that ``held_out`` derives from the dual coefficients (the loop that
+    :func:`loo_eigen` and :func:`lib.ridge.kfold.kfold_eigen` share).
+
+    Per batch ``C = U^T Yc`` and, when ``U`` does not span the centred samples,
+    ``Y_perp = Yc - U C``; per alpha the dual coefficients ``A = U diag(1/(s+alpha)) C``.
+    The dual coefficients of each target's best alpha so far are kept, so the refit costs
+    one product ``Xc^T A`` (dual form, one alpha per target).
+
+    Parameters
+    ----------
+    spec : Spectrum
+        Of the centred design (:func:`lib.ridge.design.spectrum`).
+    targets : Targets
+    alphas : ndarray of shape (n_alphas,)
+    opt : Options
+    held_out : callable
+        ``held_out(acc, k, sl, Yc, A, Y_perp)`` adds alpha ``k``'s held-out residuals of
+        target batch ``sl`` to the :class:`HeldOut` ``acc`` (``A``: (n, batch), reused
+        across alphas; ``Y_perp``: None when ``U`` spans).
+    desc : str
+        Progress-bar label.
+
+    Returns
+    -------
+    result : CVResult
+    """
+    design, bk, t, na = spec.design, targets.bk, targets.t, len(alphas)
+    n, U, s, r = design.n, spec.U, spec.s, int(spec.s.shape[0])
+    per_target = opt.alpha_per_target
+    spans = r + int(design.fit_intercept) == n
+    clock = Clock(bk, opt.times)
+    a_t = bk.asarray(np.asarray(alphas), targets.dtype)
+    inv_s = 1.0 / (s[:, None] + a_t[None, :])  # (r, n_alphas)
+    keep_dual = per_target and spec.W is None  # refit from the kept dual coefficients
+    acc = HeldOut(na, t)
+    best = np.zeros(t, dtype=np.int64)
+    coef = np.empty((t, design.p), dtype=host_dtype(bk, targets.dtype))
+    slices = batches(n, design.p, t, r, opt.batch_size)
+    for sl in opt.progress(slices, len(slices), desc):
+        Yc = targets.batch(sl)
+        C = U.T @ Yc
+        Y_perp = None if spans else Yc - U @ C
+        A_best, A_work, D = None, None, None  # work arrays reused across alphas
+        clock("targets")
+        for k in range(na):
+            D = bk.multiply(C, inv_s[:, k : k + 1], out=D)
+            A = bk.matmul(U, D, out=A_work)
+            held_out(acc, k, sl, Yc, A, Y_perp)
+            if per_target:
+                A_best = track_best(acc, k, sl, best, A_best, A if keep_dual else None, bk)
+            if A_work is None and k < na - 1:
+                A_work = bk.empty(A.shape, A.dtype) if keep_dual else A
+            del A
+        clock("loo")
+        if per_target:
+            coef[sl] = batch_coef(spec, C, a_t[bk.index(best[sl])], A_best)
+            clock("coef")
+        del C, Yc, Y_perp, A_best, A_work, D
+    scores = acc.scores()
+    if not per_target:
+        best = choose_alphas(scores, False)
+        coef = coef_from_spectrum(spec, targets, np.asarray(alphas)[best], slices)
+        clock("coef")
+    return CVResult(scores, best, coef, acc.y_var(), acc.r(), "eigen", r)
+
+
 def loo_eigen(design: Design, targets: Targets, alphas, options: Options | None = None,
               K=None) -> CVResult:
     """Exact leave-one-out for every alpha from one eigendecomposition.
@@ -235,11 +304,9 @@ def loo_eigen(design: Design, targets: Targets, alphas, options: Options | None 
     result : CVResult
     """
     opt = options or Options()
-    bk, n, t, na = design.bk, design.n, targets.t, len(alphas)
-    per_target = opt.alpha_per_target
-    spec = spectrum(design, None if per_target else t, K, opt.eigh_dtype,
+    bk, n, t = design.bk, design.n, targets.t
+    spec = spectrum(design, None if opt.alpha_per_target else t, K, opt.eigh_dtype,
                     Clock(bk, opt.times, opt.verbose))
-    clock = Clock(bk, opt.times)
     U, s, r = spec.U, spec.s, int(spec.s.shape[0])
     a_t = bk.asarray(np.asarray(alphas), targets.dtype)
     inv_s = 1.0 / (s[:, None] + a_t[None, :])  # (r, n_alphas)
@@ -251,42 +318,18 @@ def loo_eigen(design: Design, targets: Targets, alphas, options: Options | None 
     inv_1mh = 1.0 / bk.maximum(one_minus_h, float(finfo(targets.dtype).eps))
     # LOO residuals alpha A / (1 - h) when U spans: one weight per sample and alpha
     weight = inv_1mh * a_t[None, :] if spans else None
-    del UU, one_minus_h
-    keep_dual = per_target and spec.W is None  # refit from the kept dual coefficients
-    acc = HeldOut(na, t)
-    best = np.zeros(t, dtype=np.int64)
-    coef = np.empty((t, design.p), dtype=host_dtype(bk, targets.dtype))
-    slices = batches(n, design.p, t, r, opt.batch_size)
-    for sl in opt.progress(slices, len(slices), "ridge LOO"):
-        Yc = targets.batch(sl)
-        C = U.T @ Yc
-        Y_perp = None if spans else Yc - U @ C
-        A_best, A_work = None, None  # each target's best dual coefficients; a work array
-        D, E = None, None  # work arrays reused across alphas (no 2 x n x batch allocations each)
-        clock("targets")
-        for k in range(na):
-            D = bk.multiply(C, inv_s[:, k : k + 1], out=D)
-            A = bk.matmul(U, D, out=A_work)
-            if Y_perp is None:
-                E = bk.multiply(A, weight[:, k : k + 1], out=E)
-            else:
-                E = bk.multiply(A, float(alphas[k]), out=E)
-                E += Y_perp
-                E *= inv_1mh[:, k : k + 1]
-            acc.add(bk, k, sl, Yc, E, first=k == 0)
-            if per_target:
-                A_best = track_best(acc, k, sl, best, A_best, A if keep_dual else None, bk)
-            if A_work is None and k < na - 1:
-                A_work = bk.empty(A.shape, A.dtype) if keep_dual else A
-            del A
-        clock("loo")
-        if per_target:
-            coef[sl] = batch_coef(spec, C, a_t[bk.index(best[sl])], A_best)
-            clock("coef")
-        del C, Yc, Y_perp, A_best, A_work, D, E
-    scores = acc.scores()
-    if not per_target:
-        best = choose_alphas(scores, False)
-        coef = coef_from_spectrum(spec, targets, np.asarray(alphas)[best], slices)
-        clock("coef")
-    return CVResult(scores, best, coef, acc.y_var(), acc.r(), "eigen", r)
+    del UU, one_minus_h, inv_s
+    work = {}  # the residuals' work array of the current target batch
+
+    def held_out(acc, k, sl, Yc, A, Y_perp):
+        E = None if k == 0 else work["E"]
+        if Y_perp is None:
+            E = bk.multiply(A, weight[:, k : k + 1], out=E)
+        else:
+            E = bk.multiply(A, float(alphas[k]), out=E)
+            E += Y_perp
+            E *= inv_1mh[:, k : k + 1]
+        work["E"] = E
+        acc.add(bk, k, sl, Yc, E, first=k == 0)
+
+    return sweep_spectrum(spec, targets, alphas, opt, held_out, "ridge LOO")
