@@ -9,6 +9,12 @@ from pathlib import Path
 import pytest
 
 LOCAL_SCHEMES = ("file:", "data:", "blob:", "about:")
+#: True once every plotly figure on the page has drawn its SVG (no figures: at once).
+_FIGURES_DRAWN = """() => [...document.querySelectorAll('.plotly-graph-div')].every(
+    d => d.classList.contains('js-plotly-plot') && d.querySelector('.main-svg'))"""
+#: Resolves when MathJax has typeset the page (pages without math do not load MathJax).
+_MATH_TYPESET = """() => window.MathJax && MathJax.startup && MathJax.startup.promise
+    ? MathJax.startup.promise.then(() => true) : true"""
 
 
 def chromium_path() -> str | None:
@@ -33,6 +39,21 @@ class PageReport:
     remote_requests: list[str] = field(default_factory=list)
     console_errors: list[str] = field(default_factory=list)
     screenshot: Path | None = None
+
+
+def _wait_for_figures_and_math(page, timeout_ms: int = 20_000) -> None:
+    """Wait until the page's plotly figures have drawn and MathJax has typeset its math.
+
+    A figure that never draws is not an error here: the report then counts fewer SVGs than
+    figures, which is what the tests check.
+    """
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.wait_for_function(_FIGURES_DRAWN, timeout=timeout_ms)
+        page.evaluate(_MATH_TYPESET)
+    except PlaywrightTimeout:
+        pass
 
 
 def inspect_pages(pages: list[Path], screenshot_dir: Path | None = None) -> list[PageReport]:
@@ -71,7 +92,7 @@ def inspect_pages(pages: list[Path], screenshot_dir: Path | None = None) -> list
                         errors.append(m.text) if m.type == "error" else None)
                 page.on("pageerror", lambda e, errors=errors: errors.append(str(e)))
                 page.goto(Path(path).resolve().as_uri(), wait_until="load")
-                page.wait_for_timeout(1500)  # let plotly and MathJax typeset
+                _wait_for_figures_and_math(page)
                 shot = None
                 if screenshot_dir is not None:
                     screenshot_dir.mkdir(parents=True, exist_ok=True)

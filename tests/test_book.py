@@ -68,9 +68,12 @@ def test_built_pages_hide_injected_parameters(small_book):
     html = (small_book / "book" / "run" / "01_figure.html").read_text()
     assert "n_points = 7" not in html  # the injected cell is removed from the page
     assert "cdn.plot.ly" not in html and "cdn.jsdelivr" not in html
-    # plotly.js is loaded once per page, from the local copy, not embedded per figure
+    # plotly.js is loaded once on a page with a figure, from the local copy, not embedded per
+    # figure, and not on pages without figures (book/_ext/plotly_pages.py)
     assert html.count("vendor/plotly.min.js") == 1
     assert html.count("Plotly.newPlot") == 1
+    intro = (small_book / "book" / "intro.html").read_text()
+    assert "Plotly.newPlot" not in intro and "vendor/plotly.min.js" not in intro
 
 
 @pytest.mark.browser

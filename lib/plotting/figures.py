@@ -8,8 +8,9 @@ def show_plotly(fig) -> None:
 
     The output is a MIME bundle: JupyterLab draws the ``application/vnd.plotly.v1+json`` part;
     the built book uses the ``text/html`` part, which holds only the figure's ``<div>`` and its
-    ``Plotly.newPlot`` call. plotly.js itself is loaded once per page from the book's local
-    ``_static/vendor/plotly.min.js`` (see ``_config.yml``), never from a CDN.
+    ``Plotly.newPlot`` call. plotly.js itself is loaded once, in the head of each page that
+    draws a figure, from the book's local ``_static/vendor/plotly.min.js`` (see
+    ``book/_ext/plotly_pages.py``), never from a CDN.
 
     Parameters
     ----------
