@@ -107,16 +107,34 @@ def _run_all_cells(page, timeout_s: float = 900) -> None:
         page.locator(".jp-Notebook .jp-Cell").first.click()
         page.click(".lm-MenuBar-item:has-text('Run')")
         page.click(".lm-Menu-item[data-command='runmenu:run-all']")
-        page.wait_for_timeout(10_000)
-        if _started(prompts.all_inner_texts()):
+        if _poll(lambda: _started(prompts.all_inner_texts()), page, 10):
             break
+
+    def finished():
+        texts[:] = prompts.all_inner_texts()
+        return _started(texts) and not any("*" in t for t in texts)
+
+    texts = []
+    if not _poll(finished, page, timeout_s):
+        pytest.fail(f"cells still queued or running after {timeout_s:.0f} s: {texts}")
+
+
+def _poll(condition, page, timeout_s: float, every_ms: int = 500) -> bool:
+    """Whether ``condition()`` became true within ``timeout_s`` (checked every ``every_ms``)."""
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        texts = prompts.all_inner_texts()
-        if _started(texts) and not any("*" in t for t in texts):
-            return
-        page.wait_for_timeout(3000)
-    pytest.fail(f"cells still queued or running after {timeout_s:.0f} s: {texts}")
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        page.wait_for_timeout(every_ms)
+    return True
+
+
+def _saved_cells(path) -> list[dict]:
+    """The code cells of the notebook file as saved (an empty list while it is being written)."""
+    try:
+        return [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+    except (OSError, ValueError):
+        return []
 
 
 def test_chapter_runs_in_jupyterlab_on_micro(lab_server):
@@ -141,14 +159,14 @@ def test_chapter_runs_in_jupyterlab_on_micro(lab_server):
             n_plotly, n_svg = plotly.count(), page.locator(".js-plotly-plot .main-svg").count()
             page.click(".lm-MenuBar-item:has-text('File')")  # the saved copy: every output
             page.click(".lm-Menu-item[data-command='docmanager:save']")
-            page.wait_for_timeout(3000)
+            saved = root / "notebooks" / f"{CHAPTER}.ipynb"
+            _poll(lambda: any(c["execution_count"] for c in _saved_cells(saved)), page, 30)
         finally:
             browser.close()
     assert errors == [], f"cells failed in JupyterLab:\n{errors[0][:2000]}"
     assert n_plotly >= 1 and n_svg >= 1, "no plotly figure rendered in JupyterLab"
-    saved = json.loads((root / "notebooks" / f"{CHAPTER}.ipynb").read_text())
-    code = [c for c in saved["cells"] if c["cell_type"] == "code"]
-    assert all(c["execution_count"] for c in code), "not every cell ran"
+    code = _saved_cells(saved)
+    assert code and all(c["execution_count"] for c in code), "not every cell ran"
     failed = [o for c in code for o in c["outputs"] if o["output_type"] == "error"]
     assert failed == [], failed[0]
     printed = "".join("".join(o.get("text", "")) for c in code for o in c["outputs"])
