@@ -71,8 +71,10 @@ lab: setup
 # book is run once, by the first process that needs it (tests/conftest.py: `once`). The
 # JupyterLab test runs afterwards on its own: beside the other processes it failed twice in
 # CI (a modal dialog over the notebook; a kernel replaced at start), never alone.
+# `--dist loadgroup`: tests marked `xdist_group` share one process (tests/test_metrics.py: one
+# METEOR start for the module).
 test: setup
-	$(PY) -m pytest -n $(TEST_WORKERS) --maxprocesses 4 --ignore=tests/test_lab.py
+	$(PY) -m pytest -n $(TEST_WORKERS) --maxprocesses 4 --dist loadgroup --ignore=tests/test_lab.py
 	$(PY) -m pytest tests/test_lab.py
 
 # The style checks alone (tests/test_style.py also runs them within `make test`).

@@ -134,9 +134,24 @@ def micro_null_run(micro_root, tmp_path_factory):
                       while_busy=lambda: once(tmp_path_factory, "micro_run", _make_micro_book))
 
 
-def _null_book(micro_root, tmp_path_factory, while_busy=None):
+@pytest.fixture(scope="session")
+def micro_null_root(micro_root):
+    """Root of the null micro world (models linked from ``micro_root``), built on first use."""
+    return _build_micro_null(micro_root)
+
+
+def _build_micro_null(micro_root):
+    """The null world of ``micro_null.yaml``: built once, its models linked, not retrained."""
     from lib import run
     from lib.toyworld import build
+
+    params = run.load_params(PARAMS / "micro_null.yaml")
+    return build(preset=params["toy_preset"], seed=params["seed"],
+                 out=REPO_ROOT / params["toy_root"], null=True, models_from=micro_root)
+
+
+def _null_book(micro_root, tmp_path_factory, while_busy=None):
+    from lib import run
 
     params = run.load_params(PARAMS / "micro_null.yaml")
     params["notebooks"] = [n for n in params["notebooks"]
@@ -146,8 +161,7 @@ def _null_book(micro_root, tmp_path_factory, while_busy=None):
                   stage2_head_only_control=False)  # as null.yaml does for the toy world
 
     def make(out):
-        build(preset=params["toy_preset"], seed=params["seed"],
-              out=REPO_ROOT / params["toy_root"], null=True, models_from=micro_root)
+        _build_micro_null(micro_root)
         path = out / "micro_null_test.yaml"
         path.write_text(yaml.safe_dump(params))
         return run.run_book(path, out / "run", cwd=REPO_ROOT)

@@ -12,6 +12,10 @@ import pytest
 
 from lib import metrics as M
 
+#: One test process runs this module (``make test`` passes ``--dist loadgroup``), so that its
+#: METEOR scorer (a Java process that loads a 60 MB paraphrase table, ~13 s of CPU) starts once.
+pytestmark = pytest.mark.xdist_group("meteor")
+
 HYPS = [
     "a man riding a wave on top of a surfboard",
     "a plate of food with broccoli and rice",
