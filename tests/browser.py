@@ -12,9 +12,11 @@ LOCAL_SCHEMES = ("file:", "data:", "blob:", "about:")
 #: True once every plotly figure on the page has drawn its SVG (no figures: at once).
 _FIGURES_DRAWN = """() => [...document.querySelectorAll('.plotly-graph-div')].every(
     d => d.classList.contains('js-plotly-plot') && d.querySelector('.main-svg'))"""
-#: Resolves when MathJax has typeset the page (pages without math do not load MathJax).
-_MATH_TYPESET = """() => window.MathJax && MathJax.startup && MathJax.startup.promise
-    ? MathJax.startup.promise.then(() => true) : true"""
+#: Resolves when MathJax has typeset the page (pages without math do not load MathJax), or
+#: after ``ms`` milliseconds.
+_MATH_TYPESET = """ms => !(window.MathJax && MathJax.startup && MathJax.startup.promise) ? true
+    : Promise.race([MathJax.startup.promise.then(() => true),
+                    new Promise(done => setTimeout(() => done(false), ms))])"""
 
 
 def chromium_path() -> str | None:
@@ -51,7 +53,7 @@ def _wait_for_figures_and_math(page, timeout_ms: int = 20_000) -> None:
 
     try:
         page.wait_for_function(_FIGURES_DRAWN, timeout=timeout_ms)
-        page.evaluate(_MATH_TYPESET)
+        page.evaluate(_MATH_TYPESET, timeout_ms)
     except PlaywrightTimeout:
         pass
 

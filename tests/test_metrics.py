@@ -89,8 +89,8 @@ def _pycocoevalcap(hyps, refs, with_meteor=True):
 
 
 # ----------------------------------------------------------------------------- captions
-def test_caption_metrics_equal_direct_pycocoevalcap():
-    ours = M.caption_metrics(HYPS, REFS, per_item=True)
+def test_caption_metrics_equal_direct_pycocoevalcap(meteor):
+    ours = M.caption_metrics(HYPS, REFS, per_item=True, meteor=meteor)
     theirs, items = _pycocoevalcap(HYPS, REFS)
     assert set(M.CAPTION_METRICS) <= set(ours)
     for key in M.CAPTION_METRICS:
@@ -184,11 +184,22 @@ def test_results_are_json_serializable(meteor):
     assert M.jsonable({"x": np.float32("nan"), "y": np.int64(3)}) == {"x": None, "y": 3}
 
 
-def test_meteor_process_is_closed():
-    with M.MeteorScorer() as scorer:
-        proc = scorer._proc
-        assert proc.poll() is None
-    assert proc.poll() is not None
+def test_meteor_process_is_closed(monkeypatch):
+    """caption_metrics without a scorer starts its own METEOR process and closes it."""
+    from lib.metrics import captions
+
+    started = []
+
+    class Recorded(M.MeteorScorer):
+        def __enter__(self):
+            started.append((self, self._proc, self._proc.poll()))
+            return super().__enter__()
+
+    monkeypatch.setattr(captions, "MeteorScorer", Recorded)
+    out = M.caption_metrics(HYPS[:2], REFS[:2])
+    assert 0 < out["METEOR"] < 1
+    [(scorer, proc, running)] = started
+    assert running is None and proc.poll() is not None  # alive while used, then closed
     with pytest.raises(RuntimeError, match="closed"):
         scorer.compute_score({0: ["a"]}, {0: ["a"]})
 
