@@ -186,7 +186,10 @@ def ablation_figure(table: pd.DataFrame):
     for col in (1, 2):
         fig.update_xaxes(title_text="memory size (trials)", tickvals=sorted(
             table.memory_size.unique().tolist()), row=1, col=col)
-    fig.update_layout(height=360, width=900, margin={"t": 40, "b": 40})
+    # width: the page's (the book's column is ~690 px); the legend below, out of the panels' way
+    fig.update_layout(height=400, margin={"t": 40, "b": 40}, font={"size": 11},
+                      legend={"orientation": "h", "x": 0, "y": -0.3, "yanchor": "top"})
+    fig.update_annotations(font_size=12)  # the panel titles
     return fig
 
 

@@ -123,7 +123,7 @@ def loss_curves(history: Sequence[dict]):
     from plotly.subplots import make_subplots
 
     parts = [("loss", "total loss"), ("mse", "MSE to true query tokens"),
-             ("contrastive", "contrastive (brain-text, image-text)")]
+             ("contrastive", "contrastive (brain/image-text)")]
     fig = make_subplots(rows=1, cols=3, subplot_titles=[t for _, t in parts])
     colors = {"train": "#1f77b4", "val": "#d62728"}
     for col, (key, _) in enumerate(parts, start=1):
@@ -135,5 +135,9 @@ def loss_curves(history: Sequence[dict]):
                 line={"color": colors[split], "width": 1 if split == "train" else 2},
                 legendgroup=split, showlegend=col == 1), row=1, col=col)
         fig.update_xaxes(title_text="optimizer step", row=1, col=col)
-    fig.update_layout(height=330, width=1000, margin={"t": 40, "b": 40})
+    # width: the page's (the book's column is ~690 px); the legend above, out of the panels' way
+    fig.update_layout(height=340, margin={"t": 70, "b": 40}, font={"size": 11},
+                      legend={"orientation": "h", "x": 1, "xanchor": "right", "y": 1.18,
+                              "yanchor": "bottom"})
+    fig.update_annotations(font_size=12)  # the panel titles
     return fig
