@@ -249,6 +249,12 @@ class Spectrum:
     W: object
     design: Design
 
+    @property
+    def spans(self) -> bool:
+        """Whether ``U`` spans the centred sample space (rank ``n - 1`` with an intercept,
+        ``n`` without): then every residual lies in it, with no part outside ``U``."""
+        return int(self.s.shape[0]) + int(self.design.fit_intercept) == self.design.n
+
     def coef(self, C, alpha):
         """Coefficients (p, k) for ``C = U^T Yc`` (r, k) and per-target ``alpha`` (k,)."""
         D = C / (self.s[:, None] + alpha[None, :])

@@ -144,10 +144,9 @@ def kfold_eigen(design: Design, targets: Targets, alphas, folds, options: Option
     spec = spectrum(design, None if opt.alpha_per_target else targets.t, None, opt.eigh_dtype,
                     Clock(bk, opt.times, opt.verbose))
     clock = Clock(bk, opt.times, opt.verbose)
-    U, s, r = spec.U, spec.s, int(spec.s.shape[0])
-    spans = r + int(design.fit_intercept) == n
+    U, s = spec.U, spec.s
     q_blocks = None
-    if not spans:
+    if not spec.spans:
         h0 = 1.0 / n if design.fit_intercept else 0.0
         q_blocks = []
         for va in folds:

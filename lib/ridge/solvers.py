@@ -239,7 +239,6 @@ def sweep_spectrum(spec, targets: Targets, alphas, opt: Options, held_out, desc:
     design, bk, t, na = spec.design, targets.bk, targets.t, len(alphas)
     n, U, s, r = design.n, spec.U, spec.s, int(spec.s.shape[0])
     per_target = opt.alpha_per_target
-    spans = r + int(design.fit_intercept) == n
     clock = Clock(bk, opt.times)
     a_t = bk.asarray(np.asarray(alphas), targets.dtype)
     inv_s = 1.0 / (s[:, None] + a_t[None, :])  # (r, n_alphas)
@@ -251,7 +250,7 @@ def sweep_spectrum(spec, targets: Targets, alphas, opt: Options, held_out, desc:
     for sl in opt.progress(slices, len(slices), desc):
         Yc = targets.batch(sl)
         C = U.T @ Yc
-        Y_perp = None if spans else Yc - U @ C
+        Y_perp = None if spec.spans else Yc - U @ C
         A_best, A_work, D = None, None, None  # work arrays reused across alphas
         clock("targets")
         for k in range(na):
@@ -307,17 +306,16 @@ def loo_eigen(design: Design, targets: Targets, alphas, options: Options | None 
     bk, n, t = design.bk, design.n, targets.t
     spec = spectrum(design, None if opt.alpha_per_target else t, K, opt.eigh_dtype,
                     Clock(bk, opt.times, opt.verbose))
-    U, s, r = spec.U, spec.s, int(spec.s.shape[0])
+    U, s = spec.U, spec.s
     a_t = bk.asarray(np.asarray(alphas), targets.dtype)
     inv_s = 1.0 / (s[:, None] + a_t[None, :])  # (r, n_alphas)
     UU = U * U
     one_minus_h = UU @ (inv_s * a_t[None, :])  # (n, n_alphas)
-    spans = r + int(design.fit_intercept) == n
-    if not spans:
+    if not spec.spans:
         one_minus_h += ((1.0 - 1.0 / n if design.fit_intercept else 1.0) - UU.sum(1))[:, None]
     inv_1mh = 1.0 / bk.maximum(one_minus_h, float(finfo(targets.dtype).eps))
     # LOO residuals alpha A / (1 - h) when U spans: one weight per sample and alpha
-    weight = inv_1mh * a_t[None, :] if spans else None
+    weight = inv_1mh * a_t[None, :] if spec.spans else None
     del UU, one_minus_h, inv_s
     work = {}  # the residuals' work array of the current target batch
 
