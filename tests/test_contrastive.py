@@ -22,6 +22,7 @@ from lib.decoding import (
     fit,
     itc_similarity,
     load_weights,
+    save_weights,
     soft_targets,
     split_train_val,
 )
@@ -254,6 +255,23 @@ def test_resume_after_kill_is_bit_identical(tmp_path, kill_at, update):
     load_weights(best_ref, res_ref.best_path)
     for a, b in zip(best.parameters(), best_ref.parameters()):
         assert torch.equal(a, b)
+
+
+def test_saved_weights_are_the_same_bytes_every_time(tmp_path):
+    """The best step's file is byte-for-byte reproducible, its metadata included: safetensors
+    writes several header entries in a random order, so save_weights stores one."""
+    from safetensors import safe_open
+
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    meta = {"step": 200, "loss": 0.5, "mse": 0.1, "top1": 0.6, "chance": 0.01}
+    files = [save_weights(model, tmp_path / f"best{i}.safetensors", meta) for i in range(5)]
+    assert len({f.read_bytes() for f in files}) == 1
+    with safe_open(str(files[0]), framework="pt") as f:
+        assert json.loads(f.metadata()["json"]) == meta
+    copy = nn.Linear(3, 2)
+    load_weights(copy, files[0])
+    assert torch.equal(copy.weight, model.weight) and torch.equal(copy.bias, model.bias)
 
 
 def _expected_stop(history, patience, total):

@@ -49,7 +49,10 @@ def save_weights(model, path: str | os.PathLike, metadata: dict | None = None) -
     model : torch.nn.Module
     path : path-like
     metadata : dict or None
-        JSON-serialisable values, stored in the file's header.
+        JSON-serialisable values, stored in the file's header as one JSON string with sorted
+        keys under ``"json"`` (``json.loads(safe_open(path, "pt").metadata()["json"])``).
+        safetensors writes several header entries in a random order; one entry keeps the
+        file's bytes the same from run to run.
 
     Returns
     -------
@@ -57,7 +60,7 @@ def save_weights(model, path: str | os.PathLike, metadata: dict | None = None) -
     """
     from safetensors.torch import save_file
 
-    meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
+    meta = {"json": json.dumps(metadata or {}, sort_keys=True)}
     with atomic_path(path) as tmp:
         save_file(trainable_state(model), str(tmp), metadata=meta)
     return Path(path)
