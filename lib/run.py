@@ -206,11 +206,15 @@ def run_book(
     return {f"{r.key}.ipynb": r.seconds for r in results if r.status == "done"}
 
 
-def build_book(source_dir: str | os.PathLike = REPO_ROOT) -> Path:
-    """Build the Jupyter Book at ``source_dir``; return the path of ``index.html``."""
+def build_book(source_dir: str | os.PathLike = REPO_ROOT, strict: bool = False) -> Path:
+    """Build the Jupyter Book at ``source_dir``; return the path of ``index.html``.
+
+    With ``strict``, any Sphinx warning (a broken reference, an output it cannot render) fails
+    the build after reporting them all (``-W --keep-going``): what the tests build with.
+    """
     exe = Path(sys.executable).with_name("jupyter-book")
     cmd = [str(exe) if exe.exists() else "jupyter-book", "build", str(source_dir), "--quiet"]
-    subprocess.run(cmd, check=True)
+    subprocess.run(cmd + (["-W", "--keep-going"] if strict else []), check=True)
     return Path(source_dir) / "_build" / "html" / "index.html"
 
 

@@ -29,14 +29,15 @@ def micro_params():
 @pytest.fixture(scope="session")
 def micro_book(micro_run, tmp_path_factory):
     """The notebooks of micro.yaml, run once per session (``micro_run``, shared with the science
-    tests), with the real book built around the executed copies (once per session too)."""
+    tests), with the real book built around the executed copies (once per session too). The
+    build fails on any Sphinx warning: a broken reference or an output the book cannot show."""
     _, executed, times = micro_run
 
     def make(root):
         copy_book_skeleton(root)
         shutil.copy(REPO_ROOT / "_toc.yml", root / "_toc.yml")
         shutil.copytree(executed, root / "book" / "run", dirs_exist_ok=True)
-        run.build_book(root)
+        run.build_book(root, strict=True)
 
     root, _ = once(tmp_path_factory, "micro_book", make)
     return root, times
