@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lib.config import subject_name
+from lib.nsd.download import format_size
 from lib.nsd.layout import EXPDESIGN, MNI_TRANSFORM, STIM_INFO, STIMULI, NSDLayout
 
 _GIB = 2**30
@@ -440,14 +441,18 @@ def format_report(report: PreflightReport) -> str:
                      f"disk {m['disk_free'] / 1e9:.1f} GB free at {m['disk_path']}")
     if report.memory is not None and len(report.memory):
         lines.append("peak memory per stage (accounting from the shapes, not a measurement):")
+        width = max(len("stage"), *(len(str(s)) for s in report.memory["stage"]))
+        lines.append(f"  {'stage':<{width}}  memory  device       GiB")
         for _, r in report.memory.iterrows():
-            size = f" memory {r['memory_size']}" if r["memory_size"] != "" else ""
-            lines.append(f"  {r['stage']}{size:<11} {r['device']:<4} "
-                         f"{r['peak_bytes'] / _GIB:8.2f} GiB")
+            size = r["memory_size"]
+            size = f"{float(size):g}" if size != "" else ""
+            gib = r["peak_bytes"] / _GIB
+            lines.append(f"  {r['stage']:<{width}}  {size:>6}  {r['device']:<6}  "
+                         + (f"{gib:8.2f}" if gib >= 0.005 or gib == 0 else "   <0.01"))
     if report.disk:
         total = sum(r["bytes"] for r in report.disk)
-        lines.append(f"outputs: about {total / 1e9:.1f} GB (" + "; ".join(
-            f"{r['what']} {r['bytes'] / 1e9:.2f} GB" for r in report.disk) + ")")
+        lines.append(f"outputs: about {format_size(total)} (" + "; ".join(
+            f"{r['what']} {format_size(r['bytes'])}" for r in report.disk) + ")")
     lines += [f"note: {n}" for n in report.notes]
     if report.problems:
         lines.append(f"{len(report.problems)} problem(s):")

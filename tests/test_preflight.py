@@ -55,7 +55,16 @@ def test_complete_tree_passes(tree, capsys):
     if importlib.util.find_spec("lib.decoding.memory") is None:
         assert any("stage 1 and stage 2 memory: not estimated" in n for n in report.notes)
     assert run.main(["--params", str(path), "--check"]) == 0
-    assert "everything the run needs is there" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "everything the run needs is there" in out
+    # the memory table: one column per field, sizes as integers, GiB right-aligned
+    lines = out.splitlines()
+    start = lines.index("peak memory per stage (accounting from the shapes, not a measurement):")
+    table = lines[start + 1 : start + 2 + len(report.memory)]
+    assert table[0].split() == ["stage", "memory", "device", "GiB"]
+    assert len({len(line) for line in table}) == 1, table
+    assert not any("1.0 " in line for line in table)
+    assert "outputs: about " in out and "0.0 GB" not in out
 
 
 def test_missing_pieces_are_each_named_with_their_fix(tree, capsys):
