@@ -76,6 +76,18 @@ def test_built_pages_hide_injected_parameters(small_book):
     assert "Plotly.newPlot" not in intro and "vendor/plotly.min.js" not in intro
 
 
+def test_every_script_is_on_a_page_once(small_book):
+    """Sphinx 7.4 repeated inline scripts that extensions add late (sphinx-thebe's second
+    ``const THEBE_JS_URL`` was a SyntaxError on every page); book/_ext/unique_scripts.py."""
+    import re
+
+    for page in ("book/intro.html", "book/run/01_figure.html"):
+        head = (small_book / page).read_text().split("</head>")[0]
+        scripts = re.findall(r"<script\b[^>]*>.*?</script>", head, flags=re.S)
+        assert scripts and len(scripts) == len(set(scripts)), page
+        assert head.count("const THEBE_JS_URL") <= 1
+
+
 @pytest.mark.browser
 @requires_chromium
 def test_pages_render_offline_in_chromium(small_book):
