@@ -444,8 +444,7 @@ def format_report(report: PreflightReport) -> str:
         width = max(len("stage"), *(len(str(s)) for s in report.memory["stage"]))
         lines.append(f"  {'stage':<{width}}  memory  device       GiB")
         for _, r in report.memory.iterrows():
-            size = r["memory_size"]
-            size = f"{float(size):g}" if size != "" else ""
+            size = str(r["memory_size"])
             gib = r["peak_bytes"] / _GIB
             lines.append(f"  {r['stage']:<{width}}  {size:>6}  {r['device']:<6}  "
                          + (f"{gib:8.2f}" if gib >= 0.005 or gib == 0 else "   <0.01"))

@@ -328,8 +328,8 @@ def peak_table(rows):
     table = table.reindex(columns=[*MEMORY_COLUMNS, "phase"])
     table = table[table["device"] != "disk"].copy()
     table["phase"] = table["phase"].astype(object).fillna("")
-    table["memory_size"] = table["memory_size"].astype(object).where(
-        table["memory_size"].notna(), "")
+    # whole trial counts ("" when the stage has none), not the floats the NaNs made of them
+    table["memory_size"] = [("" if pd.isna(v) else int(v)) for v in table["memory_size"]]
     model = table["component"].str.extract(r"^([^:]+): ")[0].fillna("")
     table["model"] = model.where(table["stage"] == "02 convergence", "")
     keys = ["stage", "memory_size", "device"]
