@@ -185,15 +185,17 @@ def test_results_are_json_serializable(meteor):
 
 
 def test_meteor_process_is_closed(monkeypatch):
-    """caption_metrics without a scorer starts its own METEOR process and closes it."""
+    """caption_metrics without a scorer starts its own METEOR process and closes it; a
+    closed scorer restarts when entered again."""
     from lib.metrics import captions
 
     started = []
 
     class Recorded(M.MeteorScorer):
         def __enter__(self):
+            entered = super().__enter__()
             started.append((self, self._proc, self._proc.poll()))
-            return super().__enter__()
+            return entered
 
     monkeypatch.setattr(captions, "MeteorScorer", Recorded)
     out = M.caption_metrics(HYPS[:2], REFS[:2])
@@ -202,6 +204,10 @@ def test_meteor_process_is_closed(monkeypatch):
     assert running is None and proc.poll() is not None  # alive while used, then closed
     with pytest.raises(RuntimeError, match="closed"):
         scorer.compute_score({0: ["a"]}, {0: ["a"]})
+    with scorer:  # entering a closed scorer starts a new process (a notebook cell run again)
+        restarted = scorer._proc
+        assert scorer.compute_score({0: ["a dog"]}, {0: ["a dog"]})[0] > 0.9
+    assert restarted is not proc and restarted.poll() is not None
 
 
 @pytest.mark.parametrize(

@@ -117,7 +117,9 @@ class MeteorScorer:
     """METEOR 1.5 (pycocoevalcap's jar and settings) in a context-managed subprocess.
 
     Use as ``with MeteorScorer() as m: score, scores = m.compute_score(gts, res)``; the Java
-    process is closed on exit, also after an error.
+    process is closed on exit, also after an error. The process starts when the scorer is made,
+    so it can load METEOR's tables (about 8 s) while other work runs; entering a closed scorer
+    starts a new process (a notebook cell ``with meteor:`` that is run again still works).
 
     Parameters
     ----------
@@ -126,6 +128,10 @@ class MeteorScorer:
     """
 
     def __init__(self, max_memory: str = "2G"):
+        self._max_memory = max_memory
+        self._start()
+
+    def _start(self) -> None:
         from pycocoevalcap.meteor.meteor import METEOR_JAR
 
         jar_dir = _package_dir() / "meteor"
@@ -134,7 +140,7 @@ class MeteorScorer:
             _java(),
             "-Dfile.encoding=UTF-8",
             "-jar",
-            f"-Xmx{max_memory}",
+            f"-Xmx{self._max_memory}",
             METEOR_JAR,
             "-",
             "-",
@@ -148,6 +154,8 @@ class MeteorScorer:
         )
 
     def __enter__(self) -> MeteorScorer:  # noqa: PYI034
+        if self._proc is None:  # closed: a new process
+            self._start()
         return self
 
     def __exit__(self, *exc) -> None:
