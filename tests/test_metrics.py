@@ -206,8 +206,8 @@ def test_meteor_process_is_closed(monkeypatch):
         scorer.compute_score({0: ["a"]}, {0: ["a"]})
     with scorer:  # entering a closed scorer starts a new process (a notebook cell run again)
         restarted = scorer._proc
-        assert scorer.compute_score({0: ["a dog"]}, {0: ["a dog"]})[0] > 0.9
-    assert restarted is not proc and restarted.poll() is not None
+        assert restarted is not proc and restarted.poll() is None  # closed before it loads
+    assert restarted.poll() is not None
 
 
 @pytest.mark.parametrize(
