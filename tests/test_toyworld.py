@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from lib.nsd.layout import ROI_LABELS
-from lib.toyworld import brain
+from lib.toyworld import anatomy, brain, stimulus_features
 from lib.toyworld.build import build, build_world
 from lib.toyworld.captions import COLOR_WORDS, NOUNS, PLACE_NOUNS, PLACE_PHRASES, caption_scene
 from lib.toyworld.presets import PRESETS, WorldPreset, get_preset
@@ -165,13 +165,13 @@ def test_caption_words_follow_a_zipf_law():
 
 # --------------------------------------------------------------------------- brain
 def test_semantic_axes_are_the_worlds_principal_axes():
-    W = brain.semantic_axes(0, n_dims=6, n_scenes=3000)
+    W = stimulus_features.semantic_axes(0, n_dims=6, n_scenes=3000)
     assert W.shape == (len(PLACES) + len(KINDS) + len(COLOR_NAMES) + 1, 6)
-    np.testing.assert_array_equal(W, brain.semantic_axes(0, n_dims=6, n_scenes=3000))
+    np.testing.assert_array_equal(W, stimulus_features.semantic_axes(0, n_dims=6, n_scenes=3000))
     # on fresh scenes of the same world: uncorrelated coordinates, the leading axes carry the
     # most variance, and more than random directions do
     scenes = sample_scenes(3000, np.random.default_rng(5))
-    concepts = brain.concept_vector([scene_latents(s) for s in scenes])
+    concepts = stimulus_features.concept_vector([scene_latents(s) for s in scenes])
     coords = concepts @ W
     var = coords.var(0)
     assert var[:3].mean() > var[3:].mean()
@@ -184,10 +184,10 @@ def test_semantic_axes_are_the_worlds_principal_axes():
 
 
 def test_rois_are_anatomically_placed():
-    grid = brain.make_grid(4.0)
+    grid = anatomy.make_grid(4.0)
     assert all(35 <= n <= 50 for n in grid.shape)  # 4 mm, cropped to the brain
     np.testing.assert_allclose(np.diag(grid.affine)[:3], 4.0)
-    rois = brain.make_rois(grid, np.random.default_rng(1))
+    rois = anatomy.make_rois(grid, np.random.default_rng(1))
     mm = grid.mm()
     n_gen = int((rois.volumes["nsdgeneral"] == 1).sum())
     assert 1000 <= n_gen <= 3000

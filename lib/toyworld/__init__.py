@@ -4,7 +4,9 @@ Import-light: nothing heavy (torch, nilearn, the models) is imported until it is
 
 - :mod:`lib.toyworld.scenes`    scenes (place + objects), PIL rendering, ground-truth latents
 - :mod:`lib.toyworld.captions`  COCO-style captions from templates and paraphrases
-- :mod:`lib.toyworld.brain`     MNI 4 mm grid, ROIs and the simulated voxel responses
+- :mod:`lib.toyworld.anatomy`   MNI 4 mm grid, NSD's ROIs and early visual retinotopy
+- :mod:`lib.toyworld.stimulus_features` pixel feature maps, objects and semantic axes of scenes
+- :mod:`lib.toyworld.brain`     voxel tuning and the simulated responses
 - :mod:`lib.toyworld.layout`    writers for NSD's raw file layout
 - :mod:`lib.toyworld.build`     :func:`build` (world + models, cached), :func:`world_subjects`;
   CLI ``python -m lib.toyworld``

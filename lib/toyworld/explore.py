@@ -260,7 +260,7 @@ def estimated_receptive_field(response: np.ndarray, images: np.ndarray, res: int
     rf : ndarray of shape (res, res)
         Covariance of the z-scored response with the contrast at each location.
     """
-    from .brain import pixel_features
+    from .stimulus_features import pixel_features
 
     c = pixel_features(images, res=res)["contrast"].reshape(len(images), -1)
     r = np.asarray(response, np.float64).copy()

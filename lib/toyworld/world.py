@@ -21,7 +21,8 @@ STREAM_ANATOMY, STREAM_TUNING, STREAM_SESSIONS, STREAM_NULL = 10, 11, 12, 13
 
 _TRUTH_README = """# Ground truth of the toy world
 
-What the simulator knows and an analysis of NSD never could (see lib/toyworld/brain.py).
+What the simulator knows and an analysis of NSD never could (see lib/toyworld/anatomy.py
+and brain.py).
 
 - `scenes.json`: one record per stimulus (index = 0-based nsdId): `cocoId`, `captions`,
   `place`, `objects` (kind, color, size, x, y, text; x, y in 0-1 with y down),
@@ -144,18 +145,48 @@ def build_world(p: WorldPreset, seed: int, out: Path, null: bool = False) -> dic
         ceiling per subject and ROI.
     """
     from lib.nsd.layout import NSDLayout
-    from lib.scoring import noise_ceiling
 
-    from . import brain, layout
+    from . import anatomy, brain
+    from . import stimulus_features as sf
+
+    nsd = NSDLayout(out / "nsd")
+    timings = PhaseTimes(prefix="[toyworld] world:")
+    design, images, latents = _write_stimuli(p, seed, nsd, out / "truth", timings.lap)
+
+    # -- the brain: grid, features shared by both subjects
+    grid = anatomy.make_grid(p.voxel_size)
+    shared = {"features": sf.pixel_features(images, res=min(sf.FEATURE_RES, p.image_size)),
+              "objects": sf.object_arrays(latents)}
+    semantic = sf.concept_vector(latents) @ sf.semantic_axes(seed)
+    shared["semantic"] = np.tanh(brain._z(semantic))
+    timings.lap("grid_and_features")
+
+    # row of the subject's signal (its images in subjectim order) driving each trial
+    signal_row = design["masterordering"] - 1
+    if null:
+        signal_row = brain.null_signal_rows(signal_row, _rng(seed, STREAM_NULL))
+    summary: dict = {"null": bool(null), "timings": timings.phases, "subjects": {}}
+    for k in range(1, p.n_subjects + 1):
+        summary["subjects"][f"subj{k:02d}"] = _simulate_subject(
+            p, seed, k, nsd, out / "truth", grid, shared, design, signal_row, null, timings.lap)
+    summary["n_stimuli"] = p.n_stimuli
+    summary["grid_shape"] = list(grid.shape)
+    return summary
+
+
+def _write_stimuli(p: WorldPreset, seed: int, nsd, truth: Path, tick) -> tuple:
+    """Render the stimuli, caption them, draw the design; write NSD's experiment-wide files
+    (design, stimulus info, image brick, COCO captions) and the scenes' ground truth.
+
+    Returns ``(design, images, latents)``: :func:`make_design`'s dict, the images
+    (n_stimuli, size, size, 3) uint8 and each scene's latent record.
+    """
+    from lib.io import write_json, write_text
+
+    from . import layout
     from .captions import caption_scene
     from .scenes import render_scene, sample_scenes, scene_latents
 
-    nsd = NSDLayout(out / "nsd")
-    truth = out / "truth"
-    timings = PhaseTimes(prefix="[toyworld] world:")
-    tick = timings.lap
-
-    # -- stimuli and captions
     scenes = sample_scenes(p.n_stimuli, _rng(seed, STREAM_SCENES))
     images = np.stack([render_scene(s, p.image_size) for s in
                        _progress(scenes, desc="render stimuli")])
@@ -163,7 +194,6 @@ def build_world(p: WorldPreset, seed: int, out: Path, null: bool = False) -> dic
     captions = [caption_scene(s, _rng(seed, STREAM_CAPTIONS, i)) for i, s in enumerate(scenes)]
     tick("stimuli")
 
-    # -- design and experiment-wide files
     design = make_design(p, seed)
     layout.write_expdesign(nsd.expdesign, design["masterordering"], design["subjectim"],
                            design["sharedix"], design["stimpattern"])
@@ -179,78 +209,84 @@ def build_world(p: WorldPreset, seed: int, out: Path, null: bool = False) -> dic
                 for i in ids for j, c in enumerate(captions[i])]
         layout.write_coco_captions(nsd.annotations / f"captions_{split}.json", recs, anns,
                                    f"braincap toy world captions ({split})")
-    from lib.io import write_json
-
     write_json(truth / "scenes.json", [
         {"nsdId": i, "cocoId": int(design["coco_id"][i]), "captions": captions[i], **latents[i]}
         for i in range(p.n_stimuli)])
-    from lib.io import write_text
-
     write_text(truth / "README.md", _TRUTH_README)
     tick("design_and_stimulus_files")
+    return design, images, latents
 
-    # -- the brain: grid, features shared by both subjects
-    grid = brain.make_grid(p.voxel_size)
-    feats = brain.pixel_features(images, res=min(brain.FEATURE_RES, p.image_size))
-    objects = brain.object_arrays(latents)
-    semantic = brain.concept_vector(latents) @ brain.semantic_axes(seed)
-    semantic = np.tanh(brain._z(semantic))
-    tick("grid_and_features")
 
-    mo = design["masterordering"]
-    n_shared = p.n_shared
-    per_session = p.trials_per_session
-    summary: dict = {"null": bool(null), "timings": timings.phases, "subjects": {}}
-    # row of the subject's signal (its images in subjectim order) driving each trial
-    signal_row = mo - 1
-    if null:
-        signal_row = brain.null_signal_rows(signal_row, _rng(seed, STREAM_NULL))
-    for k in range(1, p.n_subjects + 1):
-        subj = f"subj{k:02d}"
-        rois = brain.make_rois(grid, _rng(seed, STREAM_ANATOMY, k))
-        for name, vol in rois.volumes.items():
-            layout.write_nifti(nsd.roi(k, name), vol.astype(np.int16), grid.affine)
-        tun = brain.make_tuning(grid, rois, _rng(seed, STREAM_TUNING, k))
-        ids = design["subjectim"][k - 1] - 1
-        sub_obj = {key: val[ids] for key, val in objects.items()}
-        sub_feat = {key: val[ids] for key, val in feats.items()}
-        signal = brain.simulate_signal(tun, sub_feat, sub_obj, semantic[ids])
-        tick(f"{subj}_tuning")
+def _simulate_subject(p: WorldPreset, seed: int, k: int, nsd, truth: Path, grid,
+                      shared: dict, design: dict, signal_row: np.ndarray, null: bool,
+                      tick) -> dict:
+    """Subject ``k``'s ROIs, tuning, noise-free signal, single-trial betas of every session
+    and ground truth; returns its reliability table (:func:`_write_truth`).
 
-        model = tun.area != "outside"
-        gen_mask = rois.volumes["nsdgeneral"][tuple(tun.ijk.T)] == 1
-        reps = np.zeros((p.n_images, p.n_repeats, int(gen_mask.sum())), np.float32)
-        seen = np.zeros(p.n_images, np.int64)
-        gains, offsets = [], []
-        for s in _progress(range(1, p.n_sessions + 1), desc=f"{subj} sessions"):
-            trials = np.arange((s - 1) * per_session, s * per_session)
-            img = mo[trials] - 1
-            betas, sess = brain.simulate_session(signal, tun, signal_row[trials],
-                                                 _rng(seed, STREAM_SESSIONS, k, s))
-            gains.append(sess["gain"][model])
-            offsets.append(sess["offset"][model])
-            stored = np.clip(np.round(betas * 300), -32768, 32767).astype(np.int16)
-            vol = np.zeros(grid.shape + (len(trials),), np.int16, order="F")  # NIfTI order
-            vol[tuple(tun.ijk.T)] = stored.T
-            layout.write_nifti(nsd.betas(k, s), vol, grid.affine)
-            del vol
-            # reliability as the analysis will see it: z-scored per session (train trials' stats)
-            g = stored[:, gen_mask].astype(np.float32) / 300
-            train = img >= n_shared
-            g = (g - g[train].mean(0)) / g[train].std(0)
-            for t, i in enumerate(img):
-                reps[i, seen[i]] = g[t]
-                seen[i] += 1
-        tick(f"{subj}_betas")
+    ``shared``: the ``features``, ``objects`` and ``semantic`` values of every stimulus.
+    """
+    from lib.scoring import noise_ceiling
 
-        rel = noise_ceiling(reps, n_average=reps.shape[1])
-        summary["subjects"][subj] = _write_truth(truth / subj, grid, rois, tun, signal, ids,
-                                                 model, gen_mask, rel, gains, offsets,
-                                                 signal_row, null)
-        tick(f"{subj}_truth")
-    summary["n_stimuli"] = p.n_stimuli
-    summary["grid_shape"] = list(grid.shape)
-    return summary
+    from . import anatomy, brain, layout
+
+    subj = f"subj{k:02d}"
+    rois = anatomy.make_rois(grid, _rng(seed, STREAM_ANATOMY, k))
+    for name, vol in rois.volumes.items():
+        layout.write_nifti(nsd.roi(k, name), vol.astype(np.int16), grid.affine)
+    tun = brain.make_tuning(grid, rois, _rng(seed, STREAM_TUNING, k))
+    ids = design["subjectim"][k - 1] - 1
+    sub_obj = {key: val[ids] for key, val in shared["objects"].items()}
+    sub_feat = {key: val[ids] for key, val in shared["features"].items()}
+    signal = brain.simulate_signal(tun, sub_feat, sub_obj, shared["semantic"][ids])
+    tick(f"{subj}_tuning")
+
+    model = tun.area != "outside"
+    gen_mask = rois.volumes["nsdgeneral"][tuple(tun.ijk.T)] == 1
+    reps, gains, offsets = _write_sessions(p, seed, k, nsd, grid, tun, signal, design,
+                                           signal_row, model, gen_mask)
+    tick(f"{subj}_betas")
+
+    rel = noise_ceiling(reps, n_average=reps.shape[1])
+    table = _write_truth(truth / subj, grid, rois, tun, signal, ids, model, gen_mask, rel,
+                         gains, offsets, signal_row, null)
+    tick(f"{subj}_truth")
+    return table
+
+
+def _write_sessions(p: WorldPreset, seed: int, k: int, nsd, grid, tun, signal, design: dict,
+                    signal_row, model, gen_mask) -> tuple:
+    """Simulate and write subject ``k``'s betas, one NIfTI per session.
+
+    Returns ``(reps, gains, offsets)``: the nsdgeneral responses z-scored per session with
+    its training trials' statistics, as the analysis will see them, (n_images, n_repeats,
+    n_nsdgeneral), and each session's gains and offsets of the simulated voxels.
+    """
+    from . import brain, layout
+
+    mo, per_session = design["masterordering"], p.trials_per_session
+    reps = np.zeros((p.n_images, p.n_repeats, int(gen_mask.sum())), np.float32)
+    seen = np.zeros(p.n_images, np.int64)
+    gains, offsets = [], []
+    for s in _progress(range(1, p.n_sessions + 1), desc=f"subj{k:02d} sessions"):
+        trials = np.arange((s - 1) * per_session, s * per_session)
+        img = mo[trials] - 1
+        betas, sess = brain.simulate_session(signal, tun, signal_row[trials],
+                                             _rng(seed, STREAM_SESSIONS, k, s))
+        gains.append(sess["gain"][model])
+        offsets.append(sess["offset"][model])
+        stored = np.clip(np.round(betas * 300), -32768, 32767).astype(np.int16)
+        vol = np.zeros(grid.shape + (len(trials),), np.int16, order="F")  # NIfTI order
+        vol[tuple(tun.ijk.T)] = stored.T
+        layout.write_nifti(nsd.betas(k, s), vol, grid.affine)
+        del vol
+        # reliability as the analysis will see it: z-scored per session (train trials' stats)
+        g = stored[:, gen_mask].astype(np.float32) / 300
+        train = img >= p.n_shared
+        g = (g - g[train].mean(0)) / g[train].std(0)
+        for t, i in enumerate(img):
+            reps[i, seen[i]] = g[t]
+            seen[i] += 1
+    return reps, gains, offsets
 
 
 def _write_truth(folder: Path, grid, rois, tun, signal, ids, model, gen_mask, rel, gains,

@@ -95,6 +95,8 @@ def adamw(model_or_params, lr: float, weight_decay: float = 0.01):
     )
 
 
+# size: 10 parameters: the loss and what it updates, the schedule (n, batch_size, epochs, lr,
+# weight_decay, max_steps), the shuffling generator and a progress label.
 def train_epochs(step_loss, params, n: int, batch_size: int, epochs: int, lr: float,
                  rng: np.random.Generator, desc: str, weight_decay: float = 0.01,
                  max_steps: int | None = None) -> dict:

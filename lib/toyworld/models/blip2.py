@@ -11,8 +11,11 @@ real checkpoints (``Salesforce/blip2-itm-vit-g``, ``Salesforce/blip2-opt-2.7b``)
   OPT, then builds the :class:`~transformers.Blip2ForConditionalGeneration` whose vision
   encoder, Q-Former and query tokens are frozen copies of the retrieval model's (as BLIP-2's
   stage 2 starts from stage 1) and trains its language projection and OPT to caption the scenes.
-- :func:`evaluate_from_pixels` scores both from pixels on held-out scenes: BLEU/CIDEr of generated
-  captions against each image's five references, and image -> text retrieval.
+
+:mod:`lib.toyworld.models.blip2_quality` scores both from pixels on held-out scenes.
+
+Size: over the ~400-line aim (about 465): BLIP-2's three training steps share the configs, the
+caption encoding and the losses' helpers of this module; apart, each would import the others'.
 """
 
 from __future__ import annotations
@@ -269,14 +272,12 @@ def train_blip2(corpus, processor, spec: dict, image_size: int, seed: int, phase
         (step 2).
     """
     import torch
-    import torch.nn.functional as F
     from transformers import Blip2ForConditionalGeneration, Blip2ForImageTextRetrieval
 
     tok = processor.tokenizer
     config = blip2_config(tok, spec, image_size)
     itm = seeded_init(Blip2ForImageTextRetrieval, config, seed, _INIT_ITM)
     opt = seeded_init(Blip2ForConditionalGeneration, config, seed, _INIT_OPT)
-    nq, image_token = config.num_query_tokens, config.image_token_index
     phases = phases if phases is not None else PhaseTimes(prefix=None)
     labels = torch.from_numpy(corpus.labels)
     with phases.phase("blip2/image encoder (pixels, pre-training, encoding)"):
@@ -285,9 +286,29 @@ def train_blip2(corpus, processor, spec: dict, image_size: int, seed: int, phase
         itm.vision_model.requires_grad_(False)
         encoded = image_encoder_outputs(itm.vision_model, pixels)
         del pixels
+    history = {"vision_loss": hist0["loss"],
+               **_train_qformer(itm, opt, encoded, corpus.captions, labels, tok, spec, seed,
+                                phases)}
+    _copy_vision_side(itm, opt)
+    with phases.phase("blip2/OPT stage 2 (language side)"):
+        opt, hist2 = _train_language_side(opt, encoded, corpus, processor, spec, seed)
+    history["opt_loss"] = hist2["loss"]
+    return itm, opt, history
 
-    ids, mask = encode_captions(tok, corpus.captions, nq, image_token, add_eos=False)
-    lm_ids, lm_mask = encode_captions(tok, corpus.captions, nq, image_token, add_eos=True)
+
+def _train_qformer(itm, opt, encoded, captions: list, labels, tok, spec: dict, seed: int,
+                   phases) -> dict:
+    """Step 1 of :func:`train_blip2`: the retrieval model's Q-Former side (and the captioner's
+    language side, through which its captioning loss runs) on the frozen encoder's outputs
+    ``encoded`` (n_scenes, n_patches, hidden). Returns the per-step ``itm_loss`` and
+    ``lm_loss``; leaves ``itm`` in eval mode with every weight trainable again."""
+    import torch
+    import torch.nn.functional as F
+
+    config = itm.config
+    nq, image_token = config.num_query_tokens, config.image_token_index
+    ids, mask = encode_captions(tok, captions, nq, image_token, add_eos=False)
+    lm_ids, lm_mask = encode_captions(tok, captions, nq, image_token, add_eos=True)
     lm_labels = caption_labels(lm_ids, lm_mask, image_token, tok.bos_token_id)
     rng = np.random.default_rng([int(seed), 2001])
 
@@ -300,7 +321,7 @@ def train_blip2(corpus, processor, spec: dict, image_size: int, seed: int, phase
             aux_head = torch.nn.Linear(nq * config.image_text_hidden_size, labels.shape[1])
         params += list(aux_head.parameters())
     lm_weight = float(spec.get("itm_lm_weight", 1.0))
-    history = {"vision_loss": hist0["loss"], "itm_loss": [], "lm_loss": []}
+    history = {"itm_loss": [], "lm_loss": []}
 
     def step_loss(idx):
         j = rng.integers(ids.shape[1], size=len(idx))
@@ -330,20 +351,21 @@ def train_blip2(corpus, processor, spec: dict, image_size: int, seed: int, phase
     itm.vision_model.eval()
     opt.train()
     with phases.phase("blip2/Q-Former stage 1 (contrastive + captioning)"):
-        train_epochs(step_loss, params, len(corpus), spec["itm_batch"], spec["itm_epochs"],
+        train_epochs(step_loss, params, len(captions), spec["itm_batch"], spec["itm_epochs"],
                      spec["itm_lr"], rng, "blip2 Q-Former")
     itm.requires_grad_(True)
     itm.eval()
-    # the captioner gets its own copy of the (now trained) vision side
+    return history
+
+
+def _copy_vision_side(itm, opt) -> None:
+    """Give the captioner its own copy of the retrieval model's (trained) vision encoder,
+    Q-Former and query tokens."""
     opt.vision_model.load_state_dict(itm.vision_model.state_dict())
     missing, _ = opt.qformer.load_state_dict(itm.qformer.state_dict(), strict=False)
     if missing:
         raise RuntimeError(f"Q-Former weights missing when copying from the ITM model: {missing}")
     opt.query_tokens.data.copy_(itm.query_tokens.data)
-    with phases.phase("blip2/OPT stage 2 (language side)"):
-        opt, hist2 = _train_language_side(opt, encoded, corpus, processor, spec, seed)
-    history["opt_loss"] = hist2["loss"]
-    return itm, opt, history
 
 
 # --------------------------------------------------------------------------- stage 2
@@ -440,101 +462,3 @@ def _train_language_side(model, encoded, corpus, processor, spec: dict, seed: in
     gen.bos_token_id, gen.eos_token_id, gen.pad_token_id = (
         tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
     return model, history
-
-
-# --------------------------------------------------------------------------- evaluation
-def caption_pixels(model, processor, images: np.ndarray, batch_size: int = 100,
-                   max_new_tokens: int = 32) -> list[str]:
-    """Greedy captions from pixels, through ``model.generate`` as for the real checkpoint.
-
-    (:func:`lib.decoding.generate_captions` captions query tokens, such as those decoded from
-    the brain, instead of pixels.)
-
-    ``max_new_tokens`` is passed explicitly: ``Blip2ForConditionalGeneration.generate``
-    hands over to the inner language model's generation defaults (20 new tokens).
-    """
-    import torch
-
-    out = []
-    with torch.inference_mode():
-        for i in range(0, len(images), batch_size):
-            inputs = processor(images=list(images[i : i + batch_size]), return_tensors="pt")
-            ids = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                 num_beams=1)
-            out += [t.strip() for t in processor.batch_decode(ids, skip_special_tokens=True)]
-    return out
-
-
-def bleu_cider(hypotheses: list[str], references: list[list[str]]) -> dict:
-    """BLEU-1..4 and CIDEr with pycocoevalcap (simple lower-case word tokenisation)."""
-    import re
-
-    from pycocoevalcap.bleu.bleu import Bleu
-    from pycocoevalcap.cider.cider import Cider
-
-    def tok(s):
-        return " ".join(re.findall(r"[a-z0-9]+", s.lower()))
-
-    gts = {i: [tok(r) for r in refs] for i, refs in enumerate(references)}
-    res = {i: [tok(h)] for i, h in enumerate(hypotheses)}
-    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
-    cider, _ = Cider().compute_score(gts, res)
-    out = {f"BLEU-{k + 1}": float(b) for k, b in enumerate(bleu)}
-    out["CIDEr"] = float(cider)
-    return out
-
-
-def retrieval_top1(itm_model, processor, images: np.ndarray, texts: list[str]) -> dict:
-    """Image -> text and text -> image top-1 accuracy with the ITM model's ITC similarity.
-
-    ``texts[i]`` is the caption of ``images[i]``; all images in one draw
-    (:func:`lib.metrics.retrieval_from_similarity`, strict ties), chance ``1 / len(images)``.
-    """
-    import torch
-
-    from lib.metrics import retrieval_from_similarity
-
-    with torch.inference_mode():
-        inputs = processor(images=list(images), text=list(texts), padding=True,
-                           return_tensors="pt")
-        sim = itm_model(**inputs, use_image_text_matching_head=False).logits_per_image
-    n = len(images)
-    ret = retrieval_from_similarity(sim.numpy(), k=n, n_draws=1, repeat_averaged=None,
-                                    directions=("image_to_text", "text_to_image"),
-                                    similarity="BLIP-2 ITC logits")
-    return {
-        "image_to_text_top1": ret["image_to_text"]["mean"],
-        "text_to_image_top1": ret["text_to_image"]["mean"],
-        "chance": ret["chance"],
-        "n": n,
-    }
-
-
-def evaluate_from_pixels(itm_model, opt_model, processor, corpus, n_examples: int = 8) -> dict:
-    """Quality from pixels on held-out scenes (see module docstring)."""
-    hyps = caption_pixels(opt_model, processor, corpus.images)
-    scores = bleu_cider(hyps, corpus.captions)
-    scores.update(retrieval_top1(itm_model, processor, corpus.images,
-                                 [c[0] for c in corpus.captions]))
-    # image -> caption among all captions of the held-out images (any of its own counts)
-    import torch
-
-    from lib.metrics import retrieval_from_similarity
-
-    flat = [c for caps in corpus.captions for c in caps]
-    owner = np.repeat(np.arange(len(corpus)), [len(c) for c in corpus.captions])
-    with torch.inference_mode():
-        inputs = processor(images=list(corpus.images), text=flat, padding=True,
-                           return_tensors="pt")
-        sim = itm_model(**inputs, use_image_text_matching_head=False).logits_per_image.numpy()
-    # an image's best caption against every other image's best: one k-way retrieval, all images
-    best = np.stack([sim[:, owner == j].max(axis=1) for j in range(len(corpus))], axis=1)
-    ret = retrieval_from_similarity(best, k=len(corpus), n_draws=1, repeat_averaged=None,
-                                    similarity="BLIP-2 ITC logits, max over each image's captions")
-    scores["image_to_any_caption_top1"] = ret["forward"]["mean"]
-    scores["image_to_any_caption_chance"] = ret["chance"]
-    scores["examples"] = [
-        {"caption": h, "references": r} for h, r in zip(hyps[:n_examples], corpus.captions)
-    ]
-    scores["n_images"] = len(corpus)
-    return scores
