@@ -1,13 +1,15 @@
-"""Style the tools enforce: ruff over the repository (notebooks included) and notebooks committed
-without outputs.
+"""Style the tools enforce: ruff over the repository (notebooks included), notebooks committed
+without outputs, and `lib`'s size aims (modules, functions, parameters) or a written reason.
 
 The ruff rules live in ``pyproject.toml`` (``[tool.ruff]``); ``make lint`` runs the same checks.
 """
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +20,10 @@ import pytest
 from lib.config import REPO_ROOT
 
 NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("*.ipynb"))
+#: Size aims of `lib` (lib/README.md): lines per module, lines per function, parameters per
+#: public function. Past one, a module's docstring has a paragraph starting "Size:", a
+#: function a "# size:" comment right above its ``def`` (or its decorators).
+MODULE_LINES, FUNCTION_LINES, PUBLIC_PARAMETERS = 400, 60, 8
 # metadata that executing a notebook leaves behind (papermill, JupyterLab's cell timing)
 RUN_METADATA = ("papermill", "execution")
 
@@ -50,6 +56,82 @@ def notebook_output_problems(path: str | Path) -> list[str]:
         problems += [f"{where}: cell metadata has {key!r} (left by a run)"
                      for key in RUN_METADATA if key in cell.get("metadata", {})]
     return problems
+
+
+def size_problems(path: str | Path) -> list[str]:
+    """Where a module of `lib` passes the size aims without a written reason.
+
+    Parameters
+    ----------
+    path : path-like
+        A ``.py`` file.
+
+    Returns
+    -------
+    problems : list of str
+        One line per module over :data:`MODULE_LINES` lines without a "Size:" paragraph in its
+        docstring, and per function over :data:`FUNCTION_LINES` lines or (public) over
+        :data:`PUBLIC_PARAMETERS` parameters without a "# size:" comment above it. A comment
+        that states "N lines" or "N parameters" must state the current count.
+    """
+    path = Path(path)
+    name = str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else path.name
+    source = path.read_text(encoding="utf-8")
+    lines, tree = source.splitlines(), ast.parse(source)
+    problems = []
+    if len(lines) > MODULE_LINES and "\nSize:" not in "\n" + (ast.get_docstring(tree) or ""):
+        problems.append(f"{name}: {len(lines)} lines, no 'Size:' paragraph in its docstring")
+    for node in ast.walk(tree):
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        a = node.args
+        names = [x.arg for x in a.posonlyargs + a.args + a.kwonlyargs]
+        n_params = len(names) - (names[:1] in (["self"], ["cls"]))
+        n_lines = node.end_lineno - node.lineno + 1
+        over = {"lines": n_lines} if n_lines > FUNCTION_LINES else {}
+        if not node.name.startswith("_") and n_params > PUBLIC_PARAMETERS:
+            over["parameters"] = n_params
+        if not over:
+            continue
+        first = min([node.lineno] + [d.lineno for d in node.decorator_list])
+        above = []
+        for line in reversed(lines[: first - 1]):
+            if not line.strip().startswith("#"):
+                break
+            above.insert(0, line.strip())
+        note = " ".join(above)
+        where = f"{name}:{node.lineno} {node.name}"
+        if "# size:" not in note:
+            problems.append(f"{where}: " + ", ".join(f"{v} {k}" for k, v in over.items())
+                            + ", no '# size:' comment above it")
+        for count, unit in re.findall(r"(\d+) (lines|parameters)\b", note.split("# size:")[-1])[:1]:
+            actual = n_lines if unit == "lines" else n_params
+            if int(count) != actual:
+                problems.append(f"{where}: its '# size:' comment says {count} {unit}, "
+                                f"it has {actual}")
+    return problems
+
+
+def test_lib_keeps_its_size_aims_or_says_why():
+    problems = [p for path in sorted((REPO_ROOT / "lib").rglob("*.py"))
+                for p in size_problems(path)]
+    assert not problems, (
+        f"lib's size aims (modules <= {MODULE_LINES} lines, functions <= {FUNCTION_LINES} lines, "
+        f"public functions <= {PUBLIC_PARAMETERS} parameters) passed without a reason; split "
+        "the code, or write why next to it:\n" + "\n".join(problems))
+
+
+def test_size_check_finds_a_long_function_and_a_stale_note(tmp_path):
+    body = "".join(f"    x{i} = {i}\n" for i in range(FUNCTION_LINES))
+    path = tmp_path / "m.py"
+    path.write_text(f"def long():\n{body}\n\ndef f(a, b, c, d, e, f, g, h, i):\n    pass\n")
+    assert [p.split(": ", 1)[1] for p in size_problems(path)] == [
+        f"{FUNCTION_LINES + 1} lines, no '# size:' comment above it",
+        "9 parameters, no '# size:' comment above it"]
+    path.write_text(f"# size: {FUNCTION_LINES + 1} lines, a table.\ndef long():\n{body}\n\n"
+                    "# size: 8 parameters.\ndef f(a, b, c, d, e, f, g, h, i):\n    pass\n")
+    assert [p.split(": ", 1)[1] for p in size_problems(path)] == [
+        "its '# size:' comment says 8 parameters, it has 9"]
 
 
 def test_ruff_is_clean():

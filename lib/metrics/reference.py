@@ -99,6 +99,7 @@ def _cache_key(runs, n_items, seed, shuffled) -> str:
     return h.hexdigest()[:16]
 
 
+# size: 66 lines, of which the signature and numpydoc docstring are 39 (the body is 27).
 def score_reference_runs(
     reference_dir: str | os.PathLike = REFERENCE_RUNS,
     n_items: int | None = None,
