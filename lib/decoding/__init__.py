@@ -87,7 +87,17 @@ from lib.decoding.retrieval import (
     single_trial_predictions,
     text_retrieval,
 )
-from lib.decoding.roi_captions import ROIS, auto_scale, caption_rois, load_lexicon, roi_sizes
+from lib.decoding.roi_captions import (
+    ROIS,
+    auto_scale,
+    has_roi,
+    indicator_tokens,
+    load_lexicon,
+    named_categories,
+    names_category,
+    roi_indicator,
+    roi_sizes,
+)
 from lib.decoding.stage1 import (
     Stage1Result,
     average_by_id,
@@ -125,6 +135,7 @@ __all__ = [
     # ROI captions, the category test and the memory ablation (notebook 06)
     "ROIS", "RoiPatterns", "ablation_figure", "ablation_figure_static", "auto_scale",
     "blip2_captioner", "category_ceiling", "category_patterns", "category_test",
-    "caption_rois", "category_test_figure", "load_lexicon", "memory_ablation", "roi_sizes",
+    "category_test_figure", "has_roi", "indicator_tokens", "load_lexicon", "memory_ablation",
+    "named_categories", "names_category", "roi_indicator", "roi_sizes",
     "run_retrieval",
 ]

@@ -172,65 +172,6 @@ def auto_scale(true_tokens: np.ndarray) -> float:
     return float(np.median(np.linalg.norm(t - t.mean(axis=0), axis=-1)))
 
 
-def caption_rois(
-    decoders: dict,
-    subject,
-    model,
-    processor,
-    scale: float,
-    vocabulary: dict,
-    rois: Sequence[str] = ROIS,
-    **generate_kwargs,
-):
-    """Caption every ROI's pattern through every brain map (greedy or beam: one caption each).
-
-    Parameters
-    ----------
-    decoders : dict
-        Stage name (e.g. ``"stage1"``) -> brain map.
-    subject : lib.nsd.PreparedSubject
-    model, processor
-        The captioning BLIP-2 (:func:`lib.decoding.generate.load_captioner`).
-    scale : float
-        See :func:`indicator_tokens`.
-    vocabulary : dict
-        ROI -> category words (``load_lexicon(path)["vocabulary"]``).
-    rois : sequence of str
-        ROIs missing from the subject are reported with an empty caption and ``n_voxels = 0``.
-    **generate_kwargs
-        Passed to :func:`lib.decoding.generate.generate_captions`.
-
-    Returns
-    -------
-    table : pandas.DataFrame
-        One row per (roi, stage): ``roi``, ``stage``, ``n_voxels``, ``caption``,
-        ``names_category`` (True/False for ROIs with a vocabulary, None otherwise) and
-        ``categories_named`` (every category the caption names: a caption that names all of
-        them is not specific to its ROI).
-    """
-    import pandas as pd
-
-    from lib.decoding.generate import generate_captions
-
-    present = [r for r in rois if has_roi(subject, r)]
-    patterns = np.stack([roi_indicator(subject, r) for r in present]) if present else None
-    rows = []
-    for stage, decoder in decoders.items():
-        caps = []
-        if patterns is not None:
-            tokens = indicator_tokens(decoder, patterns, scale)
-            caps = generate_captions(tokens, model, processor, progress=False, **generate_kwargs)
-        by_roi = dict(zip(present, caps))
-        for r in rois:
-            cap = by_roi.get(r, "")
-            n = int(subject.roi_mask(r).sum()) if r in by_roi else 0
-            rows.append({"roi": r, "stage": stage, "n_voxels": n, "caption": cap,
-                         "names_category": (names_category(cap, r, vocabulary)
-                                            if r in by_roi else None),
-                         "categories_named": ", ".join(named_categories(cap, vocabulary))})
-    return pd.DataFrame(rows)
-
-
 def roi_sizes(subject, rois: Sequence[str] = ROIS) -> dict:
     """Number of prepared voxels in each ROI (0 when the subject lacks the ROI file)."""
     return {r: int(subject.roi_mask(r).sum()) if has_roi(subject, r) else 0 for r in rois}
