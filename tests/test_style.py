@@ -132,6 +132,12 @@ def test_size_check_finds_a_long_function_and_a_stale_note(tmp_path):
                     "# size: 8 parameters.\ndef f(a, b, c, d, e, f, g, h, i):\n    pass\n")
     assert [p.split(": ", 1)[1] for p in size_problems(path)] == [
         "its '# size:' comment says 8 parameters, it has 9"]
+    lines = "".join(f"x{i} = {i}\n" for i in range(MODULE_LINES))
+    path.write_text(f'"""A module."""\n{lines}')
+    assert [p.split(": ", 1)[1] for p in size_problems(path)] == [
+        f"{MODULE_LINES + 1} lines, no 'Size:' paragraph in its docstring"]
+    path.write_text(f'"""A module.\n\nSize: a table of constants.\n"""\n{lines}')
+    assert size_problems(path) == []
 
 
 def test_ruff_is_clean():
