@@ -51,22 +51,29 @@ def bleu_cider(hypotheses: list[str], references: list[list[str]]) -> dict:
     return out
 
 
+def itc_logits_from_pixels(itm_model, processor, images: np.ndarray, texts: list[str]
+                           ) -> np.ndarray:
+    """The ITM model's image-text contrastive logits (n_images, n_texts) from pixels, as
+    :class:`~transformers.Blip2ForImageTextRetrieval` computes them without its ITM head."""
+    import torch
+
+    with torch.inference_mode():
+        inputs = processor(images=list(images), text=list(texts), padding=True,
+                           return_tensors="pt")
+        return itm_model(**inputs, use_image_text_matching_head=False).logits_per_image.numpy()
+
+
 def retrieval_top1(itm_model, processor, images: np.ndarray, texts: list[str]) -> dict:
     """Image -> text and text -> image top-1 accuracy with the ITM model's ITC similarity.
 
     ``texts[i]`` is the caption of ``images[i]``; all images in one draw
     (:func:`lib.metrics.retrieval_from_similarity`, strict ties), chance ``1 / len(images)``.
     """
-    import torch
-
     from lib.metrics import retrieval_from_similarity
 
-    with torch.inference_mode():
-        inputs = processor(images=list(images), text=list(texts), padding=True,
-                           return_tensors="pt")
-        sim = itm_model(**inputs, use_image_text_matching_head=False).logits_per_image
+    sim = itc_logits_from_pixels(itm_model, processor, images, texts)
     n = len(images)
-    ret = retrieval_from_similarity(sim.numpy(), k=n, n_draws=1, repeat_averaged=None,
+    ret = retrieval_from_similarity(sim, k=n, n_draws=1, repeat_averaged=None,
                                     directions=("image_to_text", "text_to_image"),
                                     similarity="BLIP-2 ITC logits")
     return {
@@ -84,16 +91,11 @@ def evaluate_from_pixels(itm_model, opt_model, processor, corpus, n_examples: in
     scores.update(retrieval_top1(itm_model, processor, corpus.images,
                                  [c[0] for c in corpus.captions]))
     # image -> caption among all captions of the held-out images (any of its own counts)
-    import torch
-
     from lib.metrics import retrieval_from_similarity
 
     flat = [c for caps in corpus.captions for c in caps]
     owner = np.repeat(np.arange(len(corpus)), [len(c) for c in corpus.captions])
-    with torch.inference_mode():
-        inputs = processor(images=list(corpus.images), text=flat, padding=True,
-                           return_tensors="pt")
-        sim = itm_model(**inputs, use_image_text_matching_head=False).logits_per_image.numpy()
+    sim = itc_logits_from_pixels(itm_model, processor, corpus.images, flat)
     # an image's best caption against every other image's best: one k-way retrieval, all images
     best = np.stack([sim[:, owner == j].max(axis=1) for j in range(len(corpus))], axis=1)
     ret = retrieval_from_similarity(best, k=len(corpus), n_draws=1, repeat_averaged=None,
